@@ -1,0 +1,221 @@
+"""Whole-episode core loops of the ``similarity`` model, and the single steps.
+
+Fused path: ``run_experiment`` runs every training epoch and then every
+evaluation epoch in one compiled call; ``train_episodes`` and
+``eval_episodes`` run any subset (one epoch, one episode) when the
+orchestrator must return to Python in between (per-epoch or per-episode hooks).
+
+Stepwise path: ``train_step`` and ``match_step`` do one step each, for the
+orchestrator's debugging/profiling loop. They share the arithmetic of the fused
+loops (``kernels.matching``), so both paths give identical numbers.
+
+Episodes are given as ``starts, stops`` (int64 (E,)) into the rows of the
+observation arrays ``location`` (float32 (T, 3)) and ``features``
+(float32 (T, F)). Each episode consumes at most ``max_steps`` steps.
+
+Why an episode ended (``out_reason``): ``DONE`` (the confidence reached the
+threshold at the last step), ``DATA_EXHAUSTED`` (the episode's observations
+ran out, possibly exactly at the step limit), ``STEP_LIMIT`` (stopped by
+``max_steps`` with observations left). Done takes precedence over the other two.
+"""
+
+import numpy as np
+from numba import njit
+
+from .matching import batch_similarity_at, mean_similarity, scan_segments, update_confidence
+
+DONE = 0
+DATA_EXHAUSTED = 1
+STEP_LIMIT = 2
+REASON_NAMES = ("done", "data_exhausted", "step_limit")
+
+
+@njit(cache=True)
+def training_steps_needed(starts, stops, max_steps, n_epochs):
+    """Number of observations ``n_epochs`` training epochs over these episodes store."""
+    total = 0
+    for e in range(starts.shape[0]):
+        total += min(stops[e] - starts[e], max_steps)
+    return total * n_epochs
+
+
+@njit(cache=True)
+def train_step(store, n_stored, location, features, t):
+    """Append observation ``t`` to the store; returns the new ``n_stored``.
+
+    store : float32 (3 + F, capacity), written at column ``n_stored``.
+    """
+    if n_stored >= store.shape[1]:
+        raise ValueError("store is full: allocate a larger capacity")
+    store[0, n_stored] = location[t, 0]
+    store[1, n_stored] = location[t, 1]
+    store[2, n_stored] = location[t, 2]
+    for k in range(store.shape[0] - 3):
+        store[3 + k, n_stored] = features[t, k]
+    return n_stored + 1
+
+
+@njit(cache=True)
+def match_step(store, n_stored, location, features, t, confidence):
+    """One matching step on observation ``t``; returns ``(similarity, confidence)`` float32."""
+    s = mean_similarity(store, n_stored, location[t], features[t])
+    return s, update_confidence(np.float32(confidence), s)
+
+
+@njit(cache=True)
+def train_episodes(store, n_stored, location, features, starts, stops, max_steps,
+                   out_steps, out_stored, out_reason):
+    """Training epoch(s): append every episode's observations, in order.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity), appended to from column ``n_stored``
+    starts, stops : int64 (E,);  max_steps : int >= 0
+    out_steps : int64 (E,), written: steps taken per episode
+    out_stored : int64 (E,), written: stored observations after each episode
+    out_reason : int8 (E,), written: DATA_EXHAUSTED or STEP_LIMIT
+
+    Returns the new ``n_stored``. Raises ValueError if the store is too small.
+    """
+    need = training_steps_needed(starts, stops, max_steps, 1)
+    if n_stored + need > store.shape[1]:
+        raise ValueError("store is too small for these training episodes")
+    n_feat = store.shape[0] - 3
+    n = n_stored
+    for e in range(starts.shape[0]):
+        length = stops[e] - starts[e]
+        k = min(length, max_steps)
+        for i in range(k):
+            t = starts[e] + i
+            store[0, n] = location[t, 0]
+            store[1, n] = location[t, 1]
+            store[2, n] = location[t, 2]
+            for f in range(n_feat):
+                store[3 + f, n] = features[t, f]
+            n += 1
+        out_steps[e] = k
+        out_stored[e] = n
+        out_reason[e] = DATA_EXHAUSTED if k == length else STEP_LIMIT
+    return n
+
+
+@njit(cache=True)
+def eval_episodes(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
+                  out_steps, out_confidence, out_reason):
+    """Evaluation episodes against a fixed store, with early termination.
+
+    All E episodes are independent (the store does not change during
+    evaluation), so they advance together in rounds: each round takes the next
+    ``chunk`` steps of every unfinished episode, computes all their
+    similarities in one batch (parallel over queries), then scans each episode
+    for the step where its confidence reaches ``threshold``. Work done past an
+    episode's terminating step is therefore at most one chunk. A threshold
+    above 1 can never be reached (similarities are <= 1, so the confidence
+    stays below 1), and then each episode is one chunk.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity);  n_stored : int
+    location : float32 (T, 3);  features : float32 (T, F)
+    starts, stops : int64 (E,);  max_steps : int >= 0
+    threshold : float32;  chunk : int >= 1
+    out_steps : int64 (E,), written: steps consumed
+    out_confidence : float32 (E,), written: confidence at the episode's end
+        (each episode starts from confidence 0)
+    out_reason : int8 (E,), written: DONE, DATA_EXHAUSTED or STEP_LIMIT
+    """
+    n_ep = starts.shape[0]
+    limit = np.empty(n_ep, dtype=np.int64)
+    active = np.zeros(n_ep, dtype=np.bool_)
+    longest = 0
+    total = 0
+    for e in range(n_ep):
+        length = stops[e] - starts[e]
+        limit[e] = min(length, max_steps)
+        out_steps[e] = 0
+        out_confidence[e] = np.float32(0.0)
+        if limit[e] > 0:
+            active[e] = True
+        else:
+            out_reason[e] = DATA_EXHAUSTED if length == 0 else STEP_LIMIT
+        longest = max(longest, limit[e])
+        total += limit[e]
+    if threshold > np.float32(1.0) or chunk > longest:
+        chunk = max(longest, 1)
+    chunk = max(chunk, 1)
+
+    cap = min(total, n_ep * chunk)
+    steps = np.empty(cap, dtype=np.int64)
+    sims = np.empty(cap, dtype=np.float32)
+    seg = np.empty(n_ep + 1, dtype=np.int64)
+    which = np.empty(n_ep, dtype=np.int64)
+    conf = np.empty(n_ep, dtype=np.float32)
+    consumed = np.empty(n_ep, dtype=np.int64)
+    done = np.empty(n_ep, dtype=np.bool_)
+    while True:
+        q = 0
+        m = 0
+        seg[0] = 0
+        for e in range(n_ep):
+            if active[e]:
+                k = min(chunk, limit[e] - out_steps[e])
+                first = starts[e] + out_steps[e]
+                for i in range(k):
+                    steps[q] = first + i
+                    q += 1
+                which[m] = e
+                conf[m] = out_confidence[e]
+                m += 1
+                seg[m] = q
+        if m == 0:
+            break
+        batch_similarity_at(store, n_stored, location, features, steps[:q], sims[:q])
+        scan_segments(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
+        for i in range(m):
+            e = which[i]
+            out_confidence[e] = conf[i]
+            out_steps[e] += consumed[i]
+            if done[i]:
+                active[e] = False
+                out_reason[e] = DONE
+            elif out_steps[e] == limit[e]:
+                active[e] = False
+                out_reason[e] = DATA_EXHAUSTED if limit[e] == stops[e] - starts[e] else STEP_LIMIT
+
+
+@njit(cache=True)
+def run_experiment(store, n_stored, location, features,
+                   train_starts, train_stops, n_train_epochs, max_train_steps,
+                   eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
+                   out_train_steps, out_train_stored, out_train_reason,
+                   out_eval_steps, out_eval_confidence, out_eval_reason):
+    """A whole experiment in one call: all training epochs, then all evaluation epochs.
+
+    Every epoch presents the same episodes (``train_*`` and ``eval_*`` int64
+    (E_train,) / (E_eval,)). Outputs are laid out epoch-major: the entry of
+    episode e of epoch p is at ``p * E + e``; their lengths are
+    ``n_train_epochs * E_train`` (int64, int64, int8) and
+    ``n_eval_epochs * E_eval`` (int64, float32, int8). See ``train_episodes``
+    and ``eval_episodes`` for the meaning of each output.
+
+    Returns ``n_stored`` after training (the store keeps growing across
+    training epochs; evaluation never changes it).
+    """
+    e_tr = train_starts.shape[0]
+    n = n_stored
+    for p in range(n_train_epochs):
+        n = train_episodes(store, n, location, features, train_starts, train_stops, max_train_steps,
+                           out_train_steps[p * e_tr:(p + 1) * e_tr],
+                           out_train_stored[p * e_tr:(p + 1) * e_tr],
+                           out_train_reason[p * e_tr:(p + 1) * e_tr])
+    if n_eval_epochs > 0:
+        # Evaluation episodes of all epochs are independent: run them as one pool.
+        starts = np.empty(n_eval_epochs * eval_starts.shape[0], dtype=np.int64)
+        stops = np.empty_like(starts)
+        e_ev = eval_starts.shape[0]
+        for p in range(n_eval_epochs):
+            starts[p * e_ev:(p + 1) * e_ev] = eval_starts
+            stops[p * e_ev:(p + 1) * e_ev] = eval_stops
+        eval_episodes(store, n, location, features, starts, stops, max_eval_steps, threshold, chunk,
+                      out_eval_steps, out_eval_confidence, out_eval_reason)
+    return n

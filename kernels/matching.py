@@ -1,0 +1,221 @@
+"""Similarity of observations against a store, batch matching, early termination.
+
+The seed's matching step: for a query observation q (position p, features g)
+and a store of n observations (positions s_j, features h_j),
+
+    similarity(q) = mean_j 1 / (1 + ||p - s_j||_2 + ||g - h_j||_1)
+
+(with one feature column the L1 term is the seed's ``abs(feature difference)``;
+with none it is 0). The similarity of a query against an empty store is 0.
+The model's confidence then follows the recurrence
+
+    confidence <- (confidence + similarity) / 2
+
+and an episode is done at the first step whose confidence reaches the
+threshold. Everything is float32; see ``kernels._flags`` for the fastmath
+choice and what it costs in accuracy (2e-7 relative against float64).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import FASTMATH, PARALLEL_MIN_COMPARISONS
+
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+_HALF = np.float32(0.5)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _similarity_sum(store, n_stored, px, py, pz, feat):
+    """Sum (not mean) of the similarity terms of one query; float32.
+
+    One function serves every path (fused batch, stepwise step) so that they
+    compute bit-identical sums: the same loop, vectorised the same way.
+    """
+    sx = store[0]
+    sy = store[1]
+    sz = store[2]
+    n_feat = store.shape[0] - 3
+    acc = _ZERO
+    if n_feat == 1:
+        sf = store[3]
+        f0 = feat[0]
+        for j in range(n_stored):
+            dx = sx[j] - px
+            dy = sy[j] - py
+            dz = sz[j] - pz
+            d = np.sqrt(dx * dx + dy * dy + dz * dz)
+            acc += _ONE / (_ONE + d + abs(sf[j] - f0))
+    elif n_feat == 0:
+        for j in range(n_stored):
+            dx = sx[j] - px
+            dy = sy[j] - py
+            dz = sz[j] - pz
+            acc += _ONE / (_ONE + np.sqrt(dx * dx + dy * dy + dz * dz))
+    else:
+        for j in range(n_stored):
+            dx = sx[j] - px
+            dy = sy[j] - py
+            dz = sz[j] - pz
+            e = _ZERO
+            for k in range(n_feat):
+                e += abs(store[3 + k, j] - feat[k])
+            acc += _ONE / (_ONE + np.sqrt(dx * dx + dy * dy + dz * dz) + e)
+    return acc
+
+
+@njit(cache=True)
+def mean_similarity(store, n_stored, location, features):
+    """Similarity of one query observation against the first ``n_stored`` of a store.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity), C-contiguous (see ``kernels.store``)
+    n_stored : int, 0 <= n_stored <= capacity
+    location : float32 (3,)
+    features : float32 (F,)
+
+    Returns
+    -------
+    float32 mean over the stored observations of
+    1 / (1 + euclidean distance + L1 feature distance); 0 for an empty store.
+    """
+    if n_stored == 0:
+        return _ZERO
+    s = _similarity_sum(store, n_stored, location[0], location[1], location[2], features)
+    return s / np.float32(n_stored)
+
+
+@njit(cache=True)
+def _batch_similarity_serial(store, n_stored, location, features, steps, out):
+    n_f = np.float32(n_stored)
+    for i in range(steps.shape[0]):
+        t = steps[i]
+        if n_stored == 0:
+            out[i] = _ZERO
+        else:
+            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+
+
+@njit(cache=True, parallel=True)
+def _batch_similarity_parallel(store, n_stored, location, features, steps, out):
+    n_f = np.float32(n_stored)
+    for i in prange(steps.shape[0]):
+        t = steps[i]
+        if n_stored == 0:
+            out[i] = _ZERO
+        else:
+            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+
+
+@njit(cache=True)
+def batch_similarity_at(store, n_stored, location, features, steps, out):
+    """Similarities of the query steps ``steps`` (parallel over queries when large).
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity);  n_stored : int
+    location : float32 (T, 3);  features : float32 (T, F)
+    steps : int64 (Q,), indices into the rows of ``location`` / ``features``
+    out : float32 (Q,), written: ``out[i]`` = similarity of step ``steps[i]``
+
+    Runs on all threads when Q > 1 and Q x n_stored >= ``PARALLEL_MIN_COMPARISONS``,
+    else on one (same results either way: each query's sum is computed by
+    the same serial loop).
+    """
+    if steps.shape[0] > 1 and steps.shape[0] * n_stored >= PARALLEL_MIN_COMPARISONS:
+        _batch_similarity_parallel(store, n_stored, location, features, steps, out)
+    else:
+        _batch_similarity_serial(store, n_stored, location, features, steps, out)
+
+
+@njit(cache=True)
+def batch_similarity(store, n_stored, location, features):
+    """Similarity of every row of ``location`` / ``features`` against the store.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity);  n_stored : int
+    location : float32 (Q, 3);  features : float32 (Q, F)
+
+    Returns
+    -------
+    float32 (Q,): the similarity of each query (batch matching, parallel over
+    queries when the batch is large).
+    """
+    q = location.shape[0]
+    out = np.empty(q, dtype=np.float32)
+    batch_similarity_at(store, n_stored, location, features, np.arange(q), out)
+    return out
+
+
+@njit(cache=True)
+def update_confidence(confidence, similarity):
+    """One step of the confidence recurrence: ``(confidence + similarity) / 2``, float32."""
+    return (confidence + similarity) * _HALF
+
+
+@njit(cache=True)
+def termination_scan(similarities, confidence, threshold):
+    """Run the confidence recurrence over ``similarities`` until it reaches ``threshold``.
+
+    Parameters
+    ----------
+    similarities : float32 (K,), the similarities of K consecutive steps
+    confidence : float32, the confidence before the first of them
+    threshold : float32; ``inf`` (or anything above 1) never terminates
+
+    Returns
+    -------
+    (n_consumed, confidence, done): the number of steps consumed (the
+    terminating step included), the confidence after them, and whether the
+    threshold was reached.
+    """
+    c = np.float32(confidence)
+    for i in range(similarities.shape[0]):
+        c = update_confidence(c, similarities[i])
+        if c >= threshold:
+            return i + 1, c, True
+    return similarities.shape[0], c, False
+
+
+@njit(cache=True, parallel=True)
+def _scan_segments_parallel(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    for e in prange(offsets.shape[0] - 1):
+        k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
+        out_consumed[e] = k
+        confidence[e] = c
+        out_done[e] = d
+
+
+@njit(cache=True)
+def _scan_segments_serial(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    for e in range(offsets.shape[0] - 1):
+        k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
+        out_consumed[e] = k
+        confidence[e] = c
+        out_done[e] = d
+
+
+@njit(cache=True)
+def scan_segments(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    """The termination scan of many independent episodes at once.
+
+    Parameters
+    ----------
+    similarities : float32 (Q,), the steps of E segments laid end to end
+    offsets : int64 (E + 1,), segment e is ``similarities[offsets[e]:offsets[e+1]]``
+    confidence : float32 (E,), each segment's starting confidence; overwritten
+        with the confidence after the consumed steps
+    threshold : float32
+    out_consumed : int64 (E,), written: steps consumed per segment
+    out_done : bool (E,), written: whether the segment reached the threshold
+
+    Parallel over segments when there are many steps in all.
+    """
+    # Scanning is a few cycles per step: threads pay off only for many steps.
+    if similarities.shape[0] >= 64 * PARALLEL_MIN_COMPARISONS and offsets.shape[0] > 2:
+        _scan_segments_parallel(similarities, offsets, confidence, threshold, out_consumed, out_done)
+    else:
+        _scan_segments_serial(similarities, offsets, confidence, threshold, out_consumed, out_done)
