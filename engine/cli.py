@@ -1,0 +1,124 @@
+"""The command line: ``python -m engine run | validate | bench``.
+
+User errors (a bad config, a bad data file, a bad flag) print one message that
+says what and where, and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+log = logging.getLogger("engine")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common)
+    p = argparse.ArgumentParser(prog="python -m engine", parents=[common],
+                                description="Numba-compiled sensorimotor learning engine (the Monty core loop).")
+    p.add_argument("--version", action="version", version=f"engine {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="run an experiment from a YAML config")
+    r.add_argument("config", help="YAML config file")
+    r.add_argument("--out", metavar="DIR", help="output folder (overrides output_dir in the config)")
+    r.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a config value, e.g. --set model.confidence_threshold=0.7 (repeatable)")
+    r.add_argument("--stepwise", action="store_true",
+                   help="use the stepwise path: a Python loop with one kernel call per step")
+
+    v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
+    v.add_argument("config")
+    v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+
+    b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
+    b.add_argument("--suite", default="seed", choices=["seed"], help="benchmark suite (default: seed)")
+    b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
+    b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
+    return p
+
+
+def _setup_logging(args) -> None:
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def cmd_run(args) -> int:
+    from . import results, sources
+    from .config import load_config
+    from .experiment import Experiment
+
+    overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
+    cfg = load_config(args.config, overrides)
+    out_dir = Path(args.out if args.out else cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output folder {out_dir} exists and is not a folder")
+    log.info("building %s observations", cfg.data.source)
+    obs = sources.build(cfg.data.source, cfg.data.params)
+    progress = sys.stderr.isatty() and not args.quiet
+    ex = Experiment(cfg, obs, progress=progress)
+    compile_s = ex.warmup()
+    log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
+    result = ex.run()
+    records = ex.records(result)
+    data = results.summary(ex, result, records)
+    data["compile_s"] = compile_s
+    try:
+        s_path, e_path = results.write_results(out_dir, data, records)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {out_dir}: {exc}") from None
+    print(results.format_table(records, data))
+    print(f"compile/cache load {compile_s:.3f} s; results: {s_path}, {e_path}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from . import sources
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    obs = sources.build(cfg.data.source, cfg.data.params)
+    print(f"{args.config}: ok ({cfg.model.type} model, {cfg.data.source} data: {obs.location.shape[0]} observations, "
+          f"{obs.train_starts.shape[0]} training / {obs.eval_starts.shape[0]} evaluation episodes per epoch)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    if args.repeats < 1:
+        raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    if args.json:
+        parent = Path(args.json).resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"--json {args.json}: folder {parent} does not exist")
+    rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json)
+    print(bench.format_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    handlers = {"run": cmd_run, "validate": cmd_validate, "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except UserError as exc:  # engine.dataset.DatasetError is one too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no result files were written", file=sys.stderr)
+        return 130

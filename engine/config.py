@@ -1,0 +1,333 @@
+"""Experiment configs: plain YAML, validated against one schema before anything runs.
+
+Every setting, its type, its allowed range and its default live in ``SCHEMA``
+and ``SOURCES`` below (the one place defaults are defined; the README's config
+reference is written from them). ``load_config`` reads a file, applies
+``--set key.path=value`` overrides, fills defaults and validates; any problem
+raises ``ConfigError`` whose message names the file, the key path and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+class _Setting:
+    """One config value: its kind, default and allowed range (for messages and checks)."""
+
+    def __init__(self, kind, default=None, *, minimum=None, maximum=None, choices=None,
+                 nullable=False, required=False, exclusive_min=False, doc=""):
+        self.kind = kind
+        self.default = default
+        self.minimum = minimum
+        self.maximum = maximum
+        self.choices = choices
+        self.nullable = nullable
+        self.required = required
+        self.exclusive_min = exclusive_min
+        self.doc = doc
+
+    def allowed(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind is bool:
+            text = "true or false"
+        else:
+            text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            lo = None if self.minimum is None else (("> " if self.exclusive_min else ">= ") + str(self.minimum))
+            hi = None if self.maximum is None else "<= " + str(self.maximum)
+            bounds = " and ".join(b for b in (lo, hi) if b)
+            if bounds:
+                text += " " + bounds
+        if self.nullable:
+            text += ", or null"
+        return text
+
+    def check(self, value, where: str):
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"{where}: expected {self.allowed()}, got null")
+        ok = True
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                value = float(value)
+                ok = math.isfinite(value)
+        elif self.kind is str:
+            ok = isinstance(value, str) and value != ""
+        if not ok:
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+        if self.minimum is not None and (value < self.minimum or (self.exclusive_min and value == self.minimum)):
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+        return value
+
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} ({value!r})"
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, bool) else repr(value).lower()
+
+
+MODEL_TYPES = ("similarity",)
+
+SCHEMA: dict[str, dict[str, _Setting]] = {
+    "experiment": {
+        "name": _Setting(str, "experiment", doc="name shown in the summary"),
+        "do_train": _Setting(bool, True, doc="run the training epochs"),
+        "do_eval": _Setting(bool, True, doc="run the evaluation epochs"),
+        "n_train_epochs": _Setting(int, 1, minimum=0, doc="training epochs (each presents every training episode)"),
+        "n_eval_epochs": _Setting(int, 1, minimum=0, doc="evaluation epochs"),
+        "max_train_steps": _Setting(int, 10000, minimum=1, doc="step limit of a training episode"),
+        "max_eval_steps": _Setting(int, 10000, minimum=1, doc="step limit of an evaluation episode"),
+    },
+    "model": {
+        "type": _Setting(str, "similarity", choices=MODEL_TYPES, doc="the learning model"),
+        "confidence_threshold": _Setting(float, None, minimum=0.0, maximum=1.0, exclusive_min=True, nullable=True,
+                                         doc="an evaluation episode is done when the confidence reaches this; "
+                                             "null: never done early"),
+    },
+    "data": {
+        "source": _Setting(str, None, required=True, choices=("seed_spiral", "cube", "sphere", "random", "dataset"),
+                           doc="where observations come from (settings per source below)"),
+    },
+    "execution": {
+        "stepwise": _Setting(bool, False, doc="Python loop with one kernel call per step (debugging, profiling)"),
+        "chunk_size": _Setting(int, 64, minimum=1, doc="evaluation steps per batch between termination checks"),
+    },
+}
+
+# Settings of each data source, beside ``data.source``.
+SOURCES: dict[str, dict[str, _Setting]] = {
+    "seed_spiral": {"size": _Setting(int, 100, minimum=1, doc="observations per episode (the seed benchmark's size)")},
+    "cube": {"points_per_edge": _Setting(int, 4, minimum=2, doc="surface grid points along each edge"),
+             "side": _Setting(float, 0.1, minimum=0.0, exclusive_min=True, doc="edge length (m)")},
+    "sphere": {"n_points": _Setting(int, 64, minimum=1, doc="points on the sphere (Fibonacci lattice)"),
+               "radius": _Setting(float, 0.05, minimum=0.0, exclusive_min=True, doc="sphere radius (m)")},
+    "random": {"n_points": _Setting(int, 100, minimum=1, doc="observations per episode"),
+               "n_features": _Setting(int, 1, minimum=0, maximum=64, doc="feature columns"),
+               "seed": _Setting(int, 0, minimum=0, doc="random seed")},
+    "dataset": {"path": _Setting(str, None, required=True,
+                                 doc="recorded episode file (.npz), relative to the config file's folder")},
+}
+
+TOP_LEVEL = {"output_dir": _Setting(str, "results", doc="folder for summary.json and episodes.csv "
+                                                         "(relative to the working directory)")}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    do_train: bool
+    do_eval: bool
+    n_train_epochs: int
+    n_eval_epochs: int
+    max_train_steps: int
+    max_eval_steps: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str
+    confidence_threshold: float | None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    stepwise: bool
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig
+    model: ModelConfig
+    data: DataConfig
+    execution: ExecutionConfig
+    output_dir: str
+    source_file: str = "<config>"
+
+    def to_dict(self) -> dict:
+        """The resolved config (defaults filled) as plain data, as written to summary.json."""
+        return {
+            "experiment": vars(self.experiment).copy(),
+            "model": vars(self.model).copy(),
+            "data": {"source": self.data.source, **self.data.params},
+            "execution": vars(self.execution).copy(),
+            "output_dir": self.output_dir,
+        }
+
+
+def _unknown(key: str, where: str, allowed) -> ConfigError:
+    hint = difflib.get_close_matches(key, list(allowed), n=1)
+    did = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))}){did}")
+
+
+def _section(raw: dict, name: str, settings: dict[str, _Setting], prefix: str, extra_ok=()) -> dict:
+    value = raw.get(name, {})
+    where = f"{prefix}{name}"
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {_show(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+        if key not in settings and key not in extra_ok:
+            raise _unknown(key, f"{where}.{key}", list(settings) + list(extra_ok))
+    out = {}
+    for key, setting in settings.items():
+        if key in value:
+            out[key] = setting.check(value[key], f"{where}.{key}")
+        elif setting.required:
+            raise ConfigError(f"{where}.{key}: required ({setting.allowed()})")
+        else:
+            out[key] = setting.default
+    return out
+
+
+def validate(raw: Any, source_file: str = "<config>") -> Config:
+    """Validate a parsed YAML document and return the resolved ``Config``."""
+    prefix = f"{source_file}: "
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source_file}: the config must be a mapping of sections, got {_show(raw)}")
+    allowed_top = list(SCHEMA) + list(TOP_LEVEL)
+    for key in raw:
+        if key not in allowed_top:
+            raise _unknown(str(key), f"{prefix}{key}", allowed_top)
+    if "data" not in raw:
+        raise ConfigError(f"{prefix}data: required section (data.source: {SCHEMA['data']['source'].allowed()})")
+    exp = _section(raw, "experiment", SCHEMA["experiment"], prefix)
+    model = _section(raw, "model", SCHEMA["model"], prefix)
+    execution = _section(raw, "execution", SCHEMA["execution"], prefix)
+    data_raw = raw.get("data")
+    if not isinstance(data_raw, dict):
+        raise ConfigError(f"{prefix}data: expected a mapping of settings, got {_show(data_raw)}")
+    source = SCHEMA["data"]["source"].check(data_raw.get("source"), f"{prefix}data.source")
+    params = _section(raw, "data", SOURCES[source], prefix, extra_ok=("source",))
+    params.pop("source", None)
+    if source == "dataset":
+        params["path"] = str(_resolve_relative(params["path"], source_file))
+        if not Path(params["path"]).is_file():
+            raise ConfigError(f"{prefix}data.path: file not found: {params['path']}")
+    top = {key: setting.check(raw[key], f"{prefix}{key}") if key in raw else setting.default
+           for key, setting in TOP_LEVEL.items()}
+    return Config(
+        experiment=ExperimentConfig(**exp),
+        model=ModelConfig(**model),
+        data=DataConfig(source=source, params=params),
+        execution=ExecutionConfig(**execution),
+        output_dir=top["output_dir"],
+        source_file=source_file,
+    )
+
+
+def _resolve_relative(path: str, source_file: str) -> Path:
+    p = Path(path).expanduser()
+    if p.is_absolute() or source_file.startswith("<"):
+        return p
+    return Path(source_file).resolve().parent / p
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``key.path=value`` into its key path and its YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key.path=value, e.g. --set model.confidence_threshold=0.7")
+    key, _, value_text = text.partition("=")
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"--set {text}: empty key in the key path")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> Any:
+    """Apply ``--set`` overrides to a parsed YAML document (returns a new document)."""
+    import copy
+
+    doc = copy.deepcopy(raw) if raw is not None else {}
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = doc
+        for i, part in enumerate(path[:-1]):
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(path[:i])} is not a section")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text}: {'.'.join(path[:-1])} is not a section")
+        node[path[-1]] = value
+    return doc
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override, validate: the resolved ``Config`` of a YAML file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(raw, str(path))
+
+
+def from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
+    """Validate a config given as a Python mapping (for tests, benchmarks and user code)."""
+    return validate(apply_overrides(raw, overrides or []), "<config>")
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(key, allowed, default, meaning) for every setting: the README's config reference."""
+    rows = []
+    for section, settings in SCHEMA.items():
+        for key, s in settings.items():
+            rows.append((f"{section}.{key}", s.allowed(), "required" if s.required else repr(s.default), s.doc))
+    for source, settings in SOURCES.items():
+        for key, s in settings.items():
+            rows.append((f"data.{key} ({source})", s.allowed(), "required" if s.required else repr(s.default), s.doc))
+    for key, s in TOP_LEVEL.items():
+        rows.append((key, s.allowed(), repr(s.default), s.doc))
+    return rows

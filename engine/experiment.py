@@ -1,0 +1,332 @@
+"""The experiment lifecycle: run -> train / evaluate -> epoch -> episode -> step.
+
+``Experiment.run`` trains for ``n_train_epochs`` epochs (the store keeps
+growing across them), then evaluates for ``n_eval_epochs`` epochs against the
+fixed store. It picks the coarsest way to cross into compiled code that the
+registered hooks allow:
+
+- no hooks below the experiment level: the whole run is one call of
+  ``kernels.loop.run_experiment``;
+- epoch hooks (or a progress bar): one kernel call per epoch;
+- episode hooks: one kernel call per episode;
+- step hooks or ``execution.stepwise``: the stepwise path, a Python loop with
+  one kernel call per step (for debugging and line profiling; same results).
+
+Hooks are plain callables registered with ``add_hook(event, fn)``; each gets a
+``HookEvent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kernels import loop as kloop
+from kernels.store import bytes_per_observation, new_store
+
+from . import sources
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("before_experiment", "after_experiment", "before_epoch", "after_epoch",
+          "before_episode", "after_episode", "before_step", "after_step")
+REASONS = kloop.REASON_NAMES
+_NO_THRESHOLD = np.float32(np.inf)
+
+
+@dataclass
+class HookEvent:
+    """What a hook is told. Fields that do not apply to the event are None.
+
+    ``mode`` is "train" or "eval"; ``epoch`` counts from 0 within its mode;
+    ``episode`` is the episode's index within the epoch; ``step`` the step
+    within the episode (stepwise path only); ``record`` the finished episode
+    (after_episode); ``result`` the finished run (after_experiment);
+    ``similarity`` and ``confidence`` the model's values after a matching step.
+    """
+
+    name: str
+    experiment: "Experiment"
+    mode: str | None = None
+    epoch: int | None = None
+    episode: int | None = None
+    step: int | None = None
+    record: "EpisodeRecord | None" = None
+    result: "RunResult | None" = None
+    similarity: float | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One finished episode, as printed in the summary table and written to episodes.csv."""
+
+    mode: str
+    epoch: int
+    episode: int
+    object: str
+    steps: int
+    stored: int
+    confidence: float
+    reason: str
+
+
+@dataclass
+class RunResult:
+    """Per-episode outputs of a run, epoch-major (entry ``epoch * E + episode``)."""
+
+    train_steps: np.ndarray       # int64 (n_train_epochs * E_train,)
+    train_stored: np.ndarray      # int64, stored observations after each training episode
+    train_reason: np.ndarray      # int8, index into REASONS
+    eval_steps: np.ndarray        # int64 (n_eval_epochs * E_eval,)
+    eval_confidence: np.ndarray   # float32, confidence at the end of each evaluation episode
+    eval_reason: np.ndarray       # int8
+    n_stored: int                 # observations in the store after training
+    store: np.ndarray             # float32 (3 + F, capacity), the model's stored observations
+    run_s: float                  # wall time of the run, hooks included
+    path: str                     # "fused" or "stepwise"
+    kernel_calls: int             # number of calls into compiled code that ran episodes
+
+    @property
+    def final_confidence(self) -> float | None:
+        """Confidence at the end of the last evaluation episode (None without evaluation)."""
+        return float(self.eval_confidence[-1]) if self.eval_confidence.size else None
+
+    @property
+    def bytes_per_observation(self) -> int:
+        return bytes_per_observation(self.store)
+
+
+class Experiment:
+    """A configured experiment of the ``similarity`` model, ready to run.
+
+    Parameters
+    ----------
+    config : a validated ``engine.config.Config``
+    observations : ``engine.sources.Observations``; built from ``config.data`` when None
+    progress : show a progress bar (tqdm, on stderr) when the run looks long
+    """
+
+    def __init__(self, config: Config, observations: sources.Observations | None = None, *, progress: bool = False):
+        self.config = config
+        self.obs = observations if observations is not None else sources.build(config.data.source, config.data.params)
+        self.progress = progress
+        self._hooks: dict[str, list[Callable[[HookEvent], None]]] = {e: [] for e in EVENTS}
+        exp = config.experiment
+        self.n_train_epochs = exp.n_train_epochs if exp.do_train else 0
+        self.n_eval_epochs = exp.n_eval_epochs if exp.do_eval else 0
+        t = config.model.confidence_threshold
+        self.threshold = _NO_THRESHOLD if t is None else np.float32(t)
+
+    # -- hooks ---------------------------------------------------------------
+    def add_hook(self, event: str, fn: Callable[[HookEvent], None]) -> None:
+        """Register ``fn`` to be called at ``event`` (one of ``EVENTS``)."""
+        if event not in self._hooks:
+            raise ValueError(f"unknown hook event {event!r}; events: {', '.join(EVENTS)}")
+        if not callable(fn):
+            raise TypeError("a hook must be callable")
+        self._hooks[event].append(fn)
+
+    def _emit(self, name: str, **fields) -> None:
+        hooks = self._hooks[name]
+        if hooks:
+            ev = HookEvent(name, self, **fields)
+            for fn in hooks:
+                fn(ev)
+
+    def _has(self, *names: str) -> bool:
+        return any(self._hooks[n] for n in names)
+
+    # -- sizes ---------------------------------------------------------------
+    def capacity(self) -> int:
+        """Observations the store must hold: every training step of every training epoch."""
+        o = self.obs
+        return int(kloop.training_steps_needed(o.train_starts, o.train_stops,
+                                               self.config.experiment.max_train_steps, self.n_train_epochs))
+
+    def estimated_comparisons(self) -> int:
+        """Stored x evaluation steps: the matching work if no episode stops early."""
+        o = self.obs
+        ev = np.minimum(o.eval_stops - o.eval_starts, self.config.experiment.max_eval_steps).sum()
+        return self.capacity() * int(ev) * self.n_eval_epochs
+
+    def granularity(self) -> str:
+        """How the run crosses into compiled code: "run", "epoch", "episode" or "step"."""
+        if self.config.execution.stepwise or self._has("before_step", "after_step"):
+            return "step"
+        if self._has("before_episode", "after_episode"):
+            return "episode"
+        if self._has("before_epoch", "after_epoch") or (self.progress and self.estimated_comparisons() > 10**10):
+            return "epoch"
+        return "run"
+
+    # -- running -------------------------------------------------------------
+    def warmup(self) -> float:
+        """Compile (or load from numba's cache) the kernels this run will call; returns seconds.
+
+        Runs the same path on a two-step copy of the data (same array types,
+        hence the same compiled signatures), so ``run`` then measures run time
+        only.
+        """
+        o = self.obs
+        k = min(2, o.location.shape[0])
+        tiny = sources.Observations(o.location[:k], o.features[:k], o.feature_names,
+                                    np.array([0], np.int64), np.array([k], np.int64),
+                                    np.array([0], np.int64), np.array([k], np.int64), ("",), ("",))
+        probe = Experiment(self.config, tiny)
+        for name in EVENTS:  # same granularity, same kernels, but no user hook is called
+            if self._hooks[name]:
+                probe._hooks[name].append(_ignore)
+        t0 = time.perf_counter()
+        probe.run()
+        return time.perf_counter() - t0
+
+    def run(self) -> RunResult:
+        """Run the whole experiment and return its per-episode results."""
+        t0 = time.perf_counter()
+        o = self.obs
+        exp = self.config.experiment
+        n_tr, n_ev = self.n_train_epochs, self.n_eval_epochs
+        e_tr, e_ev = o.train_starts.shape[0], o.eval_starts.shape[0]
+        store = new_store(o.n_features, self.capacity())
+        out = RunResult(
+            train_steps=np.zeros(n_tr * e_tr, np.int64), train_stored=np.zeros(n_tr * e_tr, np.int64),
+            train_reason=np.zeros(n_tr * e_tr, np.int8), eval_steps=np.zeros(n_ev * e_ev, np.int64),
+            eval_confidence=np.zeros(n_ev * e_ev, np.float32), eval_reason=np.zeros(n_ev * e_ev, np.int8),
+            n_stored=0, store=store, run_s=0.0, path="fused", kernel_calls=0)
+        self._emit("before_experiment")
+        mode = self.granularity()
+        if mode == "run":
+            out.n_stored = int(kloop.run_experiment(
+                store, 0, o.location, o.features,
+                o.train_starts, o.train_stops, n_tr, exp.max_train_steps,
+                o.eval_starts, o.eval_stops, n_ev, exp.max_eval_steps, self.threshold,
+                self.config.execution.chunk_size,
+                out.train_steps, out.train_stored, out.train_reason,
+                out.eval_steps, out.eval_confidence, out.eval_reason))
+            out.kernel_calls = 1
+        else:
+            self._run_granular(out, mode)
+        out.run_s = time.perf_counter() - t0
+        self._emit("after_experiment", result=out)
+        return out
+
+    def _run_granular(self, out: RunResult, mode: str) -> None:
+        o = self.obs
+        bar = self._progress_bar()
+        for mode_name, n_epochs, starts, stops in (("train", self.n_train_epochs, o.train_starts, o.train_stops),
+                                                   ("eval", self.n_eval_epochs, o.eval_starts, o.eval_stops)):
+            n_ep = starts.shape[0]
+            for epoch in range(n_epochs):
+                self._emit("before_epoch", mode=mode_name, epoch=epoch)
+                base = epoch * n_ep
+                if mode == "epoch":
+                    self._episodes(out, mode_name, starts, stops, base)
+                else:
+                    for e in range(n_ep):
+                        self._emit("before_episode", mode=mode_name, epoch=epoch, episode=e)
+                        if mode == "step":
+                            self._episode_stepwise(out, mode_name, epoch, e, starts[e], stops[e], base + e)
+                        else:
+                            self._episodes(out, mode_name, starts[e:e + 1], stops[e:e + 1], base + e)
+                        if self._hooks["after_episode"]:
+                            self._emit("after_episode", mode=mode_name, epoch=epoch, episode=e,
+                                       record=self._record(out, mode_name, epoch, e))
+                self._emit("after_epoch", mode=mode_name, epoch=epoch)
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if mode == "step":
+            out.path = "stepwise"
+
+    def _episodes(self, out: RunResult, mode: str, starts, stops, at: int) -> None:
+        """Run episodes ``starts/stops`` in one kernel call; outputs go to entries ``at...``."""
+        o = self.obs
+        exp = self.config.experiment
+        k = starts.shape[0]
+        if mode == "train":
+            out.n_stored = int(kloop.train_episodes(
+                out.store, out.n_stored, o.location, o.features, starts, stops, exp.max_train_steps,
+                out.train_steps[at:at + k], out.train_stored[at:at + k], out.train_reason[at:at + k]))
+        else:
+            kloop.eval_episodes(out.store, out.n_stored, o.location, o.features, starts, stops,
+                                exp.max_eval_steps, self.threshold, self.config.execution.chunk_size,
+                                out.eval_steps[at:at + k], out.eval_confidence[at:at + k], out.eval_reason[at:at + k])
+        out.kernel_calls += 1
+
+    def _episode_stepwise(self, out: RunResult, mode: str, epoch: int, e: int, start: int, stop: int, at: int) -> None:
+        """One episode as a Python loop, one kernel call per step (hooks per step)."""
+        o = self.obs
+        exp = self.config.experiment
+        length = int(stop - start)
+        limit = min(length, exp.max_train_steps if mode == "train" else exp.max_eval_steps)
+        step_hooks = self._has("before_step", "after_step")
+        confidence = np.float32(0.0)
+        steps = 0
+        done = False
+        for i in range(limit):
+            if step_hooks:
+                self._emit("before_step", mode=mode, epoch=epoch, episode=e, step=i)
+            t = start + i
+            steps = i + 1
+            if mode == "train":
+                out.n_stored = kloop.train_step(out.store, out.n_stored, o.location, o.features, t)
+                if step_hooks:
+                    self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i)
+            else:
+                similarity, confidence = kloop.match_step(out.store, out.n_stored, o.location, o.features, t, confidence)
+                if step_hooks:
+                    self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i,
+                               similarity=float(similarity), confidence=float(confidence))
+                if confidence >= self.threshold:
+                    done = True
+                    break
+            out.kernel_calls += 1
+        reason = kloop.DONE if done else (kloop.DATA_EXHAUSTED if limit == length else kloop.STEP_LIMIT)
+        if mode == "train":
+            out.train_steps[at], out.train_stored[at], out.train_reason[at] = steps, out.n_stored, reason
+        else:
+            out.eval_steps[at], out.eval_confidence[at], out.eval_reason[at] = steps, confidence, reason
+
+    def _progress_bar(self):
+        total = self.n_train_epochs + self.n_eval_epochs
+        if not self.progress or total == 0:
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is a dependency, but a missing bar must not stop a run
+            return None
+        return tqdm(total=total, unit="epoch", desc=self.config.experiment.name, leave=False)
+
+    # -- results -------------------------------------------------------------
+    def _record(self, out: RunResult, mode: str, epoch: int, e: int) -> EpisodeRecord:
+        o = self.obs
+        if mode == "train":
+            i = epoch * o.train_starts.shape[0] + e
+            return EpisodeRecord("train", epoch, e, o.train_objects[e] if o.train_objects else "",
+                                 int(out.train_steps[i]), int(out.train_stored[i]), 0.0,
+                                 REASONS[out.train_reason[i]])
+        i = epoch * o.eval_starts.shape[0] + e
+        return EpisodeRecord("eval", epoch, e, o.eval_objects[e] if o.eval_objects else "",
+                             int(out.eval_steps[i]), int(out.n_stored), float(out.eval_confidence[i]),
+                             REASONS[out.eval_reason[i]])
+
+    def records(self, out: RunResult) -> list[EpisodeRecord]:
+        """Every episode of a finished run, in the order they ran."""
+        o = self.obs
+        rows = []
+        for epoch in range(self.n_train_epochs):
+            rows += [self._record(out, "train", epoch, e) for e in range(o.train_starts.shape[0])]
+        for epoch in range(self.n_eval_epochs):
+            rows += [self._record(out, "eval", epoch, e) for e in range(o.eval_starts.shape[0])]
+        return rows
+
+
+def _ignore(event: HookEvent) -> None:
+    """A hook that does nothing (stands in for user hooks during warm-up)."""
