@@ -96,14 +96,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
-
     if args.repeats < 1:
         raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
     if args.json:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
+    from . import bench
+
     rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json)
     print(bench.format_table(rows))
     return 0
