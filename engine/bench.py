@@ -1,0 +1,514 @@
+"""The seed benchmark: the engine against its NumPy and pure Python baselines and the Rust figures.
+
+``run_suite("seed")`` times the seed document's workload (``engine.sources.seed_spiral``:
+``epochs`` training epochs, then ``epochs`` evaluation epochs, one episode
+each, no threshold) on the rows (size, epochs) = (10, 10), (50, 10), (100, 10),
+(500, 5), (1000, 2) and two scaling rows (10000, 2), (100000, 1), with four
+implementations, interleaved in the same run (for each repeat, each
+implementation runs once):
+
+- ``engine``: ``Experiment.run`` on the fused path (one compiled call per run);
+- ``engine-stepwise``: ``execution.stepwise`` (a Python loop, one kernel call per step);
+- ``numpy`` and ``python``: the reference implementations of ``engine.baselines``.
+
+As in the seed, the data is built beforehand and only the run is timed;
+steps/s = size x epochs x 2 / median time. The step limit per episode is the
+seed's 10,000 on the seed rows; on the scaling rows it is max(10,000, size),
+so that every observation is consumed (under the seed's limit 100000x1 would
+be the same work as 10000x1). Compile time is measured apart, before timing:
+a tiny run of each engine path, twice; the first minus the second is the
+compile (or numba cache load) time.
+
+The baselines (and the stepwise engine) only run on rows they finish within
+a per-run budget (``BUDGET_S``), predicted from their measured time per
+comparison on the largest row measured so far; rows predicted over budget are
+reported as skipped in the table and left out of the JSON. Rows whose single
+run takes over ``SLOW_RUN_S`` seconds get at most ``SLOW_REPEATS`` repeats.
+
+Library code prints nothing: ``run_suite`` returns the rows, ``format_table``
+the text; progress goes to ``logging``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from . import baselines, sources
+from .config import from_dict
+from .experiment import Experiment
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATIONS = ("engine", "engine-stepwise", "numpy", "python")
+
+SEED_MAX_STEPS = 10_000
+
+# Figures of /work/shared/reference/seed-benchmark.md (the seed document's section 2.1, measured
+# on this project's machine kind): Rust release build, median of 7 runs; the final confidence all
+# reference implementations agree on (to 7e-7 relative); the seed's own NumPy and pure Python
+# steps/s (median of 5, for context only: the ratios use the baselines measured in the same run).
+SEED_REFERENCE = {
+    (10, 10): {"rust_median_ms": 0.040, "rust_steps_per_s": 5.0e6, "final_confidence": 0.688552856,
+               "numpy_steps_per_s": 196e3, "python_steps_per_s": 138e3},
+    (50, 10): {"rust_median_ms": 0.480, "rust_steps_per_s": 2.08e6, "final_confidence": 0.320348978,
+               "numpy_steps_per_s": 178e3, "python_steps_per_s": 30.7e3},
+    (100, 10): {"rust_median_ms": 1.650, "rust_steps_per_s": 1.21e6, "final_confidence": 0.232865244,
+                "numpy_steps_per_s": 160e3, "python_steps_per_s": 15.4e3},
+    (500, 5): {"rust_median_ms": 10.05, "rust_steps_per_s": 498e3, "final_confidence": 0.102160096,
+               "numpy_steps_per_s": 114e3, "python_steps_per_s": 6.0e3},
+    (1000, 2): {"rust_median_ms": 6.49, "rust_steps_per_s": 616e3, "final_confidence": 0.064621277,
+                "numpy_steps_per_s": 126e3, "python_steps_per_s": 7.7e3},
+}
+SEED_BYTES_PER_OBSERVATION = {"rust": 16, "numpy": 16, "python": 272}
+
+SEED_ROWS = tuple(SEED_REFERENCE)
+SCALING_ROWS = ((10_000, 2), (100_000, 1))
+SUITES = {"seed": SEED_ROWS + SCALING_ROWS}
+
+# Parity: relative error of the final confidence against the seed's value. The seed's three
+# implementations agree to 7e-7; the engine's fastmath reduction is within 2e-7 of float64.
+PARITY_RTOL = 1e-6
+
+# Per-run time budget (seconds) of the implementations that may skip rows (None: always runs).
+BUDGET_S = {"engine": None, "engine-stepwise": 60.0, "numpy": 30.0, "python": 10.0}
+SLOW_RUN_S = 2.0
+SLOW_REPEATS = 3
+CALIBRATION_ROW = (10, 10)
+COMPILE_ROW = (40, 1)   # 40 x 40 comparisons: large enough to start the engine's parallel path
+
+ROW_KEYS = ("suite", "case", "size", "epochs", "implementation", "median_s", "min_s", "max_s", "steps_per_s",
+            "comparisons", "final_confidence", "ns_per_comparison", "compile_s", "bytes_per_observation",
+            "vs_rust", "vs_numpy", "vs_python", "parity_expected", "parity_rel_error")
+
+
+class SuiteRows(list):
+    """What ``run_suite`` returns: the list of row dicts (exactly ``ROW_KEYS`` each, the JSON
+    objects), with what the table prints beside them as attributes:
+
+    ``skipped``: dicts ``case, size, epochs, implementation, predicted_s, budget_s`` of the
+    rows predicted over budget; ``info``: compile times, numba cache state, threading layer,
+    memory per stored observation, runs per row.
+    """
+
+    def __init__(self, rows=(), skipped=(), info=None):
+        super().__init__(rows)
+        self.skipped = list(skipped)
+        self.info = dict(info or {})
+
+
+def case_name(size: int, epochs: int) -> str:
+    return f"{size}x{epochs}"
+
+
+def max_steps_for(size: int) -> int:
+    """Step limit per episode: the seed's 10,000, raised to ``size`` so every observation is consumed."""
+    return max(SEED_MAX_STEPS, int(size))
+
+
+def comparisons_of(size: int, epochs: int, max_steps: int | None = None) -> int:
+    """Stored observations at evaluation x evaluation steps (no early stop)."""
+    steps = min(size, max_steps_for(size) if max_steps is None else max_steps) * epochs
+    return steps * steps
+
+
+# ---------------------------------------------------------------------------
+# Running one implementation on one row
+# ---------------------------------------------------------------------------
+
+class _Case:
+    """The data of one row, built once, outside the timing."""
+
+    def __init__(self, size: int, epochs: int, max_steps: int):
+        self.size, self.epochs, self.max_steps = size, epochs, max_steps
+        self.obs = sources.seed_spiral(size)
+        self._points = None
+        self._configs = {}
+
+    def points(self):
+        if self._points is None:
+            self._points = baselines.python_points(self.obs.location, self.obs.features)
+        return self._points
+
+    def config(self, stepwise: bool):
+        if stepwise not in self._configs:
+            self._configs[stepwise] = from_dict({
+                "experiment": {"n_train_epochs": self.epochs, "n_eval_epochs": self.epochs,
+                               "max_train_steps": self.max_steps, "max_eval_steps": self.max_steps},
+                "model": {"confidence_threshold": None},
+                "data": {"source": "seed_spiral", "size": self.size},
+                "execution": {"stepwise": stepwise}})
+        return self._configs[stepwise]
+
+    def baseline_kw(self):
+        return dict(n_train_epochs=self.epochs, n_eval_epochs=self.epochs,
+                    max_train_steps=self.max_steps, max_eval_steps=self.max_steps, threshold=None)
+
+
+def _timed_run(implementation: str, case: _Case) -> tuple[float, float | None, float | None]:
+    """One timed run: (seconds, final confidence, bytes per stored observation or None)."""
+    o = case.obs
+    if implementation in ("engine", "engine-stepwise"):
+        ex = Experiment(case.config(implementation == "engine-stepwise"), o)
+        gc.collect()
+        t0 = time.perf_counter()
+        r = ex.run()
+        dt = time.perf_counter() - t0
+        return dt, r.final_confidence, float(r.bytes_per_observation)
+    if implementation == "numpy":
+        gc.collect()
+        t0 = time.perf_counter()
+        r = baselines.numpy_experiment(o.location, o.features, o.train_starts, o.train_stops,
+                                       o.eval_starts, o.eval_stops, **case.baseline_kw())
+        dt = time.perf_counter() - t0
+        return dt, r.final_confidence, None
+    if implementation == "python":
+        points = case.points()
+        gc.collect()
+        t0 = time.perf_counter()
+        r = baselines.python_experiment(points, o.train_starts, o.train_stops,
+                                        o.eval_starts, o.eval_stops, **case.baseline_kw())
+        dt = time.perf_counter() - t0
+        return dt, r.final_confidence, None
+    raise ValueError(f"unknown implementation {implementation!r}; one of {', '.join(IMPLEMENTATIONS)}")
+
+
+# ---------------------------------------------------------------------------
+# Compile time, numba cache state, threading layer
+# ---------------------------------------------------------------------------
+
+def _engine_dispatchers():
+    from kernels import loop as kloop
+
+    return (kloop.run_experiment, kloop.training_steps_needed, kloop.train_step, kloop.match_step)
+
+
+def measure_compile() -> dict:
+    """Compile (or cache load) time of each engine path's first call in this process.
+
+    Runs a tiny seed row (``COMPILE_ROW``) twice on each path: first minus
+    second. Returns ``{"engine": s, "engine-stepwise": s, "numba_cache": text,
+    "threading": text}``; ``numba_cache`` says whether the kernels were
+    already compiled in this process, loaded from numba's on-disk cache
+    (warm) or compiled (cold).
+    """
+    dispatchers = _engine_dispatchers()
+    in_process = any(d.signatures for d in dispatchers)
+    out = {}
+    case = _Case(COMPILE_ROW[0], COMPILE_ROW[1], SEED_MAX_STEPS)
+    for impl in ("engine", "engine-stepwise"):
+        first = _timed_run(impl, case)[0]
+        second = _timed_run(impl, case)[0]
+        out[impl] = max(first - second, 0.0)
+        log.info("first call of %s: %.3f s (then %.3f ms)", impl, first, second * 1e3)
+    hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
+    misses = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+    cache_dir = os.environ.get("NUMBA_CACHE_DIR") or "__pycache__ beside the kernels"
+    if in_process:
+        state = "kernels already compiled in this process before the measurement"
+    elif misses == 0 and hits > 0:
+        state = f"warm (kernels loaded from numba's cache, {cache_dir})"
+    elif hits == 0:
+        state = f"cold (kernels compiled, cache {cache_dir})"
+    else:
+        state = f"partly warm ({hits} kernel signatures loaded from cache, {misses} compiled; {cache_dir})"
+    out["numba_cache"] = state
+    try:
+        import numba
+
+        out["threading"] = f"numba threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads"
+    except Exception:  # no parallel region ran yet, or no threading layer
+        out["threading"] = "numba threading layer not initialised"
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
+              implementations=IMPLEMENTATIONS, budgets: dict | None = None) -> SuiteRows:
+    """Run a benchmark suite and return its rows (see ``ROW_KEYS``), one per row x implementation.
+
+    Parameters
+    ----------
+    suite : name in ``SUITES`` ("seed")
+    repeats : timed runs per row and implementation (interleaved); at most
+        ``SLOW_REPEATS`` where one run takes over ``SLOW_RUN_S`` seconds
+    json_path : if given, the rows are written there as a JSON list (atomically)
+    rows : (size, epochs) pairs to run instead of the suite's rows
+    implementations : a subset of ``IMPLEMENTATIONS``
+    budgets : overrides of ``BUDGET_S`` (seconds per run; None: no budget)
+
+    Rows predicted over an implementation's budget are skipped: they are not in
+    the returned list (nor the JSON) but in its ``skipped`` attribute, which
+    ``format_table`` prints.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; one of {', '.join(SUITES)}")
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    impls = tuple(implementations)
+    for impl in impls:
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {impl!r}; one of {', '.join(IMPLEMENTATIONS)}")
+    cases = [(int(s), int(e)) for s, e in (SUITES[suite] if rows is None else rows)]
+    budget = {**BUDGET_S, **(budgets or {})}
+
+    info = {"suite": suite, "repeats": repeats, "runs": {}}
+    if any(i.startswith("engine") for i in impls):
+        info["compile"] = measure_compile()
+    memory = {}
+    if "numpy" in impls:
+        memory["numpy"] = round(baselines.numpy_bytes_per_observation(), 2)
+    if "python" in impls:
+        memory["python"] = round(baselines.python_bytes_per_observation(), 2)
+    info["memory"] = memory
+
+    largest: dict[str, tuple[int, float]] = {}   # impl -> (comparisons, median s) of its largest row so far
+
+    def predict(impl: str, comparisons: int) -> float:
+        if impl not in largest:  # calibrate on a tiny row
+            c = _Case(*CALIBRATION_ROW, SEED_MAX_STEPS)
+            largest[impl] = (comparisons_of(*CALIBRATION_ROW), _timed_run(impl, c)[0])
+        n, s = largest[impl]
+        return comparisons * s / n
+
+    out = SuiteRows(info=info)
+    for size, epochs in cases:
+        ms = max_steps_for(size)
+        name = case_name(size, epochs)
+        comparisons = comparisons_of(size, epochs, ms)
+        active = []
+        for impl in impls:
+            b = budget.get(impl)
+            if b is not None:
+                p = predict(impl, comparisons)
+                if p > b:
+                    log.info("%s %s: skipped (predicted %.1f s per run > %.0f s budget)", name, impl, p, b)
+                    out.skipped.append({"case": name, "size": size, "epochs": epochs, "implementation": impl,
+                                        "predicted_s": p, "budget_s": b})
+                    continue
+            active.append(impl)
+        case = _Case(size, epochs, ms)
+        times = {i: [] for i in active}
+        final = {}
+        bpo = {}
+        n_runs = {i: repeats for i in active}
+        for r in range(repeats):
+            for impl in active:
+                if r >= n_runs[impl]:
+                    continue
+                dt, fc, b = _timed_run(impl, case)
+                times[impl].append(dt)
+                if fc is not None and impl in final and fc != final[impl]:
+                    log.warning("%s %s: final confidence changed between runs (%r, %r)", name, impl, final[impl], fc)
+                final[impl], bpo[impl] = fc, b
+                if r == 0 and dt > SLOW_RUN_S:
+                    n_runs[impl] = min(repeats, SLOW_REPEATS)
+                log.info("%s %s run %d: %.3f ms", name, impl, r + 1, dt * 1e3)
+
+        steps = size * epochs * 2
+        ref = SEED_REFERENCE.get((size, epochs)) if ms == SEED_MAX_STEPS else None
+        sps = {i: steps / statistics.median(times[i]) for i in active}
+        for impl in active:
+            med = statistics.median(times[impl])
+            if comparisons > largest.get(impl, (0, 0.0))[0]:
+                largest[impl] = (comparisons, med)
+            fc = final[impl]
+            if impl.startswith("engine"):
+                bytes_per_obs = bpo[impl]
+                compile_s = info["compile"][impl]
+            else:
+                bytes_per_obs = memory[impl]
+                compile_s = None
+            expected = ref["final_confidence"] if ref else None
+            row = {
+                "suite": suite, "case": name, "size": size, "epochs": epochs, "implementation": impl,
+                "median_s": med, "min_s": min(times[impl]), "max_s": max(times[impl]),
+                "steps_per_s": sps[impl], "comparisons": comparisons, "final_confidence": fc,
+                "ns_per_comparison": med / comparisons * 1e9 if comparisons else None,
+                "compile_s": compile_s, "bytes_per_observation": bytes_per_obs,
+                "vs_rust": _ratio(sps[impl], ref["rust_steps_per_s"]) if ref else None,
+                "vs_numpy": _ratio(sps[impl], sps.get("numpy")),
+                "vs_python": _ratio(sps[impl], sps.get("python")),
+                "parity_expected": expected,
+                "parity_rel_error": (abs(fc - expected) / abs(expected)
+                                     if expected is not None and fc is not None else None),
+            }
+            out.append(row)
+            info["runs"][f"{name}/{impl}"] = len(times[impl])
+            log.info("%s %s: median %.3f ms over %d runs", name, impl, med * 1e3, len(times[impl]))
+
+    if json_path is not None:
+        write_json(out, json_path)
+    return out
+
+
+def _plain(v):
+    """A JSON-native value (NumPy scalars become Python numbers)."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    try:
+        import numpy as np
+
+        if isinstance(v, np.integer):
+            return int(v)
+        if isinstance(v, np.floating):
+            return float(v)
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def write_json(rows, path) -> None:
+    """Write ``rows`` as a JSON list of objects to ``path`` atomically (temp file, then os.replace)."""
+    path = Path(path)
+    data = [{k: _plain(v) for k, v in row.items()} for row in rows]
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
+def _si(x) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            v = x / scale
+            return f"{v:.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
+    return f"{x:.3g}"
+
+
+def _x(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
+
+
+def _ms(s) -> str:
+    ms = s * 1e3
+    return f"{ms:.4g}" if ms < 1e5 else f"{ms:,.0f}"
+
+
+def _parity(row) -> str:
+    err = row.get("parity_rel_error")
+    if err is None:
+        return "-"
+    return f"{'OK' if err <= PARITY_RTOL else 'FAIL'} {err:.1e}"
+
+
+def format_table(rows) -> str:
+    """The benchmark as readable text: one line per row x implementation, then notes.
+
+    Takes ``run_suite``'s result (skipped rows, compile and memory notes come
+    from its attributes) or a plain list of row dicts (e.g. read back from the JSON).
+    """
+    rows = list(rows) if not isinstance(rows, SuiteRows) else rows
+    skipped = getattr(rows, "skipped", [])
+    info = getattr(rows, "info", {})
+    runs = info.get("runs", {})
+
+    order = []
+    for r in list(rows) + list(skipped):
+        key = (r["size"], r["epochs"])
+        if key not in order:
+            order.append(key)
+    by = {(r["size"], r["epochs"], r["implementation"]): r for r in rows}
+    sk = {(r["size"], r["epochs"], r["implementation"]): r for r in skipped}
+    impls = [i for i in IMPLEMENTATIONS if any(k[2] == i for k in list(by) + list(sk))]
+    impls += sorted({k[2] for k in list(by) + list(sk)} - set(impls))
+
+    head = (f"{'case':<10} {'implementation':<16} {'runs':>4} {'median ms':>10} {'steps/s':>9} {'ns/cmp':>8} "
+            f"{'x Rust':>7} {'x NumPy':>8} {'x Python':>9} {'final conf':>12}  parity")
+    lines = [head, "-" * len(head)]
+    scaling = False
+    for size, epochs in order:
+        label = case_name(size, epochs)
+        if (size, epochs) not in SEED_REFERENCE:
+            label += "*"
+            scaling = True
+        for impl in impls:
+            r = by.get((size, epochs, impl))
+            if r is not None:
+                n = runs.get(f"{r['case']}/{impl}", "")
+                fc = r["final_confidence"]
+                ns = r["ns_per_comparison"]
+                lines.append(
+                    f"{label:<10} {impl:<16} {n!s:>4} {_ms(r['median_s']):>10} {_si(r['steps_per_s']):>9} "
+                    f"{'-' if ns is None else f'{ns:.3g}':>8} {_x(r['vs_rust']):>7} {_x(r['vs_numpy']):>8} "
+                    f"{_x(r['vs_python']):>9} {'-' if fc is None else f'{fc:.9f}':>12}  {_parity(r)}")
+            elif (size, epochs, impl) in sk:
+                s = sk[(size, epochs, impl)]
+                lines.append(f"{label:<10} {impl:<16} skipped: predicted {s['predicted_s']:.3g} s per run "
+                             f"> {s['budget_s']:g} s budget")
+
+    lines.append("")
+    compile_info = info.get("compile")
+    comp = {r["implementation"]: r["compile_s"] for r in rows if r.get("compile_s") is not None}
+    if compile_info:
+        comp = {i: compile_info[i] for i in ("engine", "engine-stepwise") if i in compile_info}
+    if comp:
+        text = ", ".join(f"{i} {s:.3f} s" for i, s in comp.items())
+        line = f"Compile / cache load, apart from the timings (first call minus second, tiny run): {text}"
+        if compile_info:
+            line += f"; numba cache: {compile_info['numba_cache']}; {compile_info['threading']}"
+        lines.append(line + ".")
+
+    mem = {}
+    for r in rows:
+        impl = r["implementation"]
+        key = "engine" if impl.startswith("engine") else impl
+        if r.get("bytes_per_observation") is not None:
+            mem.setdefault(key, r["bytes_per_observation"])
+    mem.update(info.get("memory", {}))
+    if mem:
+        names = {"engine": "engine store", "numpy": "NumPy float32 arrays", "python": "Python objects"}
+        parts = [f"{names[k]} {mem[k]:g}" for k in ("engine", "numpy", "python") if k in mem]
+        seed = SEED_BYTES_PER_OBSERVATION
+        lines.append(f"Bytes per stored observation: {', '.join(parts)} (baselines: tracemalloc, 100,000 "
+                     f"observations); seed: Rust {seed['rust']}, NumPy {seed['numpy']}, Python {seed['python']}.")
+    repeats = info.get("repeats")
+    if repeats:
+        lines.append(f"Times: median of {repeats} interleaved runs ({min(repeats, SLOW_REPEATS)} where one run "
+                     f"takes over {SLOW_RUN_S:g} s), data built beforehand; steps/s = size x epochs x 2 / median.")
+    lines.append("x Rust: steps/s against the seed's Rust figures (seed-benchmark.md); x NumPy, x Python: against "
+                 "the baselines measured in this run.")
+    lines.append(f"Parity: final confidence within {PARITY_RTOL:g} relative of the seed's value "
+                 "(the seed's implementations agree to 7e-7).")
+    if scaling:
+        lines.append(f"* Scaling rows, not in the seed's table: step limit max({SEED_MAX_STEPS:,}, size) per "
+                     f"episode, so every observation is consumed (under the seed's {SEED_MAX_STEPS:,}-step "
+                     "limit 100000x1 would be the same work as 10000x1); no Rust figure or parity target.")
+    return "\n".join(lines)
