@@ -281,6 +281,7 @@ class Experiment:
                     self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i)
             else:
                 similarity, confidence = kloop.match_step(out.store, out.n_stored, o.location, o.features, t, confidence)
+                confidence = np.float32(confidence)  # numba hands back a Python float: keep one float32 signature
                 if step_hooks:
                     self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i,
                                similarity=float(similarity), confidence=float(confidence))
