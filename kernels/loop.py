@@ -23,11 +23,16 @@ import numpy as np
 from numba import njit
 
 from .matching import batch_similarity_at, mean_similarity, scan_segments, update_confidence
+from .timing import add_time, ticks
 
 DONE = 0
 DATA_EXHAUSTED = 1
 STEP_LIMIT = 2
 REASON_NAMES = ("done", "data_exhausted", "step_limit")
+
+# Rows of the optional ``timers`` table (see ``kernels.timing``): the kernels a
+# fused run spends its time in.
+TIMED_KERNELS = ("train_episodes", "batch_similarity_at", "scan_segments")
 
 
 @njit(cache=True)
@@ -101,7 +106,7 @@ def train_episodes(store, n_stored, location, features, starts, stops, max_steps
 
 @njit(cache=True)
 def eval_episodes(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
-                  out_steps, out_confidence, out_reason):
+                  out_steps, out_confidence, out_reason, timers=None):
     """Evaluation episodes against a fixed store, with early termination.
 
     All E episodes are independent (the store does not change during
@@ -123,6 +128,8 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
     out_confidence : float32 (E,), written: confidence at the episode's end
         (each episode starts from confidence 0)
     out_reason : int8 (E,), written: DONE, DATA_EXHAUSTED or STEP_LIMIT
+    timers : optional int64 (len(TIMED_KERNELS), 2), added to: calls and
+        ticks of the batch matching and the termination scan
     """
     n_ep = starts.shape[0]
     limit = np.empty(n_ep, dtype=np.int64)
@@ -169,8 +176,15 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
                 seg[m] = q
         if m == 0:
             break
+        if timers is not None:
+            t0 = ticks()
         batch_similarity_at(store, n_stored, location, features, steps[:q], sims[:q])
+        if timers is not None:
+            add_time(timers, 1, t0)
+            t0 = ticks()
         scan_segments(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
+        if timers is not None:
+            add_time(timers, 2, t0)
         for i in range(m):
             e = which[i]
             out_confidence[e] = conf[i]
@@ -188,7 +202,7 @@ def run_experiment(store, n_stored, location, features,
                    train_starts, train_stops, n_train_epochs, max_train_steps,
                    eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
                    out_train_steps, out_train_stored, out_train_reason,
-                   out_eval_steps, out_eval_confidence, out_eval_reason):
+                   out_eval_steps, out_eval_confidence, out_eval_reason, timers=None):
     """A whole experiment in one call: all training epochs, then all evaluation epochs.
 
     Every epoch presents the same episodes (``train_*`` and ``eval_*`` int64
@@ -199,15 +213,20 @@ def run_experiment(store, n_stored, location, features,
     and ``eval_episodes`` for the meaning of each output.
 
     Returns ``n_stored`` after training (the store keeps growing across
-    training epochs; evaluation never changes it).
+    training epochs; evaluation never changes it). ``timers`` (optional, int64
+    (len(TIMED_KERNELS), 2)) collects calls and ticks per kernel.
     """
     e_tr = train_starts.shape[0]
     n = n_stored
     for p in range(n_train_epochs):
+        if timers is not None:
+            t0 = ticks()
         n = train_episodes(store, n, location, features, train_starts, train_stops, max_train_steps,
                            out_train_steps[p * e_tr:(p + 1) * e_tr],
                            out_train_stored[p * e_tr:(p + 1) * e_tr],
                            out_train_reason[p * e_tr:(p + 1) * e_tr])
+        if timers is not None:
+            add_time(timers, 0, t0)
     if n_eval_epochs > 0:
         # Evaluation episodes of all epochs are independent: run them as one pool.
         starts = np.empty(n_eval_epochs * eval_starts.shape[0], dtype=np.int64)
@@ -217,5 +236,5 @@ def run_experiment(store, n_stored, location, features,
             starts[p * e_ev:(p + 1) * e_ev] = eval_starts
             stops[p * e_ev:(p + 1) * e_ev] = eval_stops
         eval_episodes(store, n, location, features, starts, stops, max_eval_steps, threshold, chunk,
-                      out_eval_steps, out_eval_confidence, out_eval_reason)
+                      out_eval_steps, out_eval_confidence, out_eval_reason, timers)
     return n
