@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
 
+    pr = sub.add_parser("profile", parents=[common],
+                        help="profile a run: compile time, per-kernel times, hot orchestrator lines")
+    pr.add_argument("config")
+    pr.add_argument("--out", metavar="DIR", help="report folder (default: OUTPUT_DIR/profile)")
+    pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+    pr.add_argument("--top", type=int, default=10, metavar="N", help="rows shown per table (default 10)")
+
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
     b.add_argument("--suite", default="seed", choices=["seed"], help="benchmark suite (default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
@@ -95,6 +102,18 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from . import profile
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
+    report = profile.profile_run(cfg, out_dir, top=max(args.top, 1))
+    print(profile.format_report(report, top=max(args.top, 1)))
+    print(f"\nreports: {out_dir / profile.JSON_NAME}, {report['lprof']}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
@@ -113,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # engine.dataset.DatasetError is one too

@@ -166,7 +166,7 @@ class Experiment:
         return "run"
 
     # -- running -------------------------------------------------------------
-    def warmup(self) -> float:
+    def warmup(self, timers: bool = False) -> float:
         """Compile (or load from numba's cache) the kernels this run will call; returns seconds.
 
         Runs the same path on a two-step copy of the data (same array types,
@@ -183,11 +183,16 @@ class Experiment:
             if self._hooks[name]:
                 probe._hooks[name].append(_ignore)
         t0 = time.perf_counter()
-        probe.run()
+        probe.run(np.zeros((len(kloop.TIMED_KERNELS), 2), np.int64) if timers else None)
         return time.perf_counter() - t0
 
-    def run(self) -> RunResult:
-        """Run the whole experiment and return its per-episode results."""
+    def run(self, timers: np.ndarray | None = None) -> RunResult:
+        """Run the whole experiment and return its per-episode results.
+
+        ``timers`` (int64 (len(kernels.loop.TIMED_KERNELS), 2), see
+        ``kernels.timing``) collects per-kernel calls and cycle counts on the
+        fused single-call path (used by ``engine.profile``).
+        """
         t0 = time.perf_counter()
         o = self.obs
         exp = self.config.experiment
@@ -208,9 +213,11 @@ class Experiment:
                 o.eval_starts, o.eval_stops, n_ev, exp.max_eval_steps, self.threshold,
                 self.config.execution.chunk_size,
                 out.train_steps, out.train_stored, out.train_reason,
-                out.eval_steps, out.eval_confidence, out.eval_reason))
+                out.eval_steps, out.eval_confidence, out.eval_reason, timers))
             out.kernel_calls = 1
         else:
+            if timers is not None:
+                raise ValueError("kernel timers need the single-call fused path (no epoch, episode or step hooks)")
             self._run_granular(out, mode)
         out.run_s = time.perf_counter() - t0
         self._emit("after_experiment", result=out)

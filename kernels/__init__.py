@@ -18,13 +18,33 @@ timing     cycle-counter timers usable inside kernels (per-kernel profiles)
 
 import os as _os
 
-# OpenMP worker threads that spin while waiting (libgomp's default) fall off a
-# cliff when another process holds a core: every parallel region then waits a
-# scheduler slice for the descheduled spinner. Measured on this 2-core machine
-# with one other busy process: 8.0 ms per region (100 x 10 seed row: 8.0 ms
-# instead of 0.31 ms; a thresholded run with 32 rounds: 244 ms instead of
-# 1.3 ms). Passive waiting removes the cliff. A user's own setting wins; it
-# must be set before the first parallel kernel runs, hence here.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def _choose_openmp_wait_policy():
+    """Passive OpenMP waiting when the machine is already busy; libgomp's default otherwise.
+
+    libgomp's worker threads spin while they wait for work. On an idle machine
+    that is the fastest choice: a parallel region starts in ~2 us. When another
+    process holds a core, a spinning worker is just another CPU-bound thread and
+    can wait a whole scheduler slice before it runs its share: measured on this
+    2-core machine with one busy process, 8.0 ms per parallel region (the
+    10 x 10 seed row took 8.0 ms instead of 0.019 ms). Passive (sleeping)
+    workers are woken with priority and avoid that cliff, but each wake-up
+    costs 30-60 us on an idle machine (10 x 10: 0.081 ms, 100 x 10: 0.21 ms
+    instead of 0.165 ms). So: passive when the 1-minute load average says the
+    cores are already taken, spinning otherwise. A user's own OMP_WAIT_POLICY
+    or GOMP_SPINCOUNT always wins. Must run before the first parallel kernel,
+    hence at import.
+    """
+    if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
+        return
+    try:
+        load = _os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on this platform
+        return
+    if load > (_os.cpu_count() or 1) - 0.5:
+        _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+_choose_openmp_wait_policy()
 
 __all__ = ["distance", "matching", "loop", "store", "timing"]

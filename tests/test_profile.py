@@ -1,0 +1,73 @@
+"""``python -m engine profile``: report structure, and the kernels it lists are the ones the run called."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+from engine.config import load_config
+from engine.profile import CompileRecorder, profile_run
+
+pytest.importorskip("line_profiler")
+
+CALLED = {"kernels.loop.run_experiment", "kernels.loop.train_episodes", "kernels.matching.batch_similarity_at",
+          "kernels.matching.scan_segments"}
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", "seed_benchmark.yaml"])
+def test_profile_report(tmp_path, root, config, capsys):
+    assert main(["-q", "profile", str(root / "configs" / config), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert set(report) >= {"compile", "first_call", "kernels", "lines", "fused_run_s", "stepwise_run_s", "lprof"}
+    assert report["final_confidence"] == report["stepwise_final_confidence"]
+    kernels = {r["kernel"]: r for r in report["kernels"]}
+    assert CALLED <= set(kernels)
+    for name in CALLED:
+        assert kernels[name]["calls"] >= 1 and kernels[name]["total_s"] >= 0
+        assert kernels[name]["mean_s"] == pytest.approx(kernels[name]["total_s"] / kernels[name]["calls"])
+        assert name in out
+    cfg = load_config(root / "configs" / config)
+    assert kernels["kernels.loop.train_episodes"]["calls"] == cfg.experiment.n_train_epochs
+    # every timed kernel runs inside run_experiment: their sum cannot exceed it
+    inner = sum(kernels[k]["total_s"] for k in CALLED - {"kernels.loop.run_experiment"})
+    assert inner <= kernels["kernels.loop.run_experiment"]["total_s"] * 1.05
+    lines = report["lines"]
+    assert lines and {r["function"] for r in lines} <= {"Experiment._episode_stepwise", "Experiment._emit"}
+    assert any("train_step" in r["source"] or "match_step" in r["source"] for r in lines)
+    assert lines == sorted(lines, key=lambda r: -r["time_s"])
+    for row in report["compile"]:
+        assert row["kernel"].startswith("kernels.") and row["cache"] in ("hit", "miss", "mixed")
+    assert "Hottest orchestrator lines" in out and "Kernels of the fused run" in out
+
+
+def test_lprof_readable_by_line_profiler(tmp_path, root):
+    profile_run(load_config(root / "configs" / "demo.yaml"), tmp_path)
+    p = subprocess.run([sys.executable, "-m", "line_profiler", str(tmp_path / "lines.lprof")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "_episode_stepwise" in p.stdout and "Timer unit" in p.stdout
+
+
+def test_compile_recorder_sees_a_fresh_compile():
+    import numpy as np
+    from numba import njit
+
+    @njit
+    def fresh(x):
+        return x + 1
+
+    with CompileRecorder(prefix="") as rec:
+        fresh(np.float32(1))
+    rows = [r for r in rec.rows() if r["kernel"].endswith("fresh")]
+    assert len(rows) == 1 and rows[0]["cache_misses"] == 1 and rows[0]["cache"] == "miss"
+    assert rows[0]["compile_s"] > 0
+
+
+def test_profile_bad_config_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  source: nope\n")
+    assert main(["profile", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "data.source" in capsys.readouterr().err and not (tmp_path / "o").exists()
