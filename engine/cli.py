@@ -50,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
     pr.add_argument("--top", type=int, default=10, metavar="N", help="rows shown per table (default 10)")
 
+    w = sub.add_parser("warmup", parents=[common],
+                       help="compile every kernel signature the configs use (default: the bundled configs)")
+    w.add_argument("configs", nargs="*", metavar="CONFIG", help="YAML configs (default: configs/*.yaml)")
+    w.add_argument("--cache-dir", metavar="DIR", help="kernel cache folder (default: NUMBA_CACHE_DIR or numba's)")
+
+    i = sub.add_parser("info", parents=[common], help="versions, threading, kernel cache state, CPU features")
+    i.add_argument("--cache-dir", metavar="DIR", help="kernel cache folder to inspect")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
-    b.add_argument("--suite", default="seed", choices=["seed"], help="benchmark suite (default: seed)")
+    b.add_argument("--suite", default="seed", choices=["seed", "startup"],
+                   help="seed: the seed's benchmark table; startup: cold/warm start-to-result (default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
     return p
@@ -62,6 +72,55 @@ def _setup_logging(args) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
+BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _apply_cache(cfg) -> None:
+    from .runtime import configure_cache
+
+    try:
+        configure_cache(cfg.execution.cache_dir)
+    except OSError as exc:
+        raise UserError(f"{cfg.source_file}: execution.cache_dir: cannot use {cfg.execution.cache_dir}: {exc}") from None
+
+
+def cmd_warmup(args) -> int:
+    from . import runtime
+    from .config import load_config
+
+    paths = [Path(p) for p in args.configs] or sorted(BUNDLED_CONFIGS.glob("*.yaml"))
+    if not paths:
+        raise UserError(f"no configs given and none bundled in {BUNDLED_CONFIGS}")
+    configs = [load_config(p) for p in paths]
+    if args.cache_dir:
+        try:
+            runtime.configure_cache(args.cache_dir)
+        except OSError as exc:
+            raise UserError(f"--cache-dir {args.cache_dir}: {exc}") from None
+    else:
+        for cfg in configs:
+            _apply_cache(cfg)
+    rows = runtime.warmup_configs(configs, progress=lambda r: log.info("warmed up %s in %.2f s", r["config"], r["seconds"]))
+    data = runtime.info()
+    for r in rows:
+        print(f"{r['seconds']:7.2f} s  {r['config']}")
+    print(f"kernel cache: {data['cache_dir'] or 'numba default'}; "
+          f"{data['kernels_cached']} of {data['kernels_total']} kernels cached")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from . import runtime
+
+    if args.cache_dir:
+        runtime.configure_cache(args.cache_dir)
+    data = runtime.info()
+    print(json.dumps(data, indent=2) if args.json else runtime.format_info(data))
+    return 0
+
+
 def cmd_run(args) -> int:
     from . import results, sources
     from .config import load_config
@@ -69,6 +128,7 @@ def cmd_run(args) -> int:
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     cfg = load_config(args.config, overrides)
+    _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
@@ -107,6 +167,7 @@ def cmd_profile(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    _apply_cache(cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
     report = profile.profile_run(cfg, out_dir, top=max(args.top, 1))
     print(profile.format_report(report, top=max(args.top, 1)))
@@ -123,6 +184,14 @@ def cmd_bench(args) -> int:
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
     from . import bench
 
+    if args.suite == "startup":
+        from . import bench_startup
+
+        rows = bench_startup.run_startup(repeats=args.repeats)
+        if args.json:
+            bench.write_json(rows, args.json)
+        print(bench_startup.format_startup(rows))
+        return 0
     rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json)
     print(bench.format_table(rows))
     return 0
@@ -132,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
+                "info": cmd_info, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # engine.dataset.DatasetError is one too

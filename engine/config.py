@@ -113,6 +113,9 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
     "execution": {
         "stepwise": _Setting(bool, False, doc="Python loop with one kernel call per step (debugging, profiling)"),
         "chunk_size": _Setting(int, 64, minimum=1, doc="evaluation steps per batch between termination checks"),
+        "cache_dir": _Setting(str, None, nullable=True,
+                              doc="folder for compiled kernels (relative to the config file's folder); "
+                                  "null: NUMBA_CACHE_DIR or numba's default"),
     },
 }
 
@@ -161,6 +164,7 @@ class DataConfig:
 class ExecutionConfig:
     stepwise: bool
     chunk_size: int
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     source = SCHEMA["data"]["source"].check(data_raw.get("source"), f"{prefix}data.source")
     params = _section(raw, "data", SOURCES[source], prefix, extra_ok=("source",))
     params.pop("source", None)
+    if execution["cache_dir"] is not None:
+        execution["cache_dir"] = str(_resolve_relative(execution["cache_dir"], source_file))
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
         if not Path(params["path"]).is_file():

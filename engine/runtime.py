@@ -1,0 +1,171 @@
+"""The compiled side of the engine at run time: cache folder, kernel inventory, warm-up, info.
+
+Kernels compile lazily (on their first call with a given signature) and are
+cached on disk by numba (``cache=True``). Where the cache lives:
+
+1. ``execution.cache_dir`` in the config, or ``configure_cache(path)``;
+2. else the ``NUMBA_CACHE_DIR`` environment variable (numba's own);
+3. else numba's default: ``__pycache__`` beside the kernel sources, and, when
+   that folder is not writable (a read-only site-packages), the user-wide
+   folder numba falls back to (``~/.cache/numba`` style, per user).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+KERNEL_MODULES = ("kernels.distance", "kernels.matching", "kernels.loop", "kernels.store", "kernels.timing",
+                  "kernels.kdtree")
+
+
+def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
+    """Point numba's kernel cache at ``cache_dir`` (created if missing); None leaves it alone.
+
+    Works before or after ``kernels`` is imported: the kernels' caches are
+    re-bound to the new folder (numba picks a dispatcher's cache folder when
+    caching is enabled, so it is enabled again). Returns the folder in use.
+    """
+    if cache_dir is None:
+        return os.environ.get("NUMBA_CACHE_DIR") or None
+    path = str(Path(cache_dir).expanduser().resolve())
+    Path(path).mkdir(parents=True, exist_ok=True)
+    os.environ["NUMBA_CACHE_DIR"] = path
+    if "numba" in sys.modules:
+        from numba.core import config
+
+        config.CACHE_DIR = path
+        for disp in kernel_dispatchers(import_missing=False):
+            disp.enable_caching()
+    return path
+
+
+def kernel_dispatchers(import_missing: bool = True) -> list:
+    """Every numba dispatcher defined in the kernel modules (private ones included)."""
+    from numba.core.registry import CPUDispatcher
+
+    out = []
+    for name in KERNEL_MODULES:
+        mod = sys.modules.get(name)
+        if mod is None and import_missing:
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:
+                continue
+        if mod is None:
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == name:
+                out.append(obj)
+    return out
+
+
+def cached_kernels() -> list[dict]:
+    """For each kernel: its cache index file and how many compiled signatures it holds."""
+    rows = []
+    for disp in kernel_dispatchers():
+        cache = getattr(disp, "_cache", None)
+        cache_file = getattr(cache, "_cache_file", None)
+        index = getattr(cache_file, "_index_path", None)
+        try:
+            n = len(cache_file._load_index()) if cache_file is not None else 0
+        except Exception:  # an unreadable index counts as not cached
+            n = 0
+        rows.append({"kernel": f"{disp.py_func.__module__}.{disp.py_func.__qualname__}",
+                     "index": index, "cached_signatures": n})
+    return rows
+
+
+def warmup_configs(configs, progress=None) -> list[dict]:
+    """Compile (or load) every kernel signature the given configs use, on every execution path.
+
+    ``configs`` are validated ``Config`` objects. Each is warmed up on the fused
+    single-call path, the per-epoch and per-episode paths, the stepwise path and
+    the timed (profiling) path. Returns one row per config with the seconds taken.
+    """
+    import dataclasses
+
+    from . import sources
+    from .experiment import Experiment
+
+    rows = []
+    for cfg in configs:
+        obs = sources.build(cfg.data.source, cfg.data.params)
+        t0 = time.perf_counter()
+        for stepwise in (False, True):
+            ex_cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, stepwise=stepwise))
+            Experiment(ex_cfg, obs).warmup()
+        Experiment(cfg, obs).warmup(timers=True)
+        for event in ("after_epoch", "after_episode"):
+            ex = Experiment(cfg, obs)
+            ex.add_hook(event, _nothing)
+            ex.warmup()
+        rows.append({"config": cfg.source_file, "seconds": time.perf_counter() - t0})
+        if progress is not None:
+            progress(rows[-1])
+    return rows
+
+
+def _nothing(event) -> None:
+    """A hook that does nothing: makes warm-up take the per-epoch/per-episode paths."""
+
+
+def info() -> dict:
+    """Versions, threading, cache state and CPU features: what ``python -m engine info`` prints."""
+    from importlib import metadata
+
+    import llvmlite.binding as ll
+    import numba
+    import numpy as np
+
+    from . import __version__
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    from kernels import matching
+
+    # Run one tiny parallel kernel so the threading layer is initialised and named.
+    loc = np.zeros((2, 3), np.float32)
+    feat = np.zeros((2, 1), np.float32)
+    store = np.zeros((4, 2), np.float32)
+    matching._batch_similarity_parallel(store, 2, loc, feat, np.arange(2), np.empty(2, np.float32))
+    features = ll.get_host_cpu_features()
+    simd = sorted(k for k, v in features.items() if v and any(s in k for s in ("sse", "avx", "fma", "neon", "sve")))
+    kernels = cached_kernels()
+    return {
+        "engine": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {d: version(d) for d in ("numba", "llvmlite", "numpy", "PyYAML", "tqdm", "line_profiler",
+                                             "scipy")},
+        "threading_layer": numba.threading_layer(),
+        "threads": numba.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cache_dir": numba.config.CACHE_DIR or None,
+        "kernels_cached": sum(1 for k in kernels if k["cached_signatures"]),
+        "kernels_total": len(kernels),
+        "kernels": kernels,
+        "cpu": ll.get_host_cpu_name(),
+        "simd": simd,
+    }
+
+
+def format_info(data: dict) -> str:
+    lines = [f"engine {data['engine']} on Python {data['python']} ({data['platform']})"]
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items() if v))
+    lines.append(f"threading: numba layer {data['threading_layer']}, {data['threads']} threads, "
+                 f"OMP_WAIT_POLICY={data['omp_wait_policy'] or '(libgomp default)'}")
+    where = data["cache_dir"] or "numba default (__pycache__ beside the kernels, or the user-wide folder)"
+    lines.append(f"kernel cache: {where}; {data['kernels_cached']} of {data['kernels_total']} kernels cached")
+    for k in data["kernels"]:
+        lines.append(f"  {'cached' if k['cached_signatures'] else '-':>6} {k['cached_signatures']:>3}  {k['kernel']}")
+    lines.append(f"cpu: {data['cpu']}; SIMD: {' '.join(data['simd'])}")
+    return "\n".join(lines)

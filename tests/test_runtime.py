@@ -1,0 +1,85 @@
+"""Kernel cache folder, warm-up, info, and the startup benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine import bench_startup
+from engine.config import from_dict
+
+
+def engine(*args, env, cwd=None):
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def test_cache_dir_from_config(tmp_path, root, engine_env):
+    cache = tmp_path / "kcache"
+    p = engine("-q", "run", str(root / "configs/demo.yaml"), "--out", str(tmp_path / "o"),
+               "--set", f"execution.cache_dir={cache}", env=engine_env)
+    assert p.returncode == 0, p.stderr
+    assert list(cache.rglob("*.nbi")) and list(cache.rglob("*.nbc"))
+
+
+def test_cache_dir_relative_to_config_file(tmp_path):
+    c = tmp_path / "c.yaml"
+    c.write_text("data:\n  source: cube\nexecution:\n  cache_dir: kc\n")
+    from engine.config import load_config
+
+    assert load_config(c).execution.cache_dir == str(tmp_path / "kc")
+    assert from_dict({"data": {"source": "cube"}}).execution.cache_dir is None
+
+
+def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_env):
+    cache = tmp_path / "warm"
+    p = engine("-q", "warmup", "--cache-dir", str(cache), env=engine_env)
+    assert p.returncode == 0, p.stderr
+    assert "demo.yaml" in p.stdout and "kernels cached" in p.stdout
+    info = engine("info", "--json", "--cache-dir", str(cache), env=engine_env)
+    data = json.loads(info.stdout)
+    cached = {k["kernel"]: k["cached_signatures"] for k in data["kernels"]}
+    for name in ("kernels.loop.run_experiment", "kernels.loop.eval_episodes", "kernels.loop.train_episodes",
+                 "kernels.loop.match_step", "kernels.loop.train_step"):
+        assert cached[name] >= 1, name
+    # A second process runs every path of every bundled config: nothing compiles, all loads hit the cache.
+    code = (
+        "from engine.profile import CompileRecorder\n"
+        "from engine.runtime import warmup_configs\n"
+        "from engine.config import load_config\n"
+        "import glob, json\n"
+        "cfgs=[load_config(p) for p in sorted(glob.glob('configs/*.yaml'))]\n"
+        "with CompileRecorder() as rec: warmup_configs(cfgs)\n"
+        "print(json.dumps(rec.rows()))\n"
+    )
+    env = dict(engine_env, NUMBA_CACHE_DIR=str(cache))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rows and all(r["cache_misses"] == 0 for r in rows), rows
+
+
+def test_info_text(engine_env, tmp_path):
+    p = engine("info", "--cache-dir", str(tmp_path), env=engine_env)
+    assert p.returncode == 0, p.stderr
+    for word in ("numba", "llvmlite", "numpy", "threading", "kernel cache", str(tmp_path), "SIMD"):
+        assert word in p.stdout
+
+
+def test_warmup_bad_config_exit_2(tmp_path, engine_env):
+    c = tmp_path / "c.yaml"
+    c.write_text("data:\n  source: cube\n  side: -1\n")
+    p = engine("warmup", str(c), env=engine_env)
+    assert p.returncode == 2 and "data.side" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("repeats", [1])
+def test_startup_suite_rows(repeats, tmp_path):
+    rows = bench_startup.run_startup(repeats=repeats)
+    assert [r["case"] for r in rows] == ["floor", "cold", "warm"]
+    for r in rows:
+        assert set(bench_startup.ROW_KEYS) <= set(r) and r["suite"] == "startup"
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+    text = bench_startup.format_startup(rows)
+    assert "import numpy, numba" in text and "cold" in text and "warm" in text
