@@ -71,3 +71,15 @@ def test_profile_bad_config_exit_2(tmp_path, capsys):
     cfg.write_text("data:\n  source: nope\n")
     assert main(["profile", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert "data.source" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_profiling_scripts_run(root, tmp_path):
+    p = subprocess.run([sys.executable, str(root / "profiling/kernel_lines.py"), "--stored", "50", "--steps", "20",
+                        "--episodes", "2", "--out", str(tmp_path / "k.lprof")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "_similarity_sum" in p.stdout and "acc +=" in p.stdout and (tmp_path / "k.lprof").is_file()
+    p = subprocess.run([sys.executable, str(root / "profiling/kernel_timing.py"), "--stored", "500", "--queries",
+                        "50", "--repeats", "2"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "first call" in p.stdout and "ns per comparison" in p.stdout
