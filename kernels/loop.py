@@ -22,7 +22,7 @@ ran out, possibly exactly at the step limit), ``STEP_LIMIT`` (stopped by
 import numpy as np
 from numba import njit
 
-from .matching import batch_similarity_at, mean_similarity, scan_segments, update_confidence
+from .matching import _batch_into, _scan_into, mean_similarity, update_confidence
 from .timing import add_time, ticks
 
 DONE = 0
@@ -104,7 +104,7 @@ def train_episodes(store, n_stored, location, features, starts, stops, max_steps
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def eval_episodes(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
                   out_steps, out_confidence, out_reason, timers=None):
     """Evaluation episodes against a fixed store, with early termination.
@@ -131,9 +131,23 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
     timers : optional int64 (len(TIMED_KERNELS), 2), added to: calls and
         ticks of the batch matching and the termination scan
     """
+    _eval_rounds(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
+                 out_steps, out_confidence, out_reason, timers)
+
+
+@njit(inline="always")
+def _eval_rounds(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
+                 out_steps, out_confidence, out_reason, timers):
+    """Body of ``eval_episodes``, inlined into each parallel kernel that evaluates.
+
+    Inlined rather than called: a cached kernel that calls a parallel kernel
+    crashes when loaded from numba's cache (see ``kernels.matching``). No
+    NumPy array expressions here: in a parallel kernel each would start the
+    thread pool.
+    """
     n_ep = starts.shape[0]
     limit = np.empty(n_ep, dtype=np.int64)
-    active = np.zeros(n_ep, dtype=np.bool_)
+    active = np.empty(n_ep, dtype=np.bool_)
     longest = 0
     total = 0
     for e in range(n_ep):
@@ -141,9 +155,8 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
         limit[e] = min(length, max_steps)
         out_steps[e] = 0
         out_confidence[e] = np.float32(0.0)
-        if limit[e] > 0:
-            active[e] = True
-        else:
+        active[e] = limit[e] > 0
+        if not active[e]:
             out_reason[e] = DATA_EXHAUSTED if length == 0 else STEP_LIMIT
         longest = max(longest, limit[e])
         total += limit[e]
@@ -178,11 +191,11 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
             break
         if timers is not None:
             t0 = ticks()
-        batch_similarity_at(store, n_stored, location, features, steps[:q], sims[:q])
+        _batch_into(store, n_stored, location, features, steps[:q], sims[:q])
         if timers is not None:
             add_time(timers, 1, t0)
             t0 = ticks()
-        scan_segments(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
+        _scan_into(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
         if timers is not None:
             add_time(timers, 2, t0)
         for i in range(m):
@@ -197,7 +210,7 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
                 out_reason[e] = DATA_EXHAUSTED if limit[e] == stops[e] - starts[e] else STEP_LIMIT
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def run_experiment(store, n_stored, location, features,
                    train_starts, train_stops, n_train_epochs, max_train_steps,
                    eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
@@ -229,12 +242,13 @@ def run_experiment(store, n_stored, location, features,
             add_time(timers, 0, t0)
     if n_eval_epochs > 0:
         # Evaluation episodes of all epochs are independent: run them as one pool.
-        starts = np.empty(n_eval_epochs * eval_starts.shape[0], dtype=np.int64)
-        stops = np.empty_like(starts)
         e_ev = eval_starts.shape[0]
+        starts = np.empty(n_eval_epochs * e_ev, dtype=np.int64)
+        stops = np.empty(n_eval_epochs * e_ev, dtype=np.int64)
         for p in range(n_eval_epochs):
-            starts[p * e_ev:(p + 1) * e_ev] = eval_starts
-            stops[p * e_ev:(p + 1) * e_ev] = eval_stops
-        eval_episodes(store, n, location, features, starts, stops, max_eval_steps, threshold, chunk,
-                      out_eval_steps, out_eval_confidence, out_eval_reason, timers)
+            for e in range(e_ev):  # loops, not slice assignment: that would start threads
+                starts[p * e_ev + e] = eval_starts[e]
+                stops[p * e_ev + e] = eval_stops[e]
+        _eval_rounds(store, n, location, features, starts, stops, max_eval_steps, threshold, chunk,
+                     out_eval_steps, out_eval_confidence, out_eval_reason, timers)
     return n

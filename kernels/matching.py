@@ -14,6 +14,16 @@ The model's confidence then follows the recurrence
 and an episode is done at the first step whose confidence reaches the
 threshold. Everything is float32; see ``kernels._flags`` for the fastmath
 choice and what it costs in accuracy (2e-7 relative against float64).
+
+Composition rule (why some bodies are ``inline="always"``): a cached kernel
+must not *call* a parallel kernel. Numba (0.68, issue numba/numba#8578) then
+caches the caller with references to the callee's parallel region that do not
+resolve when the caller is loaded from the cache in a later process, and that
+process segfaults (reproduced here: compile ``batch_similarity_at`` in one
+process, ``batch_similarity`` in a second, load it in a third). So each public
+parallel kernel is ``parallel=True`` itself and *inlines* the loop bodies that
+hold the ``prange`` (``_batch_into``, ``_scan_into``); the callees they keep
+are serial. Kernels that compose these (``kernels.loop``) do the same.
 """
 
 import numpy as np
@@ -89,27 +99,47 @@ def mean_similarity(store, n_stored, location, features):
 
 @njit(cache=True)
 def _batch_similarity_serial(store, n_stored, location, features, steps, out):
+    """Serial twin of ``_batch_similarity_parallel`` (tests hold the two together)."""
     n_f = np.float32(n_stored)
     for i in range(steps.shape[0]):
         t = steps[i]
-        if n_stored == 0:
-            out[i] = _ZERO
-        else:
-            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+        out[i] = _ZERO if n_stored == 0 else _similarity_sum(
+            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
 
 
 @njit(cache=True, parallel=True)
 def _batch_similarity_parallel(store, n_stored, location, features, steps, out):
+    """Batch matching on all threads, whatever the size."""
     n_f = np.float32(n_stored)
     for i in prange(steps.shape[0]):
         t = steps[i]
-        if n_stored == 0:
-            out[i] = _ZERO
-        else:
-            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+        out[i] = _ZERO if n_stored == 0 else _similarity_sum(
+            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _batch_into(store, n_stored, location, features, steps, out):
+    """Body of batch matching, inlined into every parallel kernel that matches (see module note).
+
+    Parallel over queries when Q > 1 and Q x n_stored >= PARALLEL_MIN_COMPARISONS,
+    serial otherwise; both loops compute each query with the same serial
+    ``_similarity_sum``, so the results are identical.
+    """
+    q = steps.shape[0]
+    n_f = np.float32(n_stored)
+    if q > 1 and q * n_stored >= PARALLEL_MIN_COMPARISONS:
+        for i in prange(q):
+            t = steps[i]
+            out[i] = _ZERO if n_stored == 0 else _similarity_sum(
+                store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+    else:
+        for i in range(q):
+            t = steps[i]
+            out[i] = _ZERO if n_stored == 0 else _similarity_sum(
+                store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+
+
+@njit(cache=True, parallel=True)
 def batch_similarity_at(store, n_stored, location, features, steps, out):
     """Similarities of the query steps ``steps`` (parallel over queries when large).
 
@@ -122,15 +152,14 @@ def batch_similarity_at(store, n_stored, location, features, steps, out):
 
     Runs on all threads when Q > 1 and Q x n_stored >= ``PARALLEL_MIN_COMPARISONS``,
     else on one (same results either way: each query's sum is computed by
-    the same serial loop).
+    the same serial loop). Calling this from your own *cached* ``@njit``
+    function can crash a later process (see the module note): call it from
+    Python, or inline the loop in a kernel of your own.
     """
-    if steps.shape[0] > 1 and steps.shape[0] * n_stored >= PARALLEL_MIN_COMPARISONS:
-        _batch_similarity_parallel(store, n_stored, location, features, steps, out)
-    else:
-        _batch_similarity_serial(store, n_stored, location, features, steps, out)
+    _batch_into(store, n_stored, location, features, steps, out)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def batch_similarity(store, n_stored, location, features):
     """Similarity of every row of ``location`` / ``features`` against the store.
 
@@ -146,7 +175,10 @@ def batch_similarity(store, n_stored, location, features):
     """
     q = location.shape[0]
     out = np.empty(q, dtype=np.float32)
-    batch_similarity_at(store, n_stored, location, features, np.arange(q), out)
+    steps = np.empty(q, dtype=np.int64)
+    for i in range(q):  # a loop, not np.arange: in a parallel kernel that would start threads
+        steps[i] = i
+    _batch_into(store, n_stored, location, features, steps, out)
     return out
 
 
@@ -182,6 +214,7 @@ def termination_scan(similarities, confidence, threshold):
 
 @njit(cache=True, parallel=True)
 def _scan_segments_parallel(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    """The termination scan on all threads, whatever the size."""
     for e in prange(offsets.shape[0] - 1):
         k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
         out_consumed[e] = k
@@ -191,6 +224,7 @@ def _scan_segments_parallel(similarities, offsets, confidence, threshold, out_co
 
 @njit(cache=True)
 def _scan_segments_serial(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    """Serial twin of ``_scan_segments_parallel``."""
     for e in range(offsets.shape[0] - 1):
         k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
         out_consumed[e] = k
@@ -198,7 +232,25 @@ def _scan_segments_serial(similarities, offsets, confidence, threshold, out_cons
         out_done[e] = d
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    """Body of the segment scan, inlined into every parallel kernel that scans (see module note)."""
+    # Scanning is a few cycles per step: threads pay off only for many steps.
+    if similarities.shape[0] >= 64 * PARALLEL_MIN_COMPARISONS and offsets.shape[0] > 2:
+        for e in prange(offsets.shape[0] - 1):
+            k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
+            out_consumed[e] = k
+            confidence[e] = c
+            out_done[e] = d
+    else:
+        for e in range(offsets.shape[0] - 1):
+            k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
+            out_consumed[e] = k
+            confidence[e] = c
+            out_done[e] = d
+
+
+@njit(cache=True, parallel=True)
 def scan_segments(similarities, offsets, confidence, threshold, out_consumed, out_done):
     """The termination scan of many independent episodes at once.
 
@@ -214,8 +266,4 @@ def scan_segments(similarities, offsets, confidence, threshold, out_consumed, ou
 
     Parallel over segments when there are many steps in all.
     """
-    # Scanning is a few cycles per step: threads pay off only for many steps.
-    if similarities.shape[0] >= 64 * PARALLEL_MIN_COMPARISONS and offsets.shape[0] > 2:
-        _scan_segments_parallel(similarities, offsets, confidence, threshold, out_consumed, out_done)
-    else:
-        _scan_segments_serial(similarities, offsets, confidence, threshold, out_consumed, out_done)
+    _scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done)

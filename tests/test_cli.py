@@ -185,7 +185,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 def test_interrupted_run_writes_nothing(tmp_path, root, monkeypatch, capsys):
     from engine import experiment
 
-    def interrupt(self):
+    def interrupt(self, timers=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment.Experiment, "run", interrupt)

@@ -935,6 +935,9 @@ def test_similarity_kernels_compute_in_float32_only(tmp_path):
         matching.mean_similarity(store, 2000, location[0], features[0])
         matching.batch_similarity(store, 2000, location, features)  # parallel branch
         matching.batch_similarity(store, 2000, location[:1], features[:1])  # serial branch
+        out = np.empty(300, np.float32)
+        matching._batch_similarity_serial(store, 2000, location, features, np.arange(300), out)
+        matching._batch_similarity_parallel(store, 2000, location, features, np.arange(300), out)
     sims = rng.random(70000, dtype=np.float32)
     offsets = np.array([0, 10, 30000, 70000], dtype=np.int64)
     conf = np.zeros(3, dtype=np.float32)

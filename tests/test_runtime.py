@@ -83,3 +83,35 @@ def test_startup_suite_rows(repeats, tmp_path):
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
     text = bench_startup.format_startup(rows)
     assert "import numpy, numba" in text and "cold" in text and "warm" in text
+
+
+CACHE_ORDER_SCRIPTS = {
+    "batch_at": ("import numpy as np\nfrom kernels import matching\nfrom kernels.store import store_from_arrays\n"
+                 "r=np.random.default_rng(0);loc=r.random((500,3),dtype=np.float32);f=r.random((500,1),dtype=np.float32)\n"
+                 "s,n=store_from_arrays(loc,f);o=np.empty(50,np.float32)\n"
+                 "matching.batch_similarity_at(s,n,loc[:50],f[:50],np.arange(50),o);print(o.sum())\n"),
+    "batch": ("import numpy as np\nfrom kernels import matching\nfrom kernels.store import store_from_arrays\n"
+              "r=np.random.default_rng(0);loc=r.random((500,3),dtype=np.float32);f=r.random((500,1),dtype=np.float32)\n"
+              "s,n=store_from_arrays(loc,f);print(matching.batch_similarity(s,n,loc[:50],f[:50]).sum())\n"),
+    "episode": ("from engine.config import from_dict\nfrom engine.experiment import Experiment\n"
+                "c=from_dict({'model':{'confidence_threshold':0.3},'data':{'source':'seed_spiral','size':300}})\n"
+                "e=Experiment(c);e.add_hook('after_episode',lambda ev:None);print(e.run().final_confidence)\n"),
+    "run": ("from engine.config import from_dict\nfrom engine.experiment import Experiment\n"
+            "c=from_dict({'model':{'confidence_threshold':0.3},'data':{'source':'seed_spiral','size':300}})\n"
+            "print(Experiment(c).run().final_confidence)\n"),
+}
+
+
+@pytest.mark.parametrize("order", [("batch_at", "batch", "batch"), ("episode", "run", "run", "episode")],
+                         ids=["batch", "loops"])
+def test_cache_reload_order_does_not_crash(order, tmp_path, root, engine_env):
+    """Regression: a cached kernel that called a parallel kernel segfaulted when loaded from cache
+    in a later process, if its callee had been loaded from cache while it compiled (numba#8578)."""
+    env = dict(engine_env, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    outputs = []
+    for name in order:
+        p = subprocess.run([sys.executable, "-c", CACHE_ORDER_SCRIPTS[name]], capture_output=True, text=True,
+                           env=env, cwd=root, timeout=300)
+        assert p.returncode == 0, (name, p.returncode, p.stderr[-2000:])
+        outputs.append((name, p.stdout.strip()))
+    assert len({out for name, out in outputs if name == order[-1]}) == 1
