@@ -102,6 +102,9 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
     },
     "model": {
         "type": _Setting(str, "similarity", choices=MODEL_TYPES, doc="the learning model"),
+        "storage": _Setting(str, "float32", choices=("float32", "float16"),
+                            doc="storage of stored observations (compute is float32 either way): "
+                                "float32 16 B, float16 8 B per observation with one feature"),
         "confidence_threshold": _Setting(float, None, minimum=0.0, maximum=1.0, exclusive_min=True, nullable=True,
                                          doc="an evaluation episode is done when the confidence reaches this; "
                                              "null: never done early"),
@@ -152,6 +155,7 @@ class ExperimentConfig:
 class ModelConfig:
     type: str
     confidence_threshold: float | None
+    storage: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from kernels.store import bytes_per_observation, new_store
 
 from . import sources
 from .config import Config
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,17 @@ class Experiment:
         self.n_eval_epochs = exp.n_eval_epochs if exp.do_eval else 0
         t = config.model.confidence_threshold
         self.threshold = _NO_THRESHOLD if t is None else np.float32(t)
+        if config.model.storage == "float16":
+            self._check_float16_range()
+
+    def _check_float16_range(self) -> None:
+        from kernels.compact import FLOAT16_MAX
+
+        for name, a in (("location", self.obs.location), ("features", self.obs.features)):
+            if a.size and float(np.abs(a).max()) > FLOAT16_MAX:
+                raise UserError(f"model.storage: float16 cannot hold the data's {name} values "
+                                f"(up to {float(np.abs(a).max()):g}; float16 ends at {FLOAT16_MAX:g}): "
+                                "use storage: float32")
 
     # -- hooks ---------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[HookEvent], None]) -> None:
@@ -198,7 +210,7 @@ class Experiment:
         exp = self.config.experiment
         n_tr, n_ev = self.n_train_epochs, self.n_eval_epochs
         e_tr, e_ev = o.train_starts.shape[0], o.eval_starts.shape[0]
-        store = new_store(o.n_features, self.capacity())
+        store = new_store(o.n_features, self.capacity(), self.config.model.storage)
         out = RunResult(
             train_steps=np.zeros(n_tr * e_tr, np.int64), train_stored=np.zeros(n_tr * e_tr, np.int64),
             train_reason=np.zeros(n_tr * e_tr, np.int8), eval_steps=np.zeros(n_ev * e_ev, np.int64),

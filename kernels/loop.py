@@ -22,6 +22,7 @@ ran out, possibly exactly at the step limit), ``STEP_LIMIT`` (stopped by
 import numpy as np
 from numba import njit
 
+from .compact import from_f32
 from .matching import _batch_into, _scan_into, mean_similarity, update_confidence
 from .timing import add_time, ticks
 
@@ -52,11 +53,11 @@ def train_step(store, n_stored, location, features, t):
     """
     if n_stored >= store.shape[1]:
         raise ValueError("store is full: allocate a larger capacity")
-    store[0, n_stored] = location[t, 0]
-    store[1, n_stored] = location[t, 1]
-    store[2, n_stored] = location[t, 2]
+    store[0, n_stored] = from_f32(location[t, 0], store)
+    store[1, n_stored] = from_f32(location[t, 1], store)
+    store[2, n_stored] = from_f32(location[t, 2], store)
     for k in range(store.shape[0] - 3):
-        store[3 + k, n_stored] = features[t, k]
+        store[3 + k, n_stored] = from_f32(features[t, k], store)
     return n_stored + 1
 
 
@@ -92,11 +93,11 @@ def train_episodes(store, n_stored, location, features, starts, stops, max_steps
         k = min(length, max_steps)
         for i in range(k):
             t = starts[e] + i
-            store[0, n] = location[t, 0]
-            store[1, n] = location[t, 1]
-            store[2, n] = location[t, 2]
+            store[0, n] = from_f32(location[t, 0], store)
+            store[1, n] = from_f32(location[t, 1], store)
+            store[2, n] = from_f32(location[t, 2], store)
             for f in range(n_feat):
-                store[3 + f, n] = features[t, f]
+                store[3 + f, n] = from_f32(features[t, f], store)
             n += 1
         out_steps[e] = k
         out_stored[e] = n

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH, PARALLEL_MIN_COMPARISONS
+from .compact import as_f32
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
@@ -41,7 +42,9 @@ def _similarity_sum(store, n_stored, px, py, pz, feat):
     """Sum (not mean) of the similarity terms of one query; float32.
 
     One function serves every path (fused batch, stepwise step) so that they
-    compute bit-identical sums: the same loop, vectorised the same way.
+    compute bit-identical sums: the same loop, vectorised the same way. The
+    store is float32, or uint16 holding float16 bits (``kernels.compact``):
+    values are widened to float32 as they are read.
     """
     sx = store[0]
     sy = store[1]
@@ -52,25 +55,25 @@ def _similarity_sum(store, n_stored, px, py, pz, feat):
         sf = store[3]
         f0 = feat[0]
         for j in range(n_stored):
-            dx = sx[j] - px
-            dy = sy[j] - py
-            dz = sz[j] - pz
+            dx = as_f32(sx[j]) - px
+            dy = as_f32(sy[j]) - py
+            dz = as_f32(sz[j]) - pz
             d = np.sqrt(dx * dx + dy * dy + dz * dz)
-            acc += _ONE / (_ONE + d + abs(sf[j] - f0))
+            acc += _ONE / (_ONE + d + abs(as_f32(sf[j]) - f0))
     elif n_feat == 0:
         for j in range(n_stored):
-            dx = sx[j] - px
-            dy = sy[j] - py
-            dz = sz[j] - pz
+            dx = as_f32(sx[j]) - px
+            dy = as_f32(sy[j]) - py
+            dz = as_f32(sz[j]) - pz
             acc += _ONE / (_ONE + np.sqrt(dx * dx + dy * dy + dz * dz))
     else:
         for j in range(n_stored):
-            dx = sx[j] - px
-            dy = sy[j] - py
-            dz = sz[j] - pz
+            dx = as_f32(sx[j]) - px
+            dy = as_f32(sy[j]) - py
+            dz = as_f32(sz[j]) - pz
             e = _ZERO
             for k in range(n_feat):
-                e += abs(store[3 + k, j] - feat[k])
+                e += abs(as_f32(store[3 + k, j]) - feat[k])
             acc += _ONE / (_ONE + np.sqrt(dx * dx + dy * dy + dz * dz) + e)
     return acc
 

@@ -1,6 +1,7 @@
 """The stored observations of the ``similarity`` model, as structure of arrays.
 
-A store is one C-contiguous float32 array of shape ``(3 + F, capacity)``:
+A store is one C-contiguous float32 array of shape ``(3 + F, capacity)``
+(or uint16 holding float16 bits: compact storage, ``kernels.compact``):
 rows 0..2 hold the x, y and z coordinates of the stored positions, rows 3.. the
 F feature columns. One stored observation of the seed workload (F = 1) costs
 4 x 4 = 16 bytes. Separate coordinate rows let the similarity reduction load
@@ -11,11 +12,21 @@ in use travels beside the array as an integer ``n_stored``.
 import numpy as np
 
 
-def new_store(n_features, capacity):
-    """Return an empty store: float32 zeros of shape ``(3 + n_features, capacity)``."""
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.uint16}
+
+
+def new_store(n_features, capacity, storage="float32"):
+    """Return an empty store of shape ``(3 + n_features, capacity)``.
+
+    ``storage`` "float32" gives a float32 array (16 bytes per observation with
+    one feature); "float16" a uint16 array of float16 bit patterns (8 bytes;
+    see ``kernels.compact``). Kernels compute in float32 either way.
+    """
     if n_features < 0 or capacity < 0:
         raise ValueError("n_features and capacity must be >= 0")
-    return np.zeros((3 + int(n_features), int(capacity)), dtype=np.float32)
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
+    return np.zeros((3 + int(n_features), int(capacity)), dtype=STORAGE_DTYPES[storage])
 
 
 def store_from_arrays(location, features):
