@@ -14,6 +14,8 @@ loop       whole-episode train and evaluation loops, and the single steps the
            stepwise path calls
 store      the structure-of-arrays layout of a model's stored observations
 timing     cycle-counter timers usable inside kernels (per-kernel profiles)
+compact    float16 storage (uint16 bit patterns) with float32 compute
+kdtree     a KD-tree over float32 3-D points: build, k-nearest and radius queries
 """
 
 import os as _os
@@ -55,4 +57,4 @@ def _choose_openmp_wait_policy():
 
 _choose_openmp_wait_policy()
 
-__all__ = ["distance", "matching", "loop", "store", "timing"]
+__all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree"]

@@ -41,20 +41,51 @@ Calling from Python and from ``@njit``
 ``build_tree``, ``query_knn``, ``query_radius``, ``query_knn_batch`` and
 ``query_radius_batch`` validate their inputs when called from Python (shapes,
 float32 dtype, finite values; ValueError with a message otherwise) and then
-call the compiled kernels. The query functions can also be called, by the same
-names, from inside a user's own ``@njit`` function: there they compile to the
-kernels directly (``numba.extending.overload``), with no validation beyond what
-keeps memory safe (``k >= 0``, the (3,) / (m, 3) shapes); a negative or NaN
-radius there finds nothing. Every kernel is ``@njit(cache=True)``.
+call the compiled kernels. They can also be called, by the same names, from
+inside a user's own ``@njit`` function (``numba.extending.overload``): there
+they compile to the kernels directly, with no validation beyond what keeps
+memory safe (``k >= 0``, ``leaf_size >= 1``, the (3,) / (m, 3) shapes; a
+wrong array rank is a typing error); a negative or NaN radius there finds
+nothing. Every kernel is ``@njit(cache=True)``.
 
-Leaf size and batch order
--------------------------
-``DEFAULT_LEAF_SIZE`` = 8 was the fastest leaf size for the batched k = 1 and
-k = 10 queries of 5e5 queries on 1e6 uniform points (max_distance 0.01),
-measured on the 2-core development machine. Batched queries are first put in
-the tree's own leaf order (each query descends by the stored split planes to
-its leaf, then a counting sort by leaf), so that consecutive queries, and the
-queries one thread handles, touch the same nodes and points.
+Parallel kernels (numba/numba#8578)
+-----------------------------------
+A cached kernel must not *call* a parallel kernel: numba 0.68 then caches the
+caller with references to the callee's parallel region that do not resolve
+when the caller is loaded from the cache in a later process, which segfaults
+(reproduced here with a user's cached function calling ``build_tree``; see
+``tests/test_kdtree.py``). So the parallel loops live in ``inline="always"``
+bodies (``_build_body``, ``_knn_batch_body``, ``_radius_batch_body``,
+``_spatial_order_body``) that call serial kernels only; Python callers get
+them through the parallel kernels ``_build``, ``_query_knn_batch`` and
+``_query_radius_batch``, and njit callers get them inlined into their own
+function. Inside a user's function compiled with ``parallel=True`` the batch
+functions and the build run on all threads; inside one compiled without it
+numba reads their ``prange`` as ``range`` and they run on one thread, with
+the same results.
+
+Performance notes
+-----------------
+Measured on the 2-core development machine (numba 0.68), 1e6 uniform points,
+5e5 queries, max_distance 0.01 (``/tmp/kd_bench.py`` of the issue):
+
+- ``DEFAULT_LEAF_SIZE`` = 16 (leaves of 8 to 16 points). Per query on one
+  thread: k = 10 within 0.01, 0.57 us at leaf size 16 against 0.62 at 8 and
+  0.55 at 32; with no distance bound 1.24 us at 16, 1.32 at 8, 1.30 at 32;
+  at 1e4 and 1e5 points 16 was as good or better.
+- Batched queries are put in the tree's own leaf order first (each query
+  descends by the split planes to its leaf, eight queries in lock step, then
+  a counting sort by leaf; 15 ms for 5e5 queries), so that consecutive
+  queries, and the block of queries one thread handles, touch the same nodes
+  and points: 1.4x faster than the queries' own (random) order.
+- The search loop lives in one function with no calls and no array views
+  inside: numba increfs and decrefs every array passed to a function
+  (atomic operations on a shared counter), and with two threads doing that
+  per query the batch ran 2x slower.
+- ``_start_node`` skips the levels whose split plane is out of reach; the
+  descent goes into the query's side of the split without computing that
+  child's box distance (the far child's is computed and pushed); unsigned
+  subscripts skip numba's negative-index wrap-around: together some 25%.
 """
 
 import struct
@@ -62,7 +93,8 @@ import zipfile
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core.errors import TypingError
 from numba.extending import overload
 
 __all__ = [
@@ -77,21 +109,34 @@ __all__ = [
     "save_tree",
 ]
 
-DEFAULT_LEAF_SIZE = 8
+DEFAULT_LEAF_SIZE = 16
 
-# Below this many queries a batch runs on one thread (thread-pool start-up
-# costs more than the queries).
-_PARALLEL_MIN_QUERIES = 64
+# Below this many queries a batch runs on one thread: the parallel path (leaf
+# order, gather, search: three parallel regions) costs about 20 us more. Measured
+# on the 2-core machine, 1e5 points, k = 1: 256 queries 42 us serial; 512
+# queries 132 us serial, 74 us parallel.
+_PARALLEL_MIN_QUERIES = 256
 
-# Queries per block of the parallel batch loops: each block allocates its own
-# traversal stack once.
-_BLOCK = 256
+# Queries per block of the parallel batch loops (each block allocates its
+# traversal stack once; 64 queries take some 20 us).
+_BLOCK = 64
+
+# Below this many points the build runs on one thread.
+_PARALLEL_MIN_BUILD = 4096
 
 # Queries that descend the tree together when the batch is put in leaf order.
 _LANES = 8
 
 # Deepest tree the traversal stacks are sized for (2**62 leaves: never reached).
 _MAX_DEPTH = 64
+
+# Constants for arguments of calls between kernels: a bare ``0`` or ``True``
+# argument is typed as a literal, and numba compiles (and caches) a separate
+# specialisation of the callee for it; numpy scalars are typed int64 / bool.
+_ZERO = np.int64(0)
+_ONE = np.int64(1)
+_FALSE = np.bool_(False)
+_TRUE = np.bool_(True)
 
 # Cast for array subscripts: numba wraps negative signed subscripts around
 # (a compare and a select per subscript); unsigned ones skip that.
@@ -100,9 +145,6 @@ _U = np.uint64
 _INF32 = np.float32(np.inf)
 _ZERO32 = np.float32(0.0)
 _NO_INDEX = np.int64(-1)
-# Placeholder index of an empty k-nearest slot during a search: larger than
-# any real index, so a real point at the same squared distance sorts first.
-_EMPTY_SLOT = np.int64(np.iinfo(np.int64).max)
 
 
 class KDTree(NamedTuple):
@@ -162,6 +204,7 @@ def _tree_depth(n, leaf_size):
 
 @njit(cache=True)
 def _swap_rows(work, idx, i, j):
+    """Swap rows ``i`` and ``j`` of ``work`` float32 (n, 3) and of ``idx`` int64 (n,)."""
     for c in range(3):
         t = work[i, c]
         work[i, c] = work[j, c]
@@ -172,32 +215,47 @@ def _swap_rows(work, idx, i, j):
 
 
 @njit(cache=True)
-def _sort_range(work, idx, lo, hi, dim):
-    """Sort rows ``lo:hi`` of ``work`` (and ``idx``) by column ``dim``, stably."""
-    order = np.argsort(work[lo:hi, dim], kind="mergesort")
-    rows = work[lo:hi].copy()
-    ids = idx[lo:hi].copy()
-    for t in range(hi - lo):
-        work[lo + t] = rows[order[t]]
-        idx[lo + t] = ids[order[t]]
+def _heapsort_rows(work, idx, lo, hi, dim):
+    """Sort rows ``lo:hi`` of ``work`` float32 (n, 3) and ``idx`` int64 (n,) by
+    column ``dim``, in place (heapsort: O(c log c) whatever the input)."""
+    count = hi - lo
+    for start in range(count // 2 - 1, -1, -1):
+        _sift_down_rows(work, idx, lo, start, count, dim)
+    for end in range(count - 1, 0, -1):
+        _swap_rows(work, idx, lo, lo + end)
+        _sift_down_rows(work, idx, lo, _ZERO, end, dim)
 
 
 @njit(cache=True)
-def _select(work, idx, lo, hi, kth, dim):
+def _sift_down_rows(work, idx, lo, root, count, dim):
+    """Heapsort step: sift heap entry ``root`` of rows ``lo:lo + count`` down (max-heap on column ``dim``)."""
+    while True:
+        child = 2 * root + 1
+        if child >= count:
+            return
+        if child + 1 < count and work[lo + child + 1, dim] > work[lo + child, dim]:
+            child += 1
+        if work[lo + child, dim] <= work[lo + root, dim]:
+            return
+        _swap_rows(work, idx, lo + root, lo + child)
+        root = child
+
+
+@njit(cache=True)
+def _select(work, idx, lo, hi, kth, dim, budget):
     """Partially sort rows ``lo:hi`` of ``work`` / ``idx`` by column ``dim`` so that
     row ``kth`` holds the value it would hold after a full sort, rows before it
-    are ``<=`` and rows after it ``>=`` (introselect: Hoare partitions around a
-    median of three, falling back to a sort after too many rounds)."""
+    are ``<=`` and rows after it ``>=``.
+
+    Introselect: Hoare partitions around a median of three (O(c) expected;
+    runs of equal keys split evenly), and a heapsort of what is left after
+    ``budget`` rounds, so the worst case stays O(c log c).
+    """
     left = lo
     right = hi - 1
-    budget = 16
-    m = hi - lo
-    while m > 1:
-        budget += 2
-        m >>= 1
     while right > left:
-        if budget == 0:
-            _sort_range(work, idx, left, right + 1, dim)
+        if budget <= 0:
+            _heapsort_rows(work, idx, left, right + 1, dim)
             return
         budget -= 1
         mid = (left + right) >> 1
@@ -230,6 +288,8 @@ def _select(work, idx, lo, hi, kth, dim):
 
 @njit(cache=True)
 def _range_box(work, s, e, boxes, node):
+    """Write into ``boxes[node]`` float32 (6,) the bounding box of rows ``s:e`` of
+    ``work`` float32 (n, 3) (``lo = +inf``, ``hi = -inf`` when empty)."""
     lx = _INF32
     ly = _INF32
     lz = _INF32
@@ -256,10 +316,14 @@ def _range_box(work, s, e, boxes, node):
 
 @njit(cache=True)
 def _split_node(work, idx, start, end, boxes, split_dim, split_val, node):
+    """Split internal ``node``: its box, its split dimension (largest spread, the
+    lowest of equal ones) and the median selection of its rows ``start[node]:
+    end[node]`` of ``work`` / ``idx``; writes ``boxes[node]``, ``split_dim[node]``,
+    ``split_val[node]`` and the children's ``start`` / ``end`` (int64 (nodes,))."""
     s = start[node]
     e = end[node]
     _range_box(work, s, e, boxes, node)
-    dim = 0
+    dim = _ZERO
     spread = boxes[node, 3] - boxes[node, 0]
     for c in range(1, 3):
         sc = boxes[node, 3 + c] - boxes[node, c]
@@ -268,7 +332,12 @@ def _split_node(work, idx, start, end, boxes, split_dim, split_val, node):
             dim = c
     mid = s + (e - s) // 2
     if e - s > 1:
-        _select(work, idx, s, e, mid, dim)
+        budget = 16
+        c = e - s
+        while c > 1:
+            budget += 2
+            c >>= 1
+        _select(work, idx, s, e, mid, dim, budget)
     split_dim[node] = dim
     split_val[node] = work[mid, dim] if mid < e else _ZERO32
     left = 2 * node + 1
@@ -278,31 +347,10 @@ def _split_node(work, idx, start, end, boxes, split_dim, split_val, node):
     end[left + 1] = e
 
 
-@njit(cache=True, parallel=True)
-def _build_levels_parallel(work, idx, start, end, boxes, split_dim, split_val, depth, n_internal):
-    for level in range(depth):
-        first = (1 << level) - 1
-        for t in prange(1 << level):
-            _split_node(work, idx, start, end, boxes, split_dim, split_val, first + t)
-    for t in prange(n_internal + 1):
-        node = n_internal + t
-        _range_box(work, start[node], end[node], boxes, node)
-
-
-@njit(cache=True)
-def _build_levels_serial(work, idx, start, end, boxes, split_dim, split_val, depth, n_internal):
-    for level in range(depth):
-        first = (1 << level) - 1
-        for t in range(1 << level):
-            _split_node(work, idx, start, end, boxes, split_dim, split_val, first + t)
-    for t in range(n_internal + 1):
-        node = n_internal + t
-        _range_box(work, start[node], end[node], boxes, node)
-
-
-@njit(cache=True)
-def _build(points, leaf_size):
-    """Build the tree arrays; callable from njit, no validation.
+@njit(inline="always")
+def _build_body(points, leaf_size):
+    """Build the tree arrays; inlined into ``_build`` and into njit callers of
+    ``build_tree`` (see "Parallel kernels" in the module doc). No validation.
 
     Parameters
     ----------
@@ -311,7 +359,9 @@ def _build(points, leaf_size):
 
     Returns
     -------
-    The six arrays of ``KDTree`` in field order.
+    The six arrays of ``KDTree`` in field order. Level by level, the nodes of
+    a level in parallel when n >= ``_PARALLEL_MIN_BUILD`` (and the caller is
+    a parallel kernel); the same arrays either way.
     """
     n = points.shape[0]
     depth = _tree_depth(n, leaf_size)
@@ -319,26 +369,44 @@ def _build(points, leaf_size):
     n_internal = n_leaves - 1
     n_nodes = 2 * n_leaves - 1
     work = np.empty((n, 3), dtype=np.float32)
-    for i in range(n):
+    idx = np.empty(n, dtype=np.int64)
+    for i in range(n):  # loops, not array expressions: each of those would start the threads
         work[i, 0] = points[i, 0]
         work[i, 1] = points[i, 1]
         work[i, 2] = points[i, 2]
-    idx = np.arange(n)
+        idx[i] = i
     start = np.empty(n_nodes, dtype=np.int64)
     end = np.empty(n_nodes, dtype=np.int64)
     start[0] = 0
     end[0] = n
     boxes = np.empty((n_nodes, 6), dtype=np.float32)
-    split_dim = np.zeros(n_internal, dtype=np.int64)
-    split_val = np.zeros(n_internal, dtype=np.float32)
-    if n >= 4096:
-        _build_levels_parallel(work, idx, start, end, boxes, split_dim, split_val, depth, n_internal)
+    split_dim = np.empty(n_internal, dtype=np.int64)
+    split_val = np.empty(n_internal, dtype=np.float32)
+    if n >= _PARALLEL_MIN_BUILD:
+        for level in range(depth):
+            first = (1 << level) - 1
+            for t in prange(1 << level):
+                _split_node(work, idx, start, end, boxes, split_dim, split_val, first + t)
+        for t in prange(n_leaves):
+            _range_box(work, start[n_internal + t], end[n_internal + t], boxes, n_internal + t)
     else:
-        _build_levels_serial(work, idx, start, end, boxes, split_dim, split_val, depth, n_internal)
+        for level in range(depth):
+            first = (1 << level) - 1
+            for t in range(1 << level):
+                _split_node(work, idx, start, end, boxes, split_dim, split_val, first + t)
+        for t in range(n_leaves):
+            _range_box(work, start[n_internal + t], end[n_internal + t], boxes, n_internal + t)
     leaf_start = np.empty(n_leaves + 1, dtype=np.int64)
-    leaf_start[:n_leaves] = start[n_internal:]
+    for t in range(n_leaves):
+        leaf_start[t] = start[n_internal + t]
     leaf_start[n_leaves] = n
     return work, idx, boxes, leaf_start, split_dim, split_val
+
+
+@njit(cache=True, parallel=True)
+def _build(points, leaf_size):
+    """``_build_body`` as a parallel kernel, for Python callers."""
+    return _build_body(points, leaf_size)
 
 
 def build_tree(points, leaf_size=DEFAULT_LEAF_SIZE):
@@ -556,7 +624,7 @@ def _query_knn(tree, point, k, max_distance):
     q[0, 2] = point[2]
     out_idx = np.empty((1, k), dtype=np.int64)
     out_dist = np.empty((1, k), dtype=np.float32)
-    _knn_rows(tree, q, 0, 1, k, _radius2(max_distance), out_idx, out_dist, np.empty(0, dtype=np.int64))
+    _knn_rows(tree, q, _ZERO, _ONE, k, _radius2(max_distance), out_idx, out_dist, np.empty(0, dtype=np.int64))
     return out_idx[0], out_dist[0]
 
 
@@ -591,17 +659,23 @@ def _leaf_of(tree, queries, lo, hi, leaf_of):
         i0 += _LANES
 
 
-@njit(cache=True, parallel=True)
-def _leaf_order(tree, queries):
-    """Permutation int64 (m,) of the queries sorted by the leaf they fall in,
-    stable within a leaf (parallel descent, then a counting sort)."""
+@njit(inline="always")
+def _spatial_order_body(tree, queries):
+    """The queries in the tree's leaf order (inlined into the batch kernels).
+
+    Returns ``order`` int64 (m,), the permutation that sorts the queries by
+    the leaf they fall in (stable within a leaf: a parallel descent, then a
+    counting sort), and ``sorted_queries`` float32 (m, 3) = ``queries[order]``.
+    """
     m = queries.shape[0]
     n_leaves = tree.leaf_start.shape[0] - 1
     leaf_of = np.empty(m, dtype=np.int64)
     n_blocks = (m + _BLOCK - 1) // _BLOCK
     for b in prange(n_blocks):
         _leaf_of(tree, queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), leaf_of)
-    counts = np.zeros(n_leaves + 1, dtype=np.int64)
+    counts = np.empty(n_leaves + 1, dtype=np.int64)
+    for j in range(n_leaves + 1):
+        counts[j] = 0
     for i in range(m):
         counts[leaf_of[i] + 1] += 1
     for j in range(n_leaves):
@@ -611,30 +685,19 @@ def _leaf_order(tree, queries):
         leaf = leaf_of[i]
         order[counts[leaf]] = i
         counts[leaf] += 1
-    return order
-
-
-@njit(cache=True, parallel=True)
-def _knn_batch_parallel(tree, queries, k, r2, out_idx, out_dist):
-    """The k-nearest search of every query, in the tree's leaf order: the
-    queries are gathered into that order and searched, parallel over blocks
-    of consecutive queries, each result going to its query's row."""
-    m = queries.shape[0]
-    order = _leaf_order(tree, queries)
-    sorted_q = np.empty((m, 3), dtype=np.float32)
+    sorted_queries = np.empty((m, 3), dtype=np.float32)
     for t in prange(m):
         i = order[t]
-        sorted_q[t, 0] = np.float32(queries[i, 0])
-        sorted_q[t, 1] = np.float32(queries[i, 1])
-        sorted_q[t, 2] = np.float32(queries[i, 2])
-    n_blocks = (m + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
-        _knn_rows(tree, sorted_q, b * _BLOCK, min(m, (b + 1) * _BLOCK), k, r2, out_idx, out_dist, order)
+        sorted_queries[t, 0] = np.float32(queries[i, 0])
+        sorted_queries[t, 1] = np.float32(queries[i, 1])
+        sorted_queries[t, 2] = np.float32(queries[i, 2])
+    return order, sorted_queries
 
 
-@njit(cache=True)
-def _query_knn_batch(tree, queries, k, max_distance):
-    """k nearest neighbours of each query; callable from njit, no validation.
+@njit(inline="always")
+def _knn_batch_body(tree, queries, k, max_distance):
+    """k nearest neighbours of each query; inlined into ``_query_knn_batch`` and
+    into njit callers of ``query_knn_batch``. No validation.
 
     Parameters
     ----------
@@ -647,20 +710,35 @@ def _query_knn_batch(tree, queries, k, max_distance):
     -------
     indices : int64 (m, k)
     distances : float32 (m, k)
+
+    With m >= ``_PARALLEL_MIN_QUERIES`` the queries are put in the tree's leaf
+    order and searched in blocks of consecutive queries (in parallel when the
+    caller is a parallel kernel), each result going to its query's row;
+    otherwise in their own order on one thread. Same results either way.
     """
     m = queries.shape[0]
     out_idx = np.empty((m, k), dtype=np.int64)
     out_dist = np.empty((m, k), dtype=np.float32)
     r2 = _radius2(max_distance)
     if m >= _PARALLEL_MIN_QUERIES:
-        _knn_batch_parallel(tree, queries, k, r2, out_idx, out_dist)
+        order, sorted_queries = _spatial_order_body(tree, queries)
+        n_blocks = (m + _BLOCK - 1) // _BLOCK
+        for b in prange(n_blocks):
+            _knn_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), k, r2,
+                      out_idx, out_dist, order)
     else:
-        _knn_rows(tree, queries, 0, m, k, r2, out_idx, out_dist, np.empty(0, dtype=np.int64))
+        _knn_rows(tree, queries, _ZERO, m, k, r2, out_idx, out_dist, np.empty(0, dtype=np.int64))
     return out_idx, out_dist
 
 
+@njit(cache=True, parallel=True)
+def _query_knn_batch(tree, queries, k, max_distance):
+    """``_knn_batch_body`` as a parallel kernel, for Python callers."""
+    return _knn_batch_body(tree, queries, k, max_distance)
+
+
 @njit(cache=True)
-def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out):
+def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out, rows):
     """Radius search of the queries ``lo:hi``; callable from njit, no validation.
 
     Parameters
@@ -673,7 +751,17 @@ def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out):
         False: write ``counts[i]`` (int64 (m,)), the number of points with
         float32 squared distance <= r2. True: write their original indices,
         ascending, into ``out[offsets[i]:offsets[i + 1]]`` (``out`` int64,
-        ``offsets`` int64 (m + 1,) from the counts).
+        ``offsets`` int64 (M + 1,) from the counts).
+    counts : int64 (M,)
+    offsets : int64 (M + 1,)
+    out : int64 (c,)
+    rows : int64 (m,) or (0,)
+        Query ``t`` is query ``i = rows[t]`` of the outputs, or ``i = t`` when
+        ``rows`` is empty.
+
+    Depth first from the start node (``_start_node``); a node whose box lies
+    entirely within the radius (its farthest corner is) contributes all its
+    points without a distance test.
     """
     points = tree.points
     indices = tree.indices
@@ -684,10 +772,12 @@ def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out):
     n = points.shape[0]
     n_internal = leaf_start.shape[0] - 2
     stack = np.empty(_MAX_DEPTH + 1, dtype=np.int64)
-    for i in range(lo, hi):
-        px = np.float32(queries[i, 0])
-        py = np.float32(queries[i, 1])
-        pz = np.float32(queries[i, 2])
+    remap = rows.shape[0] > 0
+    for t in range(lo, hi):
+        px = np.float32(queries[t, 0])
+        py = np.float32(queries[t, 1])
+        pz = np.float32(queries[t, 2])
+        i = rows[t] if remap else t
         count = 0
         pos = offsets[i] if fill else 0
         sp = 0
@@ -741,17 +831,41 @@ def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out):
 @njit(cache=True)
 def _sort_int64(a, lo, hi):
     """Sort ``a[lo:hi]`` (int64) ascending in place: insertion sort for short
-    runs, ``np.sort`` otherwise."""
-    if hi - lo > 32:
-        a[lo:hi] = np.sort(a[lo:hi])
+    runs, heapsort otherwise (``np.sort`` would add seconds of compilation)."""
+    count = hi - lo
+    if count <= 32:
+        for j in range(lo + 1, hi):
+            v = a[j]
+            t = j
+            while t > lo and a[t - 1] > v:
+                a[t] = a[t - 1]
+                t -= 1
+            a[t] = v
         return
-    for j in range(lo + 1, hi):
-        v = a[j]
-        t = j
-        while t > lo and a[t - 1] > v:
-            a[t] = a[t - 1]
-            t -= 1
-        a[t] = v
+    for start in range(count // 2 - 1, -1, -1):
+        _sift_down_int64(a, lo, start, count)
+    for end in range(count - 1, 0, -1):
+        v = a[lo]
+        a[lo] = a[lo + end]
+        a[lo + end] = v
+        _sift_down_int64(a, lo, _ZERO, end)
+
+
+@njit(cache=True)
+def _sift_down_int64(a, lo, root, count):
+    """Heapsort step: sift heap entry ``root`` of ``a[lo:lo + count]`` (int64) down."""
+    while True:
+        child = 2 * root + 1
+        if child >= count:
+            return
+        if child + 1 < count and a[lo + child + 1] > a[lo + child]:
+            child += 1
+        if a[lo + child] <= a[lo + root]:
+            return
+        v = a[lo + root]
+        a[lo + root] = a[lo + child]
+        a[lo + child] = v
+        root = child
 
 
 @njit(cache=True)
@@ -776,24 +890,18 @@ def _query_radius(tree, point, r):
     r2 = _radius2(r)
     counts = np.zeros(1, dtype=np.int64)
     offsets = np.zeros(2, dtype=np.int64)
-    _radius_rows(tree, q, 0, 1, r2, False, counts, offsets, counts)
+    no_rows = np.empty(0, dtype=np.int64)
+    _radius_rows(tree, q, _ZERO, _ONE, r2, _FALSE, counts, offsets, counts, no_rows)
     offsets[1] = counts[0]
     out = np.empty(counts[0], dtype=np.int64)
-    _radius_rows(tree, q, 0, 1, r2, True, counts, offsets, out)
+    _radius_rows(tree, q, _ZERO, _ONE, r2, _TRUE, counts, offsets, out, no_rows)
     return out
 
 
-@njit(cache=True, parallel=True)
-def _radius_batch_parallel(tree, queries, r2, fill, counts, offsets, out):
-    m = queries.shape[0]
-    n_blocks = (m + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
-        _radius_rows(tree, queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, fill, counts, offsets, out)
-
-
-@njit(cache=True)
-def _query_radius_batch(tree, queries, r):
-    """Points within ``r`` of each query; callable from njit, no validation.
+@njit(inline="always")
+def _radius_batch_body(tree, queries, r):
+    """Points within ``r`` of each query; inlined into ``_query_radius_batch``
+    and into njit callers of ``query_radius_batch``. No validation.
 
     Parameters
     ----------
@@ -807,24 +915,43 @@ def _query_radius_batch(tree, queries, r):
         The neighbours of query ``i`` are ``indices[offsets[i]:offsets[i + 1]]``,
         ascending.
     offsets : int64 (m + 1,)
+
+    A counting pass, the offsets, a filling pass; with m >=
+    ``_PARALLEL_MIN_QUERIES`` both passes run in the tree's leaf order, in
+    blocks of consecutive queries (in parallel when the caller is a parallel
+    kernel).
     """
     m = queries.shape[0]
     r2 = _radius2(r)
-    counts = np.zeros(m, dtype=np.int64)
-    offsets = np.zeros(m + 1, dtype=np.int64)
-    parallel = m >= _PARALLEL_MIN_QUERIES
-    if parallel:
-        _radius_batch_parallel(tree, queries, r2, False, counts, offsets, counts)
+    counts = np.empty(m, dtype=np.int64)
+    offsets = np.empty(m + 1, dtype=np.int64)
+    offsets[0] = 0
+    if m >= _PARALLEL_MIN_QUERIES:
+        order, sorted_queries = _spatial_order_body(tree, queries)
+        n_blocks = (m + _BLOCK - 1) // _BLOCK
+        for b in prange(n_blocks):
+            _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, _FALSE,
+                         counts, offsets, counts, order)
+        for i in range(m):
+            offsets[i + 1] = offsets[i] + counts[i]
+        out = np.empty(offsets[m], dtype=np.int64)
+        for b in prange(n_blocks):
+            _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, _TRUE,
+                         counts, offsets, out, order)
     else:
-        _radius_rows(tree, queries, 0, m, r2, False, counts, offsets, counts)
-    for i in range(m):
-        offsets[i + 1] = offsets[i] + counts[i]
-    out = np.empty(offsets[m], dtype=np.int64)
-    if parallel:
-        _radius_batch_parallel(tree, queries, r2, True, counts, offsets, out)
-    else:
-        _radius_rows(tree, queries, 0, m, r2, True, counts, offsets, out)
+        no_rows = np.empty(0, dtype=np.int64)
+        _radius_rows(tree, queries, _ZERO, m, r2, _FALSE, counts, offsets, counts, no_rows)
+        for i in range(m):
+            offsets[i + 1] = offsets[i] + counts[i]
+        out = np.empty(offsets[m], dtype=np.int64)
+        _radius_rows(tree, queries, _ZERO, m, r2, _TRUE, counts, offsets, out, no_rows)
     return out, offsets
+
+
+@njit(cache=True, parallel=True)
+def _query_radius_batch(tree, queries, r):
+    """``_radius_batch_body`` as a parallel kernel, for Python callers."""
+    return _radius_batch_body(tree, queries, r)
 
 
 # ---------------------------------------------------------------------------
@@ -879,6 +1006,25 @@ def _check_tree(tree):
         a = getattr(tree, name)
         if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim:
             raise ValueError(f"tree.{name} must be a {np.dtype(dtype).name} array with {ndim} dimension(s)")
+    # the shapes must agree: the kernels index without bounds checks
+    n = tree.points.shape[0]
+    n_leaves = tree.leaf_start.shape[0] - 1
+    if (tree.points.shape[1] != 3 or tree.indices.shape[0] != n or n_leaves < 1
+            or n_leaves & (n_leaves - 1) or tree.boxes.shape != (2 * n_leaves - 1, 6)
+            or tree.split_dim.shape[0] != n_leaves - 1 or tree.split_val.shape[0] != n_leaves - 1):
+        raise ValueError("tree arrays have inconsistent shapes (not a tree from build_tree or load_tree)")
+
+
+def _check_tree_contents(tree, path):
+    """O(n) checks of a loaded tree's integer arrays (they index other arrays)."""
+    n = tree.points.shape[0]
+    ls = tree.leaf_start
+    if ls[0] != 0 or ls[-1] != n or np.any(ls[1:] < ls[:-1]):
+        raise ValueError(f"{path}: corrupt KD-tree (leaf_start)")
+    if n and (tree.indices.min() < 0 or tree.indices.max() >= n):
+        raise ValueError(f"{path}: corrupt KD-tree (indices)")
+    if tree.split_dim.size and (tree.split_dim.min() < 0 or tree.split_dim.max() > 2):
+        raise ValueError(f"{path}: corrupt KD-tree (split_dim)")
 
 
 def query_knn(tree, point, k, max_distance=np.inf):
@@ -950,7 +1096,7 @@ def query_knn_batch(tree, points, k, max_distance=np.inf):
     """The k nearest stored points of each of m query points.
 
     Runs on all threads (parallel over queries, in the tree's leaf order) when
-    m >= 64, else on one thread; the results are the same either way, and row
+    m >= 256, else on one thread; the results are the same either way, and row
     ``i`` equals ``query_knn(tree, points[i], k, max_distance)``.
     Callable from Python (validated) and from inside ``@njit`` functions.
 
@@ -982,8 +1128,8 @@ def query_knn_batch(tree, points, k, max_distance=np.inf):
 def query_radius_batch(tree, points, r):
     """All stored points within distance ``r`` of each of m query points.
 
-    Parallel over queries when m >= 64. Callable from Python (validated) and
-    from inside ``@njit`` functions.
+    Parallel over queries (in the tree's leaf order) when m >= 256. Callable
+    from Python (validated) and from inside ``@njit`` functions.
 
     Parameters
     ----------
@@ -1010,43 +1156,70 @@ def query_radius_batch(tree, points, r):
     return _query_radius_batch(tree, _check_points("points", points), _check_radius("r", r))
 
 
+def _require_array(func, name, a, ndim):
+    """Typing-time check of an array argument of an overload (a compile error)."""
+    if not isinstance(a, types.Array) or a.ndim != ndim or not isinstance(a.dtype, types.Float):
+        raise TypingError(f"{func}: {name} must be a {ndim}-d float array, got {a}")
+
+
+@overload(build_tree, inline="always")
+def _ol_build_tree(points, leaf_size=DEFAULT_LEAF_SIZE):
+    _require_array("build_tree", "points", points, 2)
+
+    def impl(points, leaf_size=DEFAULT_LEAF_SIZE):
+        if points.shape[1] != 3:
+            raise ValueError("build_tree: points must have shape (n, 3)")
+        if leaf_size < 1:
+            raise ValueError("build_tree: leaf_size must be >= 1")
+        return KDTree(*_build_body(points, np.int64(leaf_size)))
+    return impl
+
+
 @overload(query_knn)
 def _ol_query_knn(tree, point, k, max_distance=np.inf):
+    _require_array("query_knn", "point", point, 1)
+
     def impl(tree, point, k, max_distance=np.inf):
         if point.shape[0] != 3:
             raise ValueError("query_knn: point must have shape (3,)")
         if k < 0:
             raise ValueError("query_knn: k must be >= 0")
-        return _query_knn(tree, point, k, max_distance)
+        return _query_knn(tree, point, np.int64(k), np.float64(max_distance))
     return impl
 
 
 @overload(query_radius)
 def _ol_query_radius(tree, point, r):
+    _require_array("query_radius", "point", point, 1)
+
     def impl(tree, point, r):
         if point.shape[0] != 3:
             raise ValueError("query_radius: point must have shape (3,)")
-        return _query_radius(tree, point, r)
+        return _query_radius(tree, point, np.float64(r))
     return impl
 
 
-@overload(query_knn_batch)
+@overload(query_knn_batch, inline="always")
 def _ol_query_knn_batch(tree, points, k, max_distance=np.inf):
+    _require_array("query_knn_batch", "points", points, 2)
+
     def impl(tree, points, k, max_distance=np.inf):
         if points.shape[1] != 3:
             raise ValueError("query_knn_batch: points must have shape (m, 3)")
         if k < 0:
             raise ValueError("query_knn_batch: k must be >= 0")
-        return _query_knn_batch(tree, points, k, max_distance)
+        return _knn_batch_body(tree, points, np.int64(k), np.float64(max_distance))
     return impl
 
 
-@overload(query_radius_batch)
+@overload(query_radius_batch, inline="always")
 def _ol_query_radius_batch(tree, points, r):
+    _require_array("query_radius_batch", "points", points, 2)
+
     def impl(tree, points, r):
         if points.shape[1] != 3:
             raise ValueError("query_radius_batch: points must have shape (m, 3)")
-        return _query_radius_batch(tree, points, r)
+        return _radius_batch_body(tree, points, np.float64(r))
     return impl
 
 
@@ -1063,9 +1236,11 @@ _PAD_EXTRA_ID = 0xD935  # zip extra-field id used for alignment padding (as zipa
 def save_tree(path, tree):
     """Save a tree as an uncompressed ``.npz`` file whose arrays can be memory-mapped.
 
-    The file is an ordinary ``np.savez`` archive (``np.load`` reads it: one
-    member per ``KDTree`` field, plus ``kdtree_format``); each member's data
-    is 64-byte aligned in the file, so ``load_tree`` can map it in place.
+    The file is an uncompressed ``.npz`` archive as ``np.savez`` writes them
+    (``np.load`` reads it: one ``.npy`` member per ``KDTree`` field, plus
+    ``kdtree_format``), except that each member's data starts 64-byte aligned
+    in the file (padding in the zip extra field, as Android's zipalign does),
+    so that ``load_tree`` can map every array in place.
 
     Parameters
     ----------
@@ -1078,12 +1253,16 @@ def save_tree(path, tree):
     arrays[_FORMAT_KEY] = np.array(_FORMAT_VERSION, dtype=np.int64)
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
+            a = np.asarray(a)
+            if not a.flags.c_contiguous:
+                a = a.copy(order="C")
             member = name + ".npy"
             info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_STORED
-            # local header: 30 bytes + name + extra (+ 20 bytes of zip64 extra, forced below);
-            # the .npy header is padded by numpy to a multiple of 64 bytes.
+            # data offset = local header (30 bytes + name + our extra field of 4 + pad
+            # bytes + the 20-byte zip64 extra that force_zip64 appends) + the .npy
+            # header, which numpy pads to a multiple of 64 bytes. load_tree checks
+            # the alignment it gets and reads a member instead of mapping it if off.
             offset = zf.fp.tell() + 30 + len(member.encode()) + 20 + 4
             pad = (-offset) % _ALIGN
             info.extra = struct.pack("<HH", _PAD_EXTRA_ID, pad) + b"\0" * pad
@@ -1154,4 +1333,5 @@ def load_tree(path, mmap=True):
                     arrays[name] = _read_member(fh, path, info, mmap)
     tree = KDTree(**arrays)
     _check_tree(tree)
+    _check_tree_contents(tree, path)
     return tree
