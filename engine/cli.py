@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
-    b.add_argument("--suite", default="seed", choices=["seed", "startup"],
-                   help="seed: the seed's benchmark table; startup: cold/warm start-to-result (default: seed)")
+    b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree"],
+                   help="seed: the seed's benchmark table; startup: cold/warm start-to-result; "
+                        "kdtree: our KD-tree against scipy and pykdtree (default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
     return p
@@ -184,6 +185,12 @@ def cmd_bench(args) -> int:
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
     from . import bench
 
+    if args.suite == "kdtree":
+        from . import bench_kdtree
+
+        rows = bench_kdtree.run_kdtree_suite(repeats=args.repeats, json_path=args.json)
+        print(bench_kdtree.format_kdtree(rows))
+        return 0
     if args.suite == "startup":
         from . import bench_startup
 
