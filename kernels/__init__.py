@@ -32,9 +32,9 @@ def _choose_openmp_wait_policy():
     10 x 10 seed row took 8.0 ms instead of 0.019 ms). Passive (sleeping)
     workers are woken with priority and avoid that cliff, but each wake-up
     costs 30-60 us on an idle machine (100 x 10 row: 0.21-0.29 ms instead of
-    0.165 ms). So: passive when other work is running right now (other
-    runnable threads in /proc/loadavg) or the 1-minute load average says half
-    the cores are taken; spinning otherwise. A user's own OMP_WAIT_POLICY or
+    0.165 ms). So: passive when the 1-minute load average says half the
+    cores are taken (a sustained load, not a momentary one: the choice holds
+    for the whole process); spinning otherwise. A user's own OMP_WAIT_POLICY or
     GOMP_SPINCOUNT always wins. Must run before the first parallel kernel,
     hence at import.
     """
@@ -42,16 +42,10 @@ def _choose_openmp_wait_policy():
         return
     cpus = _os.cpu_count() or 1
     try:
-        with open("/proc/loadavg") as fh:
-            fields = fh.read().split()
-        load1 = float(fields[0])
-        others_running = int(fields[3].split("/")[0]) - 1  # minus this process's thread
-    except (OSError, ValueError, IndexError):
-        try:
-            load1, others_running = _os.getloadavg()[0], 0
-        except (OSError, AttributeError):  # no load information on this platform
-            return
-    if others_running > 0 or load1 >= cpus / 2:
+        load1 = _os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load information on this platform
+        return
+    if load1 >= cpus / 2:
         _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 

@@ -20,8 +20,11 @@ The denominator there is >= 1, so the check could never fire anyway.
 FASTMATH = {"ninf", "arcp", "contract", "afn", "reassoc", "nsz"}
 
 # Below this many comparisons (queries x stored observations) a batch runs on
-# one thread: starting the thread pool costs about 2 us here, more than the
-# work itself. Measured on this 2-core machine (batch similarity, 1 feature):
-# 10 x 100 comparisons 2.8 us parallel / 1.7 us serial; 32 x 32: 3.2 / 4.0 us;
-# 100 x 100: 4.9 / 12.1 us; 256 x 256: 14 / 45 us.
-PARALLEL_MIN_COMPARISONS = 1024
+# one thread. A parallel region whose worker is already spinning starts in
+# ~2-4 us (measured on this 2-core machine, batch similarity, 1 feature:
+# 10 x 100 comparisons 2.8 us parallel / 1.7 us serial; 100 x 100: 4.9 / 12.1
+# us), but a worker that has gone to sleep (libgomp sleeps after a few ms
+# idle, e.g. between two runs) takes ~45 us to wake in this VM. Serial costs
+# ~0.3 ns per comparison, so below ~32k comparisons (~10 us) one thread is
+# never much slower and is immune to wake-up latency.
+PARALLEL_MIN_COMPARISONS = 1 << 15

@@ -25,13 +25,12 @@ row the copy costs more than it saves (1.3 vs 1.8 ns per point at M = 10^4), so
 import numpy as np
 from numba import njit, prange
 
-from ._flags import PARALLEL_MIN_COMPARISONS
 
 # Measured break-even of the parallel twin (square inputs, 2 threads): serial
 # 4.5 / parallel 5.0 us at 100 x 100, 5.3 / 5.6 us at 128 x 128, 11.2 / 9.2 us at
 # 181 x 181. A distance is cheaper than a similarity term, so the pool's start-up
 # pays off later than for ``kernels.matching``.
-_PARALLEL_MIN_PAIRS = 16 * PARALLEL_MIN_COMPARISONS
+_PARALLEL_MIN_PAIRS = 1 << 14
 
 
 @njit(cache=True)
@@ -84,7 +83,7 @@ def pairwise_distances(a, b):
     float32 (N, M), C-contiguous, new: ``out[i, j]`` = ``||a[i] - b[j]||_2``.
 
     Runs on all threads (parallel over the rows of ``a``) when N > 1 and
-    N x M >= 16 x ``PARALLEL_MIN_COMPARISONS``, else on one; both give the
+    N x M >= ``_PARALLEL_MIN_PAIRS``, else on one; both give the
     same bits. Raises ValueError if either input is not (., 3).
     """
     if a.shape[1] != 3 or b.shape[1] != 3:

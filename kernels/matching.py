@@ -35,6 +35,8 @@ from .compact import as_f32
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 _HALF = np.float32(0.5)
+# The termination scan is a few cycles per step: threads pay off only for many steps.
+_SCAN_PARALLEL_MIN_STEPS = 1 << 16
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -239,7 +241,7 @@ def _scan_segments_serial(similarities, offsets, confidence, threshold, out_cons
 def _scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done):
     """Body of the segment scan, inlined into every parallel kernel that scans (see module note)."""
     # Scanning is a few cycles per step: threads pay off only for many steps.
-    if similarities.shape[0] >= 64 * PARALLEL_MIN_COMPARISONS and offsets.shape[0] > 2:
+    if similarities.shape[0] >= _SCAN_PARALLEL_MIN_STEPS and offsets.shape[0] > 2:
         for e in prange(offsets.shape[0] - 1):
             k, c, d = termination_scan(similarities[offsets[e]:offsets[e + 1]], confidence[e], threshold)
             out_consumed[e] = k

@@ -442,7 +442,7 @@ def random_segments(rng, total, n_segments):
     return offsets
 
 
-@pytest.mark.parametrize("total, n_segments", [(0, 1), (50, 6), (64 * PARALLEL_MIN_COMPARISONS + 100, 40)])
+@pytest.mark.parametrize("total, n_segments", [(0, 1), (50, 6), (matching._SCAN_PARALLEL_MIN_STEPS + 100, 40)])
 @pytest.mark.parametrize("threshold", [0.7, np.inf])
 def test_scan_segments_matches_reference(total, n_segments, threshold):
     rng = np.random.default_rng(12)
@@ -462,7 +462,7 @@ def test_scan_segments_matches_reference(total, n_segments, threshold):
         assert_allclose(confidence[e], want[1], rtol=RTOL)
 
 
-@pytest.mark.parametrize("total, n_segments", [(30, 4), (64 * PARALLEL_MIN_COMPARISONS + 100, 40)])
+@pytest.mark.parametrize("total, n_segments", [(30, 4), (matching._SCAN_PARALLEL_MIN_STEPS + 100, 40)])
 def test_scan_segments_serial_and_parallel_agree_bitwise(total, n_segments):
     rng = np.random.default_rng(13)
     sims = rng.uniform(0.0, 1.0, size=total).astype(np.float32)
