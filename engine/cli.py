@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", metavar="DIR", help="kernel cache folder to inspect")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    from . import make_dataset
+
+    make_dataset.add_cli(sub, parents=[common])
+
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
     b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree"],
                    help="seed: the seed's benchmark table; startup: cold/warm start-to-result; "
@@ -204,12 +208,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_make_dataset(args) -> int:
+    from . import make_dataset
+
+    return make_dataset.cmd_make_dataset(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
-                "info": cmd_info, "bench": cmd_bench}
+                "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     try:
         return handlers[args.command](args)
     except UserError as exc:  # engine.dataset.DatasetError is one too

@@ -133,7 +133,7 @@ SOURCES: dict[str, dict[str, _Setting]] = {
                "n_features": _Setting(int, 1, minimum=0, maximum=64, doc="feature columns"),
                "seed": _Setting(int, 0, minimum=0, doc="random seed")},
     "dataset": {"path": _Setting(str, None, required=True,
-                                 doc="recorded episode file (.npz), relative to the config file's folder")},
+                                 doc="recorded episode file (.npz) or npy-dir folder, relative to the config file's folder")},
 }
 
 TOP_LEVEL = {"output_dir": _Setting(str, "results", doc="folder for summary.json and episodes.csv "
@@ -246,8 +246,9 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         execution["cache_dir"] = str(_resolve_relative(execution["cache_dir"], source_file))
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
-        if not Path(params["path"]).is_file():
-            raise ConfigError(f"{prefix}data.path: file not found: {params['path']}")
+        if not Path(params["path"]).exists():
+            raise ConfigError(f"{prefix}data.path: file not found: {params['path']} "
+                              "(a dataset .npz file or npy-dir folder)")
     top = {key: setting.check(raw[key], f"{prefix}{key}") if key in raw else setting.default
            for key, setting in TOP_LEVEL.items()}
     return Config(

@@ -9,13 +9,42 @@ archive (``numpy.savez`` layout, no pickled data) holding step arrays (``locatio
 
 Shapes use four sizes: ``T`` steps, ``E`` episodes, ``O`` objects, ``F`` feature columns.
 
+Layouts
+-------
+- ``npz`` (the format's layout): one ``.npz`` archive, each key a ``KEY.npy`` member,
+  stored (``numpy.savez``) or deflated (``numpy.savez_compressed``).
+- ``npy-dir``: a folder holding one ``KEY.npy`` file per key (the same keys, dtypes and
+  shapes as the archive's members, ``format.npy`` included), as ``numpy.save`` writes
+  them. Convert between the two with ``write_dataset(out, read_dataset(src), layout=...)``.
+
+Memory mapping
+--------------
+:func:`read_dataset` maps the five step arrays (``location``, ``pose_vectors``,
+``pose_defined``, ``curvature``, ``features``) from the file instead of reading them,
+when it can: the members of an uncompressed ``.npz`` (each member's data is found
+from its zip local header and ``.npy`` header) and the files of an ``npy-dir`` folder.
+Those fields are then read-only ``numpy.memmap`` arrays (C-contiguous, the file's
+dtype), handed to kernels without a copy; pages are read from the file as kernels touch
+them. Members of a compressed archive cannot be mapped and are read into memory (logged
+at INFO). The small arrays (episode tables, names, ``format``, ``meta``) are always read
+into memory. ``read_dataset(path, mmap=False)`` reads everything into memory.
+
+Validating a mapped file does not pull it into the process's resident memory: the step
+arrays are checked in chunks of :data:`VALIDATION_CHUNK` steps read with ordinary file
+reads into one reused buffer (not through the mapping), and for an ``.npz`` the CRC-32
+of each mapped member is verified on the way, as reading it into memory would. Keep a
+mapped file unchanged while it is in use (:func:`write_dataset` replaces files and
+folders by renaming, which leaves existing mappings intact).
+
 Public API
 ----------
 - :class:`EpisodeDataset`: the arrays of one file (structure of arrays, exactly the
   on-disk dtypes, so they can be handed to compiled kernels without a copy).
 - :func:`validate_dataset`: every rule of the format; raises :class:`DatasetError`.
-- :func:`write_dataset` / :func:`read_dataset`: atomic write, validated read.
+- :func:`write_dataset` / :func:`read_dataset`: atomic write (either layout), validated
+  read (memory-mapped where possible).
 - :func:`points_dataset`: build a dataset from per-object point sets (for generators).
+- ``engine.make_dataset``: large synthetic datasets written chunk by chunk.
 
 Every problem with a file or a dataset is a :class:`DatasetError` whose message names the
 file and the key, says what was wrong and what is allowed; the CLI prints it and exits 2,
@@ -28,9 +57,13 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import struct
 import sys
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -40,7 +73,9 @@ from .rotations import quat_to_matrix
 __all__ = [
     "EVAL",
     "FORMAT",
+    "LAYOUTS",
     "TRAIN",
+    "VALIDATION_CHUNK",
     "DatasetError",
     "EpisodeDataset",
     "points_dataset",
@@ -69,6 +104,14 @@ MAX_ABS_LOCATION = 1e18
 #: sensor module decides it.
 POSE_DEFINED_MIN_CURVATURE_DIFFERENCE = 10.0
 
+#: Steps per chunk when validating the step arrays (a mapped file's chunks are read into
+#: one reused buffer of this many steps: 2.4 MB for ``pose_vectors``, so a chunk stays in
+#: cache and validating a mapped file adds little to the resident memory).
+VALIDATION_CHUNK = 1 << 16
+
+#: The ``layout`` values of :func:`write_dataset`.
+LAYOUTS = ("npz", "npy-dir")
+
 # Steps checked per chunk by the pose check: big enough that the Python loop over chunks
 # costs little (610 iterations for 10M steps), small enough that the float32 temporaries
 # of a chunk stay in cache instead of allocating arrays of size T (measured: 2^14 steps
@@ -93,7 +136,10 @@ _ARRAY_KEYS: tuple[tuple[str, str, tuple], ...] = (
     ("object_names", "str", ("O",)),
 )
 _ARRAY_FIELDS = tuple(key for key, _, _ in _ARRAY_KEYS)
-_FLOAT_FIELDS = tuple(key for key, dt, _ in _ARRAY_KEYS if dt == "<f4")
+# The per-step arrays: memory-mapped by the reader, validated chunk by chunk. The float
+# ones are checked for NaN/infinity in this order, then episode_rotation (the order of
+# the checks decides which of several problems is reported).
+_STEP_FIELDS = ("location", "pose_vectors", "pose_defined", "curvature", "features")
 # Every key the reader loads; anything else in a file is ignored (but checked for pickles).
 _KNOWN_KEYS = ("format", *_ARRAY_FIELDS, "meta")
 
@@ -426,21 +472,22 @@ def _pose_failures(pose: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _check_pose_vectors(src: str, pose: np.ndarray) -> None:
-    """Each ``pose[t]`` orthonormal and right-handed within ``POSE_TOLERANCE``."""
+def _first_pose_failure(pose: np.ndarray) -> int | None:
+    """Index of the first ``pose[t]`` (n, 3, 3) that is not orthonormal and right-handed
+    within ``POSE_TOLERANCE``, or None; works through ``pose`` in cache-sized pieces."""
     for start in range(0, pose.shape[0], _CHUNK):
         failures = _pose_failures(pose[start : start + _CHUNK])
         bad = failures[0]
         for more in failures[1:]:
             bad |= more
         if bad.any():
-            t = start + _first(bad)
-            raise DatasetError(f"{src}: key 'pose_vectors': {_pose_problem(pose, t)}")
+            return start + _first(bad)
+    return None
 
 
-def _pose_problem(pose: np.ndarray, t: int) -> str:
-    """Why ``pose[t]`` fails: the first failed test of :func:`_pose_failures`."""
-    step = pose[t : t + 1]
+def _pose_problem(step: np.ndarray, t: int) -> str:
+    """Why the pose matrix ``step`` (1, 3, 3), step ``t`` of the dataset, fails: the
+    first failed test of :func:`_pose_failures`."""
     residuals = [float(r[0]) for r in _pose_residuals(step)]
     failed = [bool(f[0]) for f in _pose_failures(step)]
     allowed = (
@@ -468,30 +515,141 @@ def _pose_problem(pose: np.ndarray, t: int) -> str:
     return f"pose_vectors[{t}] has determinant {det:.4g}; {allowed}"
 
 
-def _check_values(src: str, ds: EpisodeDataset, n_steps: int, n_objects: int) -> None:
-    """Value rules, after every dtype and shape is known to be right."""
-    for key in _FLOAT_FIELDS:
-        _check_finite(src, key, getattr(ds, key))
+class _Region(NamedTuple):
+    """Where a memory-mapped step array's data lies in a file, so that validation can
+    read it with ordinary reads instead of through the mapping.
 
-    loc = ds.location
-    if loc.size and max(-float(loc.min()), float(loc.max())) > MAX_ABS_LOCATION:
-        i = _first((np.abs(loc) > MAX_ABS_LOCATION).any(axis=1))
-        raise DatasetError(
-            f"{src}: key 'location': location[{i}] = {_values(loc[i])} is too large; "
-            f"allowed: abs(value) <= {MAX_ABS_LOCATION:g} (squared distances must fit float32)"
-        )
+    ``crc`` is None or ``(crc32 of the bytes before the data in the member, the
+    member's CRC-32 from the zip directory, member name)``: the CRC is then checked
+    over the member's bytes as they are read.
+    """
 
-    _check_pose_vectors(src, ds.pose_vectors)
+    file: str
+    offset: int
+    crc: tuple[int, int, str] | None = None
 
-    curv = ds.curvature
-    bad = np.abs(curv[:, 0]) < np.abs(curv[:, 1])
-    if bad.any():
-        i = _first(bad)
-        raise DatasetError(
-            f"{src}: key 'curvature': curvature[{i}] = {_values(curv[i])} has abs(k1) < "
-            "abs(k2); allowed: abs(k1) >= abs(k2) (k1 is the principal curvature of "
-            "larger magnitude)"
-        )
+
+def _corrupt(path: str, detail: str) -> DatasetError:
+    return DatasetError(f"{path}: not a valid npz archive: truncated or corrupt ({detail})")
+
+
+def _step_chunks(
+    src: str, key: str, a: np.ndarray, region: _Region | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, a[start : start + VALIDATION_CHUNK])`` over all steps of ``a``.
+
+    Without ``region`` the chunks are views of ``a``. With one, each chunk is read from
+    the file into one reused buffer (so a mapped array's pages never enter this
+    process's resident memory), and the member CRC, if any, is checked at the end.
+    """
+    n = a.shape[0]
+    step = max(1, int(VALIDATION_CHUNK))
+    if region is None:
+        for start in range(0, n, step):
+            yield start, a[start : start + step]
+        return
+    crc = region.crc[0] if region.crc else 0
+    if a.size:
+        buf = np.empty((min(step, n), *a.shape[1:]), dtype=a.dtype)
+        try:
+            with open(region.file, "rb") as f:
+                f.seek(region.offset)
+                for start in range(0, n, step):
+                    chunk = buf[: min(step, n - start)]
+                    raw = chunk.reshape(-1).view(np.uint8)
+                    got = f.readinto(raw)
+                    if got != raw.nbytes:
+                        raise DatasetError(
+                            f"{src}: key '{key}': file ends inside the array data "
+                            f"({region.file} is truncated)"
+                        )
+                    if region.crc:
+                        crc = zlib.crc32(raw, crc)
+                    yield start, chunk
+        except OSError as exc:
+            raise DatasetError(
+                f"{src}: key '{key}': cannot read {region.file} ({exc.strerror or exc})"
+            ) from exc
+    if region.crc and crc != region.crc[1]:
+        raise _corrupt(src, f"BadZipFile: Bad CRC-32 for file {region.crc[2]!r}")
+
+
+def _check_step_values(
+    src: str, ds: EpisodeDataset, regions: dict[str, _Region]
+) -> list[str]:
+    """Value rules of the step arrays, one pass over each array in chunks.
+
+    A NaN or infinity is raised at once (after counting the bad rows of that array),
+    as the first-priority rule. The other problems are returned, as messages, in the
+    order :func:`_check_values` raises them: location too large, pose not orthonormal,
+    curvature unsorted (first offending step of each).
+    """
+    huge = pose = unsorted = None
+    for key in _STEP_FIELDS:
+        a = getattr(ds, key)
+        bad_finite = None  # [first index, "NaN"/"infinity", bad row count]
+        for start, c in _step_chunks(src, key, a, regions.get(key)):
+            if key == "pose_defined" or c.size == 0:
+                continue  # (its values are booleans: nothing to check; read for the CRC)
+            # min/max propagate NaN and expose +-inf: two reductions, no temporary.
+            lo, hi = c.min(), c.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                rows = c.reshape(c.shape[0], -1)
+                bad_rows = ~np.isfinite(rows).all(axis=1)
+                if bad_finite is None:
+                    i = _first(bad_rows)
+                    what = "NaN" if np.isnan(rows[i]).any() else "infinity"
+                    bad_finite = [start + i, what, 0]
+                bad_finite[2] += int(bad_rows.sum())
+                continue
+            if bad_finite is not None:
+                continue  # only counting the bad rows now
+            if key == "location" and huge is None:
+                if max(-float(lo), float(hi)) > MAX_ABS_LOCATION:
+                    i = _first((np.abs(c) > MAX_ABS_LOCATION).any(axis=1))
+                    huge = (
+                        f"{src}: key 'location': location[{start + i}] = {_values(c[i])} is "
+                        f"too large; allowed: abs(value) <= {MAX_ABS_LOCATION:g} (squared "
+                        "distances must fit float32)"
+                    )
+            elif key == "pose_vectors" and pose is None:
+                t = _first_pose_failure(c)
+                if t is not None:
+                    pose = f"{src}: key 'pose_vectors': {_pose_problem(c[t : t + 1], start + t)}"
+            elif key == "curvature" and unsorted is None:
+                bad = np.abs(c[:, 0]) < np.abs(c[:, 1])
+                if bad.any():
+                    i = _first(bad)
+                    unsorted = (
+                        f"{src}: key 'curvature': curvature[{start + i}] = {_values(c[i])} "
+                        "has abs(k1) < abs(k2); allowed: abs(k1) >= abs(k2) (k1 is the "
+                        "principal curvature of larger magnitude)"
+                    )
+        if bad_finite is not None:
+            t, what, count = bad_finite
+            raise DatasetError(
+                f"{src}: key '{key}': {key}[{t}] contains {what} (NaN or infinity in "
+                f"{count} of {a.shape[0]} rows); allowed: finite values only"
+            )
+    return [m for m in (huge, pose, unsorted) if m is not None]
+
+
+def _check_values(
+    src: str,
+    ds: EpisodeDataset,
+    n_steps: int,
+    n_objects: int,
+    regions: dict[str, _Region] | None = None,
+) -> None:
+    """Value rules, after every dtype and shape is known to be right.
+
+    ``regions``: the step arrays that are memory-mapped, and where their data lies (see
+    :func:`_step_chunks`).
+    """
+    deferred = _check_step_values(src, ds, regions or {})
+    _check_finite(src, "episode_rotation", ds.episode_rotation)
+    if deferred:
+        raise DatasetError(deferred[0])
 
     q = ds.episode_rotation.astype(np.float64)
     norms = np.sqrt(np.sum(q * q, axis=1))
@@ -566,7 +724,10 @@ def validate_dataset(ds: EpisodeDataset, source: str = "<memory>") -> None:
     quaternions unit within 1e-3; offsets start at 0, end at ``T``, non-decreasing; object
     indices in ``[0, O)``; split values 0 or 1; ``meta`` a JSON-serialisable dict.
 
-    Vectorised (per-step checks run over chunks of steps): ~0.35 s for 10M steps.
+    Vectorised, the per-step checks one pass over chunks of :data:`VALIDATION_CHUNK`
+    steps: ~0.35 s for 10M steps. (Given memory-mapped arrays, the checks read them
+    through the mapping, which leaves the file's pages in the resident memory;
+    :func:`read_dataset` validates a file it maps with file reads instead.)
 
     Parameters
     ----------
@@ -580,23 +741,33 @@ def validate_dataset(ds: EpisodeDataset, source: str = "<memory>") -> None:
         At the first broken rule, naming ``source``, the key and, for per-step or
         per-episode problems, the first offending index.
     """
+    _validate(ds, source)
+
+
+def _validate(
+    ds: EpisodeDataset, source: str, regions: dict[str, _Region] | None = None
+) -> None:
+    """:func:`validate_dataset`; ``regions`` locate the memory-mapped step arrays in
+    their files, so that they are checked with file reads (see :func:`_step_chunks`)."""
     if not isinstance(ds, EpisodeDataset):
         raise TypeError(f"expected an EpisodeDataset, got {type(ds).__name__}")
     dims = _bind_sizes(ds)
     for key, dtype, spec in _ARRAY_KEYS:
         _check_array(source, key, getattr(ds, key), dtype, spec, dims)
-    _check_values(source, ds, n_steps=dims["T"][0], n_objects=dims["O"][0])
+    _check_values(source, ds, n_steps=dims["T"][0], n_objects=dims["O"][0], regions=regions)
     _meta_json(source, ds.meta)
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def write_dataset(path: str | os.PathLike, ds: EpisodeDataset, compress: bool = False) -> None:
+def write_dataset(
+    path: str | os.PathLike, ds: EpisodeDataset, compress: bool = False, *, layout: str = "npz"
+) -> None:
     """Validate ``ds`` and write it to ``path`` atomically.
 
-    The archive is written to a hidden temporary file in the same folder and moved onto
-    ``path`` with ``os.replace``, so readers never see a half-written file and an
+    The archive (or folder) is written under a hidden temporary name in the same folder
+    and renamed onto ``path``, so readers never see a half-written dataset and an
     interrupted or failed write leaves ``path`` as it was. The file gets exactly the name
     given (numpy would append ``.npz`` to a bare name; writing through an open file avoids
     that).
@@ -604,34 +775,80 @@ def write_dataset(path: str | os.PathLike, ds: EpisodeDataset, compress: bool = 
     Parameters
     ----------
     path : str or os.PathLike
-        Target file; its folder must exist. An existing file is replaced.
+        Target file (``npz``) or folder (``npy-dir``); its parent folder must exist. An
+        existing file is replaced; an existing folder is replaced only if it is an
+        ``npy-dir`` dataset (holds ``format.npy``) or empty.
     ds : EpisodeDataset
+        May be memory-mapped (e.g. ``read_dataset`` of another file: this converts).
     compress : bool
-        ``numpy.savez_compressed`` instead of ``numpy.savez``. Uncompressed files can later
-        be memory-mapped; compressed ones are smaller.
+        ``numpy.savez_compressed`` instead of ``numpy.savez`` (``npz`` only).
+        Uncompressed files can later be memory-mapped; compressed ones are smaller.
+    layout : {"npz", "npy-dir"}
+        ``npz``: one archive, the format's layout. ``npy-dir``: a folder of ``KEY.npy``
+        files (``numpy.save``), which :func:`read_dataset` also memory-maps; each
+        file's data starts 64-byte aligned.
 
     Raises
     ------
     DatasetError
-        ``ds`` breaks a rule (nothing is written), or the file cannot be written.
+        ``ds`` breaks a rule (nothing is written), or the dataset cannot be written.
+    ValueError
+        Unknown ``layout``, or ``compress`` with ``npy-dir``.
     """
     path = os.fspath(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if compress and layout == "npy-dir":
+        raise ValueError("compress=True needs layout='npz' (npy-dir files are not compressed)")
     validate_dataset(ds, source=f"writing {path}")
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT)}
     for key in _ARRAY_FIELDS:
         arrays[key] = getattr(ds, key)
     arrays["meta"] = np.array(_meta_json(f"writing {path}", ds.meta))
 
+    if layout == "npy-dir":
+
+        def fill_dir(folder: str) -> None:
+            for key, value in arrays.items():
+                with open(os.path.join(folder, key + ".npy"), "xb") as f:
+                    np.save(f, value, allow_pickle=False)
+                    f.flush()
+                    os.fsync(f.fileno())
+
+        _write_dir_atomically(path, fill_dir)
+    else:
+        save = np.savez_compressed if compress else np.savez
+        _write_file_atomically(path, lambda f: save(f, allow_pickle=False, **arrays))
+    logger.debug(
+        "wrote %s (%s): %d steps, %d episodes, %d objects, %d features",
+        path, layout, ds.n_steps, ds.n_episodes, ds.n_objects, ds.n_features,
+    )
+
+
+def _tmp_name(path: str, suffix: str) -> str:
+    """A hidden name next to ``path`` that no other writer uses."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    save = np.savez_compressed if compress else np.savez
+    base = os.path.basename(os.path.normpath(path))
+    return os.path.join(folder, f".{base}.{secrets.token_hex(6)}.{suffix}")
+
+
+def _write_file_atomically(path: str, fill, check=None) -> None:
+    """Write a file through ``fill(open binary file)`` under a temporary name, run
+    ``check(temporary path)`` if given (it may raise), then move it onto ``path``.
+
+    Any failure removes the temporary file and leaves ``path`` as it was; an ``OSError``
+    becomes a :class:`DatasetError` naming ``path``.
+    """
+    tmp = _tmp_name(path, "tmp")
     try:
         # "xb" creates the file (honouring the umask, unlike tempfile.mkstemp's 0600) and
         # never clobbers another writer's temporary file.
         with open(tmp, "xb") as f:
-            save(f, allow_pickle=False, **arrays)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())  # data on disk before the rename makes it visible
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -641,10 +858,78 @@ def write_dataset(path: str | os.PathLike, ds: EpisodeDataset, compress: bool = 
         if isinstance(exc, OSError):
             raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
         raise
-    logger.debug(
-        "wrote %s: %d steps, %d episodes, %d objects, %d features",
-        path, ds.n_steps, ds.n_episodes, ds.n_objects, ds.n_features,
-    )
+
+
+def _check_replaceable_folder(path: str) -> None:
+    """Refuse to put an npy-dir dataset where something else than an npy-dir dataset
+    (or an empty folder) is: replacing it would delete the user's files."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise DatasetError(
+            f"{path}: exists and is not a folder; an npy-dir dataset is a folder "
+            "(remove the file or choose another name)"
+        )
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
+    if names and "format.npy" not in names:
+        raise DatasetError(
+            f"{path}: folder exists and is not an npy-dir dataset (no format.npy); not "
+            "replacing it (remove it or choose another name)"
+        )
+
+
+def _write_dir_atomically(path: str, fill, check=None) -> None:
+    """Write a folder through ``fill(temporary folder)``, run ``check(temporary
+    folder)`` if given, then rename it onto ``path``.
+
+    An existing npy-dir dataset (or empty folder) at ``path`` is replaced: renamed
+    aside, the new folder renamed in, the old one deleted (``path`` is briefly missing
+    in between: POSIX has no atomic exchange of folders). Anything else at ``path`` is
+    refused. Any failure removes the temporary folder and leaves ``path`` as it was; an
+    ``OSError`` becomes a :class:`DatasetError` naming ``path``.
+    """
+    _check_replaceable_folder(path)
+    tmp = _tmp_name(path, "tmp")
+    try:
+        os.mkdir(tmp)
+        fill(tmp)
+        if check is not None:
+            check(tmp)
+        _fsync_folder(tmp)
+        if os.path.lexists(path):
+            _check_replaceable_folder(path)
+            old = _tmp_name(path, "old")
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
+        raise
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flush a folder's entries to disk (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading
@@ -672,12 +957,52 @@ def _member_is_object_array(zf: Any, member: str) -> bool:
     return bool(dtype.hasobject)
 
 
-def _load_arrays(path: str) -> dict[str, np.ndarray]:
-    """Open the ``.npz`` at ``path`` and return its known keys as in-memory arrays.
+def _read_npy_header(f: Any) -> tuple[tuple, bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` header at ``f``'s position;
+    leaves ``f`` at the start of the array data."""
+    version = np.lib.format.read_magic(f)
+    # Versions 2.0 and 3.0 differ only in the header's text encoding (latin-1 / utf-8).
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    return read_header(f)
 
-    The one place that touches the file: a memory-mapping reader replaces this function.
-    Unknown keys are not loaded, but every ``.npy`` member's header is read so that a
-    file holding pickled data anywhere is rejected.
+
+def _nbytes(shape: tuple, dtype: np.dtype) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n * dtype.itemsize
+
+
+def _map(path: str, dtype: np.dtype, shape: tuple, offset: int, fortran: bool) -> np.ndarray:
+    """A read-only memory map of an array at ``offset`` in ``path`` (an empty array,
+    which has nothing to map, is a read-only in-memory array)."""
+    order = "F" if fortran else "C"
+    if _nbytes(shape, dtype) == 0:
+        a = np.empty(shape, dtype=dtype, order=order)
+        a.flags.writeable = False
+        return a
+    if offset % max(dtype.alignment, 1):
+        # Kernels run fine on misaligned data (x86-64 and AArch64 allow misaligned loads);
+        # numpy.savez places member data wherever the zip headers end, so this is usual
+        # for archives it writes. engine.make_dataset aligns member data to 64 bytes.
+        logger.debug("%s: array data at offset %d is not %d-byte aligned", path, offset,
+                     dtype.alignment)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+
+
+def _load_arrays(path: str, mmap: bool = False) -> tuple[dict[str, Any], dict[str, _Region]]:
+    """Open the dataset at ``path`` (an ``.npz`` file or an ``npy-dir`` folder) and
+    return its known keys, and where its memory-mapped arrays lie in the file(s).
+
+    The one place that touches the file. With ``mmap``, the step arrays
+    (``_STEP_FIELDS``) of stored (uncompressed) members or of ``.npy`` files are
+    read-only memory maps, described by a :class:`_Region` each; every other array is
+    read into memory. Unknown keys are not loaded, but every ``.npy`` member's header is
+    read so that a file holding pickled data anywhere is rejected.
 
     Raises
     ------
@@ -686,13 +1011,15 @@ def _load_arrays(path: str) -> dict[str, np.ndarray]:
         data.
     """
     try:
-        # One open file for the sniffing and for numpy: np.load(path) leaks its own file
+        if os.path.isdir(path):
+            return _load_folder(path, mmap)
+        # One open file for the sniffing and for zipfile: np.load(path) leaks its own file
         # handle when the zip turns out to be broken (ResourceWarning), a handle we close
         # cannot leak.
         with open(path, "rb") as f:
             _check_leading_bytes(path, f.read(8))
             f.seek(0)
-            return _load_npz(path, f)
+            return _load_npz(path, f, mmap)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -720,18 +1047,51 @@ def _check_leading_bytes(path: str, head: bytes) -> None:
         )
 
 
-def _load_npz(path: str, f: Any) -> dict[str, np.ndarray]:
-    """The known keys of the npz archive open as ``f``, loaded into memory."""
+def _pickled(path: str, key: str) -> DatasetError:
+    return DatasetError(
+        f"{path}: key '{key}' holds pickled Python objects (an object array); the format "
+        "allows no pickled data anywhere"
+    )
+
+
+def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, _Region]]:
+    """The known keys of the npz archive open as ``f`` (see :func:`_load_arrays`).
+
+    Keys are looked up as ``numpy.load`` does: the member named ``KEY``, else
+    ``KEY.npy``; a member that is not ``.npy`` data gives its raw bytes (which the
+    checks then reject as not an array).
+    """
     try:
-        with np.load(f, allow_pickle=False) as npz:
-            for member in npz.zip.namelist():
-                if _member_is_object_array(npz.zip, member):
-                    key = member[:-4] if member.endswith(".npy") else member
-                    raise DatasetError(
-                        f"{path}: key '{key}' holds pickled Python objects (an object "
-                        "array); the format allows no pickled data anywhere"
-                    )
-            return {key: npz[key] for key in _KNOWN_KEYS if key in npz.files}
+        with zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                if _member_is_object_array(zf, info.filename):
+                    name = info.filename
+                    raise _pickled(path, name[:-4] if name.endswith(".npy") else name)
+            by_name = {info.filename: info for info in infos}
+            arrays: dict[str, Any] = {}
+            regions: dict[str, _Region] = {}
+            compressed = []
+            for key in _KNOWN_KEYS:
+                info = by_name.get(key) or by_name.get(key + ".npy")
+                if info is None:
+                    continue
+                if mmap and key in _STEP_FIELDS:
+                    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+                        mapped = _map_member(path, f, info)
+                        if mapped is not None:
+                            arrays[key], regions[key] = mapped
+                            continue
+                    else:
+                        compressed.append(info.filename)
+                arrays[key] = _read_member(zf, info)
+            if compressed:
+                logger.info(
+                    "%s: compressed members (%s) cannot be memory-mapped; reading them "
+                    "into memory (write the dataset uncompressed to map it)",
+                    path, ", ".join(compressed),
+                )
+            return arrays, regions
     except DatasetError:
         raise
     except MemoryError:
@@ -739,10 +1099,118 @@ def _load_npz(path: str, f: Any) -> dict[str, np.ndarray]:
     except Exception as exc:  # noqa: BLE001 - nothing from numpy/zipfile may escape
         # zipfile.BadZipFile (no central directory: truncated), zlib.error / EOFError /
         # CRC errors (corrupt member data), ValueError (bad .npy header), OSError.
+        raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    """A member read into memory as ``numpy.load`` reads it (zipfile checks its CRC)."""
+    with zf.open(info) as m:
+        if m.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            return zf.read(info)
+    with zf.open(info) as m:
+        return np.lib.format.read_array(m, allow_pickle=False)
+
+
+def _map_member(
+    path: str, f: Any, info: zipfile.ZipInfo
+) -> tuple[np.ndarray, _Region] | None:
+    """Memory-map a stored ``.npy`` member of the archive open as ``f``; None if the
+    member is not ``.npy`` data.
+
+    The member's data starts after its local file header (30 bytes, the name and an
+    extra field whose lengths that header gives; they may differ from the central
+    directory's) and the ``.npy`` header.
+    """
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise _corrupt(path, f"no local file header for member {info.filename!r}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    f.seek(start)
+    if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+        return None
+    f.seek(start)
+    shape, fortran, dtype = _read_npy_header(f)
+    data = f.tell()
+    f.seek(start)
+    header = f.read(data - start)
+    nbytes = _nbytes(shape, dtype)
+    if len(header) + nbytes != info.file_size:
+        raise _corrupt(
+            path,
+            f"member {info.filename!r} holds {info.file_size} bytes, its .npy header "
+            f"says {len(header) + nbytes}",
+        )
+    size = os.fstat(f.fileno()).st_size
+    if data + nbytes > size:
+        raise _corrupt(path, f"the file ends inside member {info.filename!r}")
+    region = _Region(path, data, (zlib.crc32(header), info.CRC, info.filename))
+    return _map(path, dtype, shape, data, fortran), region
+
+
+def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Region]]:
+    """The known keys of an ``npy-dir`` dataset folder (see :func:`_load_arrays`): one
+    ``KEY.npy`` file per key; other files are ignored, but every ``.npy`` file's header
+    is read so that pickled data anywhere is rejected."""
+    names = os.listdir(path)
+    if "format.npy" not in names:
         raise DatasetError(
-            f"{path}: not a valid npz archive: truncated or corrupt "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+            f"{path}: is a directory, not a dataset file (an npy-dir dataset folder holds "
+            "format.npy and one KEY.npy file per key)"
+        )
+    arrays: dict[str, Any] = {}
+    regions: dict[str, _Region] = {}
+    for name in sorted(names):
+        key, ext = os.path.splitext(name)
+        file = os.path.join(path, name)
+        if ext != ".npy" or not os.path.isfile(file):
+            continue
+        known = key in _KNOWN_KEYS
+        try:
+            with open(file, "rb") as f:
+                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    if known:
+                        raise DatasetError(
+                            f"{path}: key '{key}': {name} is not a .npy file (no .npy "
+                            "magic bytes)"
+                        )
+                    continue
+                f.seek(0)
+                shape, fortran, dtype = _read_npy_header(f)
+                if dtype.hasobject:
+                    raise _pickled(path, key)
+                if not known:
+                    continue
+                data = f.tell()
+                need = data + _nbytes(shape, dtype)
+                size = os.fstat(f.fileno()).st_size
+                if size < need:
+                    raise DatasetError(
+                        f"{path}: key '{key}': {name} is truncated or corrupt (the file "
+                        f"has {size} bytes, its .npy header needs {need})"
+                    )
+                if mmap and key in _STEP_FIELDS:
+                    if need > data:
+                        arrays[key] = np.load(file, mmap_mode="r", allow_pickle=False)
+                    else:
+                        arrays[key] = _map(file, dtype, shape, data, fortran)
+                    regions[key] = _Region(file, data)
+                else:
+                    f.seek(0)
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+        except (DatasetError, MemoryError):
+            raise
+        except OSError as exc:
+            raise DatasetError(
+                f"{path}: key '{key}': cannot read {name} ({exc.strerror or exc})"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - nothing from numpy may escape
+            raise DatasetError(
+                f"{path}: key '{key}': {name} is truncated or corrupt "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+    return arrays, regions
 
 
 def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeDataset:
@@ -793,32 +1261,39 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
     return EpisodeDataset(**{key: arrays[key] for key in _ARRAY_FIELDS}, meta=meta)
 
 
-def read_dataset(path: str | os.PathLike) -> EpisodeDataset:
-    """Read and validate a ``monty-episodes/1`` file.
+def read_dataset(path: str | os.PathLike, mmap: bool = True) -> EpisodeDataset:
+    """Read and validate a ``monty-episodes/1`` dataset: an ``.npz`` file or an
+    ``npy-dir`` folder.
 
     Parameters
     ----------
     path : str or os.PathLike
+    mmap : bool
+        Memory-map the step arrays where the file allows it (an uncompressed ``.npz``,
+        an ``npy-dir`` folder); False reads every array into memory.
 
     Returns
     -------
     EpisodeDataset
-        Arrays in memory, exactly as stored (little-endian, C-contiguous). Unknown keys in
-        the file are ignored.
+        Arrays exactly as stored (little-endian, C-contiguous). Mapped step arrays are
+        read-only ``numpy.memmap`` views of the file (empty ones are read-only in-memory
+        arrays); the other arrays are in memory. Unknown keys are ignored.
 
     Raises
     ------
     DatasetError
-        Naming the file: missing file, not a zip/npz, truncated, pickled data, a missing
-        key, a wrong format string, a wrong dtype or shape, ``meta`` not a JSON object,
-        or any value rule of :func:`validate_dataset`.
+        Naming the file: missing file, not a zip/npz, truncated, pickled data, a CRC
+        mismatch, a missing key, a wrong format string, a wrong dtype or shape, ``meta``
+        not a JSON object, or any value rule of :func:`validate_dataset`.
     """
     path = os.fspath(path)
-    ds = _dataset_from_arrays(_load_arrays(path), source=path)
-    validate_dataset(ds, source=path)
+    arrays, regions = _load_arrays(path, mmap)
+    ds = _dataset_from_arrays(arrays, source=path)
+    _validate(ds, path, regions)
     logger.debug(
-        "read %s: %d steps, %d episodes, %d objects, %d features",
+        "read %s: %d steps, %d episodes, %d objects, %d features; memory-mapped: %s",
         path, ds.n_steps, ds.n_episodes, ds.n_objects, ds.n_features,
+        ", ".join(regions) or "none",
     )
     return ds
 

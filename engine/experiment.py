@@ -130,10 +130,10 @@ class Experiment:
         from kernels.compact import FLOAT16_MAX
 
         for name, a in (("location", self.obs.location), ("features", self.obs.features)):
-            if a.size and float(np.abs(a).max()) > FLOAT16_MAX:
+            biggest = max(-float(a.min()), float(a.max())) if a.size else 0.0  # no |a| copy of the data
+            if biggest > FLOAT16_MAX:
                 raise UserError(f"model.storage: float16 cannot hold the data's {name} values "
-                                f"(up to {float(np.abs(a).max()):g}; float16 ends at {FLOAT16_MAX:g}): "
-                                "use storage: float32")
+                                f"(up to {biggest:g}; float16 ends at {FLOAT16_MAX:g}): use storage: float32")
 
     # -- hooks ---------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[HookEvent], None]) -> None:

@@ -1,0 +1,642 @@
+"""Synthetic datasets in the ``monty-episodes/1`` format, written chunk by chunk.
+
+``make_dataset(source, size, out)`` writes the observations of one of the engine's
+synthetic sources (``engine.sources``) as a dataset file (``npz``) or folder
+(``npy-dir``) that ``data.source: dataset`` replays and ``engine.dataset.read_dataset``
+memory-maps. Nothing of size ``T`` is ever built in memory: each array is generated and
+written :data:`WRITE_CHUNK` points at a time, so 10 million steps take a few MB of memory
+besides the file.
+
+Every source gives two episodes of one object, like the engine's source: a training
+episode (split 0) and an evaluation episode (split 1), each ``n`` steps, identity
+rotation. ``size`` is the source's one size parameter:
+
+- ``seed_spiral``: ``size`` = steps per episode (``data.size``). The helix
+  (sin t, cos t, 0.5 t), t = 0.1 i, lies on the unit cylinder x^2 + y^2 = 1, whose
+  geometry it gets: outward normal (sin t, cos t, 0), first principal direction
+  (cos t, -sin t, 0) (around the cylinder), curvature (-1, 0) 1/m, ``pose_defined``
+  False (abs(k1 - k2) = 1 < 10 1/m, tbp.monty's rule). Feature ``sin_plus_cos``.
+- ``cube``: ``size`` = points per edge (``data.points_per_edge``; n^3 - (n-2)^3 points,
+  1 point for size 1). The surface grid of a cube of side 0.1 m in raster order: face
+  normal (at edges and corners the normalised sum of the faces' normals), curvature
+  (0, 0), ``pose_defined`` False. Feature ``height`` in [0, 1].
+- ``sphere``: ``size`` = points (``data.n_points``). Fibonacci lattice on a sphere of
+  radius 0.05 m: normal ``p / r``, curvature (-1/r, -1/r) = (-20, -20) 1/m,
+  ``pose_defined`` False. Feature ``height``.
+- ``random``: ``size`` = points (``data.n_points``). Uniform points in the unit cube (no
+  surface): constant normal (0, 0, 1), curvature (0, 0), ``pose_defined`` False;
+  ``n_features`` uniform features; the evaluation episode is a second draw.
+
+The evaluation episode of ``seed_spiral``, ``cube`` and ``sphere`` repeats the training
+sequence (the format's episodes cannot share steps), so every source has ``T = 2 n``
+steps. ``location`` and ``features`` equal the arrays of
+``engine.sources`` bit for bit (``random`` with the same ``seed``); ``seed`` affects
+``random`` only. ``n_features``: 0 or 1 for the geometric sources (0 drops their
+feature), 0 to 64 for ``random``. For ``cube``, ``sphere`` and ``random`` (flat or
+spherical patches, ``pose_defined`` False) the second row of each pose matrix is any unit
+vector orthogonal to the normal, as the format allows.
+
+Files: each ``.npy`` header is padded so that the array data starts 64-byte aligned in
+the file (also inside the ``.npz``), members are stored uncompressed unless ``compress``,
+and every zip timestamp is 1980-01-01, so the same arguments give the same bytes.
+Writing is atomic (temporary name, validated with ``read_dataset``, then renamed).
+
+Command line (wired in ``engine.cli``)::
+
+    python -m engine make-dataset --source seed_spiral --size N --out FILE
+        [--seed S] [--features F] [--layout npz|npy-dir] [--compress]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import __version__
+from .dataset import (
+    _ARRAY_FIELDS,
+    EVAL,
+    FORMAT,
+    LAYOUTS,
+    TRAIN,
+    _check_replaceable_folder,
+    _frames,
+    _write_dir_atomically,
+    _write_file_atomically,
+    read_dataset,
+)
+from .errors import UserError
+
+__all__ = [
+    "MAX_FEATURES",
+    "SOURCES",
+    "WRITE_CHUNK",
+    "MadeDataset",
+    "add_cli",
+    "cmd_make_dataset",
+    "make_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The synthetic sources :func:`make_dataset` writes.
+SOURCES = ("seed_spiral", "cube", "sphere", "random")
+#: Largest ``n_features`` of the ``random`` source (as ``data.n_features`` allows).
+MAX_FEATURES = 64
+#: Points generated and written per chunk (per array): about 9 MB of float32 pose
+#: vectors, so memory stays small whatever the size.
+WRITE_CHUNK = 1 << 18
+
+_ALIGN = 64  # array data starts at a multiple of this in every file written
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same arguments, same bytes
+# Bytes per step of the step arrays, without features: location 12, pose 36, flag 1,
+# curvature 8 (for the free-space check).
+_STEP_BYTES = 12 + 36 + 1 + 8
+
+f32 = np.float32
+
+
+@dataclass(frozen=True)
+class MadeDataset:
+    """What :func:`make_dataset` wrote (sizes named as ``EpisodeDataset``'s)."""
+
+    path: str
+    source: str
+    size: int
+    layout: str
+    compressed: bool
+    n_steps: int
+    n_episodes: int
+    n_objects: int
+    n_features: int
+    nbytes: int  # file size, or the folder's files together
+    seconds: float
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _Generator:
+    """One synthetic source: ``n`` points per episode, generated in chunks.
+
+    ``chunks(episode, key, chunk)`` yields consecutive float32/bool arrays of the step
+    array ``key`` for episode ``episode`` (0 training, 1 evaluation), at most about
+    ``chunk`` points each, ``n`` points in all.
+    """
+
+    name = ""
+    object_name = ""
+    n = 0
+    feature_names: tuple[str, ...] = ()
+    params: dict = {}
+
+    def chunks(self, episode: int, key: str, chunk: int) -> Iterator[np.ndarray]:
+        for i0 in range(0, self.n, chunk):
+            yield self.block(i0, min(self.n, i0 + chunk), key)
+
+    def block(self, i0: int, i1: int, key: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _pose_from_normals(normals: np.ndarray) -> np.ndarray:
+    """(k, 3, 3) float32 right-handed frames with row 0 the (normalised) normal."""
+    if normals.shape[0] == 0:
+        return np.zeros((0, 3, 3), f32)
+    return _frames(np.asarray(normals, np.float64), None, "normals").astype(f32)
+
+
+def _constant_rows(k: int, row, dtype=f32) -> np.ndarray:
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(row, dtype), (k, len(row))))
+
+
+class _Spiral(_Generator):
+    """engine.sources.seed_spiral: t = 0.1 i (float32), (sin t, cos t, 0.5 t)."""
+
+    name, object_name = "seed_spiral", "spiral"
+
+    def __init__(self, size: int, n_features: int, seed: int):
+        self.n = size
+        self.feature_names = ("sin_plus_cos",)[:n_features]
+        self.params = {"size": size}
+
+    def block(self, i0: int, i1: int, key: str) -> np.ndarray:
+        k = i1 - i0
+        if key == "pose_defined":
+            return np.zeros(k, bool)
+        if key == "curvature":
+            return _constant_rows(k, (-1.0, 0.0))
+        # np.arange(size, dtype=float32)[i] is float32(i) rounded to nearest: the same as
+        # float64 i rounded once, whatever the chunk's start.
+        t = np.arange(i0, i1, dtype=np.float64).astype(f32) * f32(0.1)
+        s, c = np.sin(t), np.cos(t)
+        if key == "location":
+            return np.stack([s, c, f32(0.5) * t], axis=1)
+        if key == "features":
+            return (s + c)[:, None] if self.feature_names else np.zeros((k, 0), f32)
+        if key == "pose_vectors":
+            pose = np.zeros((k, 3, 3), f32)
+            pose[:, 0, 0], pose[:, 0, 1] = s, c  # outward normal of the unit cylinder
+            pose[:, 1, 0], pose[:, 1, 1] = c, -s  # around the cylinder (k1 = -1)
+            pose[:, 2, 2] = -1.0  # row0 x row1 = (0, 0, -(s^2 + c^2))
+            return pose
+        raise KeyError(key)
+
+
+class _Cube(_Generator):
+    """engine.sources.cube: surface points of an n x n x n grid, raster order."""
+
+    name, object_name = "cube", "cube"
+    side = 0.1
+
+    def __init__(self, size: int, n_features: int, seed: int):
+        self.per_edge = size
+        self.n = size**3 - max(size - 2, 0) ** 3
+        self.feature_names = ("height",)[:n_features]
+        self.params = {"points_per_edge": size, "side": self.side}
+        self.grid = (np.linspace(0.0, 1.0, size) - 0.5) * self.side
+
+    def chunks(self, episode: int, key: str, chunk: int) -> Iterator[np.ndarray]:
+        # Blocks of whole rows (x fixed, y over a few values, z over all): the points of
+        # np.meshgrid(g, g, g, indexing="ij") in raster order, filtered to the surface.
+        g, m = self.grid, self.per_edge
+        rows = max(1, chunk // m)
+        for i in range(m):
+            for j0 in range(0, m, rows):
+                j1 = min(m, j0 + rows)
+                pts = np.empty(((j1 - j0) * m, 3))
+                pts[:, 0] = g[i]
+                pts[:, 1] = np.repeat(g[j0:j1], m)
+                pts[:, 2] = np.tile(g, j1 - j0)
+                on = np.abs(pts) >= 0.5 * self.side - 1e-9
+                keep = on.any(axis=1)
+                if keep.any():
+                    yield self._values(pts[keep], on[keep], key)
+
+    def _values(self, pts: np.ndarray, on: np.ndarray, key: str) -> np.ndarray:
+        k = pts.shape[0]
+        if key == "location":
+            return pts.astype(f32)
+        if key == "features":
+            p = pts.astype(f32)
+            if not self.feature_names:
+                return np.zeros((k, 0), f32)
+            return (p[:, 2] / f32(self.side) + f32(0.5))[:, None]
+        if key == "pose_vectors":
+            return _pose_from_normals(on * np.sign(pts))
+        if key == "pose_defined":
+            return np.zeros(k, bool)
+        if key == "curvature":
+            return np.zeros((k, 2), f32)
+        raise KeyError(key)
+
+
+class _Sphere(_Generator):
+    """engine.sources.sphere: Fibonacci lattice, radius 0.05."""
+
+    name, object_name = "sphere", "sphere"
+    radius = 0.05
+
+    def __init__(self, size: int, n_features: int, seed: int):
+        self.n = size
+        self.feature_names = ("height",)[:n_features]
+        self.params = {"n_points": size, "radius": self.radius}
+
+    def block(self, i0: int, i1: int, key: str) -> np.ndarray:
+        k = i1 - i0
+        if key == "pose_defined":
+            return np.zeros(k, bool)
+        if key == "curvature":
+            return _constant_rows(k, (-1.0 / self.radius, -1.0 / self.radius))
+        i = np.arange(i0, i1, dtype=np.float64) + 0.5
+        polar = np.arccos(1.0 - 2.0 * i / self.n)
+        azimuth = np.pi * (1.0 + 5.0**0.5) * i
+        unit = np.stack(
+            [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)],
+            axis=1,
+        )
+        if key == "pose_vectors":
+            return _pose_from_normals(unit)
+        pts = (self.radius * unit).astype(f32)
+        if key == "location":
+            return pts
+        if key == "features":
+            if not self.feature_names:
+                return np.zeros((k, 0), f32)
+            return (pts[:, 2] / f32(2 * self.radius) + f32(0.5))[:, None]
+        raise KeyError(key)
+
+
+class _Random(_Generator):
+    """engine.sources.random_points: one generator draws, in this order, the training
+    points (n, 3), training features (n, F), evaluation points, evaluation features.
+
+    Each float32 draw takes 32 bits of PCG64's output (two per 64-bit step), so the
+    stream position of each block is known and reached with ``advance``: chunks give the
+    same numbers as the one-shot draws.
+    """
+
+    name, object_name = "random", "random"
+
+    def __init__(self, size: int, n_features: int, seed: int):
+        self.n = size
+        self.n_feat = n_features
+        self.seed = seed
+        self.feature_names = tuple(f"feature_{k}" for k in range(n_features))
+        self.params = {"n_points": size, "n_features": n_features, "seed": seed}
+
+    def _rng_at(self, position: int) -> np.random.Generator:
+        """A generator positioned after ``position`` float32 draws from the seed."""
+        rng = np.random.default_rng(self.seed)
+        rng.bit_generator.advance(position // 2)  # (also clears the buffered 32 bits)
+        if position % 2:
+            rng.random(1, dtype=f32)  # the low half of the next 64 bits; the high is kept
+        return rng
+
+    def chunks(self, episode: int, key: str, chunk: int) -> Iterator[np.ndarray]:
+        n, nf = self.n, self.n_feat
+        if key in ("location", "features"):
+            width = 3 if key == "location" else nf
+            # positions: train loc 0, train feat 3n, eval loc 3n + nF, eval feat 6n + nF
+            start = episode * (3 * n + n * nf) + (3 * n if key == "features" else 0)
+            rng = self._rng_at(start)
+            for i0 in range(0, n, chunk):
+                yield rng.random((min(n, i0 + chunk) - i0, width), dtype=f32)
+            return
+        for i0 in range(0, n, chunk):
+            k = min(n, i0 + chunk) - i0
+            if key == "pose_vectors":
+                pose = np.zeros((k, 3, 3), f32)
+                pose[:, 0, 2] = pose[:, 1, 0] = pose[:, 2, 1] = 1.0  # z, x, y: right-handed
+                yield pose
+            elif key == "pose_defined":
+                yield np.zeros(k, bool)
+            elif key == "curvature":
+                yield np.zeros((k, 2), f32)
+            else:
+                raise KeyError(key)
+
+
+_GENERATORS: dict[str, Callable[[int, int, int], _Generator]] = {
+    "seed_spiral": _Spiral,
+    "cube": _Cube,
+    "sphere": _Sphere,
+    "random": _Random,
+}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _npy_header(dtype: np.dtype, shape: tuple, data_start: int) -> bytes:
+    """A ``.npy`` header (version 1.0, or 2.0 if long) for a C-order array, padded with
+    spaces so that the data after it starts at a multiple of 64 bytes in the file when
+    the header starts at ``data_start``. numpy pads to 64 from the header's own start;
+    readers do not depend on either."""
+    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    text = ("{" + "".join(f"'{k}': {d[k]!r}, " for k in sorted(d)) + "}").encode("latin1")
+    for version, fmt in (((1, 0), "<H"), ((2, 0), "<I")):
+        prefix = len(_NPY_MAGIC) + 2 + struct.calcsize(fmt)
+        pad = (-(data_start + prefix + len(text) + 1)) % _ALIGN
+        length = len(text) + pad + 1
+        if length < 256 ** struct.calcsize(fmt):
+            break
+    return _NPY_MAGIC + bytes(version) + struct.pack(fmt, length) + text + b" " * pad + b"\n"
+
+
+def _as_bytes(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array as a flat uint8 view (what file and zip writers take)."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+@dataclass
+class _Member:
+    key: str
+    dtype: np.dtype
+    shape: tuple
+    chunks: Callable[[], Iterator[np.ndarray]]
+
+
+def _write_member(out: Any, position: int, m: _Member) -> None:
+    """Header and data of one array to ``out`` (a file or a zip member writer), the
+    header starting at byte ``position`` of the file."""
+    out.write(_npy_header(m.dtype, m.shape, position))
+    rows = 0
+    for c in m.chunks():
+        if c.dtype != m.dtype or c.shape[1:] != m.shape[1:]:
+            raise AssertionError(f"{m.key}: chunk {c.dtype} {c.shape} for {m.dtype} {m.shape}")
+        rows += c.shape[0] if m.shape else 1
+        out.write(_as_bytes(c))
+    if rows != (m.shape[0] if m.shape else 1):
+        raise AssertionError(f"{m.key}: generated {rows} rows, header says {m.shape}")
+
+
+def _members(gen: _Generator, meta: dict) -> list[_Member]:
+    """Every key of the dataset, in the order write_dataset stores them."""
+    n, nf = gen.n, len(gen.feature_names)
+    t = 2 * n
+    chunk = max(1, int(WRITE_CHUNK))
+    small = {
+        "format": np.array(FORMAT),
+        "feature_names": np.array(gen.feature_names, dtype=str).reshape(nf),
+        "episode_offsets": np.array([0, n, t], np.int64),
+        "episode_object": np.zeros(2, np.int32),
+        "episode_rotation": np.array([[1, 0, 0, 0]] * 2, np.float32),
+        "episode_split": np.array([TRAIN, EVAL], np.int8),
+        "object_names": np.array([gen.object_name]),
+        "meta": np.array(json.dumps(meta, allow_nan=False)),
+    }
+    step_specs = {
+        "location": (f32, (t, 3)),
+        "pose_vectors": (f32, (t, 3, 3)),
+        "pose_defined": (bool, (t,)),
+        "curvature": (f32, (t, 2)),
+        "features": (f32, (t, nf)),
+    }
+
+    def step_chunks(key: str) -> Callable[[], Iterator[np.ndarray]]:
+        def chunks() -> Iterator[np.ndarray]:
+            for episode in (0, 1):
+                yield from gen.chunks(episode, key, chunk)
+
+        return chunks
+
+    members = []
+    for key in ("format", *_ARRAY_FIELDS, "meta"):
+        if key in step_specs:
+            dtype, shape = step_specs[key]
+            members.append(_Member(key, np.dtype(dtype), shape, step_chunks(key)))
+        else:
+            a = small[key]
+            members.append(_Member(key, a.dtype, a.shape, lambda a=a: iter([a])))
+    return members
+
+
+def _write_npz(f: Any, members: list[_Member], compress: bool) -> None:
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
+        for m in members:
+            info = zipfile.ZipInfo(m.key + ".npy", date_time=_ZIP_DATE)
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            logger.debug("writing %s %s %s", m.key, m.dtype, m.shape)
+            # Opening the member writes its local header: f.tell() is then where the
+            # member's data (our .npy header first) starts in the file.
+            with zf.open(info, "w", force_zip64=True) as w:
+                _write_member(w, f.tell() if not compress else 0, m)
+
+
+def _write_folder(folder: str, members: list[_Member]) -> None:
+    for m in members:
+        with open(os.path.join(folder, m.key + ".npy"), "xb") as f:
+            logger.debug("writing %s %s %s", m.key, m.dtype, m.shape)
+            _write_member(f, 0, m)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _size_on_disk(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+    return os.path.getsize(path)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"{name}: expected an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"{low}..{high}"
+        raise UserError(f"{name}: expected an integer {allowed}, got {value}")
+    return value
+
+
+def _check_output(out: str, layout: str, needed: int | None) -> None:
+    """Fail before writing anything when ``out`` cannot be (re)placed."""
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UserError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: folder {parent} is not writable")
+    if layout == "npz" and os.path.isdir(out):
+        raise UserError(f"{out}: is a folder; an npz dataset is a file (or use --layout npy-dir)")
+    if layout == "npy-dir":
+        _check_replaceable_folder(out)  # a DatasetError, which is a UserError
+    if needed is not None:
+        free = shutil.disk_usage(parent).free
+        if needed > free:
+            raise UserError(
+                f"{out}: the dataset needs about {needed / 1e9:.2f} GB, only "
+                f"{free / 1e9:.2f} GB free in {parent}"
+            )
+
+
+def make_dataset(
+    source: str,
+    size: int,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_features: int = 1,
+    layout: str = "npz",
+    compress: bool = False,
+) -> MadeDataset:
+    """Write a synthetic source's observations as a ``monty-episodes/1`` dataset.
+
+    Parameters
+    ----------
+    source : {"seed_spiral", "cube", "sphere", "random"}
+    size : int >= 1
+        ``seed_spiral``: steps per episode; ``cube``: points per edge; ``sphere``,
+        ``random``: points (per episode). The dataset has two episodes (training and
+        evaluation) of that many points each (see the module docstring).
+    out : str or os.PathLike
+        The file (``npz``) or folder (``npy-dir``) to write; its parent folder must exist.
+        An existing file, or an existing npy-dir dataset folder, is replaced.
+    seed : int >= 0
+        Seed of ``random`` (the same draws as ``data.seed``); other sources ignore it.
+    n_features : int
+        0 or 1 for ``seed_spiral``, ``cube``, ``sphere`` (their one feature, or none);
+        0 to 64 uniform feature columns for ``random``.
+    layout : {"npz", "npy-dir"}
+    compress : bool
+        Deflate the members (``npz`` only; a compressed file cannot be memory-mapped).
+
+    Returns
+    -------
+    MadeDataset
+        Where and what was written, its size on disk and the time taken.
+
+    Raises
+    ------
+    UserError
+        Unknown source or layout, a size or feature count out of range, ``compress``
+        with ``npy-dir``, an output that cannot be written (missing or read-only folder,
+        a folder where a file goes or the reverse, not enough free disk space).
+    """
+    t0 = time.perf_counter()
+    if source not in _GENERATORS:
+        raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
+    size = _check_int("size", size, 1)
+    seed = _check_int("seed", seed, 0)
+    n_features = _check_int(
+        "features", n_features, 0, MAX_FEATURES if source == "random" else 1
+    )
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if compress and layout != "npz":
+        raise UserError("compress: only the npz layout can be compressed")
+    out = os.fspath(out)
+
+    gen = _GENERATORS[source](size, n_features, seed)
+    n_steps = 2 * gen.n
+    needed = None if compress else n_steps * (_STEP_BYTES + 4 * n_features) + (1 << 20)
+    _check_output(out, layout, needed)
+
+    meta = {
+        "generator": "engine.make_dataset",
+        "engine_version": __version__,
+        "source": source,
+        "size": size,
+        "params": gen.params,
+        "n_features": n_features,
+        "seed": seed,
+        "episodes": "one training and one evaluation episode of the source's points",
+    }
+    members = _members(gen, meta)
+    logger.info(
+        "writing %s: %s, %d steps, %d features (%s%s)",
+        out, source, n_steps, n_features, layout, ", compressed" if compress else "",
+    )
+
+    def check(tmp: str) -> None:
+        read_dataset(tmp)  # every rule of the format, streaming: never a bad file
+
+    try:
+        if layout == "npz":
+            _write_file_atomically(out, lambda f: _write_npz(f, members, compress), check)
+        else:
+            _write_dir_atomically(out, lambda d: _write_folder(d, members), check)
+    except OSError as exc:  # (the writers turn their own OSErrors into DatasetErrors)
+        raise UserError(f"{out}: cannot write dataset ({exc})") from exc
+    made = MadeDataset(
+        path=out,
+        source=source,
+        size=size,
+        layout=layout,
+        compressed=compress,
+        n_steps=n_steps,
+        n_episodes=2,
+        n_objects=1,
+        n_features=n_features,
+        nbytes=_size_on_disk(out),
+        seconds=time.perf_counter() - t0,
+    )
+    logger.info("wrote %s: %d bytes in %.2f s", out, made.nbytes, made.seconds)
+    return made
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentParser:
+    """Add the ``make-dataset`` subcommand to ``subparsers`` (of ``engine.cli``);
+    dispatch it to :func:`cmd_make_dataset`."""
+    p = subparsers.add_parser(
+        "make-dataset",
+        parents=list(parents),
+        help="write a synthetic source as a monty-episodes/1 dataset (chunked, any size)",
+        description="Write a synthetic source's observations (one training and one "
+        "evaluation episode) as a monty-episodes/1 dataset that data.source: dataset "
+        "replays; uncompressed files are memory-mapped when read.",
+    )
+    p.add_argument("--source", required=True, choices=SOURCES, help="synthetic source")
+    p.add_argument("--size", required=True, type=int, metavar="N",
+                   help="seed_spiral: steps per episode; cube: points per edge; "
+                        "sphere, random: points per episode")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output file (npz) or folder (npy-dir); replaced if it exists")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="random seed (random source only; default 0)")
+    p.add_argument("--features", type=int, default=1, metavar="F",
+                   help="feature columns: 0 or 1 (seed_spiral, cube, sphere), "
+                        f"0..{MAX_FEATURES} (random); default 1")
+    p.add_argument("--layout", choices=LAYOUTS, default="npz",
+                   help="npz: one archive (default); npy-dir: a folder of KEY.npy files")
+    p.add_argument("--compress", action="store_true",
+                   help="deflate the npz members (smaller, but cannot be memory-mapped)")
+    return p
+
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    """Run ``make-dataset``; prints one line. Bad input raises :class:`UserError`."""
+    made = make_dataset(
+        args.source,
+        args.size,
+        args.out,
+        seed=args.seed,
+        n_features=args.features,
+        layout=args.layout,
+        compress=args.compress,
+    )
+    kind = "npz, compressed" if made.compressed else made.layout
+    print(
+        f"wrote {made.path} ({kind}): {made.source}, {made.n_steps} steps in "
+        f"{made.n_episodes} episodes (1 training, 1 evaluation), {made.n_features} "
+        f"feature(s), {made.nbytes / 1e6:.1f} MB in {made.seconds:.2f} s"
+    )
+    return 0
+
