@@ -88,7 +88,9 @@ def _show(value) -> str:
     return f"{value!r} ({type(value).__name__})" if not isinstance(value, bool) else repr(value).lower()
 
 
-MODEL_TYPES = ("similarity",)
+MODEL_TYPES = ("similarity", "nearest")
+# Settings that only the nearest model reads.
+NEAREST_ONLY = ("k", "max_distance", "dedup_distance", "dedup_feature")
 
 SCHEMA: dict[str, dict[str, _Setting]] = {
     "experiment": {
@@ -101,7 +103,17 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
         "max_eval_steps": _Setting(int, 10000, minimum=1, doc="step limit of an evaluation episode"),
     },
     "model": {
-        "type": _Setting(str, "similarity", choices=MODEL_TYPES, doc="the learning model"),
+        "type": _Setting(str, "similarity", choices=MODEL_TYPES,
+                         doc="similarity: linear scan over every stored observation; "
+                             "nearest: the same similarity over the k nearest (KD-tree)"),
+        "k": _Setting(int, 10, minimum=1, doc="nearest: neighbours per matching step"),
+        "max_distance": _Setting(float, None, minimum=0.0, exclusive_min=True, nullable=True,
+                                 doc="nearest: only neighbours this close count (null: no bound)"),
+        "dedup_distance": _Setting(float, None, minimum=0.0, nullable=True,
+                                   doc="nearest: a training observation this close to a stored one "
+                                       "(with similar features) is not stored (null: store all)"),
+        "dedup_feature": _Setting(float, None, minimum=0.0, nullable=True,
+                                  doc="nearest: L1 feature distance up to which dedup applies (null: any)"),
         "storage": _Setting(str, "float32", choices=("float32", "float16"),
                             doc="storage of stored observations (compute is float32 either way): "
                                 "float32 16 B, float16 8 B per observation with one feature"),
@@ -156,6 +168,10 @@ class ModelConfig:
     type: str
     confidence_threshold: float | None
     storage: str = "float32"
+    k: int = 10
+    max_distance: float | None = None
+    dedup_distance: float | None = None
+    dedup_feature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,11 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         raise ConfigError(f"{prefix}data: required section (data.source: {SCHEMA['data']['source'].allowed()})")
     exp = _section(raw, "experiment", SCHEMA["experiment"], prefix)
     model = _section(raw, "model", SCHEMA["model"], prefix)
+    if model["type"] != "nearest":
+        given = [k for k in NEAREST_ONLY if isinstance(raw.get("model"), dict) and k in raw["model"]]
+        if given:
+            raise ConfigError(f"{prefix}model.{given[0]}: only the nearest model reads it "
+                              f"(model.type is {model['type']!r})")
     execution = _section(raw, "execution", SCHEMA["execution"], prefix)
     data_raw = raw.get("data")
     if not isinstance(data_raw, dict):

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from kernels import loop as kloop
+from kernels.nearest import nearest_match_step
 from kernels.store import bytes_per_observation, new_store
 
 from . import sources
@@ -92,6 +93,7 @@ class RunResult:
     run_s: float                  # wall time of the run, hooks included
     path: str                     # "fused" or "stepwise"
     kernel_calls: int             # number of calls into compiled code that ran episodes
+    index: "object | None" = None  # nearest model: its NearestIndex (tree + features); store is then unused
 
     @property
     def final_confidence(self) -> float | None:
@@ -99,7 +101,10 @@ class RunResult:
         return float(self.eval_confidence[-1]) if self.eval_confidence.size else None
 
     @property
-    def bytes_per_observation(self) -> int:
+    def bytes_per_observation(self) -> float:
+        """Bytes per stored observation: the store's, or for ``nearest`` the tree's and features'."""
+        if self.index is not None:
+            return self.index.bytes_per_observation()
         return bytes_per_observation(self.store)
 
 
@@ -210,14 +215,21 @@ class Experiment:
         exp = self.config.experiment
         n_tr, n_ev = self.n_train_epochs, self.n_eval_epochs
         e_tr, e_ev = o.train_starts.shape[0], o.eval_starts.shape[0]
-        store = new_store(o.n_features, self.capacity(), self.config.model.storage)
+        nearest = self.config.model.type == "nearest"
+        store = new_store(o.n_features, 0 if nearest else self.capacity(), self.config.model.storage)
         out = RunResult(
             train_steps=np.zeros(n_tr * e_tr, np.int64), train_stored=np.zeros(n_tr * e_tr, np.int64),
             train_reason=np.zeros(n_tr * e_tr, np.int8), eval_steps=np.zeros(n_ev * e_ev, np.int64),
             eval_confidence=np.zeros(n_ev * e_ev, np.float32), eval_reason=np.zeros(n_ev * e_ev, np.int8),
             n_stored=0, store=store, run_s=0.0, path="fused", kernel_calls=0)
+        if nearest:
+            from .nearest_index import NearestIndex
+
+            out.index = NearestIndex(o.n_features, self.config.model.storage)
         self._emit("before_experiment")
         mode = self.granularity()
+        if nearest and mode == "run":
+            mode = "epoch"  # the index is rebuilt after each training episode, in Python
         if mode == "run":
             out.n_stored = int(kloop.run_experiment(
                 store, 0, o.location, o.features,
@@ -229,7 +241,8 @@ class Experiment:
             out.kernel_calls = 1
         else:
             if timers is not None:
-                raise ValueError("kernel timers need the single-call fused path (no epoch, episode or step hooks)")
+                raise ValueError("kernel timers need the single-call fused path of the similarity model "
+                                 "(no epoch, episode or step hooks)")
             self._run_granular(out, mode)
         out.run_s = time.perf_counter() - t0
         self._emit("after_experiment", result=out)
@@ -269,7 +282,9 @@ class Experiment:
         o = self.obs
         exp = self.config.experiment
         k = starts.shape[0]
-        if mode == "train":
+        if out.index is not None:
+            self._episodes_nearest(out, mode, starts, stops, at)
+        elif mode == "train":
             out.n_stored = int(kloop.train_episodes(
                 out.store, out.n_stored, o.location, o.features, starts, stops, exp.max_train_steps,
                 out.train_steps[at:at + k], out.train_stored[at:at + k], out.train_reason[at:at + k]))
@@ -278,6 +293,33 @@ class Experiment:
                                 exp.max_eval_steps, self.threshold, self.config.execution.chunk_size,
                                 out.eval_steps[at:at + k], out.eval_confidence[at:at + k], out.eval_reason[at:at + k])
         out.kernel_calls += 1
+
+    def _episodes_nearest(self, out: RunResult, mode: str, starts, stops, at: int) -> None:
+        """``nearest``: training episodes go into the index one by one (rebuilt after each);
+        evaluation episodes run in one ``nearest_eval_episodes`` call."""
+        o = self.obs
+        m = self.config.model
+        exp = self.config.experiment
+        k = starts.shape[0]
+        if mode == "train":
+            for e in range(k):
+                length = int(stops[e] - starts[e])
+                steps = min(length, exp.max_train_steps)
+                out.index.add(o.location, o.features, int(starts[e]), int(starts[e]) + steps,
+                              m.dedup_distance, m.dedup_feature)
+                out.n_stored = out.index.n
+                out.train_steps[at + e], out.train_stored[at + e] = steps, out.n_stored
+                out.train_reason[at + e] = kloop.DATA_EXHAUSTED if steps == length else kloop.STEP_LIMIT
+        else:
+            t = out.index.tree
+            kloop.nearest_eval_episodes(t, out.index.features, m.k, self._max_distance(), o.location, o.features,
+                                        starts, stops, exp.max_eval_steps, self.threshold,
+                                        self.config.execution.chunk_size, out.eval_steps[at:at + k],
+                                        out.eval_confidence[at:at + k], out.eval_reason[at:at + k])
+
+    def _max_distance(self) -> float:
+        d = self.config.model.max_distance
+        return np.inf if d is None else float(d)
 
     def _episode_stepwise(self, out: RunResult, mode: str, epoch: int, e: int, start: int, stop: int, at: int) -> None:
         """One episode as a Python loop, one kernel call per step (hooks per step)."""
@@ -295,11 +337,18 @@ class Experiment:
             t = start + i
             steps = i + 1
             if mode == "train":
-                out.n_stored = kloop.train_step(out.store, out.n_stored, o.location, o.features, t)
+                if out.index is None:
+                    out.n_stored = kloop.train_step(out.store, out.n_stored, o.location, o.features, t)
                 if step_hooks:
                     self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i)
             else:
-                similarity, confidence = kloop.match_step(out.store, out.n_stored, o.location, o.features, t, confidence)
+                if out.index is None:
+                    similarity, confidence = kloop.match_step(out.store, out.n_stored, o.location, o.features, t,
+                                                              confidence)
+                else:
+                    similarity, confidence = nearest_match_step(out.index.tree, out.index.features,
+                                                                self.config.model.k, self._max_distance(),
+                                                                o.location, o.features, t, confidence)
                 confidence = np.float32(confidence)  # numba hands back a Python float: keep one float32 signature
                 if step_hooks:
                     self._emit("after_step", mode=mode, epoch=epoch, episode=e, step=i,
@@ -308,6 +357,10 @@ class Experiment:
                     done = True
                     break
             out.kernel_calls += 1
+        if mode == "train" and out.index is not None:  # the index takes the episode when it ends
+            m = self.config.model
+            out.index.add(o.location, o.features, int(start), int(start) + steps, m.dedup_distance, m.dedup_feature)
+            out.n_stored = out.index.n
         reason = kloop.DONE if done else (kloop.DATA_EXHAUSTED if limit == length else kloop.STEP_LIMIT)
         if mode == "train":
             out.train_steps[at], out.train_stored[at], out.train_reason[at] = steps, out.n_stored, reason

@@ -97,10 +97,13 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from .compact import as_f32
+
 __all__ = [
     "DEFAULT_LEAF_SIZE",
     "KDTree",
     "build_tree",
+    "compact_tree",
     "load_tree",
     "query_knn",
     "query_knn_batch",
@@ -371,9 +374,9 @@ def _build_body(points, leaf_size):
     work = np.empty((n, 3), dtype=np.float32)
     idx = np.empty(n, dtype=np.int64)
     for i in range(n):  # loops, not array expressions: each of those would start the threads
-        work[i, 0] = points[i, 0]
-        work[i, 1] = points[i, 1]
-        work[i, 2] = points[i, 2]
+        work[i, 0] = as_f32(points[i, 0])
+        work[i, 1] = as_f32(points[i, 1])
+        work[i, 2] = as_f32(points[i, 2])
         idx[i] = i
     start = np.empty(n_nodes, dtype=np.int64)
     end = np.empty(n_nodes, dtype=np.int64)
@@ -569,9 +572,9 @@ def _knn_rows(tree, queries, lo, hi, k, r2, out_idx, out_dist, rows):
             leaf = _U(node - n_internal)
             for j in range(leaf_start[leaf], leaf_start[leaf + 1]):
                 uj = _U(j)
-                dx = points[uj, 0] - px
-                dy = points[uj, 1] - py
-                dz = points[uj, 2] - pz
+                dx = as_f32(points[uj, 0]) - px
+                dy = as_f32(points[uj, 1]) - py
+                dz = as_f32(points[uj, 2]) - pz
                 d2 = dx * dx + dy * dy + dz * dz
                 if d2 <= worst:
                     ii = indices[uj]
@@ -810,9 +813,9 @@ def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out, rows):
             elif node >= n_internal:
                 leaf = node - n_internal
                 for j in range(leaf_start[leaf], leaf_start[leaf + 1]):
-                    dx = points[j, 0] - px
-                    dy = points[j, 1] - py
-                    dz = points[j, 2] - pz
+                    dx = as_f32(points[j, 0]) - px
+                    dy = as_f32(points[j, 1]) - py
+                    dz = as_f32(points[j, 2]) - pz
                     if dx * dx + dy * dy + dz * dz <= r2:
                         if fill:
                             out[pos] = indices[j]
@@ -999,11 +1002,62 @@ def _check_radius(name, r):
     return r
 
 
+# Compact trees (see ``compact_tree``): float16 points stored as uint16 bits,
+# int32 indices. The query kernels read points through ``kernels.compact.as_f32``.
+_COMPACT_DTYPES = {"points": (np.float32, np.uint16), "indices": (np.int64, np.int32)}
+
+
+def compact_tree(tree, float16=False):
+    """The same tree with int32 indices (and, with ``float16``, float16 points as uint16 bits).
+
+    Saves 4 bytes per point (int32 indices, for n < 2**31) and 6 more with
+    float16 points; queries then compute with the float16-rounded coordinates
+    (the boxes stay float32 and enclose the rounded points, so pruning stays
+    exact for them). The query functions accept both forms.
+    """
+    from .compact import to_float16_bits
+
+    n = tree.points.shape[0]
+    if n >= 2 ** 31:
+        raise ValueError("compact_tree: int32 indices need fewer than 2**31 points")
+    points = tree.points
+    boxes = tree.boxes
+    if float16:
+        bits = to_float16_bits(points)
+        # boxes must enclose the rounded points: rebuild them from the rounded values
+        rounded = bits.view(np.float16).astype(np.float32)
+        boxes = _rounded_boxes(tree, rounded)
+        points = bits
+    return KDTree(points, tree.indices.astype(np.int32), boxes, tree.leaf_start, tree.split_dim, tree.split_val)
+
+
+def _rounded_boxes(tree, rounded):
+    """Tight boxes of every node over ``rounded`` points (leaf boxes, then parents as unions)."""
+    n_leaves = tree.leaf_start.shape[0] - 1
+    n_internal = n_leaves - 1
+    boxes = np.empty_like(tree.boxes)
+    boxes[:, :3] = np.inf
+    boxes[:, 3:] = -np.inf
+    for leaf in range(n_leaves):
+        s, e = tree.leaf_start[leaf], tree.leaf_start[leaf + 1]
+        if e > s:
+            boxes[n_internal + leaf, :3] = rounded[s:e].min(axis=0)
+            boxes[n_internal + leaf, 3:] = rounded[s:e].max(axis=0)
+    for node in range(n_internal - 1, -1, -1):
+        left, right = boxes[2 * node + 1], boxes[2 * node + 2]
+        boxes[node, :3] = np.minimum(left[:3], right[:3])
+        boxes[node, 3:] = np.maximum(left[3:], right[3:])
+    return boxes
+
+
 def _check_tree(tree):
     if not isinstance(tree, KDTree):
         raise ValueError(f"tree must be a KDTree (from build_tree or load_tree), got {type(tree).__name__}")
     for name, (dtype, ndim) in _FIELDS.items():
         a = getattr(tree, name)
+        if name in _COMPACT_DTYPES and isinstance(a, np.ndarray) and a.dtype in _COMPACT_DTYPES[name] \
+                and a.ndim == ndim:
+            continue
         if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim:
             raise ValueError(f"tree.{name} must be a {np.dtype(dtype).name} array with {ndim} dimension(s)")
     # the shapes must agree: the kernels index without bounds checks

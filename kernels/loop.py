@@ -22,8 +22,12 @@ ran out, possibly exactly at the step limit), ``STEP_LIMIT`` (stopped by
 import numpy as np
 from numba import njit
 
+from numba import types
+from numba.extending import overload
+
 from .compact import from_f32
 from .matching import _batch_into, _scan_into, mean_similarity, update_confidence
+from .nearest import _nearest_into
 from .timing import add_time, ticks
 
 DONE = 0
@@ -132,12 +136,40 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
     timers : optional int64 (len(TIMED_KERNELS), 2), added to: calls and
         ticks of the batch matching and the termination scan
     """
-    _eval_rounds(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
+    _eval_rounds(store, n_stored, 0, 0.0, location, features, starts, stops, max_steps, threshold, chunk,
                  out_steps, out_confidence, out_reason, timers)
 
 
+def _similarities_into(m0, m1, m2, m3, location, features, steps, out):
+    """Similarities of the query ``steps`` under a model (see the overload).
+
+    This Python body runs only with NUMBA_DISABLE_JIT=1 (the profiling recipe);
+    compiled code uses the overload below, which does the same.
+    """
+    if isinstance(m0, np.ndarray):
+        _batch_into(m0, m1, location, features, steps, out)
+    else:
+        _nearest_into(m0, m1, m2, m3, location, features, steps, out)
+
+
+@overload(_similarities_into, inline="always")
+def _ol_similarities_into(m0, m1, m2, m3, location, features, steps, out):
+    """The model is four plain arguments (a nested tuple of arrays breaks numba's parfor
+    lowering): ``store, n_stored, -, -`` for ``similarity`` (``m0`` an array);
+    ``tree, feats, k, max_distance`` for ``nearest`` (``m0`` a KDTree tuple)."""
+    if isinstance(m0, types.Array):
+        def impl(m0, m1, m2, m3, location, features, steps, out):
+            _batch_into(m0, m1, location, features, steps, out)
+        return impl
+    if isinstance(m0, types.BaseTuple):
+        def impl(m0, m1, m2, m3, location, features, steps, out):
+            _nearest_into(m0, m1, m2, m3, location, features, steps, out)
+        return impl
+    return None
+
+
 @njit(inline="always")
-def _eval_rounds(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
+def _eval_rounds(m0, m1, m2, m3, location, features, starts, stops, max_steps, threshold, chunk,
                  out_steps, out_confidence, out_reason, timers):
     """Body of ``eval_episodes``, inlined into each parallel kernel that evaluates.
 
@@ -192,7 +224,7 @@ def _eval_rounds(store, n_stored, location, features, starts, stops, max_steps, 
             break
         if timers is not None:
             t0 = ticks()
-        _batch_into(store, n_stored, location, features, steps[:q], sims[:q])
+        _similarities_into(m0, m1, m2, m3, location, features, steps[:q], sims[:q])
         if timers is not None:
             add_time(timers, 1, t0)
             t0 = ticks()
@@ -250,6 +282,19 @@ def run_experiment(store, n_stored, location, features,
             for e in range(e_ev):  # loops, not slice assignment: that would start threads
                 starts[p * e_ev + e] = eval_starts[e]
                 stops[p * e_ev + e] = eval_stops[e]
-        _eval_rounds(store, n, location, features, starts, stops, max_eval_steps, threshold, chunk,
+        _eval_rounds(store, n, 0, 0.0, location, features, starts, stops, max_eval_steps, threshold, chunk,
                      out_eval_steps, out_eval_confidence, out_eval_reason, timers)
     return n
+
+
+@njit(cache=True, parallel=True)
+def nearest_eval_episodes(tree, feats, k, max_distance, location, features, starts, stops, max_steps, threshold,
+                          chunk, out_steps, out_confidence, out_reason, timers=None):
+    """``eval_episodes`` for the ``nearest`` model: the same rounds and termination scan,
+    each round's similarities from batched k-nearest queries (``kernels.nearest``).
+
+    tree : KDTree over the stored positions;  feats : (F, n) stored features
+    k : int >= 1;  max_distance : float (inf: no bound). Other arguments as ``eval_episodes``.
+    """
+    _eval_rounds(tree, feats, np.int64(k), np.float64(max_distance), location, features, starts, stops,
+                 max_steps, threshold, chunk, out_steps, out_confidence, out_reason, timers)

@@ -1,6 +1,6 @@
 """Hot lines inside a kernel: run it as plain Python (NUMBA_DISABLE_JIT=1) under line_profiler.
 
-    python profiling/kernel_lines.py                      # eval_episodes and what it calls
+    python profiling/kernel_lines.py                      # the evaluation rounds and what they call
     python profiling/kernel_lines.py --stored 500 --steps 200 --out lines.lprof
 
 With the JIT disabled every ``@njit`` kernel is its own Python source, so
@@ -47,7 +47,8 @@ def main(argv=None):
     out = (np.zeros(a.episodes, np.int64), np.zeros(a.episodes, np.float32), np.zeros(a.episodes, np.int8))
 
     lp = LineProfiler()
-    for fn in (loop.eval_episodes, matching._similarity_sum, matching.scan_segments, matching.termination_scan):
+    for fn in (loop._eval_rounds, matching._batch_into, matching._similarity_sum_1, matching._scan_into,
+               matching.termination_scan):
         lp.add_function(fn)
     lp.runcall(loop.eval_episodes, store, n, location, features, starts, stops, a.steps,
                np.float32(a.threshold), a.chunk, *out)
