@@ -64,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     make_dataset.add_cli(sub, parents=[common])
 
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
-    b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree"],
+    b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree", "scale"],
                    help="seed: the seed's benchmark table; startup: cold/warm start-to-result; "
-                        "kdtree: our KD-tree against scipy and pykdtree (default: seed)")
+                        "kdtree: our KD-tree against scipy and pykdtree; scale: per-step cost from 1e3 "
+                        "to 1e7 stored, linear scan vs KD-tree, float32 and float16 (default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
     return p
@@ -189,6 +190,12 @@ def cmd_bench(args) -> int:
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
     from . import bench
 
+    if args.suite == "scale":
+        from . import bench_scale
+
+        rows = bench_scale.run_scale_suite(repeats=min(args.repeats, 3), json_path=args.json)
+        print(bench_scale.format_scale(rows, bench_scale.seed_float16_accuracy()))
+        return 0
     if args.suite == "kdtree":
         from . import bench_kdtree
 

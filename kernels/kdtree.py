@@ -1032,21 +1032,25 @@ def compact_tree(tree, float16=False):
 
 
 def _rounded_boxes(tree, rounded):
-    """Tight boxes of every node over ``rounded`` points (leaf boxes, then parents as unions)."""
+    """Tight boxes of every node over ``rounded`` points: leaf boxes, then each level's unions."""
     n_leaves = tree.leaf_start.shape[0] - 1
     n_internal = n_leaves - 1
     boxes = np.empty_like(tree.boxes)
-    boxes[:, :3] = np.inf
-    boxes[:, 3:] = -np.inf
-    for leaf in range(n_leaves):
-        s, e = tree.leaf_start[leaf], tree.leaf_start[leaf + 1]
-        if e > s:
-            boxes[n_internal + leaf, :3] = rounded[s:e].min(axis=0)
-            boxes[n_internal + leaf, 3:] = rounded[s:e].max(axis=0)
-    for node in range(n_internal - 1, -1, -1):
-        left, right = boxes[2 * node + 1], boxes[2 * node + 2]
-        boxes[node, :3] = np.minimum(left[:3], right[:3])
-        boxes[node, 3:] = np.maximum(left[3:], right[3:])
+    starts, stops = tree.leaf_start[:-1], tree.leaf_start[1:]
+    filled = stops > starts
+    lo = np.full((n_leaves, 3), np.inf, np.float32)
+    hi = np.full((n_leaves, 3), -np.inf, np.float32)
+    if rounded.shape[0]:
+        lo[filled] = np.minimum.reduceat(rounded, starts[filled], axis=0)
+        hi[filled] = np.maximum.reduceat(rounded, starts[filled], axis=0)
+    boxes[n_internal:, :3], boxes[n_internal:, 3:] = lo, hi
+    level = n_leaves // 2
+    while level >= 1:  # the nodes of one level are first .. first + level - 1
+        first = level - 1
+        kids = boxes[2 * first + 1:2 * (first + level) + 1]
+        boxes[first:first + level, :3] = np.minimum(kids[0::2, :3], kids[1::2, :3])
+        boxes[first:first + level, 3:] = np.maximum(kids[0::2, 3:], kids[1::2, 3:])
+        level //= 2
     return boxes
 
 
