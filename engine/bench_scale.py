@@ -88,7 +88,6 @@ def run_scale_suite(sizes=SIZES, n_queries=MAX_QUERIES, repeats=3, seed=0, json_
                          "n_stored": n, "n_queries": q, "k": None, "build_s": build_s, "query_s": query_s,
                          "per_step_s": query_s / q, "bytes_per_obs": store.shape[0] * store.itemsize,
                          "f16_mean_rel_diff": _rel_diff(sims, ref, ("similarity", n), f16)})
-            del store
             # nearest: the KD-tree
             def build():
                 tree = kdtree.compact_tree(kdtree.build_tree(points, LEAF_SIZE), float16=f16)
@@ -102,7 +101,6 @@ def run_scale_suite(sizes=SIZES, n_queries=MAX_QUERIES, repeats=3, seed=0, json_
                          "n_stored": n, "n_queries": n_queries, "k": K, "build_s": build_s, "query_s": query_s,
                          "per_step_s": query_s / n_queries, "bytes_per_obs": nbytes / n,
                          "f16_mean_rel_diff": _rel_diff(sims, ref, ("nearest", n), f16)})
-            del tree, feats
             log.info("scale %s done", _case(n, storage))
     if json_path:
         from .bench import write_json
