@@ -218,7 +218,8 @@ def cmd_bench(args) -> int:
 def _cmd_make_dataset(args) -> int:
     from . import make_dataset
 
-    return make_dataset.cmd_make_dataset(args)
+    print(make_dataset.run_from_args(args))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

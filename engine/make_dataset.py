@@ -83,7 +83,7 @@ __all__ = [
     "WRITE_CHUNK",
     "MadeDataset",
     "add_cli",
-    "cmd_make_dataset",
+    "run_from_args",
     "make_dataset",
 ]
 
@@ -594,7 +594,7 @@ def make_dataset(
 
 def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentParser:
     """Add the ``make-dataset`` subcommand to ``subparsers`` (of ``engine.cli``);
-    dispatch it to :func:`cmd_make_dataset`."""
+    dispatch it to :func:`run_from_args`."""
     p = subparsers.add_parser(
         "make-dataset",
         parents=list(parents),
@@ -621,8 +621,11 @@ def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentPar
     return p
 
 
-def cmd_make_dataset(args: argparse.Namespace) -> int:
-    """Run ``make-dataset``; prints one line. Bad input raises :class:`UserError`."""
+def run_from_args(args: argparse.Namespace) -> str:
+    """Run ``make-dataset`` from parsed CLI arguments; returns the one-line report the CLI prints.
+
+    Bad input raises :class:`UserError`.
+    """
     made = make_dataset(
         args.source,
         args.size,
@@ -633,10 +636,7 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
         compress=args.compress,
     )
     kind = "npz, compressed" if made.compressed else made.layout
-    print(
-        f"wrote {made.path} ({kind}): {made.source}, {made.n_steps} steps in "
-        f"{made.n_episodes} episodes (1 training, 1 evaluation), {made.n_features} "
-        f"feature(s), {made.nbytes / 1e6:.1f} MB in {made.seconds:.2f} s"
-    )
-    return 0
+    return (f"wrote {made.path} ({kind}): {made.source}, {made.n_steps} steps in "
+            f"{made.n_episodes} episodes (1 training, 1 evaluation), {made.n_features} "
+            f"feature(s), {made.nbytes / 1e6:.1f} MB in {made.seconds:.2f} s")
 

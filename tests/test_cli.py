@@ -191,3 +191,14 @@ def test_interrupted_run_writes_nothing(tmp_path, root, monkeypatch, capsys):
     monkeypatch.setattr(experiment.Experiment, "run", interrupt)
     assert main(["run", str(root / "configs/demo.yaml"), "--out", str(tmp_path / "o")]) == 130
     assert not (tmp_path / "o").exists()
+
+
+def test_make_dataset_command_then_run(tmp_path, capsys):
+    data = tmp_path / "spiral.npz"
+    assert main(["make-dataset", "--source", "seed_spiral", "--size", "300", "--out", str(data)]) == 0
+    assert "600 steps" in capsys.readouterr().out
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  source: dataset\n  path: {data.name}\nmodel:\n  type: nearest\n")
+    assert main(["-q", "run", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    assert main(["make-dataset", "--source", "cube", "--size", "0", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "size" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()

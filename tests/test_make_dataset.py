@@ -290,8 +290,7 @@ def test_cli(tmp_path, capsys):
     args = _parser().parse_args(["make-dataset", "--source", "random", "--size", "20",
                                  "--out", str(out), "--seed", "2", "--features", "3",
                                  "--layout", "npy-dir"])
-    assert md.cmd_make_dataset(args) == 0
-    printed = capsys.readouterr().out
+    printed = md.run_from_args(args)
     assert str(out) in printed and "40 steps" in printed
     ds = read_dataset(out)
     np.testing.assert_array_equal(ds.features, sources.random_points(20, 3, 2).features)
@@ -299,6 +298,6 @@ def test_cli(tmp_path, capsys):
     args = _parser().parse_args(["make-dataset", "--source", "cube", "--size", "0",
                                  "--out", str(tmp_path / "c.npz")])
     with pytest.raises(UserError, match="size"):
-        md.cmd_make_dataset(args)
+        md.run_from_args(args)
     with pytest.raises(SystemExit):  # argparse: unknown source
         _parser().parse_args(["make-dataset", "--source", "torus", "--size", "3", "--out", "x"])
