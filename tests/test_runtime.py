@@ -115,3 +115,43 @@ def test_cache_reload_order_does_not_crash(order, tmp_path, root, engine_env):
         assert p.returncode == 0, (name, p.returncode, p.stderr[-2000:])
         outputs.append((name, p.stdout.strip()))
     assert len({out for name, out in outputs if name == order[-1]}) == 1
+
+
+def test_read_only_install_caches_per_user(tmp_path, root):
+    """Installed into a read-only folder, the kernels still cache: numba falls back to a per-user folder."""
+    import os
+    import shutil
+
+    src, site, home = tmp_path / "src", tmp_path / "site", tmp_path / "home"
+    for pkg in ("kernels", "engine"):
+        shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    site.mkdir()
+    home.mkdir()
+    # a read-only bind mount: read-only even for root (file modes are not, for root)
+    mounted = subprocess.run(["mount", "--bind", str(src), str(site)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("needs permission to bind-mount a folder read-only (root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(site)], capture_output=True).returncode != 0:
+            pytest.skip("needs permission to remount a folder read-only (root)")
+        assert not os.access(site / "kernels", os.W_OK) or subprocess.run(
+            ["touch", str(site / "kernels" / "probe")], capture_output=True).returncode != 0
+        code = ("import numpy as np\nfrom kernels import matching\nfrom kernels.store import store_from_arrays\n"
+                "s,n=store_from_arrays(np.ones((50,3),np.float32),np.ones((50,1),np.float32))\n"
+                "matching.batch_similarity(s,n,np.ones((4,3),np.float32),np.ones((4,1),np.float32))\n"
+                "st=matching.batch_similarity.stats\n"
+                "print(st.cache_path, sum(st.cache_hits.values()), sum(st.cache_misses.values()))\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+        env.update(HOME=str(home), PYTHONPATH=str(site), XDG_CACHE_HOME=str(home / ".cache"))
+        runs = []
+        for _ in range(2):
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                               cwd=str(tmp_path), timeout=600)
+            assert p.returncode == 0, p.stderr[-2000:]
+            runs.append(p.stdout.split())
+    finally:
+        subprocess.run(["umount", str(site)], capture_output=True)
+    (path1, hits1, misses1), (path2, hits2, misses2) = runs
+    assert path1 == path2 and path1.startswith(str(home)), path1  # not beside the read-only sources
+    assert misses1 == "1" and hits2 == "1" and misses2 == "0"  # compiled once, then found in the cache
+    assert not list(src.rglob("*.nbi"))
