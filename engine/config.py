@@ -200,7 +200,8 @@ class Config:
         """The resolved config (defaults filled) as plain data, as written to summary.json."""
         return {
             "experiment": vars(self.experiment).copy(),
-            "model": vars(self.model).copy(),
+            "model": {k: v for k, v in vars(self.model).items()
+                      if self.model.type == "nearest" or k not in NEAREST_ONLY},
             "data": {"source": self.data.source, **self.data.params},
             "execution": vars(self.execution).copy(),
             "output_dir": self.output_dir,

@@ -119,3 +119,8 @@ def test_reference_rows_cover_every_setting():
     n = sum(len(s) for s in SCHEMA.values()) + sum(len(s) for s in SOURCES.values()) + len(TOP_LEVEL)
     assert len(keys) == n
     assert "model.confidence_threshold" in keys and "data.path (dataset)" in keys
+
+
+def test_nearest_to_dict_round_trips():
+    c = from_dict({"model": {"type": "nearest", "k": 3, "dedup_distance": 0.01}, "data": {"source": "cube"}})
+    assert from_dict(c.to_dict()) == c
