@@ -89,9 +89,12 @@ class CompileRecorder:
         return rows
 
 
-def _kernel_table(run_s: float, call_s: float, timers: np.ndarray, rate: float) -> list[dict]:
+def _kernel_table(run_s: float, call_s: float, timers, rate: float, calls: int = 1) -> list[dict]:
     from kernels.loop import TIMED_KERNELS
 
+    if timers is None:  # the nearest model: per-episode training calls, one evaluation call per epoch
+        return [{"kernel": "fused run (kernels.loop.nearest_eval_episodes, kernels.kdtree builds)", "calls": calls,
+                 "total_s": call_s, "mean_s": call_s / max(calls, 1), "share": call_s / run_s if run_s else 0.0}]
     rows = [{"kernel": "kernels.loop.run_experiment", "calls": 1, "total_s": call_s, "mean_s": call_s}]
     inner = 0.0
     for name, (calls, ticks) in zip(TIMED_KERNELS, timers):
@@ -145,14 +148,15 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
     fused, stepwise = Experiment(fused_cfg, obs), Experiment(step_cfg, obs)
 
     # 1. compile: first calls of every path, recorded per kernel
+    timed = config.model.type == "similarity"  # in-kernel timers: the similarity model's single-call path
     with CompileRecorder() as rec:
         first_fused_s = fused.warmup()
-        first_timed_s = fused.warmup(timers=True)
+        first_timed_s = fused.warmup(timers=True) if timed else first_fused_s
         first_step_s = stepwise.warmup()
         rate = timing.ticks_per_second()
 
     # 2. the fused run, kernel by kernel
-    timers = timing.new_timers(len(TIMED_KERNELS))
+    timers = timing.new_timers(len(TIMED_KERNELS)) if timed else None
     t0 = time.perf_counter()
     result = fused.run(timers)
     fused_run_s = time.perf_counter() - t0
@@ -186,7 +190,7 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
         "first_call": {"fused_first_s": first_fused_s, "fused_timed_first_s": first_timed_s,
                        "stepwise_first_s": first_step_s, "fused_steady_s": steady_s,
                        "compile_or_load_s": max(first_fused_s - steady_s, 0.0)},
-        "kernels": _kernel_table(fused_run_s, result.run_s, timers, rate),
+        "kernels": _kernel_table(fused_run_s, result.run_s, timers, rate, result.kernel_calls),
         "lines": _line_table(lp, top, step_result.run_s),
         "lprof": str(lprof),
     }

@@ -73,7 +73,7 @@ def test_recorded_demo_runs(tmp_path, root):
     assert {r["object"] for r in rows} == {str(n) for n in ds.object_names}
 
 
-@pytest.mark.parametrize("config", ["demo.yaml", "recorded_demo.yaml", "seed_benchmark.yaml"])
+@pytest.mark.parametrize("config", ["demo.yaml", "recorded_demo.yaml", "seed_benchmark.yaml", "nearest_spiral.yaml"])
 def test_validate_bundled_configs(root, config, capsys):
     assert main(["validate", str(root / "configs" / config)]) == 0
     assert ": ok (" in capsys.readouterr().out

@@ -83,3 +83,12 @@ def test_profiling_scripts_run(root, tmp_path):
                         "50", "--repeats", "2"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "first call" in p.stdout and "ns per comparison" in p.stdout
+
+
+def test_profile_nearest_model(tmp_path, root, capsys):
+    assert main(["-q", "profile", str(root / "configs" / "nearest_spiral.yaml"), "--out", str(tmp_path),
+                 "--set", "data.size=2000"]) == 0
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert report["final_confidence"] == report["stepwise_final_confidence"]
+    assert report["kernels"][0]["calls"] == 3  # two training episodes, one evaluation call
+    assert any("nearest_match_step" in r["source"] for r in report["lines"])
