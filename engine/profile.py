@@ -23,7 +23,6 @@ import linecache
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .config import Config
 from .errors import UserError
