@@ -138,6 +138,13 @@ def cmd_run(args) -> int:
     out_dir = Path(args.out if args.out else cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
+    if cfg.model.type == "evidence":
+        from . import evidence_run
+
+        data, result, s_path, e_path = evidence_run.run(cfg, out_dir, progress=sys.stderr.isatty() and not args.quiet)
+        print(evidence_run.format_table(data, result))
+        print(f"compile/cache load {result.compile_s:.3f} s; results: {s_path}, {e_path}")
+        return 0
     log.info("building %s observations", cfg.data.source)
     obs = sources.build(cfg.data.source, cfg.data.params)
     progress = sys.stderr.isatty() and not args.quiet
@@ -162,10 +169,30 @@ def cmd_validate(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.model.type == "evidence":
+        print(f"{args.config}: ok (evidence model, {_evidence_data_text(cfg)})")
+        return 0
     obs = sources.build(cfg.data.source, cfg.data.params)
     print(f"{args.config}: ok ({cfg.model.type} model, {cfg.data.source} data: {obs.location.shape[0]} observations, "
           f"{obs.train_starts.shape[0]} training / {obs.eval_starts.shape[0]} evaluation episodes per epoch)")
     return 0
+
+
+def _evidence_data_text(cfg) -> str:
+    """What an evidence config's data is, checked without simulating anything."""
+    p = cfg.data.params
+    if cfg.data.source == "dataset":
+        from .dataset import read_dataset
+
+        ds = read_dataset(p["path"])
+        return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
+                f"features {list(ds.feature_names)}")
+    from . import shapes
+
+    names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
+    meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
+    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}), "
+            f"{p['eval_rotations']} evaluation rotations each")
 
 
 def cmd_profile(args) -> int:
@@ -173,6 +200,9 @@ def cmd_profile(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.model.type == "evidence":
+        raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the evidence "
+                        "model see summary.json's matching_step_s and profiling/README.md")
     _apply_cache(cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
     report = profile.profile_run(cfg, out_dir, top=max(args.top, 1))

@@ -10,6 +10,7 @@ allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class _Setting:
         self.doc = doc
 
     def allowed(self) -> str:
-        if self.choices:
+        if self.kind is list:
+            text = "a list of names" + (" from " + ", ".join(repr(c) for c in self.choices) if self.choices else "")
+        elif self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind is bool:
             text = "true or false"
@@ -58,6 +61,15 @@ class _Setting:
                 return None
             raise ConfigError(f"{where}: expected {self.allowed()}, got null")
         ok = True
+        if self.kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            bad = [v for v in value if self.choices and v not in self.choices]
+            if bad:
+                raise ConfigError(f"{where}: unknown name {bad[0]!r} (allowed: {', '.join(self.choices)})")
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{where}: names must be distinct, got {_show(value)}")
+            return list(value)
         if self.kind is bool:
             ok = isinstance(value, bool)
         elif self.kind is int:
@@ -88,7 +100,10 @@ def _show(value) -> str:
     return f"{value!r} ({type(value).__name__})" if not isinstance(value, bool) else repr(value).lower()
 
 
-MODEL_TYPES = ("similarity", "nearest")
+MODEL_TYPES = ("similarity", "nearest", "evidence")
+# Data sources each model can read: the evidence model needs pose vectors and curvatures.
+EVIDENCE_SOURCES = ("shapes", "dataset")
+BUILTIN_SHAPE_NAMES = ("box", "sphere", "cylinder", "cone", "torus", "capsule", "mug", "bowl", "banana", "die")
 # Settings that only the nearest model reads.
 NEAREST_ONLY = ("k", "max_distance", "dedup_distance", "dedup_feature")
 
@@ -100,12 +115,16 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
         "n_train_epochs": _Setting(int, 1, minimum=0, doc="training epochs (each presents every training episode)"),
         "n_eval_epochs": _Setting(int, 1, minimum=0, doc="evaluation epochs"),
         "max_train_steps": _Setting(int, 10000, minimum=1, doc="step limit of a training episode"),
-        "max_eval_steps": _Setting(int, 10000, minimum=1, doc="step limit of an evaluation episode"),
+        "max_eval_steps": _Setting(int, 10000, minimum=1, doc="step limit of an evaluation episode "
+                                                               "(evidence model: matching steps)"),
+        "plot_evidence": _Setting(bool, False, doc="evidence model: a PNG per evaluation episode of each "
+                                                   "object's best evidence over the steps (needs matplotlib)"),
     },
     "model": {
         "type": _Setting(str, "similarity", choices=MODEL_TYPES,
                          doc="similarity: linear scan over every stored observation; "
-                             "nearest: the same similarity over the k nearest (KD-tree)"),
+                             "nearest: the same similarity over the k nearest (KD-tree); "
+                             "evidence: tbp.monty's object and pose recognition (settings in `evidence`)"),
         "k": _Setting(int, 10, minimum=1, doc="nearest: neighbours per matching step"),
         "max_distance": _Setting(float, None, minimum=0.0, exclusive_min=True, nullable=True,
                                  doc="nearest: only neighbours this close count (null: no bound)"),
@@ -122,7 +141,8 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
                                              "null: never done early"),
     },
     "data": {
-        "source": _Setting(str, None, required=True, choices=("seed_spiral", "cube", "sphere", "random", "dataset"),
+        "source": _Setting(str, None, required=True,
+                           choices=("seed_spiral", "cube", "sphere", "random", "dataset", "shapes"),
                            doc="where observations come from (settings per source below)"),
     },
     "execution": {
@@ -146,7 +166,49 @@ SOURCES: dict[str, dict[str, _Setting]] = {
                "seed": _Setting(int, 0, minimum=0, doc="random seed")},
     "dataset": {"path": _Setting(str, None, required=True,
                                  doc="recorded episode file (.npz) or npy-dir folder, relative to the config file's folder")},
+    "shapes": {
+        "objects": _Setting(list, None, choices=BUILTIN_SHAPE_NAMES, nullable=True,
+                            doc="built-in objects to simulate (null: all ten, or none when mesh_dir is set)"),
+        "mesh_dir": _Setting(str, None, nullable=True,
+                             doc="folder of mesh files (obj, ply, stl, glb; each one object named by its file), "
+                                 "relative to the config file's folder"),
+        "n_points": _Setting(int, 20000, minimum=100, doc="surface samples per object (the sensor's surface)"),
+        "train_steps": _Setting(int, 400, minimum=1, doc="steps of each training episode (14 per object)"),
+        "eval_rotations": _Setting(int, 10, minimum=0, doc="evaluation episodes per object (random rotations)"),
+        "eval_steps": _Setting(int, 100, minimum=1, doc="steps of each evaluation episode"),
+        "noise": _Setting(bool, False, doc="tbp.monty's sensor noise on evaluation steps (2 mm location, "
+                                          "2 deg pose, 0.1 log curvature, 0.1 hue, 1% pose_defined flips)"),
+        "hue": _Setting(bool, False, doc="sense a hue per object (a distinct colour each) as a feature"),
+        "seed": _Setting(int, 0, minimum=0, doc="seed of surface sampling, walks, rotations and noise"),
+    },
 }
+
+
+def _evidence_schema() -> dict[str, _Setting]:
+    """The ``evidence`` section, generated from ``EvidenceSettings`` (its defaults live there)."""
+    from .evidence_settings import SETTING_DOCS, EvidenceSettings
+
+    out = {}
+    for f in dataclasses.fields(EvidenceSettings):
+        kind = type(f.default)
+        extra = {}
+        if f.name == "updater":
+            extra["choices"] = ("burst", "classic")
+        elif f.name == "graph":
+            extra["choices"] = ("graph", "grid")
+        elif kind is int:
+            extra["minimum"] = 1
+        elif f.name in ("past_weight", "x_percent_threshold", "object_evidence_threshold"):
+            extra["minimum"] = 0.0
+        elif kind is float and f.name not in ("deletion_trigger_slope", "burst_trigger_slope"):
+            extra["minimum"] = 0.0
+            extra["exclusive_min"] = f.name.endswith(("distance", "tolerance", "size")) or f.name in (
+                "max_match_distance", "present_weight")
+        out[f.name] = _Setting(kind, f.default, doc=SETTING_DOCS.get(f.name, ""), **extra)
+    return out
+
+
+SCHEMA["evidence"] = _evidence_schema()
 
 TOP_LEVEL = {"output_dir": _Setting(str, "results", doc="folder for summary.json and episodes.csv "
                                                          "(relative to the working directory)")}
@@ -161,6 +223,7 @@ class ExperimentConfig:
     n_eval_epochs: int
     max_train_steps: int
     max_eval_steps: int
+    plot_evidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,10 +258,11 @@ class Config:
     execution: ExecutionConfig
     output_dir: str
     source_file: str = "<config>"
+    evidence: Any = None  # engine.evidence_model.EvidenceSettings when model.type is evidence
 
     def to_dict(self) -> dict:
         """The resolved config (defaults filled) as plain data, as written to summary.json."""
-        return {
+        out = {
             "experiment": vars(self.experiment).copy(),
             "model": {k: v for k, v in vars(self.model).items()
                       if self.model.type == "nearest" or k not in NEAREST_ONLY},
@@ -206,6 +270,9 @@ class Config:
             "execution": vars(self.execution).copy(),
             "output_dir": self.output_dir,
         }
+        if self.evidence is not None:
+            out["evidence"] = dataclasses.asdict(self.evidence)
+        return out
 
 
 def _unknown(key: str, where: str, allowed) -> ConfigError:
@@ -257,6 +324,13 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         if given:
             raise ConfigError(f"{prefix}model.{given[0]}: only the nearest model reads it "
                               f"(model.type is {model['type']!r})")
+    evidence = None
+    if model["type"] == "evidence":
+        from .evidence_settings import EvidenceSettings
+
+        evidence = EvidenceSettings(**_section(raw, "evidence", SCHEMA["evidence"], prefix))
+    elif "evidence" in raw:
+        raise ConfigError(f"{prefix}evidence: only the evidence model reads it (model.type is {model['type']!r})")
     execution = _section(raw, "execution", SCHEMA["execution"], prefix)
     data_raw = raw.get("data")
     if not isinstance(data_raw, dict):
@@ -266,6 +340,15 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     params.pop("source", None)
     if execution["cache_dir"] is not None:
         execution["cache_dir"] = str(_resolve_relative(execution["cache_dir"], source_file))
+    if model["type"] == "evidence" and source not in EVIDENCE_SOURCES:
+        raise ConfigError(f"{prefix}data.source: the evidence model needs pose vectors and curvatures: "
+                          f"expected one of {', '.join(repr(s) for s in EVIDENCE_SOURCES)}, got {source!r}")
+    if source == "shapes" and model["type"] != "evidence":
+        raise ConfigError(f"{prefix}data.source: 'shapes' feeds the evidence model only (model.type is {model['type']!r})")
+    if source == "shapes" and params["mesh_dir"] is not None:
+        params["mesh_dir"] = str(_resolve_relative(params["mesh_dir"], source_file))
+        if not Path(params["mesh_dir"]).is_dir():
+            raise ConfigError(f"{prefix}data.mesh_dir: folder not found: {params['mesh_dir']}")
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
         if not Path(params["path"]).exists():
@@ -280,6 +363,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         execution=ExecutionConfig(**execution),
         output_dir=top["output_dir"],
         source_file=source_file,
+        evidence=evidence,
     )
 
 

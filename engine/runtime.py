@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 KERNEL_MODULES = ("kernels.distance", "kernels.matching", "kernels.loop", "kernels.store", "kernels.timing",
-                  "kernels.kdtree")
+                  "kernels.kdtree", "kernels.evidence", "kernels.graph", "kernels.geometry")
 
 
 def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
@@ -94,6 +94,15 @@ def warmup_configs(configs, progress=None) -> list[dict]:
 
     rows = []
     for cfg in configs:
+        if cfg.model.type == "evidence":
+            from .evidence_model import warmup_kernels
+
+            t0 = time.perf_counter()
+            warmup_kernels(cfg.evidence)
+            rows.append({"config": cfg.source_file, "seconds": time.perf_counter() - t0})
+            if progress is not None:
+                progress(rows[-1])
+            continue
         obs = sources.build(cfg.data.source, cfg.data.params)
         t0 = time.perf_counter()
         for stepwise in (False, True):

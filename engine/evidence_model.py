@@ -1,0 +1,484 @@
+"""The ``evidence`` model: tbp.monty's graph memory and evidence matching, run from Python.
+
+What lives here is orchestration; the arithmetic is in kernels:
+
+- training (supervised): each training episode's observations go into the
+  object's graph (``engine.graph_memory.GraphMemory``, ``kernels.graph``), in the
+  object's canonical frame (the episode's known rotation undone);
+- after training the nodes of all objects become one set of flat arrays, sorted
+  per object into a grid for the nearest-node search
+  (``kernels.evidence.build_node_grid``);
+- each evaluation episode is one call of ``kernels.evidence.evidence_episode``
+  (all steps, all objects, all hypotheses), or with ``execution.stepwise`` one
+  ``evidence_step`` call per step; the hypothesis arrays are reused across
+  episodes and grow when a burst needs more room.
+
+Matching features: the dataset's feature columns (a column named ``hue`` is
+circular with range 1) and the two log principal curvatures
+``sign(k) log(1 + |k|)`` (tbp.monty's ``principal_curvatures_log``), in the
+dataset's order ``|k1| >= |k2|``. ``kappa`` (section 4.5) is the larger absolute
+log curvature.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels import evidence as kev
+
+from .dataset import EVAL, TRAIN, EpisodeDataset
+from .evidence_settings import EvidenceSettings
+from .graph_memory import GraphMemory
+from .rotations import quat_to_matrix
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("correct", "confused", "no_match", "time_out")
+CURVATURE_FEATURES = ("curvature_log_1", "curvature_log_2")
+_CODE_NAMES = {kev.MATCH: "match", kev.NO_MATCH: "no_match", kev.TIME_OUT: "time_out", kev.RUNNING: "time_out"}
+
+
+@dataclass
+class EvidenceEpisode:
+    """One finished evaluation episode."""
+
+    epoch: int
+    episode: int              # index among the dataset's evaluation episodes
+    object: str               # the object shown
+    rotation: np.ndarray      # float32 (4,) its quaternion (w, x, y, z)
+    outcome: str              # correct, confused, no_match, time_out
+    detected: str | None      # the recognised object (match only)
+    mlh_object: str | None    # object of the most likely hypothesis at the end
+    mlh_correct: bool         # the most likely hypothesis names the right object
+    steps: int                # matching steps taken
+    rotation_error_deg: float | None  # correct episodes (and time-outs whose MLH is right)
+    symmetric: bool           # matched by symmetry (many poses equally good)
+    n_hypotheses: int         # live hypotheses at the end
+    seconds: float            # wall time of the episode's kernel calls
+    detected_rotation: np.ndarray | None = None  # float32 (3, 3) the object's rotation in the world, as detected
+    trace: np.ndarray | None = field(default=None, repr=False)  # float32 (steps, O) best evidence per object
+
+
+def matching_features(ds: EpisodeDataset) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The per-step matching features: the dataset's columns, then the two log curvatures.
+
+    Returns float32 (T, F + 2) and the column names.
+    """
+    k = np.asarray(ds.curvature, np.float32)
+    logk = (np.sign(k) * np.log1p(np.abs(k))).astype(np.float32)
+    feats = np.concatenate([np.asarray(ds.features, np.float32), logk], axis=1)
+    return np.ascontiguousarray(feats), tuple(str(n) for n in ds.feature_names) + CURVATURE_FEATURES
+
+
+def _feature_spec(names: tuple[str, ...], s: EvidenceSettings) -> np.ndarray:
+    """float32 (3, F): tolerance, weight, circular flag of each matching feature column."""
+    spec = np.zeros((3, len(names)), np.float32)
+    for c, name in enumerate(names):
+        if name in CURVATURE_FEATURES:
+            spec[:, c] = (s.curvature_tolerance, s.curvature_weight, 0)
+        elif name == "hue":
+            spec[:, c] = (s.hue_tolerance, s.hue_weight, 1)
+        else:
+            spec[:, c] = (s.feature_tolerance, s.feature_weight, 0)
+    return spec
+
+
+def project_rotation(m: np.ndarray) -> np.ndarray:
+    """The rotation matrix nearest to ``m`` (3, 3) (SVD), float64."""
+    u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] = -u[:, -1]
+        r = u @ vt
+    return r
+
+
+def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Geodesic angle between two rotation matrices, degrees."""
+    c = (np.trace(np.asarray(a, np.float64) @ np.asarray(b, np.float64).T) - 1.0) / 2.0
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+class EvidenceModel:
+    """Graph memory plus the hypothesis state of the evidence learning module.
+
+    Parameters
+    ----------
+    settings : EvidenceSettings
+    feature_names : the matching feature columns (``matching_features``)
+    max_eval_steps : matching-step limit of an evaluation episode
+    """
+
+    def __init__(self, settings: EvidenceSettings, feature_names: tuple[str, ...], max_eval_steps: int = 500):
+        self.settings = s = settings
+        self.feature_names = feature_names
+        self.feature_spec = _feature_spec(feature_names, s)
+        circular = self.feature_spec[2] > 0
+        thresholds = np.array([s.graph_hue_threshold if c else
+                               (s.graph_curvature_threshold if n in CURVATURE_FEATURES else np.inf)
+                               for n, c in zip(feature_names, circular)], np.float32)
+        self.memory = GraphMemory(len(feature_names), circular, kind=s.graph, distance=s.graph_distance,
+                                  normal_angle=s.graph_normal_angle, feat_thresholds=thresholds,
+                                  max_size=s.max_graph_size, voxels_per_dim=s.voxels_per_dim,
+                                  max_nodes=s.max_nodes)
+        self.fparams = np.zeros(kev.N_FPARAMS, np.float32)
+        fp = self.fparams
+        fp[kev.FP_MMD] = s.max_match_distance
+        fp[kev.FP_W_NORMAL] = s.normal_weight
+        fp[kev.FP_W_CURV] = s.curvature_direction_weight
+        fp[kev.FP_PAST] = s.past_weight
+        fp[kev.FP_PRESENT] = s.present_weight
+        fp[kev.FP_INCREMENT] = s.feature_evidence_increment
+        fp[kev.FP_SAMPLING] = s.sampling_multiplier
+        fp[kev.FP_DELETION_SLOPE] = s.deletion_trigger_slope
+        fp[kev.FP_BURST_SLOPE] = s.burst_trigger_slope
+        fp[kev.FP_X_PERCENT] = s.x_percent_threshold
+        fp[kev.FP_OBJECT_THRESHOLD] = s.object_evidence_threshold
+        fp[kev.FP_PATH_SIMILARITY] = s.path_similarity_threshold
+        fp[kev.FP_POSE_SIMILARITY] = s.pose_similarity_threshold
+        self.iparams = np.zeros(kev.N_IPARAMS, np.int64)
+        ip = self.iparams
+        ip[kev.IP_K] = s.max_nneighbors
+        ip[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
+        ip[kev.IP_UMBILICAL] = s.umbilical_num_poses
+        ip[kev.IP_BURST_DURATION] = s.sampling_burst_duration
+        ip[kev.IP_MIN_AGE] = s.min_age
+        ip[kev.IP_MIN_STEPS] = s.min_eval_steps
+        ip[kev.IP_MAX_STEPS] = max_eval_steps
+        ip[kev.IP_SYMMETRY] = s.required_symmetry_evidence
+        self._model = None
+        self._hyp = None
+
+    # ------------------------------------------------------------------ training
+
+    def learn(self, label: str, location, pose_vectors, pose_defined, features, rotation_quaternion) -> int:
+        """Add one supervised training episode; returns the object's node count."""
+        self._model = None
+        q = quat_to_matrix(np.asarray(rotation_quaternion, np.float32)).astype(np.float32)
+        return self.memory.add_episode(label, np.ascontiguousarray(location, np.float32),
+                                       np.ascontiguousarray(pose_vectors, np.float32),
+                                       np.ascontiguousarray(pose_defined, bool),
+                                       np.ascontiguousarray(features, np.float32), q)
+
+    @property
+    def object_names(self) -> tuple[str, ...]:
+        return self.memory.labels
+
+    def model_arrays(self):
+        """The flat model (nodes sorted into the search grid); built once after training."""
+        if self._model is None:
+            g = self.memory.arrays()
+            order, origin, index, cell_start, cell_far = kev.build_node_grid(
+                g.node_pos, g.obj_start, self.settings.max_match_distance)
+            self._model = (
+                np.ascontiguousarray(g.node_pos[order], np.float32),
+                np.ascontiguousarray(g.node_pose[order], np.float32),
+                np.ascontiguousarray(g.node_pfd[order], np.float32),
+                np.ascontiguousarray(g.node_feat[order], np.float32).reshape(len(order), -1),
+                np.ascontiguousarray(g.obj_start, np.int64),
+                origin, index, cell_start, cell_far,
+            )
+        return self._model
+
+    @property
+    def nodes_per_object(self) -> list[int]:
+        return [self.memory.n_nodes(label) for label in self.memory.labels]
+
+    # ------------------------------------------------------------------ hypotheses
+
+    def _hypotheses(self, capacity: int):
+        """The hypothesis arrays, grown (live rows kept) to hold ``capacity`` rows."""
+        old = self._hyp
+        if old is not None and old[0].shape[0] >= capacity:
+            return old
+        cap = max(capacity, 1024 if old is None else 2 * old[0].shape[0])
+        new = (np.zeros(cap, np.int32), np.zeros((cap, 3), np.float32), np.zeros((cap, 9), np.float32),
+               np.zeros(cap, np.float32), np.zeros(cap, np.float32), np.zeros(cap, np.int32),
+               np.zeros(cap, np.uint8), np.zeros((cap, kev.SLOPE_WINDOW), np.float32))
+        if old is not None:
+            for a, b in zip(old, new):
+                b[: a.shape[0]] = a
+        self._hyp = new
+        return new
+
+    def initial_capacity(self) -> int:
+        """Rows for a first step: the classic updater's r N, or one burst step of 0.4 N."""
+        n = int(self.model_arrays()[4][-1])
+        s = self.settings
+        if s.updater == "classic":
+            return n * max(2, s.umbilical_num_poses)
+        return max(1024, int(2 * n * min(s.sampling_multiplier, max(2, s.umbilical_num_poses)) + 16))
+
+    def new_state(self):
+        istate = np.zeros(kev.N_ISTATE, np.int64)
+        istate[kev.IS_MLH] = -1
+        istate[kev.IS_DETECTED] = -1
+        fstate = np.zeros(kev.N_FSTATE, np.float32)
+        fstate[kev.FS_SLOPE_MAX] = -np.inf
+        return istate, fstate
+
+    def run_episode(self, location, pose_vectors, pose_defined, features, *, stepwise: bool = False,
+                    on_step=None):
+        """Evaluate one episode's observations; returns ``(code, istate, trace, seconds)``.
+
+        ``location`` float32 (T, 3), ``pose_vectors`` float32 (T, 3, 3), ``pose_defined``
+        bool (T,), ``features`` float32 (T, F) (``matching_features``). ``stepwise``: one
+        kernel call per step, ``on_step(t, istate, obj_max)`` after each.
+        """
+        model = self.model_arrays()
+        n_obj = len(model[4]) - 1
+        T = location.shape[0]
+        loc = np.ascontiguousarray(location, np.float32)
+        pose = np.ascontiguousarray(np.asarray(pose_vectors, np.float32).reshape(T, 9))
+        pfd = np.ascontiguousarray(pose_defined, np.bool_)
+        feats = np.ascontiguousarray(features, np.float32)
+        ncurv = len(CURVATURE_FEATURES)
+        kappa = np.ascontiguousarray(np.abs(feats[:, -ncurv:]).max(axis=1) if T else np.zeros(0), np.float32)
+        istate, fstate = self.new_state()
+        obj_max = np.zeros(n_obj, np.float32)
+        obj_count = np.zeros(n_obj, np.int64)
+        trace = np.full((T, n_obj), -np.inf, np.float32)
+        hyp = self._hypotheses(self.initial_capacity())
+        t = 0
+        code = kev.RUNNING
+        seconds = 0.0
+        while t < T:
+            if stepwise:
+                t0 = time.perf_counter()
+                code = kev.evidence_step(*model, self.feature_spec, self.fparams, self.iparams, istate, fstate,
+                                         *hyp, obj_max, obj_count, loc[t], pose[t], pfd[t], feats[t], kappa[t])
+                seconds += time.perf_counter() - t0
+                if code != kev.NEED_CAPACITY:
+                    trace[t] = np.where(obj_count > 0, obj_max, -np.inf)
+                    if on_step is not None:
+                        on_step(t, istate, obj_max)
+                    t += 1
+            else:
+                t0 = time.perf_counter()
+                code, t = kev.evidence_episode(*model, self.feature_spec, self.fparams, self.iparams, istate,
+                                               fstate, *hyp, obj_max, obj_count, loc, pose, pfd, feats, kappa,
+                                               t, trace)
+                seconds += time.perf_counter() - t0
+            if code == kev.NEED_CAPACITY:
+                hyp = self._hypotheses(int(istate[kev.IS_NEED]))
+                continue
+            if code != kev.RUNNING:
+                break
+        return code, istate, trace[: int(istate[kev.IS_MATCHING_STEPS])], seconds
+
+    def hypothesis_view(self, istate):
+        """The live hypothesis arrays after an episode: obj, loc, rot (H, 3, 3), ev, possible."""
+        n = int(istate[kev.IS_N_HYP])
+        h = self._hyp
+        return h[0][:n], h[1][:n], h[2][:n].reshape(n, 3, 3), h[3][:n], h[6][:n]
+
+    def score(self, code: int, istate, target: int, rotation_q) -> dict:
+        """Outcome, detected object and rotation error of a finished episode (section 5.6)."""
+        names = self.object_names
+        obj, _, rot, ev, possible = self.hypothesis_view(istate)
+        mlh = int(istate[kev.IS_MLH])
+        q_true = quat_to_matrix(np.asarray(rotation_q, np.float32)).astype(np.float64)
+        mlh_obj = int(obj[mlh]) if mlh >= 0 else -1
+        out = {"detected": None, "mlh_object": names[mlh_obj] if mlh_obj >= 0 else None,
+               "mlh_correct": mlh_obj == target, "rotation_error_deg": None, "symmetric": False,
+               "detected_rotation": None}
+        name = _CODE_NAMES[code]
+        if mlh >= 0:
+            out["detected_rotation"] = project_rotation(rot[mlh]).T.astype(np.float32)
+        if name == "match":
+            det = int(istate[kev.IS_DETECTED])
+            out["detected"] = names[det]
+            out["symmetric"] = bool(istate[kev.IS_SYMMETRIC])
+            name = "correct" if det == target else "confused"
+            if name == "correct":
+                if out["symmetric"] and possible.any():
+                    errs = [rotation_angle_deg(project_rotation(r).T, q_true) for r in rot[possible.astype(bool)]]
+                    out["rotation_error_deg"] = float(min(errs))
+                else:
+                    out["rotation_error_deg"] = rotation_angle_deg(out["detected_rotation"], q_true)
+        elif name == "time_out" and out["mlh_correct"]:
+            out["rotation_error_deg"] = rotation_angle_deg(out["detected_rotation"], q_true)
+        out["outcome"] = name
+        return out
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+HOOK_EVENTS = ("before_experiment", "after_experiment", "before_epoch", "after_epoch",
+               "before_episode", "after_episode", "after_step")
+
+
+@dataclass
+class EvidenceRunResult:
+    episodes: list[EvidenceEpisode]
+    train_s: float
+    compile_s: float
+    run_s: float
+    n_train_episodes: int
+    nodes_per_object: list[int]
+    object_names: tuple[str, ...]
+    path: str
+
+
+class EvidenceExperiment:
+    """Train the evidence model on a dataset's training episodes, then evaluate it.
+
+    Parameters
+    ----------
+    config : validated ``engine.config.Config`` with ``model.type: evidence``
+    dataset : the observations (``EpisodeDataset``)
+    """
+
+    def __init__(self, config, dataset: EpisodeDataset, *, progress: bool = False):
+        self.config = config
+        self.dataset = dataset
+        self.progress = progress
+        self.features, self.feature_names = matching_features(dataset)
+        self.model = EvidenceModel(config.evidence, self.feature_names,
+                                   max_eval_steps=config.experiment.max_eval_steps)
+        self._hooks: dict[str, list] = {e: [] for e in HOOK_EVENTS}
+
+    def add_hook(self, event: str, fn) -> None:
+        """Call ``fn(event_name, **fields)`` at ``event`` (one of ``HOOK_EVENTS``)."""
+        if event not in self._hooks:
+            raise ValueError(f"unknown hook event {event!r}; one of {', '.join(HOOK_EVENTS)}")
+        self._hooks[event].append(fn)
+
+    def _emit(self, event: str, **fields) -> None:
+        for fn in self._hooks[event]:
+            fn(event, **fields)
+
+    def _episode_rows(self, split: int) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.dataset.episode_split) == split)
+
+    def train(self) -> float:
+        """All training epochs; returns the wall time (s)."""
+        ds, cfg = self.dataset, self.config
+        t0 = time.perf_counter()
+        if cfg.experiment.do_train:
+            rows = self._episode_rows(TRAIN)
+            for epoch in range(cfg.experiment.n_train_epochs):
+                self._emit("before_epoch", mode="train", epoch=epoch)
+                for i, e in enumerate(rows):
+                    s0 = int(ds.episode_offsets[e])
+                    s1 = min(int(ds.episode_offsets[e + 1]), s0 + cfg.experiment.max_train_steps)
+                    self._emit("before_episode", mode="train", epoch=epoch, episode=i)
+                    label = str(ds.object_names[int(ds.episode_object[e])])
+                    n = self.model.learn(label, ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1],
+                                         self.features[s0:s1], ds.episode_rotation[e])
+                    self._emit("after_episode", mode="train", epoch=epoch, episode=i, object=label, nodes=n)
+                self._emit("after_epoch", mode="train", epoch=epoch)
+        if self.model.object_names:
+            self.model.model_arrays()
+        return time.perf_counter() - t0
+
+    def warmup(self) -> float:
+        """Compile (or load from the cache) the episode kernel on a tiny episode; seconds."""
+        t0 = time.perf_counter()
+        if self.model.object_names:
+            ds = self.dataset
+            n = min(2, ds.n_steps)
+            path_stepwise = self.config.execution.stepwise
+            self.model.run_episode(ds.location[:n], ds.pose_vectors[:n], ds.pose_defined[:n], self.features[:n],
+                                   stepwise=path_stepwise)
+        return time.perf_counter() - t0
+
+    def run(self) -> EvidenceRunResult:
+        cfg, ds = self.config, self.dataset
+        t_all = time.perf_counter()
+        self._emit("before_experiment")
+        train_s = self.train()
+        compile_s = self.warmup()
+        episodes: list[EvidenceEpisode] = []
+        rows = self._episode_rows(EVAL)
+        if cfg.experiment.do_eval and len(rows) and not self.model.object_names:
+            from .errors import UserError
+
+            raise UserError(f"{cfg.source_file}: nothing was learned (no training episodes, or do_train is false), "
+                            "so there is nothing to recognise")
+        bar = None
+        if self.progress and cfg.experiment.do_eval:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rows) * cfg.experiment.n_eval_epochs, unit="episode", leave=False)
+        stepwise = cfg.execution.stepwise
+        for epoch in range(cfg.experiment.n_eval_epochs if cfg.experiment.do_eval else 0):
+            self._emit("before_epoch", mode="eval", epoch=epoch)
+            for i, e in enumerate(rows):
+                s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
+                self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
+                on_step = None
+                if self._hooks["after_step"]:
+                    def on_step(t, istate, obj_max, _i=i, _epoch=epoch):
+                        self._emit("after_step", mode="eval", epoch=_epoch, episode=_i, step=t,
+                                   n_hypotheses=int(istate[kev.IS_N_HYP]), object_evidence=obj_max.copy())
+                code, istate, trace, secs = self.model.run_episode(
+                    ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], self.features[s0:s1],
+                    stepwise=stepwise or on_step is not None, on_step=on_step)
+                target = int(ds.episode_object[e])
+                sc = self.model.score(code, istate, self._model_index(target), ds.episode_rotation[e])
+                rec = EvidenceEpisode(epoch=epoch, episode=i, object=str(ds.object_names[target]),
+                                      rotation=np.asarray(ds.episode_rotation[e], np.float32),
+                                      outcome=sc["outcome"], detected=sc["detected"], mlh_object=sc["mlh_object"],
+                                      mlh_correct=sc["mlh_correct"], steps=int(istate[kev.IS_MATCHING_STEPS]),
+                                      rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
+                                      n_hypotheses=int(istate[kev.IS_N_HYP]), seconds=secs,
+                                      detected_rotation=sc["detected_rotation"], trace=trace)
+                episodes.append(rec)
+                self._emit("after_episode", mode="eval", epoch=epoch, episode=i, record=rec)
+                if bar is not None:
+                    bar.update(1)
+            self._emit("after_epoch", mode="eval", epoch=epoch)
+        if bar is not None:
+            bar.close()
+        result = EvidenceRunResult(episodes=episodes, train_s=train_s, compile_s=compile_s,
+                                   run_s=time.perf_counter() - t_all,
+                                   n_train_episodes=len(self._episode_rows(TRAIN)) if cfg.experiment.do_train else 0,
+                                   nodes_per_object=self.model.nodes_per_object,
+                                   object_names=self.model.object_names,
+                                   path="stepwise" if stepwise else "fused")
+        self._emit("after_experiment", result=result)
+        return result
+
+    def _model_index(self, dataset_object: int) -> int:
+        """The memory's index of a dataset object (-1 when it was never learned)."""
+        name = str(self.dataset.object_names[dataset_object])
+        names = self.model.object_names
+        return names.index(name) if name in names else -1
+
+
+def _toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):
+    """Points on a sphere with their exact geometry: (location, pose (n, 3, 3), pose_defined, curvature)."""
+    rng = np.random.default_rng(seed)
+    p = rng.normal(size=(n, 3))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    helper = np.where(np.abs(p[:, :1]) < 0.9, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
+    c1 = np.cross(p, helper)
+    c1 /= np.linalg.norm(c1, axis=1, keepdims=True)
+    pose = np.stack([p, c1, np.cross(p, c1)], axis=1).astype(np.float32)
+    curvature = np.full((n, 2), -1.0 / radius, np.float32)
+    return (p * radius).astype(np.float32), pose, np.zeros(n, bool), curvature
+
+
+def warmup_kernels(settings: EvidenceSettings) -> float:
+    """Compile (or load from the cache) every kernel the evidence model runs, on a toy model.
+
+    Kernel signatures depend on array types only, so a two-object toy model compiles
+    what a real run uses: graph building, the node grid, both evaluation paths.
+    Returns the seconds taken.
+    """
+    t0 = time.perf_counter()
+    loc, pose, pfd, curv = _toy_observations()
+    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
+    model = EvidenceModel(settings, CURVATURE_FEATURES, max_eval_steps=4)
+    identity = np.array([1, 0, 0, 0], np.float32)
+    model.learn("a", loc, pose, pfd, logk, identity)
+    model.learn("b", loc * np.float32(0.5), pose, pfd, logk, identity)
+    for stepwise in (False, True):
+        model.run_episode(loc[:4], pose[:4], pfd[:4], logk[:4], stepwise=stepwise)
+    return time.perf_counter() - t0

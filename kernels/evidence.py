@@ -1,0 +1,984 @@
+"""Evidence matching (tbp.monty's evidence learning module) as flat-array kernels.
+
+The recognition half of the ``evidence`` model: every hypothesis "the sensor is at
+location l on object o, and the object is rotated by R" carries an evidence value
+that each sensed observation raises or lowers. The algorithm follows
+``docs/evidence-matching.md`` (sections 3 to 5; section numbers below refer to it).
+
+Layout
+------
+Models (all objects concatenated, object ``o`` owns nodes
+``obj_start[o] .. obj_start[o + 1]``; within an object the nodes are sorted by
+their cell of the object's node grid, see :func:`build_node_grid`):
+
+- ``node_pos``  float32 (N, 3)  node locations, model frame
+- ``node_pose`` float32 (N, 9)  rows normal, curvature direction 1, direction 2
+- ``node_pfd``  float32 (N,)    1 where the node's curvature directions are defined
+- ``node_feat`` float32 (N, F)  matching features (hue, log curvatures, ...)
+
+Hypotheses live in one set of flat arrays of capacity ``cap`` (the first
+``n_hyp = istate[0]`` rows are live), all objects mixed; each row's object is
+``hyp_obj``. Within one object the rows keep tbp.monty's order (survivors in
+their order, then the new ones), so index-order tie-breaks and the "possible"
+sets of the symmetry test behave as in tbp.monty.
+
+- ``hyp_obj`` int32 (cap,), ``hyp_loc`` float32 (cap, 3), ``hyp_rot`` float32
+  (cap, 9) (row-major R with v_model = R v_body), ``hyp_ev`` float32 (cap,),
+  ``hyp_slope`` float32 (cap,) (NaN until two evidences are known),
+  ``hyp_age`` int32 (cap,), ``hyp_possible`` uint8 (cap,), ``hyp_buf`` float32
+  (cap, W): the last ``W`` evidences, a ring indexed by the step number.
+
+Scalar settings and state travel in small arrays (one kernel signature for every
+setting): ``fparams`` / ``iparams`` (indices ``FP_*`` / ``IP_*``), ``istate`` /
+``fstate`` (``IS_*`` / ``FS_*``).
+
+Nearest nodes: a uniform grid per object with cells half the match radius wide.
+A node can only be "in radius" when its Euclidean distance is below
+``max_match_distance`` (the custom distance is never smaller), so the K nearest
+nodes *among those closer than the radius*, found in the cells around the query
+(nearest cells first, stopping when no cell can hold a nearer node), give exactly
+the evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
+note), up to ties in distance.
+
+Parallel kernels (numba/numba#8578): the loops with ``prange`` live in
+``inline="always"`` bodies inlined into the two parallel entry points
+(:func:`evidence_step`, :func:`evidence_episode`); every function they call is
+serial. A cached kernel must not call either entry point.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ._flags import FASTMATH
+
+# fparams (float32)
+FP_MMD = 0  # max_match_distance (m)
+FP_W_NORMAL = 1  # feature_weights.pose_vectors[0]
+FP_W_CURV = 2  # feature_weights.pose_vectors[1]
+FP_PAST = 3  # past_weight
+FP_PRESENT = 4  # present_weight
+FP_INCREMENT = 5  # feature_evidence_increment
+FP_SAMPLING = 6  # sampling_multiplier
+FP_DELETION_SLOPE = 7  # deletion_trigger_slope
+FP_BURST_SLOPE = 8  # burst_trigger_slope
+FP_X_PERCENT = 9  # x_percent_threshold
+FP_OBJECT_THRESHOLD = 10  # object_evidence_threshold
+FP_PATH_SIMILARITY = 11  # path_similarity_threshold (m)
+FP_POSE_SIMILARITY = 12  # pose_similarity_threshold (rad)
+N_FPARAMS = 13
+
+# iparams (int64)
+IP_K = 0  # max_nneighbors
+IP_UPDATER = 1  # UPDATER_CLASSIC or UPDATER_BURST
+IP_UMBILICAL = 2  # umbilical_num_poses
+IP_BURST_DURATION = 3  # sampling_burst_duration
+IP_MIN_AGE = 4  # slope tracker min_age
+IP_MIN_STEPS = 5  # min_eval_steps
+IP_MAX_STEPS = 6  # max_eval_steps (matching steps)
+IP_SYMMETRY = 7  # required_symmetry_evidence
+N_IPARAMS = 8
+
+UPDATER_CLASSIC = 0
+UPDATER_BURST = 1
+
+#: Evidences kept per hypothesis for the slope (tbp.monty's tracker window); the
+#: kernels take the window from ``hyp_buf.shape[1]``.
+SLOPE_WINDOW = 10
+
+# istate (int64)
+IS_N_HYP = 0  # live hypothesis rows
+IS_BURST_LEFT = 1  # burst steps left
+IS_STEP = 2  # feature steps processed (ring index of hyp_buf)
+IS_MATCHING_STEPS = 3
+IS_SYMMETRY = 4  # symmetry evidence counter
+IS_MLH = 5  # row of the most likely hypothesis (-1: none)
+IS_OUTCOME = 6  # RUNNING, MATCH, NO_MATCH, TIME_OUT
+IS_DETECTED = 7  # detected object (match), -1 otherwise
+IS_SYMMETRIC = 8  # 1 when the match was declared by symmetry
+IS_N_POSSIBLE = 9  # possible objects after the last step
+IS_NEED = 10  # capacity the last call needed (when it returned NEED_CAPACITY)
+IS_N_NEW = 11  # hypotheses sampled by the last step
+N_ISTATE = 12
+
+# fstate (float32)
+FS_X_LAST = 0  # 0, 1, 2: the last sensed location
+FS_SLOPE_MAX = 3  # largest finite slope after the last step (-inf: none)
+FS_MLH_EV = 4
+N_FSTATE = 5
+
+RUNNING = 0
+MATCH = 1
+NO_MATCH = 2
+TIME_OUT = 3
+NEED_CAPACITY = -1
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FHALF = np.float32(0.5)
+_NEG1 = np.float32(-1.0)
+_NEG_INF = np.float32(-np.inf)
+_NAN = np.float32(np.nan)
+_CHUNK = 512  # hypotheses per parallel work item (scratch is allocated per item)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def log_sign(k):
+    """``sign(k) * log(1 + abs(k))`` in float32 (tbp.monty's ``principal_curvatures_log``)."""
+    a = np.float32(np.log1p(np.float32(abs(k))))
+    return a if k >= 0 else -a
+
+
+@njit(cache=True)
+def candidate_frames(sensed_pose, pose_defined, n_umbilical):
+    """Candidate sensed frames of section 3.1.
+
+    Parameters
+    ----------
+    sensed_pose : float32 (9,) or (3, 3)
+        Rows normal, curvature direction 1, direction 2 (body frame).
+    pose_defined : bool
+    n_umbilical : int
+        Frames when the curvature directions are undefined (``umbilical_num_poses``).
+
+    Returns
+    -------
+    float32 (r, 9): ``r = 2`` when defined (the frame, and the frame turned 180
+    degrees about the normal), else ``n_umbilical`` frames spun about the normal.
+    """
+    s = sensed_pose.reshape(9)
+    if pose_defined:
+        out = np.empty((2, 9), np.float32)
+        for c in range(9):
+            out[0, c] = s[c]
+            out[1, c] = s[c] if c < 3 else -s[c]
+        return out
+    out = np.empty((n_umbilical, 9), np.float32)
+    for j in range(n_umbilical):
+        a = 2.0 * np.pi * j / n_umbilical
+        ca = np.float32(np.cos(a))
+        sa = np.float32(np.sin(a))
+        ax = ca * s[3] + sa * s[6]
+        ay = ca * s[4] + sa * s[7]
+        az = ca * s[5] + sa * s[8]
+        out[j, 0] = s[0]
+        out[j, 1] = s[1]
+        out[j, 2] = s[2]
+        out[j, 3] = ax
+        out[j, 4] = ay
+        out[j, 5] = az
+        out[j, 6] = s[1] * az - s[2] * ay
+        out[j, 7] = s[2] * ax - s[0] * az
+        out[j, 8] = s[0] * ay - s[1] * ax
+    return out
+
+
+@njit(cache=True)
+def _informed_rotation(node_pose, n, frame, out, row):
+    """``out[row] = P_n^T S``: the rotation taking each sensed row onto node n's row."""
+    for i in range(3):
+        for k in range(3):
+            out[row, 3 * i + k] = (node_pose[n, i] * frame[k] + node_pose[n, 3 + i] * frame[3 + k]
+                                   + node_pose[n, 6 + i] * frame[6 + k])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def feature_evidence_into(node_feat, lo, hi, obs, tol, weight, circular, increment, phi):
+    """Feature evidence of nodes ``lo .. hi`` (section 4.7) into ``phi[lo:hi]``.
+
+    ``phi_j = increment * sum_k w_k max(tol_k - delta_k, 0) / tol_k / sum_k w_k`` with
+    ``delta_k = |f_jk - obs_k|`` (circular columns, range 1: the shorter way round).
+    No feature columns, or all weights zero: 0.
+
+    Parameters
+    ----------
+    node_feat : float32 (N, F); obs, tol, weight : float32 (F,)
+    circular : float32 (F,), nonzero for columns that wrap around (range 1)
+    phi : float32 (N,), written.
+    """
+    n_feat = node_feat.shape[1]
+    wsum = _F0
+    for k in range(n_feat):
+        wsum += weight[k]
+    if n_feat == 0 or wsum <= _F0:
+        for j in range(lo, hi):
+            phi[j] = _F0
+        return
+    scale = increment / wsum
+    for j in range(lo, hi):
+        acc = _F0
+        for k in range(n_feat):
+            d = abs(node_feat[j, k] - obs[k])
+            if circular[k] != 0 and d > _FHALF:
+                d = _F1 - d
+            a = tol[k] - d
+            if a > _F0:
+                acc += weight[k] * a / tol[k]
+        phi[j] = acc * scale
+
+
+def feature_evidence(node_feat, obs, tol, weight, circular, increment=1.0):
+    """Feature evidence of every node for one observation (section 4.7).
+
+    Parameters
+    ----------
+    node_feat : float32 (N, F)
+    obs, tol, weight : float32 (F,)
+    circular : bool or uint8 (F,)
+        Columns with range 1 that wrap around (hue).
+    increment : float
+        ``feature_evidence_increment``.
+
+    Returns
+    -------
+    float32 (N,) in [0, increment].
+    """
+    node_feat = np.ascontiguousarray(node_feat, np.float32)
+    phi = np.empty(node_feat.shape[0], np.float32)
+    feature_evidence_into(node_feat, 0, node_feat.shape[0], np.asarray(obs, np.float32),
+                          np.asarray(tol, np.float32), np.asarray(weight, np.float32),
+                          np.asarray(circular, np.float32), np.float32(increment), phi)
+    return phi
+
+
+# --------------------------------------------------------------------------- node grid
+
+
+def build_node_grid(node_pos, obj_start, max_match_distance):
+    """Sort each object's nodes by grid cell and index the cells (CSR).
+
+    Each object gets a uniform grid of cells ``max_match_distance /
+    CELLS_PER_RADIUS`` wide (the kernels derive the same float32 cell side from
+    ``fparams[FP_MMD]``), padded by ``CELLS_PER_RADIUS`` cells on every side, so
+    a query outside the grid has no node within the match radius.
+
+    Parameters
+    ----------
+    node_pos : float32 (N, 3)
+    obj_start : int64 (O + 1,)
+    max_match_distance : float
+
+    Returns
+    -------
+    order : int64 (N,)
+        New node order: row ``i`` of the sorted arrays is old row ``order[i]``
+        (a permutation within each object's range).
+    grid_origin : float32 (O, 3)
+        Low corner of each object's grid.
+    grid_index : int64 (O, 4)
+        Cells along x, y, z, and the object's first entry in ``cell_start``.
+    cell_start : int64 (total cells + 1,)
+        Nodes of cell ``c = ix + nx (iy + ny iz)`` of object ``o``: sorted rows
+        ``cell_start[base + c] .. cell_start[base + c + 1]``.
+    cell_far : float32 (total cells,)
+        A lower bound of the distance from any point of the cell to the object's
+        nearest node (0 where unsure): a query in a cell with ``cell_far >=
+        max_match_distance`` has no node in radius and needs no search.
+    """
+    from .kdtree import build_tree, query_knn_batch  # a sibling kernel module
+
+    node_pos = np.ascontiguousarray(node_pos, np.float32)
+    n_obj = len(obj_start) - 1
+    cell = np.float32(max_match_distance) / np.float32(CELLS_PER_RADIUS)
+    pad = CELLS_PER_RADIUS
+    order = np.empty(len(node_pos), np.int64)
+    origin = np.zeros((n_obj, 3), np.float32)
+    index = np.zeros((n_obj, 4), np.int64)
+    starts = []
+    fars = []
+    base = 0
+    for o in range(n_obj):
+        lo, hi = int(obj_start[o]), int(obj_start[o + 1])
+        p = node_pos[lo:hi]
+        if hi > lo:
+            origin[o] = p.min(axis=0) - cell * np.float32(pad)
+            ijk = np.floor((p - origin[o]) / cell).astype(np.int64)
+            dims = ijk.max(axis=0) + 1 + pad
+            cid = ijk[:, 0] + dims[0] * (ijk[:, 1] + dims[1] * ijk[:, 2])
+        else:
+            dims = np.ones(3, np.int64)
+            cid = np.zeros(0, np.int64)
+        n_cells = int(np.prod(dims))
+        index[o, :3] = dims
+        index[o, 3] = base
+        srt = np.argsort(cid, kind="stable")
+        order[lo:hi] = lo + srt
+        counts = np.bincount(cid, minlength=n_cells)
+        starts.append(lo + np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        fars.append(_cell_far(p, origin[o], dims, cell, build_tree, query_knn_batch))
+        base += n_cells
+    cell_start = np.empty(base + 1, np.int64)
+    cell_far = np.empty(base, np.float32)
+    for o in range(n_obj):
+        b = index[o, 3]
+        cell_start[b:b + len(starts[o])] = starts[o]
+        cell_far[b:b + len(fars[o])] = fars[o]
+    cell_start[-1] = len(node_pos)
+    return order, origin, index, cell_start, cell_far
+
+
+def _cell_far(p, origin, dims, cell, build_tree, query_knn_batch):
+    """``cell_far`` of one object: nearest-node distance of each cell centre, minus
+    half the cell diagonal (and a little for float32 rounding), at least 0."""
+    n_cells = int(np.prod(dims))
+    if len(p) == 0:
+        return np.full(n_cells, np.inf, np.float32)
+    ix, iy, iz = np.meshgrid(np.arange(dims[0]), np.arange(dims[1]), np.arange(dims[2]), indexing="ij")
+    # cell id = ix + nx (iy + ny iz): x fastest
+    centres = np.stack([ix.ravel(order="F"), iy.ravel(order="F"), iz.ravel(order="F")], 1)
+    centres = (origin + (centres.astype(np.float32) + np.float32(0.5)) * cell).astype(np.float32)
+    _, dist = query_knn_batch(build_tree(np.ascontiguousarray(p)), centres, 1)
+    far = dist[:, 0] - cell * np.float32(np.sqrt(3.0) / 2.0 * 1.001) - cell * np.float32(1e-3)
+    return np.maximum(far, 0).astype(np.float32)
+
+
+def _search_offsets(reach):
+    """Cell offsets within ``reach`` cells, in the order the search visits them.
+
+    Returns int64 (M, 3) offsets and float32 (M,) lower bounds, in units of the
+    squared cell side, of the squared distance from any point of the centre cell
+    to any point of the offset cell: ``sum max(|a| - 1, 0)^2``. Sorted by that
+    bound (then by the offset's length), so the search can stop at the first
+    offset whose bound is beyond the current k-th distance.
+    """
+    r = np.arange(-reach, reach + 1)
+    off = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    lb = (np.maximum(np.abs(off) - 1, 0) ** 2).sum(1)
+    norm = (off ** 2).sum(1)
+    order = np.lexsort((norm, lb))
+    return np.ascontiguousarray(off[order], np.int64), lb[order].astype(np.float32)
+
+
+# Cells are half the match radius wide, so a search reaches 2 cells each way.
+CELLS_PER_RADIUS = 2
+_OFFSETS, _OFFSET_LB = _search_offsets(CELLS_PER_RADIUS)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _k_nearest(node_pos, grid_origin, grid_index, cell_start, cell_far, o, cell, r2,
+               qx, qy, qz, k, best_d2, best_j):
+    """The ``k`` nearest nodes of object ``o`` closer than ``sqrt(r2)`` to ``q``.
+
+    Cells are ``cell`` wide with ``CELLS_PER_RADIUS * cell >= sqrt(r2)``. The search
+    visits the cells around the query's cell nearest first (``_OFFSETS``), skips a
+    cell whose box is no closer than the current k-th distance and stops when no
+    further cell can be. Writes ``best_d2[:m]`` (float32 squared distances,
+    ascending) and ``best_j[:m]`` (node rows); returns ``m <= k``. Of two nodes at
+    the same distance the one met first is kept.
+    """
+    ox = grid_origin[o, 0]
+    oy = grid_origin[o, 1]
+    oz = grid_origin[o, 2]
+    nx = grid_index[o, 0]
+    ny = grid_index[o, 1]
+    nz = grid_index[o, 2]
+    base = grid_index[o, 3]
+    cx = int(np.floor((qx - ox) / cell))
+    cy = int(np.floor((qy - oy) / cell))
+    cz = int(np.floor((qz - oz) / cell))
+    # outside the padded grid, or in a cell far from every node: nothing in radius
+    if cx < 0 or cy < 0 or cz < 0 or cx >= nx or cy >= ny or cz >= nz:
+        return 0
+    far = cell_far[base + cx + nx * (cy + ny * cz)]
+    if far * far >= r2:
+        return 0
+    # position of q inside its cell, for exact box distances
+    fx = qx - (ox + np.float32(cx) * cell)
+    fy = qy - (oy + np.float32(cy) * cell)
+    fz = qz - (oz + np.float32(cz) * cell)
+    cell2 = cell * cell
+    m = 0
+    worst = r2
+    for i in range(_OFFSETS.shape[0]):
+        if _OFFSET_LB[i] * cell2 >= worst:
+            break
+        ax = _OFFSETS[i, 0]
+        ay = _OFFSETS[i, 1]
+        az = _OFFSETS[i, 2]
+        ix = cx + ax
+        iy = cy + ay
+        iz = cz + az
+        if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
+            continue
+        gx = _F0
+        if ax < 0:
+            gx = fx + np.float32(-ax - 1) * cell
+        elif ax > 0:
+            gx = np.float32(ax) * cell - fx
+        gy = _F0
+        if ay < 0:
+            gy = fy + np.float32(-ay - 1) * cell
+        elif ay > 0:
+            gy = np.float32(ay) * cell - fy
+        gz = _F0
+        if az < 0:
+            gz = fz + np.float32(-az - 1) * cell
+        elif az > 0:
+            gz = np.float32(az) * cell - fz
+        if gx * gx + gy * gy + gz * gz >= worst:
+            continue
+        cid = base + ix + nx * (iy + ny * iz)
+        for j in range(cell_start[cid], cell_start[cid + 1]):
+            ex = node_pos[j, 0] - qx
+            ey = node_pos[j, 1] - qy
+            ez = node_pos[j, 2] - qz
+            d2 = ex * ex + ey * ey + ez * ez
+            if d2 < worst:
+                # insertion into the sorted list of the best m
+                p = m if m < k else k - 1
+                while p > 0 and best_d2[p - 1] > d2:
+                    best_d2[p] = best_d2[p - 1]
+                    best_j[p] = best_j[p - 1]
+                    p -= 1
+                best_d2[p] = d2
+                best_j[p] = j
+                if m < k:
+                    m += 1
+                if m == k:
+                    worst = best_d2[k - 1]
+    return m
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
+                    qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c):
+    """Evidence change of one hypothesis from its ``m`` nearest nodes (4.5-4.8).
+
+    ``q`` is the sensed normal and ``c`` the sensed first curvature direction, both
+    rotated into the hypothesis frame; ``inv_kappa = 1 / (|kappa| + 0.5)``. Uses
+    the trig-free forms of section 4.6: ``sin(theta_n / 2) = sqrt((1 - g) / 2)``
+    and ``sin(eps) = sqrt(1 - g'^2)``. -1 when no node is in radius.
+    """
+    best = _NEG1
+    for i in range(m):
+        j = best_j[i]
+        ex = node_pos[j, 0] - lx
+        ey = node_pos[j, 1] - ly
+        ez = node_pos[j, 2] - lz
+        dist = np.sqrt(ex * ex + ey * ey + ez * ez) + abs(ex * qx + ey * qy + ez * qz) * inv_kappa
+        if dist < mmd:
+            g = node_pose[j, 0] * qx + node_pose[j, 1] * qy + node_pose[j, 2] * qz
+            g = min(max(g, _NEG1), _F1)
+            ev = w_n * (_FHALF - np.sqrt((_F1 - g) * _FHALF))
+            if pose_defined:
+                g2 = node_pose[j, 3] * cx + node_pose[j, 4] * cy + node_pose[j, 5] * cz
+                g2 = min(max(g2, _NEG1), _F1)
+                ev += w_c * (_FHALF - np.sqrt(_F1 - g2 * g2)) * node_pfd[j]
+            ev += phi[j]
+            if ev > best:
+                best = ev
+    return best
+
+
+# --------------------------------------------------------------------------- step pieces
+
+
+@njit(cache=True)
+def _samples_per_object(obj_start, pose_defined, n_umbilical, updater, multiplier):
+    """Nodes to sample per object (section 3.6), and hypotheses per node.
+
+    Classic updater: every node. Burst: ``count = round(N * min(m, h))`` rounded
+    down to a multiple of ``h``, ``count / h`` nodes.
+    """
+    n_obj = obj_start.shape[0] - 1
+    h = 2 if pose_defined else n_umbilical
+    k_nodes = np.empty(n_obj, np.int64)
+    for o in range(n_obj):
+        n = obj_start[o + 1] - obj_start[o]
+        if updater == UPDATER_CLASSIC:
+            k_nodes[o] = n
+        else:
+            count = np.int64(np.rint(np.float64(n) * min(np.float64(multiplier), np.float64(h))))
+            count -= count % h
+            k_nodes[o] = count // h
+    return k_nodes, h
+
+
+@njit(cache=True)
+def _top_nodes(phi, lo, hi, k, salt, out):
+    """Rows of the ``k`` largest ``phi[lo:hi]`` into ``out[:k]``.
+
+    Rows above the k-th value come in row order. Rows tied at the k-th value are
+    taken along a stride through the range that starts at an offset drawn from
+    ``salt`` (the step number): nodes are sorted by grid cell, so "the lowest
+    rows" would pick one corner of a flat face every time, and the right pose's
+    nodes might never be sampled. tbp.monty's unstable argsort leaves ties
+    implementation-defined too, but does not favour a region.
+    """
+    n = hi - lo
+    if k >= n:
+        for i in range(n):
+            out[i] = lo + i
+        return
+    if k <= 0:
+        return
+    thr = np.partition(phi[lo:hi].copy(), n - k)[n - k]
+    w = 0
+    for j in range(lo, hi):
+        if phi[j] > thr:
+            out[w] = j
+            w += 1
+    # a stride coprime to n visits every row once
+    stride = 7919 % n if n > 1 else 1
+    while stride == 0 or _gcd(stride, n) != 1:
+        stride += 1
+    start = (salt * 104729 + 31) % n
+    i = start
+    for _ in range(n):
+        if w >= k:
+            break
+        if phi[lo + i] == thr:
+            out[w] = lo + i
+            w += 1
+        i += stride
+        if i >= n:
+            i -= n
+
+
+@njit(cache=True)
+def _gcd(a, b):
+    while b:
+        a, b = b, a % b
+    return a
+
+
+@njit(cache=True)
+def _move_row(src, dst, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf):
+    hyp_obj[dst] = hyp_obj[src]
+    for c in range(3):
+        hyp_loc[dst, c] = hyp_loc[src, c]
+    for c in range(9):
+        hyp_rot[dst, c] = hyp_rot[src, c]
+    hyp_ev[dst] = hyp_ev[src]
+    hyp_slope[dst] = hyp_slope[src]
+    hyp_age[dst] = hyp_age[src]
+    hyp_possible[dst] = hyp_possible[src]
+    for c in range(hyp_buf.shape[1]):
+        hyp_buf[dst, c] = hyp_buf[src, c]
+
+
+@njit(cache=True)
+def _delete_stale(n, min_age, slope_min, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age,
+                  hyp_possible, hyp_buf):
+    """Drop rows with ``age >= min_age`` and not ``slope >= slope_min`` (4.10); stable.
+
+    Returns the number of rows kept.
+    """
+    w = 0
+    for h in range(n):
+        if hyp_age[h] < min_age or hyp_slope[h] >= slope_min:
+            if w != h:
+                _move_row(h, w, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf)
+            w += 1
+    return w
+
+
+@njit(cache=True)
+def _possible_objects(obj_max, obj_count, x_percent, possible):
+    """Section 5.2: which objects are still possible; returns how many.
+
+    ``obj_max`` is each object's best evidence, ``obj_count`` its hypotheses
+    (objects without any are never possible). std is the population std.
+    """
+    n_obj = obj_max.shape[0]
+    n_live = 0
+    top = -np.inf
+    s1 = 0.0
+    for o in range(n_obj):
+        possible[o] = 0
+        if obj_count[o] > 0:
+            n_live += 1
+            v = np.float64(obj_max[o])
+            s1 += v
+            if v > top:
+                top = v
+    if n_live == 0:
+        return 0
+    mean = s1 / n_live
+    s2 = 0.0
+    for o in range(n_obj):
+        if obj_count[o] > 0:
+            dv = np.float64(obj_max[o]) - mean
+            s2 += dv * dv
+    std = np.sqrt(s2 / n_live)
+    n_poss = 0
+    if std > 0.1 or top < 0:
+        t = top - top * x_percent / 100.0 if top > 0 else 0.0
+        for o in range(n_obj):
+            if obj_count[o] > 0 and np.float64(obj_max[o]) > t:
+                possible[o] = 1
+                n_poss += 1
+    elif n_obj == 1:
+        for o in range(n_obj):
+            if obj_count[o] > 0 and obj_max[o] >= 0:
+                possible[o] = 1
+                n_poss += 1
+    else:
+        for o in range(n_obj):
+            if obj_count[o] > 0:
+                possible[o] = 1
+                n_poss += 1
+    return n_poss
+
+
+@njit(cache=True)
+def _terminal_check(n, o_best, g_best, mlh, fparams, iparams, istate, hyp_obj, hyp_loc, hyp_rot, hyp_ev,
+                    hyp_possible):
+    """Sections 5.3-5.5 for the single possible object ``o_best``: match or not.
+
+    Updates the symmetry counter and the ``possible`` flags; returns True on a match
+    (pose unique, or symmetric for ``required_symmetry_evidence`` checks).
+    """
+    x = np.float64(fparams[FP_X_PERCENT])
+    g = np.float64(g_best)
+    cut = g - g * x / 100.0
+    has_set = g > fparams[FP_OBJECT_THRESHOLD]
+    n_now = 0
+    n_both = 0
+    n_prev = 0
+    sx = 0.0
+    sy = 0.0
+    sz = 0.0
+    for h in range(n):
+        prev = hyp_possible[h]
+        n_prev += prev
+        now = 0
+        if has_set and hyp_obj[h] == o_best and np.float64(hyp_ev[h]) > cut:
+            now = 1
+            n_now += 1
+            n_both += prev
+            sx += hyp_loc[h, 0]
+            sy += hyp_loc[h, 1]
+            sz += hyp_loc[h, 2]
+        hyp_possible[h] = now
+    unique = False
+    if n_now > 0:
+        mx = sx / n_now
+        my = sy / n_now
+        mz = sz / n_now
+        path2 = np.float64(fparams[FP_PATH_SIMILARITY]) ** 2
+        cos_lim = np.cos(np.float64(fparams[FP_POSE_SIMILARITY]))
+        unique = True
+        for h in range(n):
+            if hyp_possible[h]:
+                ex = hyp_loc[h, 0] - mx
+                ey = hyp_loc[h, 1] - my
+                ez = hyp_loc[h, 2] - mz
+                if ex * ex + ey * ey + ez * ez >= path2:
+                    unique = False
+                    break
+                tr = 0.0
+                for c in range(9):
+                    tr += np.float64(hyp_rot[mlh, c]) * np.float64(hyp_rot[h, c])
+                cosang = (tr - 1.0) / 2.0
+                # angle <= threshold  <=>  cos(angle) >= cos(threshold); NaN counts as 0 rad
+                if cosang < cos_lim:
+                    unique = False
+                    break
+    # symmetry (section 5.4): a previous empty set leaves the counter alone
+    if n_prev > 0:
+        if n_now > 0 and n_both / n_now > 0.9:
+            istate[IS_SYMMETRY] += 1
+        else:
+            istate[IS_SYMMETRY] = 0
+    symmetric = istate[IS_SYMMETRY] >= iparams[IP_SYMMETRY]
+    if unique or symmetric:
+        istate[IS_SYMMETRIC] = 1 if (symmetric and not unique) else 0
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@njit(inline="always")
+def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
+               grid_origin, grid_index, cell_start, cell_far,
+               feat_spec, fparams, iparams, istate, fstate,
+               hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
+               obj_max, obj_count,
+               location, pose, pose_defined, features, kappa):
+    """One feature step of the evidence learning module (section 4.12).
+
+    Returns the outcome code after the step (``RUNNING``, ``MATCH``, ``NO_MATCH``,
+    ``TIME_OUT``) or ``NEED_CAPACITY`` (``istate[IS_NEED]`` rows are needed; the
+    state is as before the call apart from deleted stale rows, and the same step
+    can be repeated after growing the hypothesis arrays).
+    """
+    cap = hyp_ev.shape[0]
+    n_obj = obj_start.shape[0] - 1
+    n_nodes = node_pos.shape[0]
+    updater = iparams[IP_UPDATER]
+    step = istate[IS_STEP]
+    window = hyp_buf.shape[1]
+    slot = step % window
+    first = step == 0
+    mmd = fparams[FP_MMD]
+
+    # 1. burst trigger (before anything moves) and deletion of stale hypotheses
+    burst = False
+    if updater == UPDATER_BURST:
+        if istate[IS_BURST_LEFT] == 0 and (first or not (fstate[FS_SLOPE_MAX] > fparams[FP_BURST_SLOPE])):
+            istate[IS_BURST_LEFT] = iparams[IP_BURST_DURATION]
+        burst = istate[IS_BURST_LEFT] > 0
+        if not first:
+            istate[IS_N_HYP] = _delete_stale(istate[IS_N_HYP], iparams[IP_MIN_AGE], fparams[FP_DELETION_SLOPE],
+                                             hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age,
+                                             hyp_possible, hyp_buf)
+    else:
+        burst = first
+    n_old = istate[IS_N_HYP]
+
+    k_nodes, h_per_node = _samples_per_object(obj_start, pose_defined, iparams[IP_UMBILICAL], updater,
+                                              fparams[FP_SAMPLING])
+    n_new = 0
+    if burst:
+        for o in range(n_obj):
+            n_new += k_nodes[o] * h_per_node
+    if n_old + n_new > cap:
+        istate[IS_NEED] = n_old + n_new
+        return NEED_CAPACITY
+
+    # 2. displacement since the last feature step (none on the first)
+    dx = _F0
+    dy = _F0
+    dz = _F0
+    if not first:
+        dx = location[0] - fstate[FS_X_LAST]
+        dy = location[1] - fstate[FS_X_LAST + 1]
+        dz = location[2] - fstate[FS_X_LAST + 2]
+    fstate[FS_X_LAST] = location[0]
+    fstate[FS_X_LAST + 1] = location[1]
+    fstate[FS_X_LAST + 2] = location[2]
+
+    # 3. feature evidence of every node (section 4.7), parallel over node chunks
+    phi = np.empty(n_nodes, np.float32)
+    n_fchunks = (n_nodes + 4095) // 4096
+    for c in prange(n_fchunks):
+        lo = c * 4096
+        hi = min(lo + 4096, n_nodes)
+        feature_evidence_into(node_feat, lo, hi, features, feat_spec[0], feat_spec[1], feat_spec[2],
+                              fparams[FP_INCREMENT], phi)
+
+    # 4. evidence of the existing hypotheses: displace, K nearest, delta, accumulate
+    sn_x = pose[0]
+    sn_y = pose[1]
+    sn_z = pose[2]
+    sc_x = pose[3]
+    sc_y = pose[4]
+    sc_z = pose[5]
+    inv_kappa = _F1 / (abs(kappa) + _FHALF)
+    k = iparams[IP_K]
+    past = fparams[FP_PAST]
+    present = fparams[FP_PRESENT]
+    w_n = fparams[FP_W_NORMAL]
+    w_c = fparams[FP_W_CURV]
+    r2 = mmd * mmd
+    cell = mmd / np.float32(CELLS_PER_RADIUS)
+    n_chunks = (n_old + _CHUNK - 1) // _CHUNK
+    chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
+    chunk_arg = np.full((n_chunks, n_obj), -1, np.int64)
+    chunk_slope = np.full(n_chunks, -np.inf, np.float32)
+    for c in prange(n_chunks):
+        best_d2 = np.empty(k, np.float32)
+        best_j = np.empty(k, np.int64)
+        smax = _NEG_INF
+        for h in range(c * _CHUNK, min((c + 1) * _CHUNK, n_old)):
+            o = hyp_obj[h]
+            lx = hyp_loc[h, 0] + hyp_rot[h, 0] * dx + hyp_rot[h, 1] * dy + hyp_rot[h, 2] * dz
+            ly = hyp_loc[h, 1] + hyp_rot[h, 3] * dx + hyp_rot[h, 4] * dy + hyp_rot[h, 5] * dz
+            lz = hyp_loc[h, 2] + hyp_rot[h, 6] * dx + hyp_rot[h, 7] * dy + hyp_rot[h, 8] * dz
+            hyp_loc[h, 0] = lx
+            hyp_loc[h, 1] = ly
+            hyp_loc[h, 2] = lz
+            qx = hyp_rot[h, 0] * sn_x + hyp_rot[h, 1] * sn_y + hyp_rot[h, 2] * sn_z
+            qy = hyp_rot[h, 3] * sn_x + hyp_rot[h, 4] * sn_y + hyp_rot[h, 5] * sn_z
+            qz = hyp_rot[h, 6] * sn_x + hyp_rot[h, 7] * sn_y + hyp_rot[h, 8] * sn_z
+            cx = hyp_rot[h, 0] * sc_x + hyp_rot[h, 1] * sc_y + hyp_rot[h, 2] * sc_z
+            cy = hyp_rot[h, 3] * sc_x + hyp_rot[h, 4] * sc_y + hyp_rot[h, 5] * sc_z
+            cz = hyp_rot[h, 6] * sc_x + hyp_rot[h, 7] * sc_y + hyp_rot[h, 8] * sc_z
+            m = _k_nearest(node_pos, grid_origin, grid_index, cell_start, cell_far, o, cell, r2,
+                           lx, ly, lz, k, best_d2, best_j)
+            delta = _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
+                                    qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c)
+            e = past * hyp_ev[h] + present * delta
+            hyp_ev[h] = e
+            # slope tracker (section 4.10): ring of the last W evidences
+            hyp_buf[h, slot] = e
+            age = hyp_age[h] + 1
+            hyp_age[h] = age
+            mm = min(age, window)
+            if mm >= 2:
+                s = (e - hyp_buf[h, (step - mm + 1) % window]) / np.float32(mm - 1)
+                hyp_slope[h] = s
+                if s > smax:
+                    smax = s
+            else:
+                hyp_slope[h] = _NAN
+            if e > chunk_max[c, o]:
+                chunk_max[c, o] = e
+                chunk_arg[c, o] = h
+        chunk_slope[c] = smax
+
+    # 5. new hypotheses (informed, section 3.2 / 3.6), appended after the survivors
+    if n_new > 0:
+        frames = candidate_frames(pose, pose_defined, iparams[IP_UMBILICAL])
+        n_frames = frames.shape[0]
+        offsets = np.empty(n_obj + 1, np.int64)
+        offsets[0] = n_old
+        for o in range(n_obj):
+            offsets[o + 1] = offsets[o] + k_nodes[o] * h_per_node
+        for o in prange(n_obj):
+            kn = k_nodes[o]
+            if kn == 0:
+                continue
+            chosen = np.empty(kn, np.int64)
+            _top_nodes(phi, obj_start[o], obj_start[o + 1], kn, step + o, chosen)
+            for r in range(n_frames):
+                for j in range(kn):
+                    h = offsets[o] + r * kn + j
+                    nd = chosen[j]
+                    hyp_obj[h] = o
+                    hyp_loc[h, 0] = node_pos[nd, 0]
+                    hyp_loc[h, 1] = node_pos[nd, 1]
+                    hyp_loc[h, 2] = node_pos[nd, 2]
+                    _informed_rotation(node_pose, nd, frames[r], hyp_rot, h)
+                    e = phi[nd]
+                    hyp_ev[h] = e
+                    hyp_buf[h, slot] = e
+                    hyp_age[h] = 1
+                    hyp_slope[h] = _NAN
+                    hyp_possible[h] = 0
+    n = n_old + n_new
+    istate[IS_N_HYP] = n
+    istate[IS_N_NEW] = n_new
+    if istate[IS_BURST_LEFT] > 0:
+        istate[IS_BURST_LEFT] -= 1
+    istate[IS_STEP] = step + 1
+    istate[IS_MATCHING_STEPS] += 1
+
+    # 6. per-object maxima, MLH (ties: first object, then first row), slope maximum
+    smax = _NEG_INF
+    for o in range(n_obj):
+        obj_max[o] = _NEG_INF
+        obj_count[o] = 0
+    for c in range(n_chunks):
+        if chunk_slope[c] > smax:
+            smax = chunk_slope[c]
+        for o in range(n_obj):
+            if chunk_max[c, o] > obj_max[o]:
+                obj_max[o] = chunk_max[c, o]
+    fstate[FS_SLOPE_MAX] = smax
+    for h in range(n):
+        obj_count[hyp_obj[h]] += 1
+    for h in range(n_old, n):
+        o = hyp_obj[h]
+        if hyp_ev[h] > obj_max[o]:
+            obj_max[o] = hyp_ev[h]
+    mlh = -1
+    o_best = -1
+    for o in range(n_obj):
+        if obj_count[o] > 0 and (o_best < 0 or obj_max[o] > obj_max[o_best]):
+            o_best = o
+    if o_best >= 0:
+        target = obj_max[o_best]
+        for h in range(n):
+            if hyp_obj[h] == o_best and hyp_ev[h] == target:
+                mlh = h
+                break
+    istate[IS_MLH] = mlh
+    fstate[FS_MLH_EV] = obj_max[o_best] if o_best >= 0 else _NEG_INF
+
+    # 7. possible objects and terminal conditions (section 5)
+    possible = np.zeros(n_obj, np.uint8)
+    n_poss = _possible_objects(obj_max, obj_count, np.float64(fparams[FP_X_PERCENT]), possible)
+    istate[IS_N_POSSIBLE] = n_poss
+    if n_poss == 0:
+        istate[IS_OUTCOME] = NO_MATCH
+        return NO_MATCH
+    if istate[IS_MATCHING_STEPS] > iparams[IP_MIN_STEPS]:
+        if n_poss == 1:
+            if _terminal_check(n, o_best, obj_max[o_best], mlh, fparams, iparams, istate, hyp_obj, hyp_loc,
+                               hyp_rot, hyp_ev, hyp_possible):
+                istate[IS_DETECTED] = o_best
+                istate[IS_OUTCOME] = MATCH
+                return MATCH
+        else:
+            for h in range(n):
+                hyp_possible[h] = 0
+    if istate[IS_MATCHING_STEPS] >= iparams[IP_MAX_STEPS]:
+        istate[IS_OUTCOME] = TIME_OUT
+        return TIME_OUT
+    return RUNNING
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def evidence_step(node_pos, node_pose, node_pfd, node_feat, obj_start,
+                  grid_origin, grid_index, cell_start, cell_far,
+                  feat_spec, fparams, iparams, istate, fstate,
+                  hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
+                  obj_max, obj_count,
+                  location, pose, pose_defined, features, kappa):
+    """One feature step (see :func:`_step_body`); the stepwise path calls this per step.
+
+    Parameters: the model arrays and node grid (module docstring), the feature
+    settings ``feat_spec`` float32 (3, F): rows tolerance, weight, circular (1 for
+    columns that wrap around with range 1, like hue),
+    ``fparams`` float32 (N_FPARAMS,), ``iparams`` int64 (N_IPARAMS,), the state
+    ``istate`` int64 (N_ISTATE,) and ``fstate`` float32 (N_FSTATE,), the hypothesis
+    arrays, ``obj_max`` float32 (O,) and ``obj_count`` int64 (O,) (written: each
+    object's best evidence and hypothesis count after the step), and the observation: ``location`` float32 (3,), ``pose`` float32
+    (9,) rows normal, dir 1, dir 2, ``pose_defined`` bool, ``features`` float32 (F,),
+    ``kappa`` float32 (the larger absolute log curvature).
+
+    Returns the outcome code (``RUNNING``, ``MATCH``, ``NO_MATCH``, ``TIME_OUT``, or
+    ``NEED_CAPACITY``).
+    """
+    return _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
+                      grid_origin, grid_index, cell_start, cell_far,
+                      feat_spec, fparams, iparams, istate, fstate,
+                      hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
+                      obj_max, obj_count,
+                      location, pose, pose_defined, features, kappa)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def evidence_episode(node_pos, node_pose, node_pfd, node_feat, obj_start,
+                     grid_origin, grid_index, cell_start, cell_far,
+                     feat_spec, fparams, iparams, istate, fstate,
+                     hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
+                     obj_max, obj_count,
+                     location, pose, pose_defined, features, kappa, first_step, trace):
+    """Steps ``first_step ..`` of an episode in one call, until it ends.
+
+    ``location`` (T, 3), ``pose`` (T, 9), ``pose_defined`` (T,) bool, ``features``
+    (T, F), ``kappa`` (T,) are the episode's observations; ``trace`` float32
+    (T, O) receives each object's best evidence after each step (-inf for an object
+    without hypotheses). Other arguments as :func:`evidence_step`.
+
+    Returns ``(code, next_step)``: the outcome code of the last step and the index
+    of the next step to run. ``code`` is ``RUNNING`` when the observations ran out,
+    and ``NEED_CAPACITY`` when step ``next_step`` needs larger hypothesis arrays
+    (grow them and call again from ``next_step``).
+    """
+    n_steps = location.shape[0]
+    n_obj = obj_start.shape[0] - 1
+    code = RUNNING
+    t = first_step
+    while t < n_steps:
+        code = _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
+                          grid_origin, grid_index, cell_start, cell_far,
+                          feat_spec, fparams, iparams, istate, fstate,
+                          hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
+                          obj_max, obj_count,
+                          location[t], pose[t], pose_defined[t], features[t], kappa[t])
+        if code == NEED_CAPACITY:
+            return code, t
+        for o in range(n_obj):
+            trace[t, o] = obj_max[o] if obj_count[o] > 0 else _NEG_INF
+        t += 1
+        if code != RUNNING:
+            break
+    return code, t
