@@ -32,12 +32,12 @@ Scalar settings and state travel in small arrays (one kernel signature for every
 setting): ``fparams`` / ``iparams`` (indices ``FP_*`` / ``IP_*``), ``istate`` /
 ``fstate`` (``IS_*`` / ``FS_*``).
 
-Nearest nodes: a uniform grid per object with cells half the match radius wide.
-A node can only be "in radius" when its Euclidean distance is below
-``max_match_distance`` (the custom distance is never smaller), so the K nearest
-nodes *among those closer than the radius*, found in the cells around the query
-(nearest cells first, stopping when no cell can hold a nearer node), give exactly
-the evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
+Nearest nodes: a uniform grid per object with cells half the match radius wide,
+and per cell a precomputed list of the only nodes a query in it can need
+(:func:`build_node_grid`). A node can only be "in radius" when its Euclidean
+distance is below ``max_match_distance`` (the custom distance is never smaller),
+so the K nearest nodes *among those closer than the radius* give exactly the
+evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
 note), up to ties in distance.
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in
@@ -47,7 +47,7 @@ serial. A cached kernel must not call either entry point.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, set_parallel_chunksize
 
 from ._flags import FASTMATH
 
@@ -246,48 +246,56 @@ def feature_evidence(node_feat, obs, tol, weight, circular, increment=1.0):
 # --------------------------------------------------------------------------- node grid
 
 
-def build_node_grid(node_pos, obj_start, max_match_distance):
-    """Sort each object's nodes by grid cell and index the cells (CSR).
+def build_node_grid(node_pos, obj_start, max_match_distance, k):
+    """Sort each object's nodes by grid cell and list, per cell, the nodes a query can need.
 
-    Each object gets a uniform grid of cells ``max_match_distance /
-    CELLS_PER_RADIUS`` wide (the kernels derive the same float32 cell side from
-    ``fparams[FP_MMD]``), padded by ``CELLS_PER_RADIUS`` cells on every side, so
-    a query outside the grid has no node within the match radius.
+    Each object gets a uniform grid of cells ``max_match_distance / CELLS_PER_RADIUS``
+    wide (the kernels derive the same float32 cell side from ``fparams[FP_MMD]``),
+    padded by ``CELLS_PER_RADIUS`` cells on every side, so a query outside the grid
+    has no node within the match radius. For each cell with centre ``c`` the
+    *candidates* are the nodes within ``R = min(mmd + h, kth(c) + 2 h)`` of ``c``
+    (``h`` half the cell diagonal, ``kth(c)`` the distance from ``c`` to its k-th
+    nearest node), sorted by their distance to ``c``. For a query ``q`` in the cell,
+    ``kth(q) <= kth(c) + |q - c|``, so every one of q's k nearest nodes closer than
+    the radius is a candidate; and a candidate at distance ``d_c`` from the centre is
+    at least ``d_c - |q - c|`` from ``q``, so the scan can stop there.
 
     Parameters
     ----------
     node_pos : float32 (N, 3)
     obj_start : int64 (O + 1,)
     max_match_distance : float
+    k : int
+        Nearest nodes a query needs (``max_nneighbors``).
 
     Returns
     -------
     order : int64 (N,)
         New node order: row ``i`` of the sorted arrays is old row ``order[i]``
-        (a permutation within each object's range).
+        (a permutation within each object's range, by cell).
     grid_origin : float32 (O, 3)
         Low corner of each object's grid.
     grid_index : int64 (O, 4)
-        Cells along x, y, z, and the object's first entry in ``cell_start``.
-    cell_start : int64 (total cells + 1,)
-        Nodes of cell ``c = ix + nx (iy + ny iz)`` of object ``o``: sorted rows
-        ``cell_start[base + c] .. cell_start[base + c + 1]``.
-    cell_far : float32 (total cells,)
-        A lower bound of the distance from any point of the cell to the object's
-        nearest node (0 where unsure): a query in a cell with ``cell_far >=
-        max_match_distance`` has no node in radius and needs no search.
+        Cells along x, y, z, and the object's first cell in ``cand_start``.
+    cand_start : int64 (total cells + 1,)
+        Candidates of cell ``c = ix + nx (iy + ny iz)`` of object ``o``:
+        ``cand_node[cand_start[base + c] : cand_start[base + c + 1]]``.
+    cand_node : int32 (total candidates,)
+        Node rows (of the sorted arrays), nearest to the cell centre first.
+    cand_dist : float32 (total candidates,)
+        Their distances to the cell centre, rounded down a little (a lower bound).
     """
-    from .kdtree import build_tree, query_knn_batch  # a sibling kernel module
+    from .kdtree import build_tree, query_knn_batch, query_radius_batch  # sibling kernel module
 
     node_pos = np.ascontiguousarray(node_pos, np.float32)
     n_obj = len(obj_start) - 1
     cell = np.float32(max_match_distance) / np.float32(CELLS_PER_RADIUS)
+    half_diag = float(cell) * np.sqrt(3.0) / 2.0
     pad = CELLS_PER_RADIUS
     order = np.empty(len(node_pos), np.int64)
     origin = np.zeros((n_obj, 3), np.float32)
     index = np.zeros((n_obj, 4), np.int64)
-    starts = []
-    fars = []
+    counts_all, nodes_all, dists_all = [], [], []
     base = 0
     for o in range(n_obj):
         lo, hi = int(obj_start[o]), int(obj_start[o + 1])
@@ -305,68 +313,66 @@ def build_node_grid(node_pos, obj_start, max_match_distance):
         index[o, 3] = base
         srt = np.argsort(cid, kind="stable")
         order[lo:hi] = lo + srt
-        counts = np.bincount(cid, minlength=n_cells)
-        starts.append(lo + np.concatenate([[0], np.cumsum(counts)[:-1]]))
-        fars.append(_cell_far(p, origin[o], dims, cell, build_tree, query_knn_batch))
+        counts, nodes, dists = _cell_candidates(node_pos[lo + srt], lo, origin[o], dims, cell, half_diag,
+                                                float(max_match_distance), int(k), build_tree, query_knn_batch,
+                                                query_radius_batch)
+        counts_all.append(counts)
+        nodes_all.append(nodes)
+        dists_all.append(dists)
         base += n_cells
-    cell_start = np.empty(base + 1, np.int64)
-    cell_far = np.empty(base, np.float32)
-    for o in range(n_obj):
-        b = index[o, 3]
-        cell_start[b:b + len(starts[o])] = starts[o]
-        cell_far[b:b + len(fars[o])] = fars[o]
-    cell_start[-1] = len(node_pos)
-    return order, origin, index, cell_start, cell_far
+    cand_start = np.zeros(base + 1, np.int64)
+    np.cumsum(np.concatenate(counts_all) if counts_all else np.zeros(0, np.int64), out=cand_start[1:])
+    cand_node = np.concatenate(nodes_all).astype(np.int32) if nodes_all else np.zeros(0, np.int32)
+    cand_dist = np.concatenate(dists_all).astype(np.float32) if dists_all else np.zeros(0, np.float32)
+    return order, origin, index, cand_start, cand_node, cand_dist
 
 
-def _cell_far(p, origin, dims, cell, build_tree, query_knn_batch):
-    """``cell_far`` of one object: nearest-node distance of each cell centre, minus
-    half the cell diagonal (and a little for float32 rounding), at least 0."""
+def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree, query_knn_batch, query_radius_batch):
+    """Candidate lists of one object's cells (see ``build_node_grid``): counts, nodes, distances."""
     n_cells = int(np.prod(dims))
     if len(p) == 0:
-        return np.full(n_cells, np.inf, np.float32)
+        return np.zeros(n_cells, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     ix, iy, iz = np.meshgrid(np.arange(dims[0]), np.arange(dims[1]), np.arange(dims[2]), indexing="ij")
-    # cell id = ix + nx (iy + ny iz): x fastest
-    centres = np.stack([ix.ravel(order="F"), iy.ravel(order="F"), iz.ravel(order="F")], 1)
-    centres = (origin + (centres.astype(np.float32) + np.float32(0.5)) * cell).astype(np.float32)
-    _, dist = query_knn_batch(build_tree(np.ascontiguousarray(p)), centres, 1)
-    far = dist[:, 0] - cell * np.float32(np.sqrt(3.0) / 2.0 * 1.001) - cell * np.float32(1e-3)
-    return np.maximum(far, 0).astype(np.float32)
+    # cell id = ix + nx (iy + ny iz): x fastest, i.e. Fortran order of the (nx, ny, nz) grid
+    ijk = np.stack([ix.ravel(order="F"), iy.ravel(order="F"), iz.ravel(order="F")], 1)
+    centres = (origin + (ijk.astype(np.float32) + np.float32(0.5)) * cell).astype(np.float32)
+    tree = build_tree(np.ascontiguousarray(p))
+    kk = min(k, len(p))
+    _, kth = query_knn_batch(tree, centres, kk)
+    kth = kth[:, kk - 1].astype(np.float64)
+    if kk < k:  # fewer nodes than k: every node within reach is a candidate
+        kth[:] = np.inf
+    # margins for float32 rounding of the distances compared in the kernel
+    reach = np.minimum(mmd + half_diag, kth + 2 * half_diag) * (1 + 1e-5) + 1e-7
+    idx, off = query_radius_batch(tree, centres, np.float32((mmd + half_diag) * (1 + 1e-5) + 1e-7))
+    cell_of = np.repeat(np.arange(n_cells), np.diff(off))
+    d = np.linalg.norm(p[idx].astype(np.float64) - centres[cell_of], axis=1)
+    keep = d <= reach[cell_of]
+    idx, cell_of, d = idx[keep], cell_of[keep], d[keep]
+    srt = np.lexsort((d, cell_of))
+    counts = np.bincount(cell_of, minlength=n_cells).astype(np.int64)
+    dist = (d[srt] * (1 - 1e-6) - 1e-8).astype(np.float32)
+    return counts, lo + idx[srt], dist
 
 
-def _search_offsets(reach):
-    """Cell offsets within ``reach`` cells, in the order the search visits them.
-
-    Returns int64 (M, 3) offsets and float32 (M,) lower bounds, in units of the
-    squared cell side, of the squared distance from any point of the centre cell
-    to any point of the offset cell: ``sum max(|a| - 1, 0)^2``. Sorted by that
-    bound (then by the offset's length), so the search can stop at the first
-    offset whose bound is beyond the current k-th distance.
-    """
-    r = np.arange(-reach, reach + 1)
-    off = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    lb = (np.maximum(np.abs(off) - 1, 0) ** 2).sum(1)
-    norm = (off ** 2).sum(1)
-    order = np.lexsort((norm, lb))
-    return np.ascontiguousarray(off[order], np.int64), lb[order].astype(np.float32)
-
-
-# Cells are half the match radius wide, so a search reaches 2 cells each way.
+# Cells are half the match radius wide.
 CELLS_PER_RADIUS = 2
-_OFFSETS, _OFFSET_LB = _search_offsets(CELLS_PER_RADIUS)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _k_nearest(node_pos, grid_origin, grid_index, cell_start, cell_far, o, cell, r2,
+def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
                qx, qy, qz, k, best_d2, best_j):
     """The ``k`` nearest nodes of object ``o`` closer than ``sqrt(r2)`` to ``q``.
 
-    Cells are ``cell`` wide with ``CELLS_PER_RADIUS * cell >= sqrt(r2)``. The search
-    visits the cells around the query's cell nearest first (``_OFFSETS``), skips a
-    cell whose box is no closer than the current k-th distance and stops when no
-    further cell can be. Writes ``best_d2[:m]`` (float32 squared distances,
-    ascending) and ``best_j[:m]`` (node rows); returns ``m <= k``. Of two nodes at
-    the same distance the one met first is kept.
+    Scans the candidate list of the query's cell (``build_node_grid``) nearest to
+    the cell centre first, and stops at the first candidate that cannot beat the
+    current k-th distance. Writes ``best_d2[:m]`` (float32 squared distances) and
+    ``best_j[:m]`` (node rows), in no particular order; returns ``m <= k``. Of two
+    nodes at the same distance the one met first is kept.
+
+    The best list is kept unsorted with its largest entry tracked: a better node
+    replaces the largest, which costs a few branch-free compares instead of an
+    insertion sort's data-dependent loop.
     """
     ox = grid_origin[o, 0]
     oy = grid_origin[o, 1]
@@ -374,70 +380,56 @@ def _k_nearest(node_pos, grid_origin, grid_index, cell_start, cell_far, o, cell,
     nx = grid_index[o, 0]
     ny = grid_index[o, 1]
     nz = grid_index[o, 2]
-    base = grid_index[o, 3]
-    cx = int(np.floor((qx - ox) / cell))
-    cy = int(np.floor((qy - oy) / cell))
-    cz = int(np.floor((qz - oz) / cell))
-    # outside the padded grid, or in a cell far from every node: nothing in radius
-    if cx < 0 or cy < 0 or cz < 0 or cx >= nx or cy >= ny or cz >= nz:
+    fx = (qx - ox) * inv_cell
+    fy = (qy - oy) * inv_cell
+    fz = (qz - oz) * inv_cell
+    # outside the padded grid (compared as floats: no integer overflow far away),
+    # or NaN: no node within the radius
+    if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < nx and fy < ny and fz < nz):
         return 0
-    far = cell_far[base + cx + nx * (cy + ny * cz)]
-    if far * far >= r2:
+    cx = int(fx)
+    cy = int(fy)
+    cz = int(fz)
+    cid = grid_index[o, 3] + cx + nx * (cy + ny * cz)
+    c0 = cand_start[cid]
+    c1 = cand_start[cid + 1]
+    if c0 == c1:
         return 0
-    # position of q inside its cell, for exact box distances
-    fx = qx - (ox + np.float32(cx) * cell)
-    fy = qy - (oy + np.float32(cy) * cell)
-    fz = qz - (oz + np.float32(cz) * cell)
-    cell2 = cell * cell
+    half = np.float32(0.5)
+    ex = qx - (ox + (np.float32(cx) + half) * cell)
+    ey = qy - (oy + (np.float32(cy) + half) * cell)
+    ez = qz - (oz + (np.float32(cz) + half) * cell)
+    off = np.sqrt(ex * ex + ey * ey + ez * ez)  # |q - centre|
     m = 0
     worst = r2
-    for i in range(_OFFSETS.shape[0]):
-        if _OFFSET_LB[i] * cell2 >= worst:
+    top = 0  # slot of the largest of the best k (when full)
+    for i in range(c0, c1):
+        # a candidate at centre distance c is at least c - off from q
+        gap = cand_dist[i] - off
+        if gap > 0 and gap * gap >= worst:
             break
-        ax = _OFFSETS[i, 0]
-        ay = _OFFSETS[i, 1]
-        az = _OFFSETS[i, 2]
-        ix = cx + ax
-        iy = cy + ay
-        iz = cz + az
-        if ix < 0 or iy < 0 or iz < 0 or ix >= nx or iy >= ny or iz >= nz:
-            continue
-        gx = _F0
-        if ax < 0:
-            gx = fx + np.float32(-ax - 1) * cell
-        elif ax > 0:
-            gx = np.float32(ax) * cell - fx
-        gy = _F0
-        if ay < 0:
-            gy = fy + np.float32(-ay - 1) * cell
-        elif ay > 0:
-            gy = np.float32(ay) * cell - fy
-        gz = _F0
-        if az < 0:
-            gz = fz + np.float32(-az - 1) * cell
-        elif az > 0:
-            gz = np.float32(az) * cell - fz
-        if gx * gx + gy * gy + gz * gz >= worst:
-            continue
-        cid = base + ix + nx * (iy + ny * iz)
-        for j in range(cell_start[cid], cell_start[cid + 1]):
-            ex = node_pos[j, 0] - qx
-            ey = node_pos[j, 1] - qy
-            ez = node_pos[j, 2] - qz
-            d2 = ex * ex + ey * ey + ez * ez
-            if d2 < worst:
-                # insertion into the sorted list of the best m
-                p = m if m < k else k - 1
-                while p > 0 and best_d2[p - 1] > d2:
-                    best_d2[p] = best_d2[p - 1]
-                    best_j[p] = best_j[p - 1]
-                    p -= 1
-                best_d2[p] = d2
-                best_j[p] = j
+        j = cand_node[i]
+        dx = node_pos[j, 0] - qx
+        dy = node_pos[j, 1] - qy
+        dz = node_pos[j, 2] - qz
+        d2 = dx * dx + dy * dy + dz * dz
+        if d2 < worst:
+            if m < k:
+                best_d2[m] = d2
+                best_j[m] = j
+                m += 1
                 if m < k:
-                    m += 1
-                if m == k:
-                    worst = best_d2[k - 1]
+                    continue
+            else:
+                best_d2[top] = d2
+                best_j[top] = j
+            top = 0
+            worst = best_d2[0]
+            for p in range(1, k):
+                v = best_d2[p]
+                if v > worst:
+                    worst = v
+                    top = p
     return m
 
 
@@ -695,7 +687,7 @@ def _terminal_check(n, o_best, g_best, mlh, fparams, iparams, istate, hyp_obj, h
 
 @njit(inline="always")
 def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
-               grid_origin, grid_index, cell_start, cell_far,
+               grid_origin, grid_index, cand_start, cand_node, cand_dist,
                feat_spec, fparams, iparams, istate, fstate,
                hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
                obj_max, obj_count,
@@ -777,10 +769,14 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     w_c = fparams[FP_W_CURV]
     r2 = mmd * mmd
     cell = mmd / np.float32(CELLS_PER_RADIUS)
+    inv_cell = np.float32(1.0) / cell
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
     chunk_arg = np.full((n_chunks, n_obj), -1, np.int64)
     chunk_slope = np.full(n_chunks, -np.inf, np.float32)
+    # hypotheses differ a lot in cost (off the surface: no search at all), so the
+    # work items are handed out one at a time rather than in two static halves
+    old_chunksize = set_parallel_chunksize(1)
     for c in prange(n_chunks):
         best_d2 = np.empty(k, np.float32)
         best_j = np.empty(k, np.int64)
@@ -799,7 +795,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             cx = hyp_rot[h, 0] * sc_x + hyp_rot[h, 1] * sc_y + hyp_rot[h, 2] * sc_z
             cy = hyp_rot[h, 3] * sc_x + hyp_rot[h, 4] * sc_y + hyp_rot[h, 5] * sc_z
             cz = hyp_rot[h, 6] * sc_x + hyp_rot[h, 7] * sc_y + hyp_rot[h, 8] * sc_z
-            m = _k_nearest(node_pos, grid_origin, grid_index, cell_start, cell_far, o, cell, r2,
+            m = _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
                            lx, ly, lz, k, best_d2, best_j)
             delta = _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
                                     qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c)
@@ -821,6 +817,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
                 chunk_max[c, o] = e
                 chunk_arg[c, o] = h
         chunk_slope[c] = smax
+    set_parallel_chunksize(old_chunksize)
 
     # 5. new hypotheses (informed, section 3.2 / 3.6), appended after the survivors
     if n_new > 0:
@@ -916,7 +913,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def evidence_step(node_pos, node_pose, node_pfd, node_feat, obj_start,
-                  grid_origin, grid_index, cell_start, cell_far,
+                  grid_origin, grid_index, cand_start, cand_node, cand_dist,
                   feat_spec, fparams, iparams, istate, fstate,
                   hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
                   obj_max, obj_count,
@@ -937,7 +934,7 @@ def evidence_step(node_pos, node_pose, node_pfd, node_feat, obj_start,
     ``NEED_CAPACITY``).
     """
     return _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
-                      grid_origin, grid_index, cell_start, cell_far,
+                      grid_origin, grid_index, cand_start, cand_node, cand_dist,
                       feat_spec, fparams, iparams, istate, fstate,
                       hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
                       obj_max, obj_count,
@@ -946,7 +943,7 @@ def evidence_step(node_pos, node_pose, node_pfd, node_feat, obj_start,
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def evidence_episode(node_pos, node_pose, node_pfd, node_feat, obj_start,
-                     grid_origin, grid_index, cell_start, cell_far,
+                     grid_origin, grid_index, cand_start, cand_node, cand_dist,
                      feat_spec, fparams, iparams, istate, fstate,
                      hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
                      obj_max, obj_count,
@@ -969,7 +966,7 @@ def evidence_episode(node_pos, node_pose, node_pfd, node_feat, obj_start,
     t = first_step
     while t < n_steps:
         code = _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
-                          grid_origin, grid_index, cell_start, cell_far,
+                          grid_origin, grid_index, cand_start, cand_node, cand_dist,
                           feat_spec, fparams, iparams, istate, fstate,
                           hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf,
                           obj_max, obj_count,
