@@ -172,15 +172,15 @@ class EvidenceModel:
         """The flat model (nodes sorted into the search grid); built once after training."""
         if self._model is None:
             g = self.memory.arrays()
-            order, origin, index, cell_start, cell_far = kev.build_node_grid(
-                g.node_pos, g.obj_start, self.settings.max_match_distance)
+            order, origin, index, cand_start, cand_node, cand_dist = kev.build_node_grid(
+                g.node_pos, g.obj_start, self.settings.max_match_distance, self.settings.max_nneighbors)
             self._model = (
                 np.ascontiguousarray(g.node_pos[order], np.float32),
                 np.ascontiguousarray(g.node_pose[order], np.float32),
                 np.ascontiguousarray(g.node_pfd[order], np.float32),
                 np.ascontiguousarray(g.node_feat[order], np.float32).reshape(len(order), -1),
                 np.ascontiguousarray(g.obj_start, np.int64),
-                origin, index, cell_start, cell_far,
+                origin, index, cand_start, cand_node, cand_dist,
             )
         return self._model
 
@@ -412,11 +412,7 @@ class EvidenceExperiment:
             for i, e in enumerate(rows):
                 s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
                 self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
-                on_step = None
-                if self._hooks["after_step"]:
-                    def on_step(t, istate, obj_max, _i=i, _epoch=epoch):
-                        self._emit("after_step", mode="eval", epoch=_epoch, episode=_i, step=t,
-                                   n_hypotheses=int(istate[kev.IS_N_HYP]), object_evidence=obj_max.copy())
+                on_step = self._step_hook(epoch, i) if self._hooks["after_step"] else None
                 code, istate, trace, secs = self.model.run_episode(
                     ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], self.features[s0:s1],
                     stepwise=stepwise or on_step is not None, on_step=on_step)
@@ -444,6 +440,13 @@ class EvidenceExperiment:
                                    path="stepwise" if stepwise else "fused")
         self._emit("after_experiment", result=result)
         return result
+
+    def _step_hook(self, epoch: int, episode: int):
+        """The stepwise path's per-step callback that emits ``after_step``."""
+        def on_step(t, istate, obj_max):
+            self._emit("after_step", mode="eval", epoch=epoch, episode=episode, step=t,
+                       n_hypotheses=int(istate[kev.IS_N_HYP]), object_evidence=obj_max.copy())
+        return on_step
 
     def _model_index(self, dataset_object: int) -> int:
         """The memory's index of a dataset object (-1 when it was never learned)."""

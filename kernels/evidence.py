@@ -206,17 +206,18 @@ def feature_evidence_into(node_feat, lo, hi, obs, tol, weight, circular, increme
         for j in range(lo, hi):
             phi[j] = _F0
         return
-    scale = increment / wsum
+    # one multiplier per column: no division in the node loop
+    scale = np.empty(n_feat, np.float32)
+    for k in range(n_feat):
+        scale[k] = increment * weight[k] / (tol[k] * wsum)
     for j in range(lo, hi):
         acc = _F0
         for k in range(n_feat):
             d = abs(node_feat[j, k] - obs[k])
-            if circular[k] != 0 and d > _FHALF:
-                d = _F1 - d
-            a = tol[k] - d
-            if a > _F0:
-                acc += weight[k] * a / tol[k]
-        phi[j] = acc * scale
+            if circular[k] != 0:
+                d = min(d, _F1 - d)
+            acc += max(tol[k] - d, _F0) * scale[k]
+        phi[j] = acc
 
 
 def feature_evidence(node_feat, obs, tol, weight, circular, increment=1.0):
@@ -537,18 +538,12 @@ def _gcd(a, b):
 
 
 @njit(cache=True)
-def _move_row(src, dst, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf):
-    hyp_obj[dst] = hyp_obj[src]
-    for c in range(3):
-        hyp_loc[dst, c] = hyp_loc[src, c]
-    for c in range(9):
-        hyp_rot[dst, c] = hyp_rot[src, c]
-    hyp_ev[dst] = hyp_ev[src]
-    hyp_slope[dst] = hyp_slope[src]
-    hyp_age[dst] = hyp_age[src]
-    hyp_possible[dst] = hyp_possible[src]
-    for c in range(hyp_buf.shape[1]):
-        hyp_buf[dst, c] = hyp_buf[src, c]
+def _copy_rows(a, src, dst, count):
+    """``a[dst:dst + count] = a[src:src + count]`` for ``dst <= src`` (overlap-safe, forward)."""
+    flat = a.reshape(-1)
+    w = flat.shape[0] // a.shape[0] if a.shape[0] else 0
+    for i in range(count * w):
+        flat[dst * w + i] = flat[src * w + i]
 
 
 @njit(cache=True)
@@ -556,14 +551,31 @@ def _delete_stale(n, min_age, slope_min, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_
                   hyp_possible, hyp_buf):
     """Drop rows with ``age >= min_age`` and not ``slope >= slope_min`` (4.10); stable.
 
-    Returns the number of rows kept.
+    Kept rows move down in runs (block copies), so a burst's worth of deletions costs
+    a few memory moves rather than a loop over every field of every row. Returns the
+    number of rows kept.
     """
     w = 0
-    for h in range(n):
-        if hyp_age[h] < min_age or hyp_slope[h] >= slope_min:
-            if w != h:
-                _move_row(h, w, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf)
-            w += 1
+    h = 0
+    while h < n:
+        if not (hyp_age[h] < min_age or hyp_slope[h] >= slope_min):
+            h += 1
+            continue
+        run = h
+        while run < n and (hyp_age[run] < min_age or hyp_slope[run] >= slope_min):
+            run += 1
+        count = run - h
+        if w != h:
+            _copy_rows(hyp_obj, h, w, count)
+            _copy_rows(hyp_loc, h, w, count)
+            _copy_rows(hyp_rot, h, w, count)
+            _copy_rows(hyp_ev, h, w, count)
+            _copy_rows(hyp_slope, h, w, count)
+            _copy_rows(hyp_age, h, w, count)
+            _copy_rows(hyp_possible, h, w, count)
+            _copy_rows(hyp_buf, h, w, count)
+        w += count
+        h = run
     return w
 
 
