@@ -41,15 +41,27 @@ the file (also inside the ``.npz``), members are stored uncompressed unless ``co
 and every zip timestamp is 1980-01-01, so the same arguments give the same bytes.
 Writing is atomic (temporary name, validated with ``read_dataset``, then renamed).
 
+The ``shapes`` source (:func:`make_shapes_dataset`) is different: it writes the simulated
+evidence dataset that a config with ``data.source: shapes`` generates on the fly (the
+same ``engine.evidence_run.build_dataset`` call, so the same options give the same
+arrays): surface walks over built-in objects and/or the meshes of a folder, 14 training
+episodes per object and ``eval_rotations`` evaluation episodes per object under random
+rotations (see ``engine.sensor.simulate``). It is built in memory (about 60 bytes per step)
+and written with ``engine.dataset.write_dataset``; it takes no ``size``.
+
 Command line (wired in ``engine.cli``)::
 
     python -m engine make-dataset --source seed_spiral --size N --out FILE
         [--seed S] [--features F] [--layout npz|npy-dir] [--compress]
+    python -m engine make-dataset --source shapes --out FILE [--objects NAME,NAME,...]
+        [--mesh-dir DIR] [--n-points N] [--train-steps N] [--eval-rotations N]
+        [--eval-steps N] [--noise] [--hue] [--seed S] [--layout npz|npy-dir] [--compress]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -74,6 +86,7 @@ from .dataset import (
     _write_dir_atomically,
     _write_file_atomically,
     read_dataset,
+    write_dataset,
 )
 from .errors import UserError
 
@@ -81,16 +94,20 @@ __all__ = [
     "MAX_FEATURES",
     "SOURCES",
     "WRITE_CHUNK",
+    "SHAPES",
     "MadeDataset",
     "add_cli",
     "run_from_args",
     "make_dataset",
+    "make_shapes_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: The synthetic sources :func:`make_dataset` writes.
 SOURCES = ("seed_spiral", "cube", "sphere", "random")
+#: The simulated evidence source (:func:`make_shapes_dataset`), ``data.source: shapes``.
+SHAPES = "shapes"
 #: Largest ``n_features`` of the ``random`` source (as ``data.n_features`` allows).
 MAX_FEATURES = 64
 #: Points generated and written per chunk (per array): about 9 MB of float32 pose
@@ -122,6 +139,8 @@ class MadeDataset:
     n_features: int
     nbytes: int  # file size, or the folder's files together
     seconds: float
+    n_train_episodes: int = 1
+    n_eval_episodes: int = 1
 
 
 # --------------------------------------------------------------------------- sources
@@ -528,8 +547,12 @@ def make_dataset(
         a folder where a file goes or the reverse, not enough free disk space).
     """
     t0 = time.perf_counter()
+    if source == SHAPES:
+        raise UserError("the shapes source takes no size: use make_shapes_dataset (CLI: --source shapes "
+                        "without --size)")
     if source not in _GENERATORS:
-        raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
+        raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)} "
+                        f"(or {SHAPES!r}, see make_shapes_dataset)")
     size = _check_int("size", size, 1)
     seed = _check_int("seed", seed, 0)
     n_features = _check_int(
@@ -589,7 +612,167 @@ def make_dataset(
     return made
 
 
+# --------------------------------------------------------------------------- shapes
+
+def _shapes_settings() -> dict:
+    """The settings of ``data.source: shapes`` (their defaults and ranges are ours)."""
+    from .config import SOURCES as CONFIG_SOURCES
+
+    return CONFIG_SOURCES["shapes"]
+
+
+def _mesh_stems(folder: str) -> list[str]:
+    """Object names (file stems) of the mesh files ``load_mesh_folder`` reads in ``folder``."""
+    from .shapes import MESH_EXTENSIONS
+
+    return sorted(os.path.splitext(e.name)[0] for e in os.scandir(folder)
+                  if e.is_file() and os.path.splitext(e.name)[1].lower() in MESH_EXTENSIONS)
+
+
+def make_shapes_dataset(
+    out: str | os.PathLike,
+    *,
+    objects: list[str] | tuple[str, ...] | None = None,
+    mesh_dir: str | os.PathLike | None = None,
+    n_points: int = 20000,
+    train_steps: int = 400,
+    eval_rotations: int = 10,
+    eval_steps: int = 100,
+    noise: bool = False,
+    hue: bool = False,
+    seed: int = 0,
+    layout: str = "npz",
+    compress: bool = False,
+) -> MadeDataset:
+    """Write the simulated evidence dataset of ``data.source: shapes`` as a dataset.
+
+    The arrays are those ``engine.evidence_run.build_dataset`` gives a config with
+    ``data.source: shapes`` and the same settings (it is called here), so a config with
+    ``data.source: dataset`` on the file replays exactly what the ``shapes`` config
+    simulates. Defaults are the config's.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        File (``npz``) or folder (``npy-dir``); its parent must exist; replaced if it exists.
+    objects : list of built-in names (``engine.shapes.BUILTIN_SHAPES``), or None
+        None: all ten built-ins, or none when ``mesh_dir`` is given (as ``data.objects``).
+    mesh_dir : folder of mesh files (obj, ply, stl, glb, gltf, off), or None
+        Each file is one more object, named by its file stem (after the built-ins).
+    n_points : int >= 100
+        Surface samples per object.
+    train_steps : int >= 1
+        Steps of each of the 14 training episodes per object.
+    eval_rotations : int >= 0
+        Evaluation episodes per object (random rotations).
+    eval_steps : int >= 1
+        Steps of each evaluation episode.
+    noise : bool
+        tbp.monty's sensor noise on the evaluation steps (``engine.sensor.Noise``).
+    hue : bool
+        A ``hue`` feature column, a distinct colour per object.
+    seed : int >= 0
+        Seeds surface sampling, walks, rotations and noise.
+    layout : {"npz", "npy-dir"}
+    compress : bool
+        Deflate the npz members (smaller; cannot be memory-mapped).
+
+    Returns
+    -------
+    MadeDataset (``size`` is ``n_points``).
+
+    Raises
+    ------
+    UserError
+        A setting out of range, an unknown object, a missing or empty mesh folder, an
+        unreadable mesh file (named), a mesh named like a chosen built-in, no objects at
+        all, an output that cannot be written. Nothing is written then.
+    """
+    from .evidence_run import build_dataset
+
+    t0 = time.perf_counter()
+    settings = _shapes_settings()
+    if objects is not None:
+        if isinstance(objects, str) or not isinstance(objects, (list, tuple)):
+            raise UserError(f"objects: expected a list of names, got {objects!r}")
+        objects = settings["objects"].check(list(objects), "objects")
+    values = {"n_points": n_points, "train_steps": train_steps, "eval_rotations": eval_rotations,
+              "eval_steps": eval_steps, "noise": noise, "hue": hue, "seed": seed}
+    params = {key: settings[key].check(value, key) for key, value in values.items()}
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if compress and layout != "npz":
+        raise UserError("compress: only the npz layout can be compressed")
+    if mesh_dir is not None:
+        mesh_dir = os.path.abspath(os.fspath(mesh_dir))
+        if not os.path.isdir(mesh_dir):
+            raise UserError(f"mesh_dir: folder not found: {mesh_dir}")
+        stems = _mesh_stems(mesh_dir)
+        clash = sorted(set(stems) & set(objects or ()))
+        if clash:
+            raise UserError(f"mesh_dir: mesh {clash[0]!r} in {mesh_dir} has the name of a built-in object in "
+                            "objects; rename the file or leave the object out")
+    elif objects is not None and not objects:
+        raise UserError("objects: no objects to simulate (name built-in objects, or give a mesh folder)")
+    out = os.fspath(out)
+    _check_output(out, layout, None)
+
+    params = {"objects": objects, "mesh_dir": mesh_dir, **params}
+    cfg = _ShapesConfig(params)
+    ds = build_dataset(cfg)  # the data.source: shapes simulation itself
+    meta = dict(ds.meta)
+    meta.update({
+        "written_by": "engine.make_dataset",
+        "engine_version": __version__,
+        "source": SHAPES,
+        "objects": [str(n) for n in ds.object_names],
+        "params": {k: v for k, v in params.items()},
+        "n_points": params["n_points"],
+    })
+    ds = dataclasses.replace(ds, meta=meta)
+    logger.info("writing %s: shapes, %d objects, %d steps (%s%s)", out, ds.n_objects, ds.n_steps, layout,
+                ", compressed" if compress else "")
+    try:
+        write_dataset(out, ds, compress=compress, layout=layout)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write dataset ({exc})") from exc
+    n_train = int(np.count_nonzero(ds.episode_split == TRAIN))
+    made = MadeDataset(
+        path=out,
+        source=SHAPES,
+        size=params["n_points"],
+        layout=layout,
+        compressed=compress,
+        n_steps=ds.n_steps,
+        n_episodes=ds.n_episodes,
+        n_objects=ds.n_objects,
+        n_features=ds.n_features,
+        nbytes=_size_on_disk(out),
+        seconds=time.perf_counter() - t0,
+        n_train_episodes=n_train,
+        n_eval_episodes=ds.n_episodes - n_train,
+    )
+    logger.info("wrote %s: %d bytes in %.2f s", out, made.nbytes, made.seconds)
+    return made
+
+
+class _ShapesConfig:
+    """What ``engine.evidence_run.build_dataset`` reads of a config."""
+
+    source_file = "make-dataset"
+
+    def __init__(self, params: dict):
+        self.data = argparse.Namespace(source=SHAPES, params=params)
+
+
 # --------------------------------------------------------------------------- CLI
+
+# Options of the shapes source only, with the argparse dest of each.
+_SHAPES_FLAGS = {"--objects": "objects", "--mesh-dir": "mesh_dir", "--n-points": "n_points",
+                 "--train-steps": "train_steps", "--eval-rotations": "eval_rotations",
+                 "--eval-steps": "eval_steps", "--noise": "noise", "--hue": "hue"}
+# Options of the chunked synthetic sources only.
+_SYNTHETIC_FLAGS = {"--size": "size", "--features": "features"}
 
 
 def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentParser:
@@ -598,45 +781,103 @@ def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentPar
     p = subparsers.add_parser(
         "make-dataset",
         parents=list(parents),
-        help="write a synthetic source as a monty-episodes/1 dataset (chunked, any size)",
+        help="write a synthetic source, or the simulated shapes, as a monty-episodes/1 dataset",
         description="Write a synthetic source's observations (one training and one "
-        "evaluation episode) as a monty-episodes/1 dataset that data.source: dataset "
-        "replays; uncompressed files are memory-mapped when read.",
+        "evaluation episode, chunked, any size) or the simulated evidence dataset of "
+        "data.source: shapes (--source shapes) as a monty-episodes/1 dataset that "
+        "data.source: dataset replays; uncompressed files are memory-mapped when read.",
     )
-    p.add_argument("--source", required=True, choices=SOURCES, help="synthetic source")
-    p.add_argument("--size", required=True, type=int, metavar="N",
-                   help="seed_spiral: steps per episode; cube: points per edge; "
-                        "sphere, random: points per episode")
+    p.add_argument("--source", required=True, choices=(*SOURCES, SHAPES),
+                   help="synthetic source, or shapes: the evidence model's simulated objects")
+    p.add_argument("--size", type=int, metavar="N",
+                   help="required for seed_spiral, cube, sphere, random (not shapes): seed_spiral: "
+                        "steps per episode; cube: points per edge; sphere, random: points per episode")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="output file (npz) or folder (npy-dir); replaced if it exists")
     p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="random seed (random source only; default 0)")
-    p.add_argument("--features", type=int, default=1, metavar="F",
+                   help="random seed (random and shapes; default 0)")
+    p.add_argument("--features", type=int, metavar="F",
                    help="feature columns: 0 or 1 (seed_spiral, cube, sphere), "
-                        f"0..{MAX_FEATURES} (random); default 1")
+                        f"0..{MAX_FEATURES} (random); default 1; not for shapes (see --hue)")
     p.add_argument("--layout", choices=LAYOUTS, default="npz",
                    help="npz: one archive (default); npy-dir: a folder of KEY.npy files")
     p.add_argument("--compress", action="store_true",
                    help="deflate the npz members (smaller, but cannot be memory-mapped)")
+    g = p.add_argument_group("shapes source (data.source: shapes settings; defaults as there)")
+    g.add_argument("--objects", metavar="NAME,NAME,...",
+                   help="built-in objects, comma-separated (default: all ten, or none with --mesh-dir; "
+                        "'' for none)")
+    g.add_argument("--mesh-dir", metavar="DIR",
+                   help="folder of mesh files (obj, ply, stl, glb, gltf, off): one object each, named by "
+                        "its file stem")
+    g.add_argument("--n-points", type=int, metavar="N", help="surface samples per object (default 20000)")
+    g.add_argument("--train-steps", type=int, metavar="N",
+                   help="steps of each of the 14 training episodes per object (default 400)")
+    g.add_argument("--eval-rotations", type=int, metavar="N",
+                   help="evaluation episodes per object, random rotations (default 10)")
+    g.add_argument("--eval-steps", type=int, metavar="N", help="steps of each evaluation episode (default 100)")
+    g.add_argument("--noise", action="store_true", default=None,
+                   help="tbp.monty's sensor noise on the evaluation steps")
+    g.add_argument("--hue", action="store_true", default=None,
+                   help="a hue feature column (a distinct colour per object)")
     return p
+
+
+def _given(args: argparse.Namespace, flags: dict) -> list[str]:
+    return [flag for flag, dest in flags.items() if getattr(args, dest, None) is not None]
+
+
+def _report(made: MadeDataset) -> str:
+    kind = "npz, compressed" if made.compressed else made.layout
+    objects = f"{made.n_objects} object(s), " if made.source == SHAPES else ""
+    return (f"wrote {made.path} ({kind}): {made.source}, {made.n_steps} steps in "
+            f"{made.n_episodes} episodes ({made.n_train_episodes} training, {made.n_eval_episodes} "
+            f"evaluation), {objects}{made.n_features} feature(s), {made.nbytes / 1e6:.1f} MB in "
+            f"{made.seconds:.2f} s")
 
 
 def run_from_args(args: argparse.Namespace) -> str:
     """Run ``make-dataset`` from parsed CLI arguments; returns the one-line report the CLI prints.
 
-    Bad input raises :class:`UserError`.
+    Bad input (including an option that does not apply to the source) raises :class:`UserError`.
     """
+    if args.source == SHAPES:
+        wrong = _given(args, _SYNTHETIC_FLAGS)
+        if wrong:
+            raise UserError(f"{wrong[0]}: does not apply to --source shapes (its options: "
+                            f"{', '.join(_SHAPES_FLAGS)}, --seed)")
+        objects = None
+        if args.objects is not None:
+            objects = [n.strip() for n in args.objects.split(",") if n.strip()]
+        defaults = {k: s.default for k, s in _shapes_settings().items()}
+        kwargs = {k: (defaults[k] if getattr(args, k) is None else getattr(args, k))
+                  for k in ("n_points", "train_steps", "eval_rotations", "eval_steps", "noise", "hue")}
+        try:
+            made = make_shapes_dataset(args.out, objects=objects, mesh_dir=args.mesh_dir, seed=args.seed,
+                                       layout=args.layout, compress=args.compress, **kwargs)
+        except UserError as exc:
+            raise UserError(_flag_names(str(exc))) from None
+        return _report(made)
+    wrong = _given(args, _SHAPES_FLAGS)
+    if wrong:
+        raise UserError(f"{wrong[0]}: applies to --source shapes only, not {args.source}")
+    if args.size is None:
+        raise UserError(f"--size: required for --source {args.source}")
     made = make_dataset(
         args.source,
         args.size,
         args.out,
         seed=args.seed,
-        n_features=args.features,
+        n_features=1 if args.features is None else args.features,
         layout=args.layout,
         compress=args.compress,
     )
-    kind = "npz, compressed" if made.compressed else made.layout
-    return (f"wrote {made.path} ({kind}): {made.source}, {made.n_steps} steps in "
-            f"{made.n_episodes} episodes (1 training, 1 evaluation), {made.n_features} "
-            f"feature(s), {made.nbytes / 1e6:.1f} MB in {made.seconds:.2f} s")
+    return _report(made)
 
+
+def _flag_names(message: str) -> str:
+    """A make_shapes_dataset message with its parameter name spelled as the CLI flag."""
+    for flag, dest in {**_SHAPES_FLAGS, "--seed": "seed"}.items():
+        if message.startswith(dest + ":"):
+            return flag + message[len(dest):]
+    return message

@@ -47,7 +47,7 @@ serial. A cached kernel must not call either entry point.
 """
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize
+from numba import njit, prange
 
 from ._flags import FASTMATH
 
@@ -784,16 +784,17 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     inv_cell = np.float32(1.0) / cell
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
-    chunk_arg = np.full((n_chunks, n_obj), -1, np.int64)
     chunk_slope = np.full(n_chunks, -np.inf, np.float32)
-    # hypotheses differ a lot in cost (off the surface: no search at all), so the
-    # work items are handed out one at a time rather than in two static halves
-    old_chunksize = set_parallel_chunksize(1)
+    # Work item c takes rows c, c + n_chunks, c + 2 n_chunks, ...: hypotheses differ a
+    # lot in cost (off the surface: no search at all; the newest, at nodes: a full
+    # one) and sit in batches, so contiguous halves would leave one thread idle.
+    # (numba.set_parallel_chunksize would balance too, but a kernel that calls it
+    # cannot be cached.)
     for c in prange(n_chunks):
         best_d2 = np.empty(k, np.float32)
         best_j = np.empty(k, np.int64)
         smax = _NEG_INF
-        for h in range(c * _CHUNK, min((c + 1) * _CHUNK, n_old)):
+        for h in range(c, n_old, n_chunks):
             o = hyp_obj[h]
             lx = hyp_loc[h, 0] + hyp_rot[h, 0] * dx + hyp_rot[h, 1] * dy + hyp_rot[h, 2] * dz
             ly = hyp_loc[h, 1] + hyp_rot[h, 3] * dx + hyp_rot[h, 4] * dy + hyp_rot[h, 5] * dz
@@ -827,9 +828,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
                 hyp_slope[h] = _NAN
             if e > chunk_max[c, o]:
                 chunk_max[c, o] = e
-                chunk_arg[c, o] = h
         chunk_slope[c] = smax
-    set_parallel_chunksize(old_chunksize)
 
     # 5. new hypotheses (informed, section 3.2 / 3.6), appended after the survivors
     if n_new > 0:

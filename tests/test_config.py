@@ -47,7 +47,7 @@ def test_unknown_keys(raw, key, allowed):
     (cfg(model={"confidence_threshold": 1.5}), "model.confidence_threshold", "<= 1.0"),
     (cfg(model={"confidence_threshold": ".nan"}), "model.confidence_threshold", "a number"),
     (cfg(model={"confidence_threshold": float("nan")}), "model.confidence_threshold", "a number"),
-    (cfg(model={"type": "evidence"}), "model.type", "one of 'similarity'"),
+    (cfg(model={"type": "banana"}), "model.type", "one of 'similarity'"),
     (cfg(execution={"chunk_size": 0}), "execution.chunk_size", ">= 1"),
     (cfg(experiment=[1, 2]), "experiment", "a mapping"),
     (cfg(output_dir=5), "output_dir", "a string"),

@@ -5,7 +5,6 @@ Every call of the two parallel entry points uses one signature (float32 model an
 hypothesis arrays, int64 index arrays, C order), so each compiles once per session.
 """
 
-import math
 
 import numpy as np
 import pytest
@@ -358,7 +357,7 @@ def grid_cases():
 
 def test_build_node_grid_layout(grid_cases):
     g = grid_cases[5]
-    pos, raw, obj_start, order = g["pos"], g["raw"], g["obj_start"], g["order"]
+    pos, obj_start, order = g["pos"], g["obj_start"], g["order"]
     assert order.dtype == np.int64 and g["origin"].dtype == F32 and g["index"].dtype == np.int64
     assert g["cstart"].dtype == np.int64 and g["cnode"].dtype == np.int32 and g["cdist"].dtype == F32
     cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
@@ -666,7 +665,6 @@ def test_first_step_classic(step_model):
 def test_deletion_of_stale_hypotheses(step_model):
     m = step_model
     rng = np.random.default_rng(50)
-    n_obj = len(m["obj_start"]) - 1
     H, step = 400, 13
     fp, ip = make_params(updater=UPDATER_BURST, min_age=5, deletion_slope=0.5, burst_slope=1.0,
                          min_steps=10 ** 6, max_steps=10 ** 6)

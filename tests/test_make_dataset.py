@@ -313,3 +313,124 @@ def test_cli(tmp_path, capsys):
         md.run_from_args(args)
     with pytest.raises(SystemExit):  # argparse: unknown source
         _parser().parse_args(["make-dataset", "--source", "torus", "--size", "3", "--out", "x"])
+
+
+# --------------------------------------------------------------------------- shapes source
+
+SMALL = {"n_points": 300, "train_steps": 6, "eval_rotations": 1, "eval_steps": 4}
+
+
+def _shapes_config(**data):
+    from engine.config import from_dict
+
+    return from_dict({"model": {"type": "evidence"}, "data": {"source": "shapes", **data}})
+
+
+@pytest.mark.parametrize("layout, compress", [("npz", False), ("npz", True), ("npy-dir", False)])
+def test_shapes_equals_data_source_shapes(tmp_path, root, layout, compress):
+    from engine.evidence_run import build_dataset
+
+    path = _out(tmp_path, layout)
+    mesh_dir = root / "configs" / "data" / "meshes"
+    made = md.make_shapes_dataset(path, objects=["box"], mesh_dir=mesh_dir, hue=True, noise=True, seed=4,
+                                  layout=layout, compress=compress, **SMALL)
+    ds = read_dataset(path)
+    sim = build_dataset(_shapes_config(objects=["box"], mesh_dir=str(mesh_dir), hue=True, noise=True, seed=4,
+                                       **SMALL))
+    for key in STEP_FIELDS + ["feature_names", "episode_offsets", "episode_object", "episode_rotation",
+                              "episode_split", "object_names"]:
+        np.testing.assert_array_equal(getattr(ds, key), getattr(sim, key), err_msg=key)
+    assert list(ds.object_names) == ["box", "gem", "pebble"] and list(ds.feature_names) == ["hue"]
+    assert ds.meta["source"] == "shapes" and ds.meta["noise"] is not None and ds.meta["params"]["n_points"] == 300
+    assert (made.source, made.size, made.layout, made.compressed) == ("shapes", 300, layout, compress)
+    assert (made.n_objects, made.n_train_episodes, made.n_eval_episodes) == (3, 42, 3)
+    assert (made.n_steps, made.n_episodes, made.n_features) == (42 * 6 + 3 * 4, 45, 1)
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary files left
+
+
+def test_shapes_defaults_are_the_configs(tmp_path):
+    """No objects given: all ten built-ins (here with tiny walks); defaults as data.source: shapes."""
+    path = tmp_path / "all.npz"
+    made = md.make_shapes_dataset(path, n_points=100, train_steps=1, eval_rotations=0, eval_steps=1)
+    ds = read_dataset(path)
+    from engine.shapes import BUILTIN_SHAPES
+
+    assert tuple(ds.object_names) == BUILTIN_SHAPES and made.n_eval_episodes == 0
+    assert not ds.episode_split.any() and ds.n_features == 0
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"objects": ["teapot"]}, "objects: unknown name 'teapot'"),
+    ({"objects": ["box", "box"]}, "objects: names must be distinct"),
+    ({"objects": "box"}, "objects: expected a list"),
+    ({"objects": []}, "objects: no objects to simulate"),
+    ({"n_points": 99}, "n_points: expected an integer >= 100, got 99"),
+    ({"train_steps": 0}, "train_steps: expected an integer >= 1"),
+    ({"eval_rotations": -1}, "eval_rotations: expected an integer >= 0"),
+    ({"eval_steps": 1.5}, "eval_steps: expected an integer"),
+    ({"noise": 1}, "noise: expected true or false"),
+    ({"seed": -1}, "seed: expected an integer >= 0"),
+    ({"mesh_dir": "/nonexistent"}, "mesh_dir: folder not found"),
+    ({"layout": "zip"}, "unknown layout 'zip'"),
+    ({"layout": "npy-dir", "compress": True}, "only the npz layout"),
+])
+def test_shapes_bad_arguments(tmp_path, kwargs, text):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UserError, match=text):
+        md.make_shapes_dataset(out / "x.npz", **{**SMALL, **kwargs})
+    assert os.listdir(out) == []
+
+
+def test_shapes_bad_meshes(tmp_path, root):
+    gem = (root / "configs" / "data" / "meshes" / "gem.stl").read_bytes()
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "box.stl").write_bytes(gem)
+    with pytest.raises(UserError, match="mesh 'box' .* has the name of a built-in"):
+        md.make_shapes_dataset(tmp_path / "x.npz", objects=["box"], mesh_dir=clash, **SMALL)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.stl").write_bytes(gem[:100])
+    with pytest.raises(UserError, match="bad.stl"):
+        md.make_shapes_dataset(tmp_path / "x.npz", mesh_dir=broken, **SMALL)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no mesh files"):
+        md.make_shapes_dataset(tmp_path / "x.npz", mesh_dir=tmp_path / "empty", **SMALL)
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_shapes_cli(tmp_path, root):
+    out = tmp_path / "m.npz"
+    args = _parser().parse_args(["make-dataset", "--source", "shapes", "--objects", "", "--mesh-dir",
+                                 str(root / "configs" / "data" / "meshes"), "--n-points", "300", "--train-steps", "6",
+                                 "--eval-rotations", "1", "--eval-steps", "4", "--hue", "--noise", "--seed", "1",
+                                 "--compress", "--out", str(out)])
+    printed = md.run_from_args(args)
+    assert printed.startswith(f"wrote {out} (npz, compressed): shapes, 176 steps in 30 episodes (28 training, "
+                              "2 evaluation), 2 object(s), 1 feature(s)")
+    ds = read_dataset(out)
+    assert list(ds.object_names) == ["gem", "pebble"] and ds.meta["seed"] == 1 and ds.meta["noise"] is not None
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--source", "shapes", "--size", "5"], "--size: does not apply to --source shapes"),
+    (["--source", "shapes", "--features", "1"], "--features: does not apply to --source shapes"),
+    (["--source", "shapes", "--objects", "box,teapot"], "--objects: unknown name 'teapot'"),
+    (["--source", "shapes", "--n-points", "5"], "--n-points: expected an integer >= 100, got 5"),
+    (["--source", "shapes", "--mesh-dir", "/nonexistent"], "--mesh-dir: folder not found"),
+    (["--source", "cube"], "--size: required for --source cube"),
+    (["--source", "cube", "--size", "3", "--objects", "box"], "--objects: applies to --source shapes only"),
+    (["--source", "sphere", "--size", "3", "--noise"], "--noise: applies to --source shapes only"),
+    (["--source", "random", "--size", "3", "--eval-steps", "4"], "--eval-steps: applies to --source shapes only"),
+])
+def test_shapes_cli_flags_that_do_not_apply(tmp_path, argv, text):
+    args = _parser().parse_args(["make-dataset", *argv, "--out", str(tmp_path / "x.npz")])
+    with pytest.raises(UserError, match=text):
+        md.run_from_args(args)
+    assert os.listdir(tmp_path) == []
+
+
+def test_make_dataset_points_shapes_elsewhere(tmp_path):
+    with pytest.raises(UserError, match="make_shapes_dataset"):
+        make_dataset("shapes", 10, tmp_path / "x.npz")

@@ -1,0 +1,235 @@
+"""The evidence model from the command line: the bundled evidence configs, the fused and
+stepwise paths, evidence plots, make-dataset's shapes source, and bad input.
+
+The first run, validate, make-dataset and every bad input go through ``python -m engine``
+in a subprocess; the other runs call ``engine.cli.main`` in this process, so the evidence
+kernels compile (or load from the cache) once for them all. Bad input must exit 2 with
+one message naming the key (or file), print no traceback and leave no result file.
+Simulations are kept small (few surface points, short walks).
+"""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.cli import main
+from engine.dataset import EVAL, TRAIN, read_dataset
+from engine.evidence_run import EPISODE_COLUMNS
+
+CONTRACT_KEYS = {"accuracy", "accuracy_incl_mlh", "outcomes", "mean_rotation_error_deg", "mean_steps",
+                 "matching_step_s", "train_s"}
+OUTCOMES = {"correct", "confused", "no_match", "time_out"}
+EVIDENCE_CONFIGS = ["recorded_evidence.yaml", "my_meshes.yaml", "shapes_10.yaml"]
+SMALL_SHAPES = ["--set", "data.n_points=1500", "--set", "data.train_steps=100", "--set", "data.eval_rotations=1",
+                "--set", "data.eval_steps=40"]
+
+
+def cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def _ok(p):
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+
+
+def _rows(out):
+    with (out / "episodes.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == EPISODE_COLUMNS
+        return list(reader)
+
+
+def _check_summary(out):
+    s = json.loads((out / "summary.json").read_text())
+    assert CONTRACT_KEYS <= set(s)
+    n = s["n_eval_episodes"]
+    assert isinstance(n, int) and n > 0
+    for key in ("accuracy", "accuracy_incl_mlh"):
+        assert isinstance(s[key], float) and 0.0 <= s[key] <= 1.0
+    assert s["accuracy_incl_mlh"] >= s["accuracy"]
+    assert set(s["outcomes"]) == OUTCOMES
+    assert all(isinstance(v, int) and v >= 0 for v in s["outcomes"].values())
+    assert sum(s["outcomes"].values()) == n
+    err = s["mean_rotation_error_deg"]
+    assert err is None if s["outcomes"]["correct"] == 0 else (isinstance(err, float) and 0.0 <= err <= 180.0)
+    assert isinstance(s["mean_steps"], float) and s["mean_steps"] >= 1
+    assert isinstance(s["matching_step_s"], float) and s["matching_step_s"] > 0
+    assert isinstance(s["train_s"], float) and s["train_s"] >= 0
+    rows = _rows(out)
+    assert len(rows) == n
+    assert all(r["outcome"] in OUTCOMES for r in rows)
+    assert {k: sum(r["outcome"] == k for r in rows) for k in OUTCOMES} == s["outcomes"]
+    assert np.isclose(np.mean([int(r["steps"]) for r in rows]), s["mean_steps"])
+    return s, rows
+
+
+def _key_columns(rows):
+    return [(r["object"], r["detected_object"], r["outcome"], r["steps"]) for r in rows]
+
+
+# --------------------------------------------------------------------------- bundled configs
+
+
+def test_recorded_evidence_fused_and_stepwise(tmp_path, root, engine_env):
+    fused, step = tmp_path / "fused", tmp_path / "step"
+    p = cli("run", "configs/recorded_evidence.yaml", "--out", fused, env=engine_env, cwd=root)
+    _ok(p)
+    assert "accuracy" in p.stdout
+    s, rows = _check_summary(fused)
+    ds = read_dataset(root / "configs/data/evidence_example.npz")
+    assert s["n_eval_episodes"] == int(np.count_nonzero(ds.episode_split == EVAL)) == 8
+    assert s["objects"] == ["box", "cylinder", "mug", "banana"] and s["path"] == "fused"
+    assert [r["object"] for r in rows] == [str(ds.object_names[o]) for o in ds.episode_object[ds.episode_split == EVAL]]
+    assert s["accuracy"] >= 0.75  # a clean, easy set (all 8 correct when it was made)
+    assert sorted(x.name for x in fused.iterdir()) == ["episodes.csv", "summary.json"]
+
+    assert main(["-q", "run", str(root / "configs/recorded_evidence.yaml"), "--out", str(step), "--stepwise"]) == 0
+    s2, rows2 = _check_summary(step)
+    assert s2["path"] == "stepwise"
+    assert _key_columns(rows2) == _key_columns(rows)
+    assert s2["outcomes"] == s["outcomes"] and s2["mean_steps"] == s["mean_steps"]
+
+
+def test_my_meshes_runs(tmp_path, root):
+    out = tmp_path / "o"
+    assert main(["-q", "run", str(root / "configs/my_meshes.yaml"), "--out", str(out), *SMALL_SHAPES]) == 0
+    s, rows = _check_summary(out)
+    assert s["objects"] == ["gem", "pebble"] and s["data_source"] == "shapes"
+    assert [r["object"] for r in rows] == ["gem", "pebble"]
+
+
+@pytest.mark.parametrize("config", EVIDENCE_CONFIGS)
+def test_validate_evidence_configs(root, config, engine_env):
+    p = cli("validate", f"configs/{config}", env=engine_env, cwd=root)
+    _ok(p)
+    assert ": ok (evidence model" in p.stdout
+
+
+def test_plot_evidence(tmp_path, root):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "plots"
+    assert main(["-q", "run", str(root / "configs/recorded_evidence.yaml"), "--out", str(out),
+                 "--set", "experiment.plot_evidence=true"]) == 0
+    rows = _rows(out)
+    pngs = sorted(x.name for x in out.glob("evidence_*.png"))
+    assert pngs == sorted(f"evidence_{r['epoch']}_{r['episode']}.png" for r in rows) and len(pngs) == 8
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [x for x in out.iterdir() if x.name.startswith(".")]  # no temporary files left
+
+
+# --------------------------------------------------------------------------- make-dataset --source shapes
+
+
+def test_make_dataset_shapes_round_trip_then_run(tmp_path, engine_env):
+    data = tmp_path / "x.npz"
+    p = cli("make-dataset", "--source", "shapes", "--objects", "box,sphere", "--n-points", 1000, "--train-steps", 50,
+            "--eval-rotations", 1, "--eval-steps", 30, "--out", data, env=engine_env)
+    _ok(p)
+    assert str(data) in p.stdout and "30 episodes (28 training, 2 evaluation)" in p.stdout
+    ds = read_dataset(data)
+    assert list(ds.object_names) == ["box", "sphere"]
+    assert ds.n_episodes == 2 * 14 + 2 and ds.n_steps == 28 * 50 + 2 * 30
+    np.testing.assert_array_equal(ds.episode_split, [TRAIN] * 28 + [EVAL] * 2)
+    np.testing.assert_array_equal(ds.episode_object, [0] * 14 + [1] * 14 + [0, 1])
+    np.testing.assert_array_equal(np.diff(ds.episode_offsets), [50] * 28 + [30] * 2)
+    np.testing.assert_allclose(ds.episode_rotation[0], [1, 0, 0, 0], atol=1e-6)  # canonical pose first
+    assert ds.n_features == 0 and ds.meta["source"] == "shapes" and ds.meta["seed"] == 0
+
+    # the same observations as data.source: shapes with the same settings
+    from engine.config import from_dict
+    from engine.evidence_run import build_dataset
+
+    cfg = from_dict({"model": {"type": "evidence"},
+                     "data": {"source": "shapes", "objects": ["box", "sphere"], "n_points": 1000,
+                              "train_steps": 50, "eval_rotations": 1, "eval_steps": 30}})
+    sim = build_dataset(cfg)
+    for key in ("location", "pose_vectors", "pose_defined", "curvature", "episode_offsets", "episode_rotation"):
+        np.testing.assert_array_equal(getattr(ds, key), getattr(sim, key), err_msg=key)
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"model:\n  type: evidence\ndata:\n  source: dataset\n  path: {data.name}\n")
+    out = tmp_path / "o"
+    assert main(["-q", "run", str(cfg_path), "--out", str(out)]) == 0
+    s, rows = _check_summary(out)
+    assert s["n_eval_episodes"] == 2 and [r["object"] for r in rows] == ["box", "sphere"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--objects", "box,teapot"], "--objects: unknown name 'teapot'"),
+    (["--n-points", 10], "--n-points: expected an integer >= 100"),
+    (["--size", 10], "--size: does not apply to --source shapes"),
+    (["--mesh-dir", "/nonexistent"], "--mesh-dir: folder not found"),
+])
+def test_make_dataset_shapes_bad_flags(tmp_path, args, expected, engine_env):
+    out = tmp_path / "x.npz"
+    p = cli("make-dataset", "--source", "shapes", "--out", out, *args, env=engine_env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and expected in p.stderr, p.stderr
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+EVIDENCE_BASE = "model:\n  type: evidence\ndata:\n  source: dataset\n  path: {data}\n"
+SHAPES_BASE = "model:\n  type: evidence\ndata:\n  source: shapes\n  n_points: 500\n"
+BAD_CONFIGS = {
+    "bad_updater": (EVIDENCE_BASE + "evidence:\n  updater: fast\n", "evidence.updater: expected one of 'burst'"),
+    "zero_neighbors": (EVIDENCE_BASE + "evidence:\n  max_nneighbors: 0\n",
+                       "evidence.max_nneighbors: expected an integer >= 1, got 0"),
+    "string_nodes": (EVIDENCE_BASE + "evidence:\n  max_nodes: many\n", "evidence.max_nodes: expected an integer"),
+    "unknown_key": (EVIDENCE_BASE + "evidence:\n  foo: 1\n", "evidence.foo: unknown key"),
+    "evidence_section_similarity": ("model:\n  type: similarity\ndata:\n  source: cube\nevidence:\n  updater: burst\n",
+                                    "evidence: only the evidence model reads it"),
+    "evidence_on_seed_spiral": ("model:\n  type: evidence\ndata:\n  source: seed_spiral\n",
+                                "data.source: the evidence model needs pose vectors"),
+    "shapes_similarity": ("model:\n  type: similarity\ndata:\n  source: shapes\n",
+                          "data.source: 'shapes' feeds the evidence model only"),
+    "unknown_object": (SHAPES_BASE + "  objects: [teapot]\n", "data.objects: unknown name 'teapot'"),
+    "missing_mesh_dir": (SHAPES_BASE + "  mesh_dir: /nonexistent\n", "data.mesh_dir: folder not found"),
+}
+
+
+def _assert_user_error(p, text, out_dir):
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and p.stderr.startswith("error: ") and text in p.stderr, p.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_exit_2(tmp_path, root, name, engine_env):
+    text, expected = BAD_CONFIGS[name]
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text.format(data=root / "configs/data/evidence_example.npz"))
+    out = tmp_path / "out"
+    _assert_user_error(cli("run", cfg, "--out", out, env=engine_env), expected, out)
+
+
+def test_corrupt_mesh_file_exit_2(tmp_path, root, engine_env):
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    good = (root / "configs/data/meshes/gem.stl").read_bytes()
+    (meshes / "gem.stl").write_bytes(good)
+    (meshes / "broken.stl").write_bytes(good[: len(good) // 3])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(SHAPES_BASE + "  objects: []\n  mesh_dir: meshes\n")
+    out = tmp_path / "out"
+    _assert_user_error(cli("run", cfg, "--out", out, env=engine_env), str(meshes / "broken.stl"), out)
+
+
+def test_truncated_dataset_exit_2(tmp_path, root, engine_env):
+    data = tmp_path / "d.npz"
+    good = (root / "configs/data/evidence_example.npz").read_bytes()
+    data.write_bytes(good[: len(good) // 2])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(EVIDENCE_BASE.format(data=data.name))
+    out = tmp_path / "out"
+    p = cli("run", cfg, "--out", out, env=engine_env)
+    _assert_user_error(p, "truncated", out)
+    assert str(data) in p.stderr  # the message names the file
