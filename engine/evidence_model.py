@@ -468,14 +468,22 @@ def _toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):
     return (p * radius).astype(np.float32), pose, np.zeros(n, bool), curvature
 
 
-def warmup_kernels(settings: EvidenceSettings) -> float:
+def warmup_kernels(settings: EvidenceSettings, simulate: bool = False) -> float:
     """Compile (or load from the cache) every kernel the evidence model runs, on a toy model.
 
     Kernel signatures depend on array types only, so a two-object toy model compiles
-    what a real run uses: graph building, the node grid, both evaluation paths.
+    what a real run uses: graph building, the node grid, both evaluation paths; with
+    ``simulate`` also the sensor's (surface fit and walk, on a small icosphere).
     Returns the seconds taken.
     """
     t0 = time.perf_counter()
+    if simulate:
+        import trimesh
+
+        from . import sensor
+
+        surface = sensor.sample_surface(trimesh.creation.icosphere(subdivisions=2, radius=0.05), n_points=300)
+        sensor.walk(surface, 4, np.random.default_rng(0))
     loc, pose, pfd, curv = _toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
     model = EvidenceModel(settings, CURVATURE_FEATURES, max_eval_steps=4)

@@ -98,7 +98,7 @@ def warmup_configs(configs, progress=None) -> list[dict]:
             from .evidence_model import warmup_kernels
 
             t0 = time.perf_counter()
-            warmup_kernels(cfg.evidence)
+            warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
             rows.append({"config": cfg.source_file, "seconds": time.perf_counter() - t0})
             if progress is not None:
                 progress(rows[-1])

@@ -681,13 +681,15 @@ def _terminal_check(n, o_best, g_best, mlh, fparams, iparams, istate, hyp_obj, h
                 if cosang < cos_lim:
                     unique = False
                     break
-    # symmetry (section 5.4): a previous empty set leaves the counter alone
+    # symmetry (section 5.4): a previous empty set leaves the counter alone and says
+    # "not symmetric"
+    symmetric = False
     if n_prev > 0:
         if n_now > 0 and n_both / n_now > 0.9:
             istate[IS_SYMMETRY] += 1
         else:
             istate[IS_SYMMETRY] = 0
-    symmetric = istate[IS_SYMMETRY] >= iparams[IP_SYMMETRY]
+        symmetric = istate[IS_SYMMETRY] >= iparams[IP_SYMMETRY]
     if unique or symmetric:
         istate[IS_SYMMETRIC] = 1 if (symmetric and not unique) else 0
         return True

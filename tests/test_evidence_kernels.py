@@ -1056,3 +1056,63 @@ def test_top_nodes_with_ties():
                 thr = phi[chosen].min()
                 above = chosen[phi[chosen] > thr]
                 np.testing.assert_array_equal(chosen[:len(above)], np.sort(above))
+
+
+# ----------------------------------------------------------------------------- terminal check
+
+
+def test_terminal_check_vs_reference():
+    """Pose candidates, uniqueness and the symmetry counter of one check (sections 5.3, 5.4)."""
+    from kernels.evidence import (
+        FP_OBJECT_THRESHOLD, FP_PATH_SIMILARITY, FP_POSE_SIMILARITY, IP_SYMMETRY, IS_SYMMETRIC, IS_SYMMETRY,
+        N_FPARAMS, N_IPARAMS, N_ISTATE, _terminal_check,
+    )
+
+    rng = np.random.default_rng(77)
+    for trial in range(200):
+        H = int(rng.integers(1, 60))
+        obj = rng.integers(0, 3, H).astype(np.int32)
+        o_best = int(obj[0])
+        # rotations near one pose (so uniqueness sometimes holds) or anywhere
+        spread = [0.05, 0.3, 3.0][trial % 3]
+        base = rand_rot(rng)
+        rot = np.stack([_perturbed(base, rng, spread) for _ in range(H)]).astype(np.float32)
+        loc = (rng.normal(0, [0.001, 0.05, 0.2][trial % 3], (H, 3))).astype(np.float32)
+        ev_ = rng.uniform(-2, 10, H).astype(np.float32)
+        prev = (rng.uniform(size=H) < [0.0, 0.5, 1.0][trial % 3]).astype(np.uint8)
+        counter = int(rng.integers(0, 7))
+        sel = obj == o_best
+        g = float(ev_[sel].max())
+        mlh = int(np.flatnonzero(sel & (ev_ == g))[0])
+        fp = np.zeros(N_FPARAMS, np.float32)
+        fp[FP_X_PERCENT] = 20
+        fp[FP_OBJECT_THRESHOLD] = 1.0
+        fp[FP_PATH_SIMILARITY] = 0.1
+        fp[FP_POSE_SIMILARITY] = 0.35
+        ip = np.zeros(N_IPARAMS, np.int64)
+        ip[IP_SYMMETRY] = 5
+        ist = np.zeros(N_ISTATE, np.int64)
+        ist[IS_SYMMETRY] = counter
+        possible = prev.copy()
+        got = _terminal_check(H, o_best, np.float32(g), mlh, fp, ip, ist, obj, loc, rot.reshape(H, 9), ev_, possible)
+        # reference, on the candidate object's rows
+        cand = np.zeros(H, bool)
+        cand[sel] = er.pose_candidates(ev_[sel], 20.0, 1.0)
+        np.testing.assert_array_equal(possible.astype(bool), cand)
+        idx = np.flatnonzero(sel)
+        unique = er.poses_unique(rot[idx], loc[idx], cand[idx], int(np.flatnonzero(idx == mlh)[0]), 0.1, 0.35)
+        prev_set = np.flatnonzero(prev.astype(bool))
+        new_counter, symmetric = er.symmetry_step(prev_set, np.flatnonzero(cand), counter, 5)
+        assert ist[IS_SYMMETRY] == new_counter, trial
+        assert got == (unique or symmetric), (trial, got, unique, symmetric)
+        if got:
+            assert ist[IS_SYMMETRIC] == (1 if (symmetric and not unique) else 0)
+
+
+def _perturbed(r, rng, spread):
+    """``r`` turned by a random rotation of angle up to ``spread`` radians."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = rng.uniform(0, spread)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return (np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k) @ r
