@@ -64,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     make_dataset.add_cli(sub, parents=[common])
 
     b = sub.add_parser("bench", parents=[common], help="benchmark the engine against baselines in one run")
-    b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree", "scale"],
+    b.add_argument("--suite", default="seed", choices=["seed", "startup", "kdtree", "scale", "evidence"],
                    help="seed: the seed's benchmark table; startup: cold/warm start-to-result; "
                         "kdtree: our KD-tree against scipy and pykdtree; scale: per-step cost from 1e3 "
-                        "to 1e7 stored, linear scan vs KD-tree, float32 and float16 (default: seed)")
+                        "to 1e7 stored, linear scan vs KD-tree, float32 and float16; evidence: the evidence model's "
+                        "time per matching step and training time for 1 to 100 objects, both updaters "
+                        "(default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
     return p
@@ -231,6 +233,12 @@ def cmd_bench(args) -> int:
 
         rows = bench_kdtree.run_kdtree_suite(repeats=args.repeats, json_path=args.json)
         print(bench_kdtree.format_kdtree(rows))
+        return 0
+    if args.suite == "evidence":
+        from . import bench_evidence
+
+        rows = bench_evidence.run_evidence_suite(repeats=args.repeats, json_path=args.json)
+        print(bench_evidence.format_evidence(rows))
         return 0
     if args.suite == "startup":
         from . import bench_startup
