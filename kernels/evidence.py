@@ -787,16 +787,20 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
     chunk_slope = np.full(n_chunks, -np.inf, np.float32)
-    # Work item c takes rows c, c + n_chunks, c + 2 n_chunks, ...: hypotheses differ a
-    # lot in cost (off the surface: no search at all; the newest, at nodes: a full
-    # one) and sit in batches, so contiguous halves would leave one thread idle.
-    # (numba.set_parallel_chunksize would balance too, but a kernel that calls it
-    # cannot be cached.)
+    # Hypotheses differ a lot in cost (off the surface: no search at all; the newest,
+    # at nodes: a full one) and sit in batches, and prange hands each thread one
+    # contiguous range of work items: so work item c takes block 2c or 2c + 1 (the
+    # first half of the items the even blocks, the second half the odd ones), which
+    # spreads every batch over both halves while each block stays contiguous in
+    # memory. (numba.set_parallel_chunksize would balance too, but a kernel that
+    # calls it cannot be cached; striding single rows costs the cache lines.)
+    half = (n_chunks + 1) // 2
     for c in prange(n_chunks):
+        b = 2 * c if c < half else 2 * (c - half) + 1
         best_d2 = np.empty(k, np.float32)
         best_j = np.empty(k, np.int64)
         smax = _NEG_INF
-        for h in range(c, n_old, n_chunks):
+        for h in range(b * _CHUNK, min((b + 1) * _CHUNK, n_old)):
             o = hyp_obj[h]
             lx = hyp_loc[h, 0] + hyp_rot[h, 0] * dx + hyp_rot[h, 1] * dy + hyp_rot[h, 2] * dz
             ly = hyp_loc[h, 1] + hyp_rot[h, 3] * dx + hyp_rot[h, 4] * dy + hyp_rot[h, 5] * dz
