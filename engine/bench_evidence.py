@@ -230,7 +230,7 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
             m = int(istate[kev.IS_MATCHING_STEPS])
             if m > _last[0]:
                 _last[0] = m
-                hyp_sum += int(istate[kev.IS_N_HYP])
+                hyp_sum += int(istate[kev.IS_N_HYP] - istate[kev.IS_N_DEAD])
                 hyp_steps += 1
 
         model.run_episode(*obs, stepwise=True, on_step=on_step)

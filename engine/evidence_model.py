@@ -87,6 +87,11 @@ def _feature_spec(names: tuple[str, ...], s: EvidenceSettings) -> np.ndarray:
     return spec
 
 
+def live_hypotheses(istate) -> int:
+    """Live hypotheses after a step (rows in use minus deleted rows not yet compacted)."""
+    return int(istate[kev.IS_N_HYP] - istate[kev.IS_N_DEAD])
+
+
 def project_rotation(m: np.ndarray) -> np.ndarray:
     """The rotation matrix nearest to ``m`` (3, 3) (SVD), float64."""
     u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
@@ -271,7 +276,10 @@ class EvidenceModel:
         return code, istate, trace[: int(istate[kev.IS_MATCHING_STEPS])], seconds
 
     def hypothesis_view(self, istate):
-        """The live hypothesis arrays after an episode: obj, loc, rot (H, 3, 3), ev, possible."""
+        """The hypothesis rows in use after an episode: obj, loc, rot (H, 3, 3), ev, possible.
+
+        Rows of deleted hypotheses have ``obj == -1`` (and ``possible == 0``); the row
+        index of ``istate[IS_MLH]`` refers to these arrays."""
         n = int(istate[kev.IS_N_HYP])
         h = self._hyp
         return h[0][:n], h[1][:n], h[2][:n].reshape(n, 3, 3), h[3][:n], h[6][:n]
@@ -423,7 +431,7 @@ class EvidenceExperiment:
                                       outcome=sc["outcome"], detected=sc["detected"], mlh_object=sc["mlh_object"],
                                       mlh_correct=sc["mlh_correct"], steps=int(istate[kev.IS_MATCHING_STEPS]),
                                       rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
-                                      n_hypotheses=int(istate[kev.IS_N_HYP]), seconds=secs,
+                                      n_hypotheses=live_hypotheses(istate), seconds=secs,
                                       detected_rotation=sc["detected_rotation"], trace=trace)
                 episodes.append(rec)
                 self._emit("after_episode", mode="eval", epoch=epoch, episode=i, record=rec)
@@ -445,7 +453,7 @@ class EvidenceExperiment:
         """The stepwise path's per-step callback that emits ``after_step``."""
         def on_step(t, istate, obj_max):
             self._emit("after_step", mode="eval", epoch=epoch, episode=episode, step=t,
-                       n_hypotheses=int(istate[kev.IS_N_HYP]), object_evidence=obj_max.copy())
+                       n_hypotheses=live_hypotheses(istate), object_evidence=obj_max.copy())
         return on_step
 
     def _model_index(self, dataset_object: int) -> int:

@@ -17,8 +17,11 @@ their cell of the object's node grid, see :func:`build_node_grid`):
 - ``node_feat`` float32 (N, F)  matching features (hue, log curvatures, ...)
 
 Hypotheses live in one set of flat arrays of capacity ``cap`` (the first
-``n_hyp = istate[0]`` rows are live), all objects mixed; each row's object is
-``hyp_obj``. Within one object the rows keep tbp.monty's order (survivors in
+``n_hyp = istate[IS_N_HYP]`` rows are in use), all objects mixed; each row's object is
+``hyp_obj``. A deleted hypothesis (burst sampling) becomes a *dead* row, ``hyp_obj ==
+-1``, skipped by every loop; ``istate[IS_N_DEAD]`` counts them, and the rows are
+compacted (live rows moved down, order kept) once the dead outnumber the live, so a
+deletion costs no data movement in the step it happens. Within one object the rows keep tbp.monty's order (survivors in
 their order, then the new ones), so index-order tie-breaks and the "possible"
 sets of the symmetry test behave as in tbp.monty.
 
@@ -98,7 +101,8 @@ IS_SYMMETRIC = 8  # 1 when the match was declared by symmetry
 IS_N_POSSIBLE = 9  # possible objects after the last step
 IS_NEED = 10  # capacity the last call needed (when it returned NEED_CAPACITY)
 IS_N_NEW = 11  # hypotheses sampled by the last step
-N_ISTATE = 12
+IS_N_DEAD = 12  # deleted rows among the first IS_N_HYP (hyp_obj -1), compacted away later
+N_ISTATE = 13
 
 # fstate (float32)
 FS_X_LAST = 0  # 0, 1, 2: the last sensed location
@@ -547,22 +551,17 @@ def _copy_rows(a, src, dst, count):
 
 
 @njit(cache=True)
-def _delete_stale(n, min_age, slope_min, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age,
-                  hyp_possible, hyp_buf):
-    """Drop rows with ``age >= min_age`` and not ``slope >= slope_min`` (4.10); stable.
-
-    Kept rows move down in runs (block copies), so a burst's worth of deletions costs
-    a few memory moves rather than a loop over every field of every row. Returns the
-    number of rows kept.
-    """
+def _compact(n, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age, hyp_possible, hyp_buf):
+    """Move the live rows (``hyp_obj >= 0``) of the first ``n`` down over the dead ones,
+    keeping their order, in runs (block copies). Returns the number of live rows."""
     w = 0
     h = 0
     while h < n:
-        if not (hyp_age[h] < min_age or hyp_slope[h] >= slope_min):
+        if hyp_obj[h] < 0:
             h += 1
             continue
         run = h
-        while run < n and (hyp_age[run] < min_age or hyp_slope[run] >= slope_min):
+        while run < n and hyp_obj[run] >= 0:
             run += 1
         count = run - h
         if w != h:
@@ -577,6 +576,12 @@ def _delete_stale(n, min_age, slope_min, hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_
         w += count
         h = run
     return w
+
+
+def live_rows(istate, hyp_obj):
+    """Indices of the live hypotheses among the rows in use (Python helper)."""
+    n = int(istate[IS_N_HYP])
+    return np.flatnonzero(np.asarray(hyp_obj[:n]) >= 0)
 
 
 @njit(cache=True)
@@ -723,18 +728,21 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     first = step == 0
     mmd = fparams[FP_MMD]
 
-    # 1. burst trigger (before anything moves) and deletion of stale hypotheses
+    # 1. burst trigger (before anything moves); compaction of dead rows once they
+    # outnumber the live ones (stale hypotheses are deleted in the update loop below)
     burst = False
+    deleting = False
     if updater == UPDATER_BURST:
         if istate[IS_BURST_LEFT] == 0 and (first or not (fstate[FS_SLOPE_MAX] > fparams[FP_BURST_SLOPE])):
             istate[IS_BURST_LEFT] = iparams[IP_BURST_DURATION]
         burst = istate[IS_BURST_LEFT] > 0
-        if not first:
-            istate[IS_N_HYP] = _delete_stale(istate[IS_N_HYP], iparams[IP_MIN_AGE], fparams[FP_DELETION_SLOPE],
-                                             hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age,
-                                             hyp_possible, hyp_buf)
+        deleting = not first
     else:
         burst = first
+    if 2 * istate[IS_N_DEAD] > istate[IS_N_HYP]:
+        istate[IS_N_HYP] = _compact(istate[IS_N_HYP], hyp_obj, hyp_loc, hyp_rot, hyp_ev, hyp_slope, hyp_age,
+                                    hyp_possible, hyp_buf)
+        istate[IS_N_DEAD] = 0
     n_old = istate[IS_N_HYP]
 
     k_nodes, h_per_node = _samples_per_object(obj_start, pose_defined, iparams[IP_UMBILICAL], updater,
@@ -784,9 +792,12 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     r2 = mmd * mmd
     cell = mmd / np.float32(CELLS_PER_RADIUS)
     inv_cell = np.float32(1.0) / cell
+    min_age = iparams[IP_MIN_AGE]
+    slope_min = fparams[FP_DELETION_SLOPE]
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
     chunk_slope = np.full(n_chunks, -np.inf, np.float32)
+    chunk_dead = np.zeros(n_chunks, np.int64)
     # Hypotheses differ a lot in cost (off the surface: no search at all; the newest,
     # at nodes: a full one) and sit in batches, and prange hands each thread one
     # contiguous range of work items: so work item c takes block 2c or 2c + 1 (the
@@ -800,8 +811,17 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         best_d2 = np.empty(k, np.float32)
         best_j = np.empty(k, np.int64)
         smax = _NEG_INF
+        dead = 0
         for h in range(b * _CHUNK, min((b + 1) * _CHUNK, n_old)):
             o = hyp_obj[h]
+            if o < 0:
+                continue
+            # deletion (section 4.10): old enough and its evidence no longer growing
+            if deleting and hyp_age[h] >= min_age and not (hyp_slope[h] >= slope_min):
+                hyp_obj[h] = -1
+                hyp_possible[h] = 0
+                dead += 1
+                continue
             lx = hyp_loc[h, 0] + hyp_rot[h, 0] * dx + hyp_rot[h, 1] * dy + hyp_rot[h, 2] * dz
             ly = hyp_loc[h, 1] + hyp_rot[h, 3] * dx + hyp_rot[h, 4] * dy + hyp_rot[h, 5] * dz
             lz = hyp_loc[h, 2] + hyp_rot[h, 6] * dx + hyp_rot[h, 7] * dy + hyp_rot[h, 8] * dz
@@ -835,6 +855,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             if e > chunk_max[c, o]:
                 chunk_max[c, o] = e
         chunk_slope[c] = smax
+        chunk_dead[c] = dead
 
     # 5. new hypotheses (informed, section 3.2 / 3.6), appended after the survivors
     if n_new > 0:
@@ -885,8 +906,11 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             if chunk_max[c, o] > obj_max[o]:
                 obj_max[o] = chunk_max[c, o]
     fstate[FS_SLOPE_MAX] = smax
+    for c in range(n_chunks):
+        istate[IS_N_DEAD] += chunk_dead[c]
     for h in range(n):
-        obj_count[hyp_obj[h]] += 1
+        if hyp_obj[h] >= 0:
+            obj_count[hyp_obj[h]] += 1
     for h in range(n_old, n):
         o = hyp_obj[h]
         if hyp_ev[h] > obj_max[o]:

@@ -696,18 +696,23 @@ def test_deletion_of_stale_hypotheses(step_model):
     keep = er.retain_mask(slope, age, 0.5, 5)
     assert 0 < keep.sum() < H
     n = int(keep.sum())
-    assert ist[IS_N_HYP] == n and ist[IS_N_NEW] == 0 and ist[IS_BURST_LEFT] == 0
+    # deleted rows stay in place, marked dead (hyp_obj -1), until the dead outnumber the live
+    live = ev.live_rows(ist, hy["hyp_obj"])
+    assert len(live) == n and ist[IS_N_HYP] - ist[ev.IS_N_DEAD] == n
+    assert ist[IS_N_NEW] == 0 and ist[IS_BURST_LEFT] == 0
+    np.testing.assert_array_equal(live, np.flatnonzero(keep))
+    assert not hy["hyp_possible"][:H][~keep].any()
     for key in ("hyp_obj", "hyp_loc", "hyp_rot", "hyp_possible"):  # zero displacement: locations unchanged
-        np.testing.assert_array_equal(hy[key][:n], before[key][keep], err_msg=key)
-    np.testing.assert_array_equal(hy["hyp_age"][:n], before["hyp_age"][keep] + 1)
+        np.testing.assert_array_equal(hy[key][live], before[key][keep], err_msg=key)
+    np.testing.assert_array_equal(hy["hyp_age"][live], before["hyp_age"][keep] + 1)
     slot = step % W
     other = [c for c in range(W) if c != slot]
-    np.testing.assert_array_equal(hy["hyp_buf"][:n][:, other], before["hyp_buf"][keep][:, other])
-    e = hy["hyp_ev"][:n].astype(np.float64)
-    np.testing.assert_array_equal(hy["hyp_buf"][:n, slot], hy["hyp_ev"][:n])
+    np.testing.assert_array_equal(hy["hyp_buf"][live][:, other], before["hyp_buf"][keep][:, other])
+    e = hy["hyp_ev"][live].astype(np.float64)
+    np.testing.assert_array_equal(hy["hyp_buf"][live, slot], hy["hyp_ev"][live])
     mm = np.minimum(before["hyp_age"][keep] + 1, W)
     oldest = before["hyp_buf"][keep][np.arange(n), (step - mm + 1) % W]
-    np.testing.assert_allclose(hy["hyp_slope"][:n], (e - oldest) / (mm - 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hy["hyp_slope"][live], (e - oldest) / (mm - 1), rtol=1e-5, atol=1e-5)
 
 
 def _walk(rng, pos, lo, hi, n_steps, start):
@@ -750,10 +755,11 @@ def test_slope_tracker_and_deletion_over_an_episode(step_model, burst_slope):
         pose = m["node_pose"][node].reshape(3, 3) @ Q.T
         pose_defined = bool(m["node_pfd"][node])
         features = m["node_feat"][node] + rng.normal(0, 0.02, 3).astype(F32)
-        n = int(ist[IS_N_HYP])
-        assert n == len(hist)
+        live = ev.live_rows(ist, hy["hyp_obj"])
+        n = len(live)
+        assert n == len(hist) and n == ist[IS_N_HYP] - ist[ev.IS_N_DEAD]
         slopes_ref = er.slope(_history_buf(hist)) if n else np.zeros(0)
-        slopes_k = hy["hyp_slope"][:n]
+        slopes_k = hy["hyp_slope"][live]
         np.testing.assert_array_equal(np.isnan(slopes_ref), np.isnan(slopes_k))
         np.testing.assert_allclose(slopes_k, slopes_ref, atol=1e-4, rtol=1e-5)
         finite = slopes_ref[np.isfinite(slopes_ref)]
@@ -765,8 +771,8 @@ def test_slope_tracker_and_deletion_over_an_episode(step_model, burst_slope):
         ambiguous = np.abs(slopes_ref - 0.5) < 1e-4
         s_use = np.where(ambiguous, slopes_k, slopes_ref)
         keep = er.retain_mask(s_use, [len(x) for x in hist], 0.5, 5) if t > 0 else np.ones(0, bool)
-        rot_before = hy["hyp_rot"][:n].copy()
-        possible_before = hy["hyp_possible"][:n].copy()
+        rot_before = hy["hyp_rot"][live].copy()
+        possible_before = hy["hyp_possible"][live].copy()
         phi = ref_phi(m, features)
         want_new = 0
         if burst_left > 0:
@@ -780,15 +786,18 @@ def test_slope_tracker_and_deletion_over_an_episode(step_model, burst_slope):
         n_keep = int(keep.sum())
         n_deleted += n - n_keep
         assert ist[IS_N_NEW] == want_new, t
-        assert ist[IS_N_HYP] == n_keep + want_new, t
-        np.testing.assert_array_equal(hy["hyp_rot"][:n_keep], rot_before[keep])
-        np.testing.assert_array_equal(hy["hyp_possible"][:n_keep], possible_before[keep])
+        live = ev.live_rows(ist, hy["hyp_obj"])
+        assert len(live) == n_keep + want_new, t
+        # survivors keep their order, the new hypotheses come after every row in use
+        np.testing.assert_array_equal(hy["hyp_rot"][live[:n_keep]], rot_before[keep])
+        np.testing.assert_array_equal(hy["hyp_possible"][live[:n_keep]], possible_before[keep])
+        assert np.all(live[n_keep:] == np.arange(ist[IS_N_HYP] - want_new, ist[IS_N_HYP]))
         burst_left = max(burst_left - 1, 0)
         assert ist[IS_BURST_LEFT] == burst_left
-        evs = hy["hyp_ev"][:ist[IS_N_HYP]].astype(np.float64)
+        evs = hy["hyp_ev"][live].astype(np.float64)
         hist = [h + [evs[i]] for i, h in enumerate([hist[j] for j in np.flatnonzero(keep)])]
         hist += [[evs[i]] for i in range(n_keep, n_keep + want_new)]
-        np.testing.assert_array_equal(hy["hyp_age"][:len(hist)], [len(x) for x in hist])
+        np.testing.assert_array_equal(hy["hyp_age"][live], [len(x) for x in hist])
     assert n_deleted > 0 and len(path) > W  # deletions happened, the ring wrapped
     # 1.0: one burst, then the good hypotheses keep the slope above the trigger; 3.0: a burst every step
     assert n_bursts == (3 if burst_slope == 1.0 else len(path))
@@ -1117,3 +1126,20 @@ def _perturbed(r, rng, spread):
     a = rng.uniform(0, spread)
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     return (np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k) @ r
+
+
+def test_compact_moves_live_rows_down_in_order():
+    rng = np.random.default_rng(8)
+    for n in (0, 1, 7, 300):
+        hy = alloc_hyps(max(n, 1) + 5)
+        for key, a in hy.items():
+            a[...] = rng.integers(0, 100, a.shape).astype(a.dtype)
+        dead = rng.uniform(size=n) < 0.5
+        hy["hyp_obj"][:n][dead] = -1
+        before = {k: v[:n].copy() for k, v in hy.items()}
+        live = np.flatnonzero(~dead)
+        got = ev._compact(n, hy["hyp_obj"], hy["hyp_loc"], hy["hyp_rot"], hy["hyp_ev"], hy["hyp_slope"],
+                          hy["hyp_age"], hy["hyp_possible"], hy["hyp_buf"])
+        assert got == len(live)
+        for key in hy:
+            np.testing.assert_array_equal(hy[key][:got], before[key][live], err_msg=key)
