@@ -63,6 +63,22 @@ class EvidenceEpisode:
     trace: np.ndarray | None = field(default=None, repr=False)  # float32 (steps, O) best evidence per object
 
 
+# Which setting fills which slot of the kernels' parameter arrays.
+_FPARAMS = {
+    kev.FP_MMD: "max_match_distance", kev.FP_W_NORMAL: "normal_weight",
+    kev.FP_W_CURV: "curvature_direction_weight", kev.FP_PAST: "past_weight", kev.FP_PRESENT: "present_weight",
+    kev.FP_INCREMENT: "feature_evidence_increment", kev.FP_SAMPLING: "sampling_multiplier",
+    kev.FP_DELETION_SLOPE: "deletion_trigger_slope", kev.FP_BURST_SLOPE: "burst_trigger_slope",
+    kev.FP_X_PERCENT: "x_percent_threshold", kev.FP_OBJECT_THRESHOLD: "object_evidence_threshold",
+    kev.FP_PATH_SIMILARITY: "path_similarity_threshold", kev.FP_POSE_SIMILARITY: "pose_similarity_threshold",
+}
+_IPARAMS = {
+    kev.IP_K: "max_nneighbors", kev.IP_UMBILICAL: "umbilical_num_poses",
+    kev.IP_BURST_DURATION: "sampling_burst_duration", kev.IP_MIN_AGE: "min_age",
+    kev.IP_MIN_STEPS: "min_eval_steps", kev.IP_SYMMETRY: "required_symmetry_evidence",
+}
+
+
 def matching_features(ds: EpisodeDataset) -> tuple[np.ndarray, tuple[str, ...]]:
     """The per-step matching features: the dataset's columns, then the two log curvatures.
 
@@ -130,31 +146,15 @@ class EvidenceModel:
                                   normal_angle=s.graph_normal_angle, feat_thresholds=thresholds,
                                   max_size=s.max_graph_size, voxels_per_dim=s.voxels_per_dim,
                                   max_nodes=s.max_nodes)
+        # kernel parameter arrays, filled from the settings by name
         self.fparams = np.zeros(kev.N_FPARAMS, np.float32)
-        fp = self.fparams
-        fp[kev.FP_MMD] = s.max_match_distance
-        fp[kev.FP_W_NORMAL] = s.normal_weight
-        fp[kev.FP_W_CURV] = s.curvature_direction_weight
-        fp[kev.FP_PAST] = s.past_weight
-        fp[kev.FP_PRESENT] = s.present_weight
-        fp[kev.FP_INCREMENT] = s.feature_evidence_increment
-        fp[kev.FP_SAMPLING] = s.sampling_multiplier
-        fp[kev.FP_DELETION_SLOPE] = s.deletion_trigger_slope
-        fp[kev.FP_BURST_SLOPE] = s.burst_trigger_slope
-        fp[kev.FP_X_PERCENT] = s.x_percent_threshold
-        fp[kev.FP_OBJECT_THRESHOLD] = s.object_evidence_threshold
-        fp[kev.FP_PATH_SIMILARITY] = s.path_similarity_threshold
-        fp[kev.FP_POSE_SIMILARITY] = s.pose_similarity_threshold
+        for index, name in _FPARAMS.items():
+            self.fparams[index] = getattr(s, name)
         self.iparams = np.zeros(kev.N_IPARAMS, np.int64)
-        ip = self.iparams
-        ip[kev.IP_K] = s.max_nneighbors
-        ip[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
-        ip[kev.IP_UMBILICAL] = s.umbilical_num_poses
-        ip[kev.IP_BURST_DURATION] = s.sampling_burst_duration
-        ip[kev.IP_MIN_AGE] = s.min_age
-        ip[kev.IP_MIN_STEPS] = s.min_eval_steps
-        ip[kev.IP_MAX_STEPS] = max_eval_steps
-        ip[kev.IP_SYMMETRY] = s.required_symmetry_evidence
+        for index, name in _IPARAMS.items():
+            self.iparams[index] = getattr(s, name)
+        self.iparams[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
+        self.iparams[kev.IP_MAX_STEPS] = max_eval_steps
         self._model = None
         self._hyp = None
 

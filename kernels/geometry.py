@@ -259,6 +259,26 @@ def _fallback(i, rough, normal_out, curv_out, dir_out):
 
 
 @njit(cache=True)
+def _eigenvector(k, g11, g12, g22, b11, b12, b22, umbilic0, umbilic1):
+    """A solution ``x`` of ``(B - k G) x = 0`` (2x2): orthogonal to the larger row of
+    ``B - k G``. Where that matrix vanishes (an umbilic, ``ka == kb``) every direction is
+    principal and ``(umbilic0, umbilic1)`` is returned."""
+    ra0 = b11 - k * g11
+    ra1 = b12 - k * g12
+    rb0 = b12 - k * g12
+    rb1 = b22 - k * g22
+    if ra0 * ra0 + ra1 * ra1 >= rb0 * rb0 + rb1 * rb1:
+        x0 = -ra1
+        x1 = ra0
+    else:
+        x0 = -rb1
+        x1 = rb0
+    if x0 * x0 + x1 * x1 <= 1e-24 * (b11 * b11 + b22 * b22 + b12 * b12 + 1e-300):
+        return umbilic0, umbilic1
+    return x0, x1
+
+
+@njit(cache=True)
 def _principal(g11, g12, g22, b11, b12, b22):
     """Eigenvalues/vectors of ``G^-1 B`` (2x2, G symmetric positive definite, B symmetric)
     as the generalised problem ``B x = k G x``. Returns ``(ka, xa0, xa1, kb, xb0, xb1)``,
@@ -272,35 +292,9 @@ def _principal(g11, g12, g22, b11, b12, b22):
     root = np.sqrt(disc)
     ka = (tr + root) / (2.0 * det_g)
     kb = (tr - root) / (2.0 * det_g)
-    # Eigenvector of k: orthogonal to the larger row of (B - k G).
-    ra0 = b11 - ka * g11
-    ra1 = b12 - ka * g12
-    rb0 = b12 - ka * g12
-    rb1 = b22 - ka * g22
-    if ra0 * ra0 + ra1 * ra1 >= rb0 * rb0 + rb1 * rb1:
-        xa0 = -ra1
-        xa1 = ra0
-    else:
-        xa0 = -rb1
-        xa1 = rb0
-    if xa0 * xa0 + xa1 * xa1 <= 1e-24 * (b11 * b11 + b22 * b22 + b12 * b12 + 1e-300):
-        xa0 = 1.0  # umbilic (ka == kb): every direction is principal
-        xa1 = 0.0
-    # The second direction is G-orthogonal to the first: x_b = G^-1 J G x_a style;
-    # simpler and exact for 2x2: solve the same row construction with kb.
-    ra0 = b11 - kb * g11
-    ra1 = b12 - kb * g12
-    rb0 = b12 - kb * g12
-    rb1 = b22 - kb * g22
-    if ra0 * ra0 + ra1 * ra1 >= rb0 * rb0 + rb1 * rb1:
-        xb0 = -ra1
-        xb1 = ra0
-    else:
-        xb0 = -rb1
-        xb1 = rb0
-    if xb0 * xb0 + xb1 * xb1 <= 1e-24 * (b11 * b11 + b22 * b22 + b12 * b12 + 1e-300):
-        xb0 = 0.0
-        xb1 = 1.0
+    xa0, xa1 = _eigenvector(ka, g11, g12, g22, b11, b12, b22, 1.0, 0.0)
+    # The second direction: the same construction with kb (exact for 2x2).
+    xb0, xb1 = _eigenvector(kb, g11, g12, g22, b11, b12, b22, 0.0, 1.0)
     return ka, xa0, xa1, kb, xb0, xb1
 
 

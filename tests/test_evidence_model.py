@@ -180,3 +180,12 @@ def test_nothing_learned_is_a_clear_error(dataset):
                      "experiment": {"do_train": False}})
     with pytest.raises(UserError, match="nothing was learned"):
         EvidenceExperiment(cfg, dataset).run()
+
+
+def test_every_kernel_parameter_slot_is_filled_from_a_setting():
+    from engine.evidence_model import _FPARAMS, _IPARAMS
+
+    assert sorted(_FPARAMS) == list(range(kev.N_FPARAMS))
+    assert sorted(list(_IPARAMS) + [kev.IP_UPDATER, kev.IP_MAX_STEPS]) == list(range(kev.N_IPARAMS))
+    fields = {f.name for f in dataclasses.fields(EvidenceSettings)}
+    assert set(_FPARAMS.values()) <= fields and set(_IPARAMS.values()) <= fields
