@@ -239,13 +239,40 @@ def feature_evidence(node_feat, obs, tol, weight, circular, increment=1.0):
     Returns
     -------
     float32 (N,) in [0, increment].
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, NaN or infinity, a tolerance that is not > 0, a negative weight.
     """
-    node_feat = np.ascontiguousarray(node_feat, np.float32)
+    node_feat = _finite("node_feat", node_feat, 2)
+    n_feat = node_feat.shape[1]
+    obs = _finite("obs", obs, 1, n_feat)
+    tol = _finite("tol", tol, 1, n_feat)
+    weight = _finite("weight", weight, 1, n_feat)
+    circular = np.asarray(circular, np.float32).reshape(-1)
+    if circular.shape != (n_feat,):
+        raise ValueError(f"circular must have shape ({n_feat},), got {circular.shape}")
+    if (tol <= 0).any():
+        raise ValueError("tol must be > 0 in every column")
+    if (weight < 0).any():
+        raise ValueError("weight must be >= 0 in every column")
     phi = np.empty(node_feat.shape[0], np.float32)
-    feature_evidence_into(node_feat, 0, node_feat.shape[0], np.asarray(obs, np.float32),
-                          np.asarray(tol, np.float32), np.asarray(weight, np.float32),
-                          np.asarray(circular, np.float32), np.float32(increment), phi)
+    feature_evidence_into(node_feat, 0, node_feat.shape[0], obs, tol, weight, circular, np.float32(increment), phi)
     return phi
+
+
+def _finite(name, a, ndim, cols=None):
+    """``a`` as a C-contiguous float32 array of rank ``ndim`` (and ``cols`` columns, or
+    length for rank 1) with finite values, or a ValueError naming it."""
+    a = np.ascontiguousarray(a, np.float32)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if cols is not None and a.shape[-1] != cols:
+        raise ValueError(f"{name} must have {cols} {'columns' if ndim == 2 else 'entries'}, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} holds NaN or infinity")
+    return a
 
 
 # --------------------------------------------------------------------------- node grid
@@ -273,6 +300,9 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     k : int
         Nearest nodes a query needs (``max_nneighbors``).
 
+    Raises ValueError on NaN or infinite positions, offsets that do not rise from 0 to
+    N, or a radius or k that is not positive.
+
     Returns
     -------
     order : int64 (N,)
@@ -292,7 +322,15 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     """
     from .kdtree import build_tree, query_knn_batch, query_radius_batch  # sibling kernel module
 
-    node_pos = np.ascontiguousarray(node_pos, np.float32)
+    node_pos = _finite("node_pos", node_pos, 2, 3)
+    obj_start = np.asarray(obj_start, np.int64).reshape(-1)
+    if (len(obj_start) < 1 or obj_start[0] != 0 or obj_start[-1] != len(node_pos)
+            or (np.diff(obj_start) < 0).any()):
+        raise ValueError(f"obj_start must rise from 0 to {len(node_pos)} (the node count)")
+    if not (np.isfinite(max_match_distance) and max_match_distance > 0):
+        raise ValueError(f"max_match_distance must be > 0, got {max_match_distance}")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     n_obj = len(obj_start) - 1
     cell = np.float32(max_match_distance) / np.float32(CELLS_PER_RADIUS)
     half_diag = float(cell) * np.sqrt(3.0) / 2.0

@@ -1143,3 +1143,30 @@ def test_compact_moves_live_rows_down_in_order():
         assert got == len(live)
         for key in hy:
             np.testing.assert_array_equal(hy[key][:got], before[key][live], err_msg=key)
+
+
+def test_python_entry_points_reject_bad_input():
+    feat = np.zeros((4, 2), F32)
+    ok = dict(obs=np.zeros(2, F32), tol=np.ones(2, F32), weight=np.ones(2, F32), circular=np.zeros(2))
+    assert ev.feature_evidence(feat, **ok).shape == (4,)
+    for key, bad, msg in [("obs", np.array([np.nan, 0], F32), "obs holds NaN"),
+                          ("tol", np.array([0, 1], F32), "tol must be > 0"),
+                          ("weight", np.array([-1, 1], F32), "weight must be >= 0"),
+                          ("obs", np.zeros(3, F32), "obs must have 2"),
+                          ("circular", np.zeros(5), "circular must have shape")]:
+        with pytest.raises(ValueError, match=msg):
+            ev.feature_evidence(feat, **{**ok, key: bad})
+    with pytest.raises(ValueError, match="node_feat holds NaN"):
+        ev.feature_evidence(np.full((2, 2), np.inf, F32), **ok)
+    pos = np.zeros((3, 3), F32)
+    with pytest.raises(ValueError, match="node_pos holds NaN"):
+        ev.build_node_grid(np.full((3, 3), np.nan, F32), np.array([0, 3]), MMD, 5)
+    with pytest.raises(ValueError, match="obj_start must rise"):
+        ev.build_node_grid(pos, np.array([0, 2]), MMD, 5)
+    with pytest.raises(ValueError, match="max_match_distance"):
+        ev.build_node_grid(pos, np.array([0, 3]), 0.0, 5)
+    with pytest.raises(ValueError, match="k must be"):
+        ev.build_node_grid(pos, np.array([0, 3]), MMD, 0)
+    # an empty model is fine: no objects, no cells
+    out = ev.build_node_grid(np.zeros((0, 3), F32), np.array([0]), MMD, 5)
+    assert len(out[0]) == 0 and out[3].tolist() == [0]
