@@ -16,6 +16,11 @@ store      the structure-of-arrays layout of a model's stored observations
 timing     cycle-counter timers usable inside kernels (per-kernel profiles)
 compact    float16 storage (uint16 bit patterns) with float32 compute
 kdtree     a KD-tree over float32 3-D points: build, k-nearest and radius queries
+nearest    the nearest model's similarity over the k nearest stored observations
+evidence   evidence matching (tbp.monty's learning module): hypotheses, nearest nodes,
+           burst sampling, terminal conditions; one step or one episode per call
+graph      object models: greedy graph thinning and the voxel grid model
+geometry   surface fits (normals, principal curvatures) and the surface-following walk
 """
 
 import os as _os
@@ -51,4 +56,5 @@ def _choose_openmp_wait_policy():
 
 _choose_openmp_wait_policy()
 
-__all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree"]
+__all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree", "nearest", "evidence", "graph",
+           "geometry"]
