@@ -753,8 +753,8 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
 
     Returns the outcome code after the step (``RUNNING``, ``MATCH``, ``NO_MATCH``,
     ``TIME_OUT``) or ``NEED_CAPACITY`` (``istate[IS_NEED]`` rows are needed; the
-    state is as before the call apart from deleted stale rows, and the same step
-    can be repeated after growing the hypothesis arrays).
+    state is as before the call apart from dead rows compacted away and a burst
+    started, and the same step can be repeated after growing the hypothesis arrays).
     """
     cap = hyp_ev.shape[0]
     n_obj = obj_start.shape[0] - 1
