@@ -402,7 +402,7 @@ def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree, q
 CELLS_PER_RADIUS = 2
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
                qx, qy, qz, k, best_d2, best_j):
     """The ``k`` nearest nodes of object ``o`` closer than ``sqrt(r2)`` to ``q``.
@@ -476,7 +476,7 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     return m
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
                     qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c):
     """Evidence change of one hypothesis from its ``m`` nearest nodes (4.5-4.8).
