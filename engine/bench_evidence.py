@@ -197,7 +197,7 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
     from kernels import evidence as kev
 
     from .dataset import TRAIN
-    from .evidence_model import EvidenceModel, matching_features
+    from .evidence_model import EvidenceModel, live_hypotheses, matching_features
 
     feats, fnames = matching_features(ds)
     model = EvidenceModel(settings, fnames, max_eval_steps=eval_steps)
@@ -230,7 +230,7 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
             m = int(istate[kev.IS_MATCHING_STEPS])
             if m > _last[0]:
                 _last[0] = m
-                hyp_sum += int(istate[kev.IS_N_HYP] - istate[kev.IS_N_DEAD])
+                hyp_sum += live_hypotheses(istate)
                 hyp_steps += 1
 
         model.run_episode(*obs, stepwise=True, on_step=on_step)

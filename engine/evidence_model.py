@@ -109,19 +109,20 @@ def live_hypotheses(istate) -> int:
 
 
 def project_rotation(m: np.ndarray) -> np.ndarray:
-    """The rotation matrix nearest to ``m`` (3, 3) (SVD), float64."""
+    """The rotation matrix nearest to ``m`` (..., 3, 3) (SVD, one per matrix), float64."""
     u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        u[:, -1] = -u[:, -1]
-        r = u @ vt
-    return r
+    flip = np.linalg.det(u @ vt) < 0
+    u[..., :, -1] = np.where(flip[..., None], -u[..., :, -1], u[..., :, -1])
+    return u @ vt
 
 
-def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Geodesic angle between two rotation matrices, degrees."""
-    c = (np.trace(np.asarray(a, np.float64) @ np.asarray(b, np.float64).T) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+def rotation_angle_deg(a: np.ndarray, b: np.ndarray):
+    """Geodesic angle between rotation matrices ``a`` (..., 3, 3) and ``b`` (3, 3), degrees
+    (a float for one matrix, an array for a stack)."""
+    a = np.asarray(a, np.float64)
+    c = (np.einsum("...ij,ij->...", a, np.asarray(b, np.float64)) - 1.0) / 2.0
+    angle = np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
+    return float(angle) if np.ndim(angle) == 0 else angle
 
 
 class EvidenceModel:
@@ -304,8 +305,9 @@ class EvidenceModel:
             name = "correct" if det == target else "confused"
             if name == "correct":
                 if out["symmetric"] and possible.any():
-                    errs = [rotation_angle_deg(project_rotation(r).T, q_true) for r in rot[possible.astype(bool)]]
-                    out["rotation_error_deg"] = float(min(errs))
+                    # every pose still possible is an answer: the nearest one counts
+                    preds = np.swapaxes(project_rotation(rot[possible.astype(bool)]), -1, -2)
+                    out["rotation_error_deg"] = float(rotation_angle_deg(preds, q_true).min())
                 else:
                     out["rotation_error_deg"] = rotation_angle_deg(out["detected_rotation"], q_true)
         elif name == "time_out" and out["mlh_correct"]:

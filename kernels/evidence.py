@@ -128,13 +128,6 @@ _CHUNK = 512  # hypotheses per parallel work item (scratch is allocated per item
 # --------------------------------------------------------------------------- small helpers
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def log_sign(k):
-    """``sign(k) * log(1 + abs(k))`` in float32 (tbp.monty's ``principal_curvatures_log``)."""
-    a = np.float32(np.log1p(np.float32(abs(k))))
-    return a if k >= 0 else -a
-
-
 @njit(cache=True)
 def candidate_frames(sensed_pose, pose_defined, n_umbilical):
     """Candidate sensed frames of section 3.1.

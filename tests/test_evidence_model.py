@@ -171,6 +171,12 @@ def test_project_rotation_returns_the_nearest_rotation():
     assert rotation_angle_deg(r, r) == pytest.approx(0.0, abs=1e-5)
     z30 = np.array([[np.cos(np.pi / 6), -np.sin(np.pi / 6), 0], [np.sin(np.pi / 6), np.cos(np.pi / 6), 0], [0, 0, 1]])
     assert rotation_angle_deg(z30, np.eye(3)) == pytest.approx(30.0)
+    # a stack is projected and measured matrix by matrix (a reflection's nearest rotation too)
+    stack = np.stack([noisy, -noisy, z30 + 0.01])
+    one_by_one = np.stack([project_rotation(m) for m in stack])
+    np.testing.assert_allclose(project_rotation(stack), one_by_one, atol=1e-12)
+    assert np.all(np.linalg.det(one_by_one) > 0)
+    np.testing.assert_allclose(rotation_angle_deg(one_by_one, r), [rotation_angle_deg(m, r) for m in one_by_one])
 
 
 def test_nothing_learned_is_a_clear_error(dataset):

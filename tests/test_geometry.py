@@ -321,3 +321,74 @@ def test_walk_edge_cases_and_validation():
         surface_walk(p, n, tree, 0, F32([1, 0, 0]), 0.01, np.full(3, np.nan, dtype=F32))
     with pytest.raises(ValueError):
         surface_walk(p.astype(np.float64), n, tree, 0, F32([1, 0, 0]), 0.01, np.zeros(3, dtype=F32))
+
+
+# ----------------------------------------------------------------------------- walk vs a reference
+
+
+def _reference_walk(points, normals, start, heading, step, turns):
+    """The surface walk of ``surface_walk_kernel``'s docstring, plainly, in float64 with a
+    brute-force 8-nearest search (ties by lower index)."""
+    p = points.astype(np.float64)
+    nrm = normals.astype(np.float64)
+
+    def tangent(h, n):
+        t = h - (h @ n) * n
+        s = np.linalg.norm(t)
+        if s > 1e-6:
+            return t / s
+        a = np.zeros(3)
+        a[np.argmin(np.abs(n))] = 1.0
+        t = a - (a @ n) * n
+        return t / np.linalg.norm(t)
+
+    def rotate(h, axis, angle):
+        return h * np.cos(angle) + np.cross(axis, h) * np.sin(angle) + axis * (axis @ h) * (1 - np.cos(angle))
+
+    out = [start]
+    cur = start
+    h = tangent(heading.astype(np.float64), nrm[cur])
+    k = min(8, len(p))
+    for i in range(1, len(turns)):
+        n_cur = nrm[cur]
+        h = rotate(h, n_cur, float(turns[i]))
+        nxt = -1
+        for attempt in range(8):
+            if attempt > 0:
+                h = rotate(h, n_cur, 2.399963)
+            target = p[cur] + step * h - 0.2 * step * n_cur
+            d = np.linalg.norm(p - target, axis=1)
+            for cand in np.lexsort((np.arange(len(p)), d))[:k]:
+                if cand == cur or np.linalg.norm(p[cand] - p[cur]) < 0.3 * step or nrm[cand] @ n_cur < -0.5:
+                    continue
+                nxt = int(cand)
+                break
+            if nxt >= 0:
+                break
+        if nxt >= 0:
+            axis = np.cross(n_cur, nrm[nxt])
+            s = np.linalg.norm(axis)
+            if s > 1e-6:
+                h = rotate(h, axis / s, np.arctan2(s, n_cur @ nrm[nxt]))
+            h = tangent(h, nrm[nxt])
+            cur = nxt
+        out.append(cur)
+    return np.array(out)
+
+
+def test_surface_walk_matches_a_plain_reference():
+    rng = np.random.default_rng(21)
+    # a sphere and a box-like cloud: smooth turns and sharp edges
+    v = rng.normal(size=(3000, 3))
+    sphere = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(F32)
+    cube = rng.uniform(-1, 1, (3000, 3))
+    face = np.argmax(np.abs(cube), axis=1)
+    cube[np.arange(3000), face] = np.sign(cube[np.arange(3000), face])
+    cube_n = np.zeros_like(cube)
+    cube_n[np.arange(3000), face] = cube[np.arange(3000), face]
+    for pts, nrm in ((sphere * F32(0.05), sphere), (cube.astype(F32) * F32(0.05), cube_n.astype(F32))):
+        turns = rng.normal(0, 0.25, 150).astype(F32)
+        got = surface_walk(pts, nrm, build_tree(pts), 7, F32([1, 0.3, 0]), 0.01, turns)
+        want = _reference_walk(pts, nrm, 7, F32([1, 0.3, 0]), 0.01, turns)
+        # float32 against float64 arithmetic: equal on these clouds (no near-ties met)
+        np.testing.assert_array_equal(got, want)
