@@ -45,7 +45,7 @@ result to the kernel.
 import numpy as np
 from numba import njit
 
-from .kdtree import KDTree, _query_knn, build_tree, query_radius_batch
+from .kdtree import KDTree, _check_points, _query_knn, build_tree, query_radius_batch  # the (n, 3) float32 check
 
 __all__ = [
     "MIN_NEIGHBOURS",
@@ -454,18 +454,6 @@ def fit_surface_kernel(points, normals, centers, nb_indices, nb_offsets, radius)
     return normal_out, curv_out, dir_out
 
 
-def _check_f32(name, a, shape_text, ncols):
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name} must be a numpy float32 array, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise ValueError(f"{name} must have dtype float32, got {a.dtype}")
-    if a.ndim != 2 or a.shape[1] != ncols:
-        raise ValueError(f"{name} must have shape {shape_text}, got {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite (no NaN or infinity)")
-    return np.ascontiguousarray(a)
-
-
 def _check_radius(radius):
     try:
         r = float(radius)
@@ -511,8 +499,8 @@ def fit_surface(points, normals, centers, radius, tree=None):
         Wrong type, dtype or shape, NaN or infinity, a centre out of range, or a radius
         that is not a finite positive number.
     """
-    points = _check_f32("points", points, "(P, 3)", 3)
-    normals = _check_f32("normals", normals, "(P, 3)", 3)
+    points = _check_points("points", points)
+    normals = _check_points("normals", normals)
     if normals.shape[0] != points.shape[0]:
         raise ValueError(
             f"normals must have the same number of rows as points ({points.shape[0]}), "
@@ -673,8 +661,8 @@ def surface_walk(points, normals, tree, start, heading, step, turn_angles):
     """Validated Python entry point of :func:`surface_walk_kernel` (same parameters and
     result). Raises ValueError on wrong dtypes or shapes, NaN, an out-of-range start, a
     zero heading or a step that is not finite and positive."""
-    points = _check_f32("points", points, "(P, 3)", 3)
-    normals = _check_f32("normals", normals, "(P, 3)", 3)
+    points = _check_points("points", points)
+    normals = _check_points("normals", normals)
     if normals.shape[0] != points.shape[0] or points.shape[0] == 0:
         raise ValueError("points and normals must have the same, non-zero number of rows")
     if not isinstance(tree, KDTree) or tree.points.shape[0] != points.shape[0]:
