@@ -195,3 +195,35 @@ def test_every_kernel_parameter_slot_is_filled_from_a_setting():
     assert sorted(list(_IPARAMS) + [kev.IP_UPDATER, kev.IP_MAX_STEPS]) == list(range(kev.N_IPARAMS))
     fields = {f.name for f in dataclasses.fields(EvidenceSettings)}
     assert set(_FPARAMS.values()) <= fields and set(_IPARAMS.values()) <= fields
+
+
+@pytest.mark.parametrize("stepwise, step_hook, path", [(False, False, False), (True, False, True),
+                                                       (False, True, True)])
+def test_kernels_are_compiled_before_training_on_the_path_the_run_takes(dataset, monkeypatch, stepwise,
+                                                                        step_hook, path):
+    # train_s and the matching step times must hold no compile time: the toy warm-up
+    # runs before the first training episode, on the evaluation path actually used
+    import engine.evidence_model as em
+
+    calls = []
+    real_warmup, real_learn = em.warmup_kernels, EvidenceModel.learn
+
+    def warmup(settings, simulate=False, paths=(False, True)):
+        calls.append(("warmup", tuple(paths)))
+        return real_warmup(settings, simulate, paths)
+
+    def learn(self, *args):
+        calls.append(("learn",))
+        return real_learn(self, *args)
+
+    monkeypatch.setattr(em, "warmup_kernels", warmup)
+    monkeypatch.setattr(EvidenceModel, "learn", learn)
+    cfg = _config()
+    cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, stepwise=stepwise))
+    ex = EvidenceExperiment(cfg, dataset)
+    if step_hook:
+        ex.add_hook("after_step", lambda name, **kw: None)
+    result = ex.run()
+    assert calls[0] == ("warmup", (path,))
+    assert ("learn",) in calls[1:] and ("warmup", (path,)) not in calls[1:]
+    assert result.compile_s > 0 and result.train_s > 0
