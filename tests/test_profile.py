@@ -92,3 +92,33 @@ def test_profile_nearest_model(tmp_path, root, capsys):
     assert report["final_confidence"] == report["stepwise_final_confidence"]
     assert report["kernels"][0]["calls"] == 3  # two training episodes, one evaluation call
     assert any("nearest_match_step" in r["source"] for r in report["lines"])
+
+
+def test_knn_costs_script_reports_each_condition(root):
+    # profiling/knn_costs.py on a small simulated run: four rows, sane figures
+    p = subprocess.run([sys.executable, str(root / "profiling/knn_costs.py"), str(root / "configs/shapes_10.yaml"),
+                        "--step", "2", "--repeats", "1", "--set", "data.objects=[mug, cone]",
+                        "--set", "data.n_points=1500", "--set", "data.train_steps=60",
+                        "--set", "data.eval_rotations=1", "--set", "data.eval_steps=10"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert "k = 5" in lines[0] and "step 2" in lines[0]
+    rows = {}
+    for line in lines[2:]:
+        name, n, ns, scanned = line.rsplit(None, 3)
+        rows[name.strip()] = (int(n), float(ns), float(scanned))
+    assert set(rows) == {"as in the step", "sample, shuffled", "sample, same order", "distances only"}
+    assert all(n > 0 and ns > 0 and scanned > 0 for n, ns, scanned in rows.values())
+    # the floor scans exactly the first row's candidates
+    assert rows["distances only"][0] == rows["as in the step"][0]
+    assert rows["distances only"][2] == rows["as in the step"][2]
+
+
+def test_knn_costs_refuses_other_models(root):
+    p = subprocess.run([sys.executable, str(root / "profiling/knn_costs.py"), str(root / "configs/demo.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "not an evidence config" in p.stderr
+    p = subprocess.run([sys.executable, str(root / "profiling/knn_costs.py"), str(root / "configs/missing.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr

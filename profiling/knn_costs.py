@@ -1,0 +1,231 @@
+"""Where the evidence step's nearest-node search spends its time, per query.
+
+    python profiling/knn_costs.py [CONFIG] [--step 4] [--set KEY.PATH=VALUE ...]
+
+Trains the evidence model of CONFIG (default ``configs/shapes_10.yaml``), runs its first
+evaluation episode up to ``--step`` (the burst's busiest steps are 3 to 6), takes the live
+hypotheses' locations there as queries, and times ``kernels.evidence._k_nearest`` over them
+on one thread, the way the step's update loop calls it (inlined into a ``prange`` body),
+under four conditions that separate its costs:
+
+- ``as in the step``: the queries in hypothesis order (the grids of all objects, ~14 MB for
+  ten objects, do not fit the caches).
+- ``sample, shuffled``: 300 of those queries, replayed in a fresh order each pass: their
+  grid data stays in the caches, their branch outcomes stay unpredictable.
+- ``sample, same order``: the same 300, in the same order each pass: the branch predictor
+  learns the outcomes, so the difference to the row above is the cost of mispredicted
+  branches (the keep-or-skip decision per candidate, the k-best update, the early stop).
+- ``distances only``: the first row's candidates, the same number per query, without the
+  k-best bookkeeping or the early stop: the floor for this data layout.
+
+Why a ``prange`` body: an ``inline="always"`` helper taking arrays, called from a plain
+serial ``@njit`` loop, gets NRT reference counting on every iteration (~7 atomic
+increments and decrements, about 100 ns per call on the development machine), which the
+step's parallel loop body does not have; a serial harness measures that, not the search.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from engine.config import load_config  # noqa: E402
+from engine.errors import UserError  # noqa: E402
+from engine.evidence_model import EvidenceExperiment  # noqa: E402
+from engine.evidence_run import build_dataset  # noqa: E402
+from kernels import evidence as kev  # noqa: E402
+from kernels._flags import FASTMATH  # noqa: E402
+
+_CHUNK = 512
+_KMAX = 64
+_SAMPLE = 300  # queries replayed in the cache-resident rows
+
+
+@njit(fastmath=FASTMATH, parallel=True)
+def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
+    """``_k_nearest`` for every query; returns (checksum, candidates scanned) so nothing is elided."""
+    n = qo.shape[0]
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    sums = np.zeros(n_chunks, np.int64)
+    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
+    inv_cell = np.float32(1.0) / cell
+    for c in prange(n_chunks):
+        best_d2 = np.empty(_KMAX, np.float32)
+        best_j = np.empty(_KMAX, np.int64)
+        s = 0
+        for q in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            m = kev._k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, qo[q],
+                               inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
+            for p in range(m):
+                s += best_j[p]
+            s += m
+        sums[c] = s
+    return sums.sum()
+
+
+@njit(fastmath=FASTMATH)
+def _scan_lengths(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
+    """Candidates ``_k_nearest`` examines per query (its exact loop, counted), and their first row."""
+    n = qo.shape[0]
+    first = np.zeros(n, np.int64)
+    count = np.zeros(n, np.int64)
+    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
+    inv_cell = np.float32(1.0) / cell
+    r2 = mmd * mmd
+    best = np.empty(k, np.float32)
+    for q in range(n):
+        o = qo[q]
+        qx, qy, qz = ql[q, 0], ql[q, 1], ql[q, 2]
+        fx = (qx - grid_origin[o, 0]) * inv_cell
+        fy = (qy - grid_origin[o, 1]) * inv_cell
+        fz = (qz - grid_origin[o, 2]) * inv_cell
+        if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < grid_index[o, 0] and fy < grid_index[o, 1]
+                and fz < grid_index[o, 2]):
+            continue
+        cx, cy, cz = int(fx), int(fy), int(fz)
+        cid = grid_index[o, 3] + cx + grid_index[o, 0] * (cy + grid_index[o, 1] * cz)
+        half = np.float32(0.5)
+        ex = qx - (grid_origin[o, 0] + (np.float32(cx) + half) * cell)
+        ey = qy - (grid_origin[o, 1] + (np.float32(cy) + half) * cell)
+        ez = qz - (grid_origin[o, 2] + (np.float32(cz) + half) * cell)
+        off = np.sqrt(ex * ex + ey * ey + ez * ez)
+        first[q] = cand_start[cid]
+        m = 0
+        worst = r2
+        for i in range(cand_start[cid], cand_start[cid + 1]):
+            gap = cand_dist[i] - off
+            if gap > 0 and gap * gap >= worst:
+                break
+            count[q] += 1
+            j = cand_node[i]
+            dx = node_pos[j, 0] - qx
+            dy = node_pos[j, 1] - qy
+            dz = node_pos[j, 2] - qz
+            d2 = dx * dx + dy * dy + dz * dz
+            if d2 < worst:
+                if m < k:
+                    best[m] = d2
+                    m += 1
+                else:
+                    best[np.argmax(best)] = d2
+                if m == k:
+                    worst = best.max()
+    return first, count
+
+
+@njit(fastmath=FASTMATH, parallel=True)
+def _distances_only(ql, node_pos, cand_node, first, count):
+    """The same candidates' distances, no selection and no early stop: the layout's floor."""
+    n = ql.shape[0]
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    sums = np.zeros(n_chunks, np.float32)
+    for c in prange(n_chunks):
+        s = np.float32(0)
+        for q in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            qx, qy, qz = ql[q, 0], ql[q, 1], ql[q, 2]
+            for i in range(first[q], first[q] + count[q]):
+                j = cand_node[i]
+                dx = node_pos[j, 0] - qx
+                dy = node_pos[j, 1] - qy
+                dz = node_pos[j, 2] - qz
+                s += dx * dx + dy * dy + dz * dz
+        sums[c] = s
+    return sums.sum()
+
+
+def _median_ns(fn, n_queries, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / max(n_queries, 1) * 1e9
+
+
+def capture_queries(cfg, step):
+    """Train on CONFIG's data, run its first evaluation episode to ``step``; (model, obj, loc) of live rows."""
+    ds = build_dataset(cfg)
+    ex = EvidenceExperiment(cfg, ds)
+    ex.train()
+    model = ex.model
+    e = int(np.flatnonzero(ds.episode_split == 1)[0])
+    s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
+    s1 = min(s1, s0 + step + 1)
+    got = {}
+
+    def on_step(t, istate, obj_max):  # the last step reached (the episode may end before ``step``)
+        obj, loc = model.hypothesis_view(istate)[:2]
+        live = obj >= 0
+        got.update(step=t, obj=obj[live].astype(np.int64), loc=np.ascontiguousarray(loc[live]))
+
+    model.run_episode(ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], ex.features[s0:s1],
+                      stepwise=True, on_step=on_step)
+    return model, got
+
+
+def measure(cfg, step=4, repeats=7, seed=0):
+    """The table's rows: list of (condition, queries, ns per query, mean candidates scanned)."""
+    model, got = capture_queries(cfg, step)
+    node_pos, _, _, _, _, origin, index, cand_start, cand_node, cand_dist = model.model_arrays()
+    mmd = np.float32(model.settings.max_match_distance)
+    k = int(model.settings.max_nneighbors)
+    if k > _KMAX:
+        raise SystemExit(f"max_nneighbors {k} > {_KMAX}")
+    grid = (node_pos, origin, index, cand_start, cand_node, cand_dist, mmd, k)
+    qo, ql = got["obj"], got["loc"]
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def row(name, o, loc):
+        ns = _median_ns(lambda: _search_all(o, loc, *grid), len(o), repeats)
+        first, count = _scan_lengths(o, loc, *grid)
+        rows.append((name, len(o), ns, float(count.mean()) if len(o) else 0.0))
+        return first, count
+
+    first, count = row("as in the step", qo, ql)
+    # a random sample of the queries, replayed to the same total count: its grid data stays
+    # in the caches; in a fresh order each pass the branch outcomes stay unpredictable, in
+    # the same order each pass the predictor learns them
+    sample = rng.choice(len(qo), size=min(_SAMPLE, len(qo)), replace=False) if len(qo) else np.zeros(0, np.int64)
+    passes = max(1, len(qo) // max(len(sample), 1))
+    shuffled = np.concatenate([rng.permutation(sample) for _ in range(passes)]) if len(sample) else sample
+    row("sample, shuffled", qo[shuffled], np.ascontiguousarray(ql[shuffled]))
+    same = np.tile(sample, passes)
+    row("sample, same order", qo[same], np.ascontiguousarray(ql[same]))
+    ns = _median_ns(lambda: _distances_only(ql, node_pos, cand_node, first, count), len(qo), repeats)
+    rows.append(("distances only", len(qo), ns, float(count.mean()) if len(qo) else 0.0))
+    return got["step"], k, rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", default=str(Path(__file__).resolve().parent.parent / "configs/shapes_10.yaml"))
+    p.add_argument("--step", type=int, default=4, help="evaluation step whose hypotheses are the queries")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.set)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.model.type != "evidence":
+        p.error(f"{a.config}: not an evidence config (model.type {cfg.model.type!r})")
+    numba.set_num_threads(1)
+    step, k, rows = measure(cfg, a.step, a.repeats)
+    print(f"nearest-node search, one thread, k = {k}, hypotheses of evaluation step {step}")
+    print(f"{'condition':<18} {'queries':>8} {'ns/query':>9} {'candidates scanned':>19}")
+    for name, n, ns, scanned in rows:
+        print(f"{name:<18} {n:>8} {ns:>9.1f} {scanned:>19.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
