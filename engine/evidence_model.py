@@ -409,6 +409,8 @@ class EvidenceExperiment:
         compile_s = warmup_kernels(self.model.settings,
                                    paths=(stepwise or bool(self._hooks["after_step"]),))
         train_s = self.train()
+        # two steps on the real model: milliseconds, and it keeps a compile out of the
+        # matching times should the real arrays' types ever differ from the toy model's
         compile_s += self.warmup()
         episodes: list[EvidenceEpisode] = []
         rows = self._episode_rows(EVAL)

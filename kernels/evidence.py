@@ -405,10 +405,24 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     current k-th distance. Writes ``best_d2[:m]`` (float32 squared distances) and
     ``best_j[:m]`` (node rows), in no particular order; returns ``m <= k``. Of two
     nodes at the same distance the one met first is kept.
+    """
+    m, _, _ = _k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell,
+                              cell, r2, qx, qy, qz, k, best_d2, best_j)
+    return m
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
+                    qx, qy, qz, k, best_d2, best_j):
+    """``_k_nearest``, also returning the candidate rows it examined: ``(m, first, stop)``.
+
+    ``cand_node[first:stop]`` are the candidates whose distance was computed (for
+    ``profiling/knn_costs.py``; inlined into ``_k_nearest``, the unused rows cost nothing).
 
     The best list is kept unsorted with its largest entry tracked: a better node
-    replaces the largest, which costs a few branch-free compares instead of an
-    insertion sort's data-dependent loop.
+    replaces the largest, a few compares instead of an insertion sort's loop. (Numba
+    compiles these compares to branches; the branch-free forms measured no faster,
+    see ``profiling/README.md``.)
     """
     ox = grid_origin[o, 0]
     oy = grid_origin[o, 1]
@@ -422,7 +436,7 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     # outside the padded grid (compared as floats: no integer overflow far away),
     # or NaN: no node within the radius
     if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < nx and fy < ny and fz < nz):
-        return 0
+        return 0, 0, 0
     cx = int(fx)
     cy = int(fy)
     cz = int(fz)
@@ -430,7 +444,7 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     c0 = cand_start[cid]
     c1 = cand_start[cid + 1]
     if c0 == c1:
-        return 0
+        return 0, c0, c0
     half = np.float32(0.5)
     ex = qx - (ox + (np.float32(cx) + half) * cell)
     ey = qy - (oy + (np.float32(cy) + half) * cell)
@@ -439,10 +453,12 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     m = 0
     worst = r2
     top = 0  # slot of the largest of the best k (when full)
+    stop = c1
     for i in range(c0, c1):
         # a candidate at centre distance c is at least c - off from q
         gap = cand_dist[i] - off
         if gap > 0 and gap * gap >= worst:
+            stop = i
             break
         j = cand_node[i]
         dx = node_pos[j, 0] - qx
@@ -466,7 +482,7 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
                 if v > worst:
                     worst = v
                     top = p
-    return m
+    return m, c0, stop
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")

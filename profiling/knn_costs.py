@@ -71,51 +71,19 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
 
 @njit(fastmath=FASTMATH)
 def _scan_lengths(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
-    """Candidates ``_k_nearest`` examines per query (its exact loop, counted), and their first row."""
+    """The candidate rows ``_k_nearest`` examines per query: first row and count."""
     n = qo.shape[0]
     first = np.zeros(n, np.int64)
     count = np.zeros(n, np.int64)
     cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
     inv_cell = np.float32(1.0) / cell
-    r2 = mmd * mmd
-    best = np.empty(k, np.float32)
+    best_d2 = np.empty(_KMAX, np.float32)
+    best_j = np.empty(_KMAX, np.int64)
     for q in range(n):
-        o = qo[q]
-        qx, qy, qz = ql[q, 0], ql[q, 1], ql[q, 2]
-        fx = (qx - grid_origin[o, 0]) * inv_cell
-        fy = (qy - grid_origin[o, 1]) * inv_cell
-        fz = (qz - grid_origin[o, 2]) * inv_cell
-        if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < grid_index[o, 0] and fy < grid_index[o, 1]
-                and fz < grid_index[o, 2]):
-            continue
-        cx, cy, cz = int(fx), int(fy), int(fz)
-        cid = grid_index[o, 3] + cx + grid_index[o, 0] * (cy + grid_index[o, 1] * cz)
-        half = np.float32(0.5)
-        ex = qx - (grid_origin[o, 0] + (np.float32(cx) + half) * cell)
-        ey = qy - (grid_origin[o, 1] + (np.float32(cy) + half) * cell)
-        ez = qz - (grid_origin[o, 2] + (np.float32(cz) + half) * cell)
-        off = np.sqrt(ex * ex + ey * ey + ez * ez)
-        first[q] = cand_start[cid]
-        m = 0
-        worst = r2
-        for i in range(cand_start[cid], cand_start[cid + 1]):
-            gap = cand_dist[i] - off
-            if gap > 0 and gap * gap >= worst:
-                break
-            count[q] += 1
-            j = cand_node[i]
-            dx = node_pos[j, 0] - qx
-            dy = node_pos[j, 1] - qy
-            dz = node_pos[j, 2] - qz
-            d2 = dx * dx + dy * dy + dz * dz
-            if d2 < worst:
-                if m < k:
-                    best[m] = d2
-                    m += 1
-                else:
-                    best[np.argmax(best)] = d2
-                if m == k:
-                    worst = best.max()
+        _, first[q], stop = kev._k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist,
+                                                qo[q], inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k,
+                                                best_d2, best_j)
+        count[q] = stop - first[q]
     return first, count
 
 

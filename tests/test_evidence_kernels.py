@@ -18,7 +18,7 @@ from kernels.evidence import (
     FP_X_PERCENT, FS_MLH_EV, FS_SLOPE_MAX, FS_X_LAST, IP_BURST_DURATION, IP_K, IP_MAX_STEPS,
     IP_MIN_AGE, IP_MIN_STEPS, IP_SYMMETRY, IP_UMBILICAL, IP_UPDATER, IS_BURST_LEFT, IS_DETECTED,
     IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, IS_N_NEW, IS_N_POSSIBLE, IS_NEED, IS_OUTCOME, IS_STEP,
-    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC, _k_nearest,
+    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC, _k_nearest, _k_nearest_span,
     _possible_objects,
 )
 
@@ -431,6 +431,63 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
     _check_knn(pos, obj_start, objs, q, k, MMD, got_m, got_d, got_j)
     assert list(got_m[-4:]) == [0, 0, 1, 1]
     assert got_m.max() == k or k == 64
+
+
+@njit
+def _span_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, q, k):
+    nq = q.shape[0]
+    out = np.zeros((nq, 3), np.int64)
+    bd = np.empty(k, np.float32)
+    bj = np.empty(k, np.int64)
+    got_j = np.full((nq, k), -1, np.int64)
+    for i in range(nq):
+        m, first, stop = _k_nearest_span(node_pos, origin, index, cstart, cnode, cdist, objs[i],
+                                         np.float32(1.0) / cell, cell, r2, q[i, 0], q[i, 1], q[i, 2], k, bd, bj)
+        out[i] = m, first, stop
+        got_j[i, :m] = bj[:m]
+    return out, got_j
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_k_nearest_span_is_the_rows_examined(grid_cases, k):
+    """The span holds every node returned; the first row after it cannot beat the k-th distance."""
+    g = grid_cases[k]
+    pos, obj_start = g["pos"], g["obj_start"]
+    rng = np.random.default_rng(11)
+    lo, hi = obj_start[0], obj_start[1]
+    q = np.concatenate([pos[rng.integers(lo, hi, 200)] + rng.normal(0, 0.5 * MMD, (200, 3)),
+                        [g["origin"][0] - 1.0]])  # the last one outside the grid
+    q = np.ascontiguousarray(q, F32)
+    objs = np.zeros(len(q), np.int64)
+    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
+    r2 = F32(MMD) * F32(MMD)
+    span, got_j = _span_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"], objs, cell, r2,
+                              q, k)
+    m_ref, _, j_ref = _knn_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"], objs, cell,
+                                 r2, q, k)
+    assert np.array_equal(span[:, 0], m_ref) and np.array_equal(np.sort(got_j, 1), np.sort(j_ref, 1))
+    assert tuple(span[-1]) == (0, 0, 0)
+    ijk = np.floor((q.astype(np.float64) - g["origin"][0]) / cell).astype(np.int64)
+    nx, ny, nz, base = g["index"][0]
+    inside = np.all((ijk >= 0) & (ijk < [nx, ny, nz]), axis=1)
+    assert inside[:-1].sum() > 150
+    early = 0
+    for i in range(len(q) - 1):
+        m, first, stop = span[i]
+        if not inside[i]:  # beyond the padded grid: nothing examined
+            assert (m, first, stop) == (0, 0, 0)
+            continue
+        cid = base + ijk[i, 0] + nx * (ijk[i, 1] + ny * ijk[i, 2])
+        c0, c1 = g["cstart"][cid], g["cstart"][cid + 1]
+        assert first == c0 and c0 <= stop <= c1
+        assert set(j_ref[i, :m]) <= set(g["cnode"][first:stop])
+        if stop < c1:  # stopped early: every later candidate is at least the k-th distance away
+            early += 1
+            later = g["cnode"][stop:c1]
+            d2 = _d2_f32(pos[later], q[i])
+            kth = np.sort(_d2_f32(pos[j_ref[i, :m]], q[i]))[-1] if m == k else r2
+            assert d2.min() >= kth
+    assert early > 50
 
 
 def test_k_nearest_with_a_grid_built_for_a_larger_k(grid_cases):
