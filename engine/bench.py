@@ -237,6 +237,58 @@ def measure_compile() -> dict:
 
 
 # ---------------------------------------------------------------------------
+# OpenMP's worker threads between the interleaved runs
+# ---------------------------------------------------------------------------
+
+def keep_workers_spinning() -> str:
+    """Make OpenMP's worker threads spin between parallel regions for the rest of this process.
+
+    For ``python -m engine bench --suite seed`` only (the CLI calls it before
+    anything runs). Interleaving puts a baseline's run (up to ~1 s of NumPy or
+    Python on one core) before each engine run; by then libgomp's idle worker
+    has gone to sleep, and waking a sleeping thread costs 45-75 us in this VM
+    (median; a parallel region with the worker awake starts in ~3 us). That is
+    the cost of the interleaving, not of the engine: measured with
+    ``--repeats 7``, the 50x10 row took 0.34 ms with a sleeping worker and
+    0.11-0.13 ms with a spinning one, 500x5 1.5 ms and 0.93 ms. The baselines
+    run on one core and are not slowed by a worker spinning on the other
+    (same medians within the noise, measured side by side).
+
+    Sets ``OMP_WAIT_POLICY=ACTIVE`` only where nobody chose otherwise: not
+    when the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, nor when
+    ``kernels`` chose passive waiting because the machine was busy (spinning
+    beside another process is far worse than a wake-up), nor once the thread
+    pool has started (libgomp reads the variable when it starts). Not done in
+    ``run_suite`` itself: it changes the whole process, which a library call
+    must not do behind its caller's back.
+
+    Returns the line the table prints about it.
+    """
+    import kernels
+    from numba.np.ufunc import parallel as numba_parallel
+
+    source = kernels.OPENMP_WAIT_POLICY_SOURCE
+    if source == "user":
+        return describe_wait_policy("set by the user")
+    if source == "busy":
+        return describe_wait_policy("passive: the machine was busy at import")
+    if numba_parallel._is_initialized:
+        return describe_wait_policy("thread pool already started, left as it was")
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
+    return describe_wait_policy("workers spin between runs, set by the seed suite on an idle machine")
+
+
+def describe_wait_policy(why: str = "") -> str:
+    """``OMP_WAIT_POLICY=... (why)``: the wait policy this process's OpenMP workers use."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    text = f"OMP_WAIT_POLICY={policy}" if policy else "OMP_WAIT_POLICY unset (libgomp's default)"
+    if spin:
+        text += f", GOMP_SPINCOUNT={spin}"
+    return f"{text} ({why})" if why else text
+
+
+# ---------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------
 
@@ -245,7 +297,8 @@ def _ratio(a, b):
 
 
 def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
-              implementations=IMPLEMENTATIONS, budgets: dict | None = None) -> SuiteRows:
+              implementations=IMPLEMENTATIONS, budgets: dict | None = None,
+              wait_policy: str | None = None) -> SuiteRows:
     """Run a benchmark suite and return its rows (see ``ROW_KEYS``), one per row x implementation.
 
     Parameters
@@ -257,6 +310,8 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     rows : (size, epochs) pairs to run instead of the suite's rows
     implementations : a subset of ``IMPLEMENTATIONS``
     budgets : overrides of ``BUDGET_S`` (seconds per run; None: no budget)
+    wait_policy : the line about OpenMP's wait policy for the table (what
+        ``keep_workers_spinning`` returned); by default, the policy in effect
 
     Rows predicted over an implementation's budget are skipped: they are not in
     the returned list (nor the JSON) but in its ``skipped`` attribute, which
@@ -273,7 +328,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     cases = [(int(s), int(e)) for s, e in (SUITES[suite] if rows is None else rows)]
     budget = {**BUDGET_S, **(budgets or {})}
 
-    info = {"suite": suite, "repeats": repeats, "runs": {}}
+    info = {"suite": suite, "repeats": repeats, "runs": {}, "wait_policy": wait_policy or describe_wait_policy()}
     if any(i.startswith("engine") for i in impls):
         info["compile"] = measure_compile()
     memory = {}
@@ -479,6 +534,8 @@ def format_table(rows) -> str:
         if compile_info:
             line += f"; numba cache: {compile_info['numba_cache']}; {compile_info['threading']}"
         lines.append(line + ".")
+    if info.get("wait_policy"):
+        lines.append(f"OpenMP workers: {info['wait_policy']}.")
 
     mem = {}
     for r in rows:

@@ -248,7 +248,8 @@ def cmd_bench(args) -> int:
             bench.write_json(rows, args.json)
         print(bench_startup.format_startup(rows))
         return 0
-    rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json)
+    wait_policy = bench.keep_workers_spinning()
+    rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json, wait_policy=wait_policy)
     print(bench.format_table(rows))
     return 0
 

@@ -41,20 +41,25 @@ def _choose_openmp_wait_policy():
     cores are taken (a sustained load, not a momentary one: the choice holds
     for the whole process); spinning otherwise. A user's own OMP_WAIT_POLICY or
     GOMP_SPINCOUNT always wins. Must run before the first parallel kernel,
-    hence at import.
+    hence at import. Returns who chose (see ``OPENMP_WAIT_POLICY_SOURCE``).
     """
     if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
-        return
+        return "user"
     cpus = _os.cpu_count() or 1
     try:
         load1 = _os.getloadavg()[0]
     except (OSError, AttributeError):  # no load information on this platform
-        return
+        return "default"
     if load1 >= cpus / 2:
         _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "busy"
+    return "default"
 
 
-_choose_openmp_wait_policy()
+# Who chose OpenMP's wait policy at import: "user" (OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT was set), "busy" (this package set PASSIVE: the machine was
+# loaded) or "default" (libgomp's default, left alone on an idle machine).
+OPENMP_WAIT_POLICY_SOURCE = _choose_openmp_wait_policy()
 
 __all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree", "nearest", "evidence", "graph",
            "geometry"]

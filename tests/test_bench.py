@@ -163,6 +163,7 @@ def test_run_suite_rows_json_and_table(tmp_path):
         assert impl in table
     assert "OK" in table and "FAIL" not in table
     assert "Compile" in table and "Bytes per stored observation" in table
+    assert "OpenMP workers: OMP_WAIT_POLICY" in table
     # a plain list read back from the JSON formats too
     assert all(impl in bench.format_table(data) for impl in bench.IMPLEMENTATIONS)
 
@@ -177,6 +178,67 @@ def test_run_suite_skips_rows_over_budget(tmp_path):
     assert [d["implementation"] for d in json.loads(path.read_text())] == ["engine"]
     table = bench.format_table(rows)
     assert "python" in table and "skipped" in table
+
+
+@pytest.fixture
+def wait_policy_env(monkeypatch):
+    """A process state where nobody chose OpenMP's wait policy and the pool has not started.
+
+    Only the recorded state is faked: libgomp read its variables when this
+    process's pool started, so changing them here changes nothing real.
+    """
+    import kernels
+    from numba.np.ufunc import parallel as numba_parallel
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "x")   # registers the variables for restoring after the test
+    monkeypatch.setenv("GOMP_SPINCOUNT", "x")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setattr(kernels, "OPENMP_WAIT_POLICY_SOURCE", "default")
+    monkeypatch.setattr(numba_parallel, "_is_initialized", False)
+    return kernels, numba_parallel
+
+
+def test_seed_suite_keeps_workers_spinning_on_an_idle_machine(wait_policy_env):
+    import os
+
+    line = bench.keep_workers_spinning()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert line.startswith("OMP_WAIT_POLICY=ACTIVE") and "idle machine" in line
+
+
+@pytest.mark.parametrize("state", ["user", "busy", "started"])
+def test_seed_suite_leaves_a_chosen_wait_policy_alone(wait_policy_env, monkeypatch, state):
+    import os
+
+    kernels, numba_parallel = wait_policy_env
+    if state == "user":
+        monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+        monkeypatch.setattr(kernels, "OPENMP_WAIT_POLICY_SOURCE", "user")
+    elif state == "busy":
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+        monkeypatch.setattr(kernels, "OPENMP_WAIT_POLICY_SOURCE", "busy")
+    else:
+        monkeypatch.setattr(numba_parallel, "_is_initialized", True)
+    line = bench.keep_workers_spinning()
+    assert os.environ.get("OMP_WAIT_POLICY") != "ACTIVE"
+    expected = {"user": "OMP_WAIT_POLICY unset (libgomp's default), GOMP_SPINCOUNT=1000 (set by the user)",
+                "busy": "OMP_WAIT_POLICY=PASSIVE (passive: the machine was busy at import)",
+                "started": "OMP_WAIT_POLICY unset (libgomp's default) (thread pool already started, left as it was)"}
+    assert line == expected[state]
+
+
+def test_wait_policy_choice_at_import(engine_env, root):
+    """In a fresh process: the user's variable is reported as the user's, and kept."""
+    import subprocess
+    import sys
+
+    env = {**engine_env, "OMP_WAIT_POLICY": "PASSIVE"}
+    env.pop("GOMP_SPINCOUNT", None)
+    code = "import os, kernels; print(kernels.OPENMP_WAIT_POLICY_SOURCE, os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["user", "PASSIVE"]
 
 
 def test_scaling_rows_consume_every_observation():
