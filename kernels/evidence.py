@@ -53,6 +53,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
+from .select import kth_smallest
 
 # fparams (float32)
 FP_MMD = 0  # max_match_distance (m)
@@ -558,7 +559,7 @@ def _top_nodes(phi, lo, hi, k, salt, out):
         return
     if k <= 0:
         return
-    thr = np.partition(phi[lo:hi].copy(), n - k)[n - k]
+    thr = kth_smallest(phi[lo:hi].copy(), n - k)
     w = 0
     for j in range(lo, hi):
         if phi[j] > thr:

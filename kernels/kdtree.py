@@ -98,6 +98,7 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from .compact import as_f32
+from .select import sort_range
 
 __all__ = [
     "DEFAULT_LEAF_SIZE",
@@ -826,49 +827,9 @@ def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out, rows):
                 stack[sp + 1] = 2 * node + 1
                 sp += 2
         if fill:
-            _sort_int64(out, offsets[i], offsets[i] + count)
+            sort_range(out, offsets[i], offsets[i] + count)
         else:
             counts[i] = count
-
-
-@njit(cache=True)
-def _sort_int64(a, lo, hi):
-    """Sort ``a[lo:hi]`` (int64) ascending in place: insertion sort for short
-    runs, heapsort otherwise (``np.sort`` would add seconds of compilation)."""
-    count = hi - lo
-    if count <= 32:
-        for j in range(lo + 1, hi):
-            v = a[j]
-            t = j
-            while t > lo and a[t - 1] > v:
-                a[t] = a[t - 1]
-                t -= 1
-            a[t] = v
-        return
-    for start in range(count // 2 - 1, -1, -1):
-        _sift_down_int64(a, lo, start, count)
-    for end in range(count - 1, 0, -1):
-        v = a[lo]
-        a[lo] = a[lo + end]
-        a[lo + end] = v
-        _sift_down_int64(a, lo, _ZERO, end)
-
-
-@njit(cache=True)
-def _sift_down_int64(a, lo, root, count):
-    """Heapsort step: sift heap entry ``root`` of ``a[lo:lo + count]`` (int64) down."""
-    while True:
-        child = 2 * root + 1
-        if child >= count:
-            return
-        if child + 1 < count and a[lo + child + 1] > a[lo + child]:
-            child += 1
-        if a[lo + child] <= a[lo + root]:
-            return
-        v = a[lo + root]
-        a[lo + root] = a[lo + child]
-        a[lo + child] = v
-        root = child
 
 
 @njit(cache=True)
