@@ -61,6 +61,10 @@ def _check_summary(out):
     assert isinstance(s["mean_steps"], float) and s["mean_steps"] >= 1
     assert isinstance(s["matching_step_s"], float) and s["matching_step_s"] > 0
     assert isinstance(s["train_s"], float) and s["train_s"] >= 0
+    assert isinstance(s["data_s"], float) and s["data_s"] >= 0
+    # the sensor's kernels are warmed up apart only when the data is simulated
+    assert isinstance(s["data_compile_s"], float)
+    assert (s["data_compile_s"] == 0.0) == (s["data_source"] == "dataset")
     rows = _rows(out)
     assert len(rows) == n
     assert all(r["outcome"] in OUTCOMES for r in rows)
@@ -102,6 +106,30 @@ def test_my_meshes_runs(tmp_path, root):
     s, rows = _check_summary(out)
     assert s["objects"] == ["gem", "pebble"] and s["data_source"] == "shapes"
     assert [r["object"] for r in rows] == ["gem", "pebble"]
+
+
+def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatch):
+    """data_s holds the simulation only: the sensor's kernels are warmed up first, apart."""
+    from engine import evidence_model, evidence_run
+
+    calls = []
+    real_warmup, real_build = evidence_model.warmup_sensor_kernels, evidence_run.build_dataset
+
+    def warmup():
+        calls.append("warmup_sensor")
+        return real_warmup()
+
+    def build(cfg):
+        calls.append("build_dataset")
+        return real_build(cfg)
+
+    monkeypatch.setattr(evidence_model, "warmup_sensor_kernels", warmup)
+    monkeypatch.setattr(evidence_run, "build_dataset", build)
+    out = tmp_path / "o"
+    assert main(["-q", "run", str(root / "configs/my_meshes.yaml"), "--out", str(out), *SMALL_SHAPES]) == 0
+    assert calls == ["warmup_sensor", "build_dataset"]
+    s, _ = _check_summary(out)
+    assert s["data_compile_s"] > 0
 
 
 @pytest.mark.parametrize("config", EVIDENCE_CONFIGS)
