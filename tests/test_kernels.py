@@ -328,12 +328,21 @@ def test_mean_similarity_with_a_query_equal_to_one_stored_point():
     assert_allclose(got, (1.0 + 1.0 / (1.0 + 5.0 + 1.0)) / 2.0, rtol=RTOL)
 
 
-BATCH_SIZES = [(1, 0), (1, 5000), (5, 1), (10, 100), (64, 40), (200, 300)]  # (queries, stored)
+# (queries, stored): serial, parallel over queries, and tiled (stores over BLOCKED_ABOVE,
+# with a tile per query, and with full tiles and a block remainder)
+BLOCKED = matching.BLOCKED_ABOVE + matching.STORE_BLOCK + 7
+BATCH_SIZES = [(1, 0), (1, BLOCKED), (5, 1), (10, 100), (64, 40), (200, 300), (300, 200), (12, BLOCKED),
+               (300, BLOCKED)]
 
 
-def test_batch_sizes_cover_both_branches():
-    branch = [q > 1 and q * n >= PARALLEL_MIN_COMPARISONS for q, n in BATCH_SIZES]
-    assert any(branch) and not all(branch)
+def _batch_branch(q, n):
+    if q > 1 and q * n >= PARALLEL_MIN_COMPARISONS:
+        return "tiled" if n > matching.BLOCKED_ABOVE else "parallel"
+    return "serial"
+
+
+def test_batch_sizes_cover_every_branch():
+    assert {_batch_branch(q, n) for q, n in BATCH_SIZES} == {"serial", "parallel", "tiled"}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -650,7 +659,7 @@ def test_eval_episodes_with_no_episodes_and_only_empty_episodes():
 
 @pytest.mark.parametrize("n_features", N_FEATURES)
 @pytest.mark.parametrize("threshold_kind", ["inf", "never_below_one", "step_1", "mid"])
-@pytest.mark.parametrize("n_stored", [0, 3, 120])
+@pytest.mark.parametrize("n_stored", [0, 3, 120, BLOCKED])
 def test_eval_episodes_does_not_depend_on_chunk(n_features, threshold_kind, n_stored):
     max_steps = 25
     store, n, location, features, episodes = eval_problem(23, n_features, n_stored=n_stored)
@@ -665,10 +674,10 @@ def test_eval_episodes_does_not_depend_on_chunk(n_features, threshold_kind, n_st
 
 @pytest.mark.parametrize("n_features", N_FEATURES)
 @pytest.mark.parametrize("threshold_kind", ["inf", "never_below_one", "step_1", "mid"])
-@pytest.mark.parametrize("n_stored", [0, 5, 120])
+@pytest.mark.parametrize("n_stored", [0, 5, 120, BLOCKED])
 def test_eval_episodes_equals_the_stepwise_path_bitwise(n_features, threshold_kind, n_stored):
-    # n_stored 120 with 4-step chunks over ~8 episodes puts >= 1024 comparisons
-    # in a round, so the fused path runs its parallel batch; 5 runs it serially.
+    # BLOCKED (over BLOCKED_ABOVE) puts every round, even 1-step chunks over ~8 episodes,
+    # over PARALLEL_MIN_COMPARISONS: the fused path runs its tiled batch; 5 and 120 run serially.
     max_steps = 25
     store, n, location, features, episodes = eval_problem(24, n_features, n_stored=n_stored)
     threshold = 0.3 if (threshold_kind == "mid" and n_stored < 120) else \
