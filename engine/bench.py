@@ -271,7 +271,8 @@ def keep_workers_spinning() -> str:
     if source == "user":
         return describe_wait_policy("set by the user")
     if source == "busy":
-        return describe_wait_policy("passive: the machine was busy at import")
+        return describe_wait_policy("passive: the load average was high at import; OMP_WAIT_POLICY=ACTIVE "
+                                    "makes the workers spin anyway")
     if numba_parallel._is_initialized:
         return describe_wait_policy("thread pool already started, left as it was")
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE"

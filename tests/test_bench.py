@@ -223,7 +223,8 @@ def test_seed_suite_leaves_a_chosen_wait_policy_alone(wait_policy_env, monkeypat
     line = bench.keep_workers_spinning()
     assert os.environ.get("OMP_WAIT_POLICY") != "ACTIVE"
     expected = {"user": "OMP_WAIT_POLICY unset (libgomp's default), GOMP_SPINCOUNT=1000 (set by the user)",
-                "busy": "OMP_WAIT_POLICY=PASSIVE (passive: the machine was busy at import)",
+                "busy": "OMP_WAIT_POLICY=PASSIVE (passive: the load average was high at import; OMP_WAIT_POLICY=ACTIVE "
+                        "makes the workers spin anyway)",
                 "started": "OMP_WAIT_POLICY unset (libgomp's default) (thread pool already started, left as it was)"}
     assert line == expected[state]
 
