@@ -21,6 +21,7 @@ evidence   evidence matching (tbp.monty's learning module): hypotheses, nearest 
            burst sampling, terminal conditions; one step or one episode per call
 graph      object models: greedy graph thinning and the voxel grid model
 geometry   surface fits (normals, principal curvatures) and the surface-following walk
+select     in-place sorting and k-th smallest selection (no np.sort / np.partition compile)
 """
 
 import os as _os
@@ -62,4 +63,4 @@ def _choose_openmp_wait_policy():
 OPENMP_WAIT_POLICY_SOURCE = _choose_openmp_wait_policy()
 
 __all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree", "nearest", "evidence", "graph",
-           "geometry"]
+           "geometry", "select"]
