@@ -246,7 +246,7 @@ def keep_workers_spinning() -> str:
     For ``python -m engine bench --suite seed`` only (the CLI calls it before
     anything runs). Interleaving puts a baseline's run (up to ~1 s of NumPy or
     Python on one core) before each engine run; by then libgomp's idle worker
-    has gone to sleep, and waking a sleeping thread costs 45-75 us in this VM
+    has gone to sleep, and waking a sleeping thread costs 45-90 us in this VM
     (median; a parallel region with the worker awake starts in ~3 us). That is
     the cost of the interleaving, not of the engine: measured with
     ``--repeats 7``, the 50x10 row took 0.34 ms with a sleeping worker and
@@ -295,6 +295,16 @@ def describe_wait_policy(why: str = "") -> str:
 
 def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
+
+
+def threads_note() -> str:
+    """The thread count the other suites print beside their tables: "numba N threads"."""
+    try:
+        import numba
+
+        return f"numba {numba.get_num_threads()} threads"
+    except Exception:  # pragma: no cover
+        return "numba threads unknown"
 
 
 def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,

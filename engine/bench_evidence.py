@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from .bench import SuiteRows, write_json
+from .bench import SuiteRows, threads_note, write_json
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
 
     surfaces = _Surfaces()
     out = SuiteRows(info={"suite": SUITE, "repeats": repeats, "max_eval_episodes": max_eval_episodes,
-                          "compile": compile_s, "threads": _threads()})
+                          "compile": compile_s, "threads": threads_note()})
     available = mem_available_bytes()
     for n in sizes:
         pts = int(n_points) if n_points is not None else (FULL_POINTS if n <= FULL_POINTS_UP_TO else FEW_POINTS)
@@ -364,15 +364,6 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
     if json_path is not None:
         write_json(out, json_path)
     return out
-
-
-def _threads() -> str:
-    try:
-        import numba
-
-        return f"numba {numba.get_num_threads()} threads"
-    except Exception:  # pragma: no cover
-        return "numba threads unknown"
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from .bench import SuiteRows, write_json
+from .bench import SuiteRows, _ratio, threads_note, write_json
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def run_kdtree_suite(n_points: int = 1_000_000, n_queries: int = 500_000, ks=(1,
     names = list(impls)
     info = {"suite": SUITE, "repeats": repeats, "n_points": n_points, "n_queries": n_queries,
             "max_distance": max_distance, "seed": seed,
-            "missing": [b for b in BASELINES if b not in impls], "threads": _threads()}
+            "missing": [b for b in BASELINES if b not in impls], "threads": threads_note()}
 
     compile_s = measure_compile(seed)
     rng = np.random.default_rng(seed)
@@ -267,19 +267,6 @@ def run_kdtree_suite(n_points: int = 1_000_000, n_queries: int = 500_000, ks=(1,
     if json_path is not None:
         write_json(rows, json_path)
     return rows
-
-
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def _threads() -> str:
-    try:
-        import numba
-
-        return f"numba {numba.get_num_threads()} threads"
-    except Exception:  # pragma: no cover
-        return "numba threads unknown"
 
 
 # ---------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
 
 
 def _compile_note(s: dict) -> str:
-    """", data 1.23 s, compile 0.45 s": the data's and the kernels' time, when the summary has them."""
+    """The data's and the kernels' time for the table line (", data 1.23 s, compile 0.45 s")."""
     compile_s = (s.get("compile_s") or 0.0) + (s.get("data_compile_s") or 0.0)
     data = f", data {s['data_s']:.2f} s" if s.get("data_s") is not None else ""
     return f"{data}, compile {compile_s:.2f} s"

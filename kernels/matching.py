@@ -119,10 +119,10 @@ def _similarity_sum(store, n_stored, px, py, pz, feat):
 
     A store of over ``BLOCKED_ABOVE`` observations is summed in blocks of
     ``STORE_BLOCK`` columns, block by block from the first, and the block sums
-    are added in that order. The tiled
-    batch (``_batch_into``) adds the same block sums in the same order, so
-    every path (fused batch, tiled batch, stepwise step) computes bit-identical
-    sums: the same loop, vectorised the same way, on the same blocks.
+    are added in that order. The tiled batch (``_batch_into``) adds the same
+    block sums in the same order, so every path (fused batch, tiled batch,
+    stepwise step) computes bit-identical sums: the same loop, vectorised the
+    same way, on the same blocks.
     """
     if n_stored <= BLOCKED_ABOVE:
         return _block_sum(store, 0, n_stored, px, py, pz, feat)
