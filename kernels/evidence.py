@@ -41,7 +41,9 @@ and per cell a precomputed list of the only nodes a query in it can need
 distance is below ``max_match_distance`` (the custom distance is never smaller),
 so the K nearest nodes *among those closer than the radius* give exactly the
 evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
-note), up to ties in distance.
+note), up to ties in distance. The step searches its hypotheses ``lanes.LANES`` at a time
+in lock-step (:func:`_k_nearest_lanes`, vector gathers instead of a branch per candidate);
+:func:`_k_nearest` is the same search for one query.
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in
 ``inline="always"`` bodies inlined into the two parallel entry points
@@ -53,6 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
+from .lanes import LANES, lock_step, lowest_bit, popcount
 from .select import kth_smallest
 
 # fparams (float32)
@@ -295,7 +298,7 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
         Nearest nodes a query needs (``max_nneighbors``).
 
     Raises ValueError on NaN or infinite positions, offsets that do not rise from 0 to
-    N, or a radius or k that is not positive.
+    N, a radius or k that is not positive, or 2**31 candidates or more.
 
     Returns
     -------
@@ -357,6 +360,10 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
         nodes_all.append(nodes)
         dists_all.append(dists)
         base += n_cells
+    n_cand = int(sum(int(c.sum()) for c in counts_all))
+    if n_cand >= 2 ** 31:  # the step's search lanes hold candidate rows as int32
+        raise ValueError(f"the node grid would hold {n_cand} candidates; at most 2**31 - 1 are supported "
+                         "(fewer nodes per object or a smaller max_match_distance)")
     cand_start = np.zeros(base + 1, np.int64)
     np.cumsum(np.concatenate(counts_all) if counts_all else np.zeros(0, np.int64), out=cand_start[1:])
     cand_node = np.concatenate(nodes_all).astype(np.int32) if nodes_all else np.zeros(0, np.int32)
@@ -397,6 +404,37 @@ CELLS_PER_RADIUS = 2
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
+def _cell_span(grid_origin, grid_index, cand_start, o, inv_cell, cell, qx, qy, qz):
+    """The candidate list of the cell of object ``o``'s grid that holds ``q``.
+
+    Returns ``(c0, c1, off)``: candidate rows ``c0:c1`` (``build_node_grid``) and
+    ``off = |q - cell centre|`` (float32), or ``(0, 0, 0)`` when ``q`` is outside the
+    padded grid or NaN (no node within the radius).
+    """
+    ox = grid_origin[o, 0]
+    oy = grid_origin[o, 1]
+    oz = grid_origin[o, 2]
+    nx = grid_index[o, 0]
+    ny = grid_index[o, 1]
+    nz = grid_index[o, 2]
+    fx = (qx - ox) * inv_cell
+    fy = (qy - oy) * inv_cell
+    fz = (qz - oz) * inv_cell
+    # compared as floats: no integer overflow far away; NaN fails every compare
+    if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < nx and fy < ny and fz < nz):
+        return 0, 0, np.float32(0.0)
+    cx = int(fx)
+    cy = int(fy)
+    cz = int(fz)
+    cid = grid_index[o, 3] + cx + nx * (cy + ny * cz)
+    half = np.float32(0.5)
+    ex = qx - (ox + (np.float32(cx) + half) * cell)
+    ey = qy - (oy + (np.float32(cy) + half) * cell)
+    ez = qz - (oz + (np.float32(cz) + half) * cell)
+    return cand_start[cid], cand_start[cid + 1], np.sqrt(ex * ex + ey * ey + ez * ez)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
                qx, qy, qz, k, best_d2, best_j):
     """The ``k`` nearest nodes of object ``o`` closer than ``sqrt(r2)`` to ``q``.
@@ -425,32 +463,9 @@ def _k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, ca
     compiles these compares to branches; the branch-free forms measured no faster,
     see ``profiling/README.md``.)
     """
-    ox = grid_origin[o, 0]
-    oy = grid_origin[o, 1]
-    oz = grid_origin[o, 2]
-    nx = grid_index[o, 0]
-    ny = grid_index[o, 1]
-    nz = grid_index[o, 2]
-    fx = (qx - ox) * inv_cell
-    fy = (qy - oy) * inv_cell
-    fz = (qz - oz) * inv_cell
-    # outside the padded grid (compared as floats: no integer overflow far away),
-    # or NaN: no node within the radius
-    if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < nx and fy < ny and fz < nz):
-        return 0, 0, 0
-    cx = int(fx)
-    cy = int(fy)
-    cz = int(fz)
-    cid = grid_index[o, 3] + cx + nx * (cy + ny * cz)
-    c0 = cand_start[cid]
-    c1 = cand_start[cid + 1]
+    c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, o, inv_cell, cell, qx, qy, qz)
     if c0 == c1:
         return 0, c0, c0
-    half = np.float32(0.5)
-    ex = qx - (ox + (np.float32(cx) + half) * cell)
-    ey = qy - (oy + (np.float32(cy) + half) * cell)
-    ez = qz - (oz + (np.float32(cz) + half) * cell)
-    off = np.sqrt(ex * ex + ey * ey + ez * ez)  # |q - centre|
     m = 0
     worst = r2
     top = 0  # slot of the largest of the best k (when full)
@@ -486,10 +501,93 @@ def _k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, ca
     return m, c0, stop
 
 
+# A lane's search is harvested and the lane refilled once this many lanes have finished
+# (or all busy ones): fewer means more bookkeeping per step, more means idle lanes.
+_REFILL_AT = LANES // 4
+
+
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
+def _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell, cell, r2, k,
+                lane_i, lane_f, best_d2, best_j, lane_q, out_m):
+    """Put the next query from ``nxt`` with a non-empty candidate list on lane ``l``.
+
+    Queries with nothing to search get ``out_m = 0`` on the way. Sets ``lane_q[l]``
+    to the query's position (-1 and an idle lane when none is left); returns the new ``nxt``.
+    """
+    while nxt < n:
+        i = nxt
+        nxt += 1
+        h = rows[i]
+        qx = hyp_loc[h, 0]
+        qy = hyp_loc[h, 1]
+        qz = hyp_loc[h, 2]
+        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell, qx, qy, qz)
+        if c0 == c1:
+            out_m[i] = 0
+            continue
+        lane_i[0, l] = c0
+        lane_i[1, l] = c1
+        lane_f[0, l] = off
+        lane_f[1, l] = qx
+        lane_f[2, l] = qy
+        lane_f[3, l] = qz
+        for p in range(k):
+            best_d2[p, l] = r2
+            best_j[p, l] = -1
+        lane_q[l] = i
+        return nxt
+    lane_q[l] = -1
+    lane_i[0, l] = 0
+    lane_i[1, l] = 0
+    return nxt
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
+                     hyp_obj, hyp_loc, rows, n, out_j, out_m, lane_i, lane_f, best_d2, best_j, lane_q):
+    """``_k_nearest`` for the hypotheses ``rows[:n]``, ``LANES`` queries at a time in lock-step.
+
+    Query ``i`` is hypothesis ``h = rows[i]``: the nodes of object ``hyp_obj[h]``
+    nearest to ``hyp_loc[h]``. Writes ``out_m[i]`` (int64, at most ``k``) and
+    ``out_j[i, :out_m[i]]`` (int32 node rows, nearest first; of equal distances
+    the one earlier in the cell's candidate list first). Scratch, ``LANES`` wide
+    (``kernels.lanes``): ``lane_i`` int32 (2, L), ``lane_f`` float32 (4, L),
+    ``best_d2`` float32 (k, L), ``best_j`` int32 (k, L), ``lane_q`` int64 (L,).
+    """
+    if k < 1:  # nothing to keep (lock_step reads row k - 1)
+        for i in range(n):
+            out_m[i] = 0
+        return
+    nxt = 0
+    busy = np.int64(0)
+    for l in range(LANES):
+        nxt = _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell, cell,
+                          r2, k, lane_i, lane_f, best_d2, best_j, lane_q, out_m)
+        if lane_q[l] >= 0:
+            busy |= np.int64(1) << l
+    done = np.int64(0)
+    while busy != 0:
+        done |= lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k) & busy
+        if done == busy or popcount(done) >= _REFILL_AT:
+            while done != 0:
+                l = lowest_bit(done)
+                done &= done - 1
+                i = lane_q[l]
+                m = 0
+                for p in range(k):
+                    out_j[i, p] = best_j[p, l]
+                    m += best_d2[p, l] < r2
+                out_m[i] = m
+                nxt = _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell,
+                                  cell, r2, k, lane_i, lane_f, best_d2, best_j, lane_q, out_m)
+                if lane_q[l] < 0:
+                    busy &= ~(np.int64(1) << l)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, nbr, row, lx, ly, lz,
                     qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c):
-    """Evidence change of one hypothesis from its ``m`` nearest nodes (4.5-4.8).
+    """Evidence change of one hypothesis from its ``m`` nearest nodes ``nbr[row, :m]`` (4.5-4.8).
 
     ``q`` is the sensed normal and ``c`` the sensed first curvature direction, both
     rotated into the hypothesis frame; ``inv_kappa = 1 / (|kappa| + 0.5)``. Uses
@@ -498,7 +596,7 @@ def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
     """
     best = _NEG1
     for i in range(m):
-        j = best_j[i]
+        j = nbr[row, i]
         ex = node_pos[j, 0] - lx
         ey = node_pos[j, 1] - ly
         ez = node_pos[j, 2] - lz
@@ -856,13 +954,22 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     half = (n_chunks + 1) // 2
     for c in prange(n_chunks):
         b = 2 * c if c < half else 2 * (c - half) + 1
-        best_d2 = np.empty(k, np.float32)
-        best_j = np.empty(k, np.int64)
+        lo = b * _CHUNK
+        hi = min(lo + _CHUNK, n_old)
+        rows = np.empty(hi - lo, np.int64)
+        nbr = np.empty((hi - lo, k), np.int32)
+        n_nbr = np.empty(hi - lo, np.int64)
+        lane_i = np.empty((2, LANES), np.int32)
+        lane_f = np.empty((4, LANES), np.float32)
+        best_d2 = np.empty((k, LANES), np.float32)
+        best_j = np.empty((k, LANES), np.int32)
+        lane_q = np.empty(LANES, np.int64)
         smax = _NEG_INF
         dead = 0
-        for h in range(b * _CHUNK, min((b + 1) * _CHUNK, n_old)):
-            o = hyp_obj[h]
-            if o < 0:
+        # 4a. deletion and path integration; the surviving rows are this chunk's queries
+        n_q = 0
+        for h in range(lo, hi):
+            if hyp_obj[h] < 0:
                 continue
             # deletion (section 4.10): old enough and its evidence no longer growing
             if deleting and hyp_age[h] >= min_age and not (hyp_slope[h] >= slope_min):
@@ -876,15 +983,23 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             hyp_loc[h, 0] = lx
             hyp_loc[h, 1] = ly
             hyp_loc[h, 2] = lz
+            rows[n_q] = h
+            n_q += 1
+        # 4b. their K nearest nodes, LANES queries at a time
+        _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
+                         hyp_obj, hyp_loc, rows, n_q, nbr, n_nbr, lane_i, lane_f, best_d2, best_j, lane_q)
+        # 4c. evidence change, accumulation, slope
+        for i in range(n_q):
+            h = rows[i]
+            o = hyp_obj[h]
             qx = hyp_rot[h, 0] * sn_x + hyp_rot[h, 1] * sn_y + hyp_rot[h, 2] * sn_z
             qy = hyp_rot[h, 3] * sn_x + hyp_rot[h, 4] * sn_y + hyp_rot[h, 5] * sn_z
             qz = hyp_rot[h, 6] * sn_x + hyp_rot[h, 7] * sn_y + hyp_rot[h, 8] * sn_z
             cx = hyp_rot[h, 0] * sc_x + hyp_rot[h, 1] * sc_y + hyp_rot[h, 2] * sc_z
             cy = hyp_rot[h, 3] * sc_x + hyp_rot[h, 4] * sc_y + hyp_rot[h, 5] * sc_z
             cz = hyp_rot[h, 6] * sc_x + hyp_rot[h, 7] * sc_y + hyp_rot[h, 8] * sc_z
-            m = _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
-                           lx, ly, lz, k, best_d2, best_j)
-            delta = _delta_evidence(node_pos, node_pose, node_pfd, phi, m, best_j, lx, ly, lz,
+            delta = _delta_evidence(node_pos, node_pose, node_pfd, phi, n_nbr[i], nbr, i,
+                                    hyp_loc[h, 0], hyp_loc[h, 1], hyp_loc[h, 2],
                                     qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c)
             e = past * hyp_ev[h] + present * delta
             hyp_ev[h] = e

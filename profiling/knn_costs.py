@@ -4,11 +4,13 @@
 
 Trains the evidence model of CONFIG (default ``configs/shapes_10.yaml``), runs its first
 evaluation episode up to ``--step`` (the burst's busiest steps are 3 to 6), takes the live
-hypotheses' locations there as queries, and times ``kernels.evidence._k_nearest`` over them
-on one thread, the way the step's update loop calls it (inlined into a ``prange`` body),
-under four conditions that separate its costs:
+hypotheses' locations there as queries, and times the search over them on one thread.
+``lock-step`` is the search the step runs (``kernels.evidence._k_nearest_lanes``: many
+queries at once in vector lanes, ``kernels/lanes.py``). The other rows time the one-query
+search ``kernels.evidence._k_nearest`` the way the step called it before (inlined into a
+``prange`` body), under four conditions that separate its costs:
 
-- ``as in the step``: the queries in hypothesis order (the grids of all objects, ~14 MB for
+- ``one at a time``: the queries in hypothesis order (the grids of all objects, ~14 MB for
   ten objects, do not fit the caches).
 - ``sample, shuffled``: 300 of those queries, replayed in a fresh order each pass: their
   grid data stays in the caches, their branch outcomes stay unpredictable.
@@ -41,6 +43,7 @@ from engine.evidence_model import EvidenceExperiment  # noqa: E402
 from engine.evidence_run import build_dataset  # noqa: E402
 from kernels import evidence as kev  # noqa: E402
 from kernels._flags import FASTMATH  # noqa: E402
+from kernels.lanes import LANES  # noqa: E402
 
 _CHUNK = 512
 _KMAX = 64
@@ -65,6 +68,33 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
             for p in range(m):
                 s += best_j[p]
             s += m
+        sums[c] = s
+    return sums.sum()
+
+
+@njit(fastmath=FASTMATH, parallel=True)
+def _search_lanes(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
+    """``_k_nearest_lanes`` over every query, in chunks as the step runs it; returns a checksum."""
+    n = qo.shape[0]
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    sums = np.zeros(n_chunks, np.int64)
+    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
+    inv_cell = np.float32(1.0) / cell
+    for c in prange(n_chunks):
+        lo = c * _CHUNK
+        hi = min(n, lo + _CHUNK)
+        rows = np.arange(lo, hi)
+        out_j = np.empty((hi - lo, k), np.int32)
+        out_m = np.empty(hi - lo, np.int64)
+        kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell,
+                             mmd * mmd, k, qo, ql, rows, hi - lo, out_j, out_m, np.empty((2, LANES), np.int32),
+                             np.empty((4, LANES), np.float32), np.empty((k, LANES), np.float32),
+                             np.empty((k, LANES), np.int32), np.empty(LANES, np.int64))
+        s = 0
+        for i in range(hi - lo):
+            for p in range(out_m[i]):
+                s += out_j[i, p]
+            s += out_m[i]
         sums[c] = s
     return sums.sum()
 
@@ -157,7 +187,11 @@ def measure(cfg, step=4, repeats=7, seed=0):
         rows.append((name, len(o), ns, float(count.mean()) if len(o) else 0.0))
         return first, count
 
-    first, count = row("as in the step", qo, ql)
+    ns = _median_ns(lambda: _search_lanes(qo, ql, *grid), len(qo), repeats)
+    first, count = _scan_lengths(qo, ql, *grid)
+    rows.append(("lock-step", len(qo), ns, float(count.mean()) if len(qo) else 0.0))
+    agree = _search_lanes(qo, ql, *grid) == _search_all(qo, ql, *grid)  # (they may differ at exact ties)
+    first, count = row("one at a time", qo, ql)
     # a random sample of the queries, replayed to the same total count: its grid data stays
     # in the caches; in a fresh order each pass the branch outcomes stay unpredictable, in
     # the same order each pass the predictor learns them
@@ -169,7 +203,7 @@ def measure(cfg, step=4, repeats=7, seed=0):
     row("sample, same order", qo[same], np.ascontiguousarray(ql[same]))
     ns = _median_ns(lambda: _distances_only(ql, node_pos, cand_node, first, count), len(qo), repeats)
     rows.append(("distances only", len(qo), ns, float(count.mean()) if len(qo) else 0.0))
-    return got["step"], k, rows
+    return got["step"], k, rows, agree
 
 
 def main(argv=None):
@@ -187,11 +221,13 @@ def main(argv=None):
     if cfg.model.type != "evidence":
         p.error(f"{a.config}: not an evidence config (model.type {cfg.model.type!r})")
     numba.set_num_threads(1)
-    step, k, rows = measure(cfg, a.step, a.repeats)
+    step, k, rows, agree = measure(cfg, a.step, a.repeats)
     print(f"nearest-node search, one thread, k = {k}, hypotheses of evaluation step {step}")
     print(f"{'condition':<18} {'queries':>8} {'ns/query':>9} {'candidates scanned':>19}")
     for name, n, ns, scanned in rows:
         print(f"{name:<18} {n:>8} {ns:>9.1f} {scanned:>19.1f}")
+    print("lock-step and one-at-a-time neighbours: " + ("the same" if agree else
+                                                        "differ (at exactly equal distances, by candidate order)"))
     return 0
 
 

@@ -12,14 +12,15 @@ from numba import njit
 
 import evidence_reference as er
 from kernels import evidence as ev
+from kernels.lanes import LANES
 from kernels.evidence import (
     FP_BURST_SLOPE, FP_DELETION_SLOPE, FP_INCREMENT, FP_MMD, FP_OBJECT_THRESHOLD, FP_PAST,
     FP_PATH_SIMILARITY, FP_POSE_SIMILARITY, FP_PRESENT, FP_SAMPLING, FP_W_CURV, FP_W_NORMAL,
     FP_X_PERCENT, FS_MLH_EV, FS_SLOPE_MAX, FS_X_LAST, IP_BURST_DURATION, IP_K, IP_MAX_STEPS,
     IP_MIN_AGE, IP_MIN_STEPS, IP_SYMMETRY, IP_UMBILICAL, IP_UPDATER, IS_BURST_LEFT, IS_DETECTED,
     IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, IS_N_NEW, IS_N_POSSIBLE, IS_NEED, IS_OUTCOME, IS_STEP,
-    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC, _k_nearest, _k_nearest_span,
-    _possible_objects,
+    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC, _k_nearest, _k_nearest_lanes,
+    _k_nearest_span, _possible_objects,
 )
 
 F32 = np.float32
@@ -431,6 +432,94 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
     _check_knn(pos, obj_start, objs, q, k, MMD, got_m, got_d, got_j)
     assert list(got_m[-4:]) == [0, 0, 1, 1]
     assert got_m.max() == k or k == 64
+
+
+@njit
+def _lanes_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, q, k, rows):
+    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), as the step calls it."""
+    n = rows.shape[0]
+    out_j = np.full((n, max(k, 1)), -7, np.int32)
+    out_m = np.full(n, -7, np.int64)
+    _k_nearest_lanes(node_pos, origin, index, cstart, cnode, cdist, np.float32(1.0) / cell, cell, r2, k,
+                     objs, q, rows, n, out_j, out_m, np.empty((2, LANES), np.int32), np.empty((4, LANES), np.float32),
+                     np.empty((max(k, 1), LANES), np.float32), np.empty((max(k, 1), LANES), np.int32),
+                     np.empty(LANES, np.int64))
+    return out_m, out_j
+
+
+def _grid_queries(g, rng, n_near=80):
+    """Queries near each object's nodes, at nodes, around it, on cell boundaries, far away, and NaN."""
+    pos, obj_start = g["pos"], g["obj_start"]
+    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
+    qs, objs = [], []
+    for o in range(len(obj_start) - 1):
+        lo, hi = obj_start[o], obj_start[o + 1]
+        nx, ny, nz, _ = g["index"][o]
+        if hi > lo:
+            sel = rng.integers(lo, hi, n_near)
+            qs.append(pos[sel] + rng.normal(0, 0.5 * MMD, (n_near, 3)))
+            qs.append(pos[sel[:10]])
+            pmin, pmax = pos[lo:hi].min(0), pos[lo:hi].max(0)
+            qs.append(rng.uniform(pmin - 2 * MMD, pmax + 2 * MMD, (n_near, 3)))
+        ijk = np.stack([rng.integers(0, nx + 1, 30), rng.integers(0, ny + 1, 30), rng.integers(0, nz + 1, 30)], 1)
+        qs.append(g["origin"][o] + ijk.astype(F32) * cell)
+        qs.append(g["origin"][o] + np.array([[-1.0, 0, 0], [1e3, 1e3, 1e3], [np.nan, 0, 0]]))
+        objs += [o] * (sum(len(x) for x in qs) - len(objs))
+    return np.ascontiguousarray(np.concatenate(qs), F32), np.asarray(objs, np.int32)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10, 64])
+def test_k_nearest_lanes_vs_brute_force_and_single_queries(grid_cases, k):
+    """The lock-step search finds the k nearest in radius (brute force), nearest first, the same
+    distances as the one-query search, for any number of queries and any order of them."""
+    g = grid_cases[k]
+    pos, obj_start = g["pos"], g["obj_start"]
+    rng = np.random.default_rng(60 + k)
+    q, objs = _grid_queries(g, rng)
+    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
+    r2 = F32(MMD) * F32(MMD)
+    finite = np.isfinite(q).all(1)
+    ref_m, ref_d, ref_j = _knn_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"], objs, cell,
+                                     r2, q, k)
+    perm = rng.permutation(len(q))
+    for rows in (np.arange(len(q)), perm, perm[:1], perm[:LANES - 1], perm[:LANES + 1], perm[:0]):
+        rows = np.ascontiguousarray(rows, np.int64)
+        got_m, got_j = _lanes_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"], objs, cell,
+                                    r2, q, k, rows)
+        assert np.array_equal(got_m, ref_m[rows])
+        got_d = np.full((len(rows), k), np.inf, F32)
+        for i, r in enumerate(rows):
+            m = got_m[i]
+            got_d[i, :m] = _d2_f32(pos[got_j[i, :m]], q[r])
+            assert np.all(np.diff(got_d[i, :m]) >= 0)  # nearest first
+            np.testing.assert_allclose(got_d[i, :m], np.sort(_d2_f32(pos[ref_j[r, :m]], q[r])), rtol=2e-6, atol=1e-13)
+        fin = finite[rows]
+        _check_knn(pos, obj_start, objs[rows][fin], q[rows][fin], k, MMD, got_m[fin], got_d[fin],
+                   got_j[fin].astype(np.int64))
+    assert not finite.all() and ref_m[~finite].max() == 0  # NaN queries find nothing
+
+
+def test_k_nearest_lanes_keeps_the_first_of_equal_distances():
+    """Nodes at exactly equal distances (a duplicated point): the earlier in the candidate list wins."""
+    pos = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0.002, 0, 0]], F32)
+    order, origin, index, cstart, cnode, cdist = ev.build_node_grid(pos, np.array([0, 4]), MMD, 2)
+    pos = np.ascontiguousarray(pos[order])
+    q = np.array([[0, 0, 0.001]], F32)
+    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
+    m, j = _lanes_batch(pos, origin, index, cstart, cnode, cdist, np.zeros(1, np.int32), cell, F32(MMD) ** 2, q, 2,
+                        np.zeros(1, np.int64))
+    c = ev._cell_span(origin, index, cstart, 0, F32(1) / cell, cell, *q[0])
+    listed = [n for n in cnode[c[0]:c[1]] if np.all(pos[n] == 0)]
+    assert m[0] == 2 and list(j[0]) == listed[:2]
+
+
+def test_k_nearest_lanes_with_k_zero_finds_nothing(grid_cases):
+    g = grid_cases[5]
+    q = np.ascontiguousarray(g["pos"][:3], F32)
+    m, _ = _lanes_batch(g["pos"], g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"],
+                        np.zeros(3, np.int32), F32(MMD) / F32(ev.CELLS_PER_RADIUS), F32(MMD) ** 2, q, 0,
+                        np.arange(3, dtype=np.int64))
+    assert list(m) == [0, 0, 0]
 
 
 @njit
@@ -1227,3 +1316,15 @@ def test_python_entry_points_reject_bad_input():
     # an empty model is fine: no objects, no cells
     out = ev.build_node_grid(np.zeros((0, 3), F32), np.array([0]), MMD, 5)
     assert len(out[0]) == 0 and out[3].tolist() == [0]
+
+
+def test_build_node_grid_refuses_more_candidates_than_int32_rows(monkeypatch):
+    """The search lanes hold candidate rows as int32: a grid past that is refused, not wrapped."""
+    def huge(p, lo, origin, dims, *args):
+        counts = np.zeros(int(np.prod(dims)), np.int64)
+        counts[0] = 2 ** 31
+        return counts, np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+    monkeypatch.setattr(ev, "_cell_candidates", huge)
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        ev.build_node_grid(np.zeros((3, 3), F32), np.array([0, 3]), MMD, 2)

@@ -105,14 +105,15 @@ def test_knn_costs_script_reports_each_condition(root):
     lines = p.stdout.strip().splitlines()
     assert "k = 5" in lines[0] and "step 2" in lines[0]
     rows = {}
-    for line in lines[2:]:
+    for line in lines[2:-1]:
         name, n, ns, scanned = line.rsplit(None, 3)
         rows[name.strip()] = (int(n), float(ns), float(scanned))
-    assert set(rows) == {"as in the step", "sample, shuffled", "sample, same order", "distances only"}
+    assert set(rows) == {"lock-step", "one at a time", "sample, shuffled", "sample, same order", "distances only"}
     assert all(n > 0 and ns > 0 and scanned > 0 for n, ns, scanned in rows.values())
-    # the floor scans exactly the first row's candidates
-    assert rows["distances only"][0] == rows["as in the step"][0]
-    assert rows["distances only"][2] == rows["as in the step"][2]
+    # the same queries and candidates: the step's search, the one-query search and the floor
+    assert rows["lock-step"][0] == rows["one at a time"][0] == rows["distances only"][0]
+    assert rows["lock-step"][2] == rows["one at a time"][2] == rows["distances only"][2]
+    assert lines[-1] == "lock-step and one-at-a-time neighbours: the same"
 
 
 def test_knn_costs_refuses_other_models(root):

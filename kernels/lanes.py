@@ -1,0 +1,203 @@
+"""Vector primitives for searching many queries' candidate lists at once, one lane per query.
+
+The evidence step's nearest-node search (``kernels.evidence``) walks, for each
+hypothesis, a short list of candidate nodes and keeps the k nearest. One query
+at a time that walk is a chain of unpredictable branches and dependent loads
+(~150 ns per query on the development machine, see ``profiling/README.md``).
+``lock_step`` advances ``LANES`` queries by one candidate each, with vector
+gathers, compares and selects and no branch per candidate; a driver in
+``kernels.evidence`` refills a lane with the next query when its walk ends.
+
+Numba does not vectorise such code written as loops over the lanes (the gathered
+reads and the lane-state writes may alias), so ``lock_step`` is written as LLVM
+IR with ``llvm.masked.gather``. LLVM lowers that to the target's gather
+instruction (AVX2, AVX-512) or to scalar loads elsewhere, so it is portable; 32
+lanes keep four independent 8-wide dependency chains in flight, which measured
+faster than 8 or 16 (a step is bound by the latency of two dependent gathers).
+
+Lane state, all C-contiguous scratch arrays owned by the caller (L = ``LANES``):
+
+- ``lane_i`` int32 (2, L): row 0 the next candidate row of each lane, row 1 the end
+  of its list (a lane with ``next >= end`` is idle or finished);
+- ``lane_f`` float32 (4, L): row 0 the stop offset (see ``lock_step``), rows 1-3
+  the query point x, y, z;
+- ``best_d2`` float32 (k, L), ``best_j`` int32 (k, L): each lane's k best squared
+  distances, ascending, and their node rows. Start a lane at ``r2`` / -1 to keep
+  only nodes strictly closer than ``sqrt(r2)``.
+
+``popcount`` and ``lowest_bit`` are LLVM's ``ctpop`` and ``cttz`` on int64 lane masks.
+"""
+
+from llvmlite import binding as _llvm, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16
+
+_I1 = ir.IntType(1)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+
+
+def _vec(elem):
+    return ir.VectorType(elem, LANES)
+
+
+def _splat(builder, value):
+    vty = _vec(value.type)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_vec(_I32), [0] * LANES))
+
+
+def _lane_row(builder, data, row, elem):
+    """Pointer to row ``row`` of a C-contiguous (R, LANES) array of ``elem``, as a pointer to one vector."""
+    p = builder.gep(data, [builder.mul(row, ir.Constant(_I64, LANES))])
+    return builder.bitcast(p, _vec(elem).as_pointer())
+
+
+def _gather(builder, base, byte_offsets, mask, elem):
+    """``elem`` values at ``base + byte_offsets`` (int64 vector) in the lanes of ``mask``, 0 elsewhere.
+
+    Masked-off lanes read no memory, so their offsets may be anything.
+    """
+    vty = _vec(elem)
+    pty = _vec(elem.as_pointer())
+    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64)), byte_offsets)
+    ptrs = builder.inttoptr(addr, pty)
+    name = "llvm.masked.gather.v%d%s.v%d%s" % (LANES, elem.intrinsic_name, LANES, _pointer_suffix(elem))
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [pty, _I32, _vec(_I1), vty]), name)
+    return builder.call(fn, [ptrs, ir.Constant(_I32, 4), mask, ir.Constant(vty, None)])
+
+
+def _pointer_suffix(elem):
+    """How the overloaded intrinsic's name spells a pointer to ``elem``: ``p0`` where LLVM has
+    only opaque pointers (17 and later; a typed-pointer name there goes through LLVM's
+    auto-upgrade, which crashed on LLVM 22), else ``p0f32`` / ``p0i32``."""
+    if _llvm.llvm_version_info[0] >= 17:
+        return "p0"
+    return elem.as_pointer().intrinsic_name
+
+
+def _is_c(ty, ndim, dtype):
+    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.dtype == dtype and ty.layout == "C"
+
+
+@intrinsic
+def lock_step(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    """Advance every lane by one candidate; returns the int64 mask of lanes that are now done.
+
+    For each lane with ``next < end``: ``i = next``; if ``cand_dist[i] - off > 0``
+    and its square is ``>= best_d2[k - 1]`` the lane stops (its list is sorted by a
+    lower bound of the distance, so no later candidate can enter the best k) and
+    ``next = end``; otherwise node ``j = cand_node[i]`` is inserted into the lane's
+    sorted best list when its squared distance to the query is strictly below an
+    entry (so of equal distances the one met first stays ahead), and ``next = i + 1``.
+
+    cand_dist : float32 (C,);  cand_node : int32 (C,), node rows;  node_pos : float32 (N, 3),
+    any strides;  the lane state as in the module docstring;  k : int64 >= 1.
+    Bit l of the result is set when lane l has ``next >= end`` after the step.
+    """
+    if not (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
+            and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
+            and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
+            and _is_c(lane_i, 2, types.int32) and _is_c(lane_f, 2, types.float32)
+            and _is_c(best_d2, 2, types.float32) and _is_c(best_j, 2, types.int32)
+            and isinstance(k, types.Integer)):
+        return None
+    sig = types.int64(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:7], args[:7])]
+        a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
+        k64 = context.cast(builder, args[7], signature.args[7], types.int64)
+        zero = ir.Constant(_I64, 0)
+        one = ir.Constant(_I64, 1)
+
+        nxt = builder.load(_lane_row(builder, a_li.data, zero, _I32), align=4)
+        end = builder.load(_lane_row(builder, a_li.data, one, _I32), align=4)
+        live = builder.icmp_signed("<", nxt, end)
+        (cd_stride,) = cgutils.unpack_tuple(builder, a_cd.strides, 1)
+        (cn_stride,) = cgutils.unpack_tuple(builder, a_cn.strides, 1)
+        row = builder.sext(nxt, _vec(_I64))
+        cd = _gather(builder, a_cd.data, builder.mul(row, _splat(builder, cd_stride)), live, _F32)
+        cn = _gather(builder, a_cn.data, builder.mul(row, _splat(builder, cn_stride)), live, _I32)
+
+        # stop test against the current k-th best (r2 until k nodes are in)
+        off = builder.load(_lane_row(builder, a_lf.data, zero, _F32), align=4)
+        worst = builder.load(_lane_row(builder, a_bd.data, builder.sub(k64, one), _F32), align=4)
+        gap = builder.fsub(cd, off)
+        beyond = builder.and_(builder.fcmp_ordered(">", gap, ir.Constant(_vec(_F32), [0.0] * LANES)),
+                              builder.fcmp_ordered(">=", builder.fmul(gap, gap), worst))
+        take = builder.and_(live, builder.not_(beyond))
+        nxt2 = builder.select(take, builder.add(nxt, ir.Constant(_vec(_I32), [1] * LANES)), end)
+        builder.store(nxt2, _lane_row(builder, a_li.data, zero, _I32), align=4)
+
+        # squared distance from the query to node cn (node_pos by its strides)
+        s0, s1 = cgutils.unpack_tuple(builder, a_np.strides, 2)
+        at = builder.mul(builder.sext(cn, _vec(_I64)), _splat(builder, s0))
+        coords = []
+        for col in range(3):
+            p = _gather(builder, a_np.data, builder.add(at, _splat(builder, builder.mul(s1, ir.Constant(_I64, col)))),
+                        take, _F32)
+            q = builder.load(_lane_row(builder, a_lf.data, ir.Constant(_I64, col + 1), _F32), align=4)
+            coords.append(builder.fsub(p, q))
+        dx, dy, dz = coords
+        d2 = builder.fadd(builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy)), builder.fmul(dz, dz))
+
+        # insert into the sorted best list: entry p becomes the candidate where it is the first
+        # entry the candidate is strictly below, the old entry p - 1 after that, and stays
+        # before. From the last entry down, so every entry reads old values; the stages do not
+        # depend on each other (a compare-exchange chain would, and would reorder equal entries).
+        x = builder.select(take, d2, ir.Constant(_vec(_F32), [float("inf")] * LANES))
+        with cgutils.for_range(builder, builder.sub(k64, one)) as loop:
+            p = builder.sub(builder.sub(k64, one), loop.index)  # k - 1 .. 1
+            pm1 = builder.sub(p, one)
+            bp = _lane_row(builder, a_bd.data, p, _F32)
+            jp = _lane_row(builder, a_bj.data, p, _I32)
+            b = builder.load(bp, align=4)
+            b_prev = builder.load(_lane_row(builder, a_bd.data, pm1, _F32), align=4)
+            j_prev = builder.load(_lane_row(builder, a_bj.data, pm1, _I32), align=4)
+            here = builder.fcmp_ordered("<", x, b)
+            above = builder.fcmp_ordered("<", x, b_prev)
+            builder.store(builder.select(here, builder.select(above, b_prev, x), b), bp, align=4)
+            builder.store(builder.select(here, builder.select(above, j_prev, cn), builder.load(jp, align=4)), jp,
+                          align=4)
+        b0p = _lane_row(builder, a_bd.data, zero, _F32)
+        j0p = _lane_row(builder, a_bj.data, zero, _I32)
+        b0 = builder.load(b0p, align=4)
+        first = builder.fcmp_ordered("<", x, b0)
+        builder.store(builder.select(first, x, b0), b0p, align=4)
+        builder.store(builder.select(first, cn, builder.load(j0p, align=4)), j0p, align=4)
+
+        done = builder.icmp_signed(">=", nxt2, end)
+        return builder.zext(builder.bitcast(done, ir.IntType(LANES)), _I64)
+
+    return sig, codegen
+
+
+@intrinsic
+def popcount(typingctx, mask):
+    """Number of set bits of an int64."""
+    if mask != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+        return builder.call(fn, [args[0]])
+
+    return types.int64(types.int64), codegen
+
+
+@intrinsic
+def lowest_bit(typingctx, mask):
+    """Index of the lowest set bit of a nonzero int64 (64 for zero)."""
+    if mask != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, _I1]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(_I1, 0)])
+
+    return types.int64(types.int64), codegen

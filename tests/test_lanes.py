@@ -1,0 +1,107 @@
+"""``kernels.lanes``: the lock-step candidate step against a NumPy model of one step, and the bit helpers."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from kernels.lanes import LANES, lock_step, lowest_bit, popcount
+
+F32 = np.float32
+
+
+@njit
+def _step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    return lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+
+
+@njit
+def _bits(x):
+    return popcount(x), lowest_bit(x)
+
+
+def _reference_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j):
+    """One step, lane by lane, as ``lock_step``'s docstring says (float32 arithmetic)."""
+    lane_i, best_d2, best_j = lane_i.copy(), best_d2.copy(), best_j.copy()
+    k = best_d2.shape[0]
+    for lane in range(LANES):
+        nxt, end = lane_i[0, lane], lane_i[1, lane]
+        if nxt >= end:
+            continue
+        gap = F32(cand_dist[nxt] - lane_f[0, lane])
+        if gap > 0 and F32(gap * gap) >= best_d2[k - 1, lane]:
+            lane_i[0, lane] = end
+            continue
+        lane_i[0, lane] = nxt + 1
+        j = cand_node[nxt]
+        e = (node_pos[j] - lane_f[1:, lane]).astype(F32)
+        d2 = F32(F32(F32(e[0] * e[0]) + F32(e[1] * e[1])) + F32(e[2] * e[2]))
+        for p in range(k):  # insert before the first entry it is strictly below
+            if d2 < best_d2[p, lane]:
+                best_d2[p + 1:, lane] = best_d2[p:-1, lane].copy()
+                best_j[p + 1:, lane] = best_j[p:-1, lane].copy()
+                best_d2[p, lane], best_j[p, lane] = d2, j
+                break
+    done = sum(1 << lane for lane in range(LANES) if lane_i[0, lane] >= lane_i[1, lane])
+    return lane_i, best_d2, best_j, done
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("strided", [False, True])
+def test_lock_step_matches_the_reference_step_by_step(k, strided):
+    rng = np.random.default_rng(k + 10 * strided)
+    n_nodes, n_cand = 60, 400
+    pos = rng.integers(-8, 8, (n_nodes, 3)).astype(F32) / F32(16)  # coarse: many equal distances
+    node_pos = np.zeros((n_nodes, 5), F32)[:, 1:4] if strided else np.empty((n_nodes, 3), F32)
+    node_pos[:] = pos
+    cand_node = rng.integers(0, n_nodes, n_cand).astype(np.int32)
+    # coarse values everywhere, so that equal distances and gap**2 == k-th best both happen
+    cand_dist = np.sort(rng.integers(0, 32, n_cand)).astype(F32) / F32(32)
+    starts = rng.integers(0, n_cand - 40, LANES)
+    lane_i = np.stack([starts, starts + rng.integers(0, 40, LANES)]).astype(np.int32)
+    lane_i[:, 3] = 7  # an empty lane
+    lane_f = np.stack([rng.integers(-6, 20, LANES) / 32, *rng.integers(-8, 8, (3, LANES)) / 16]).astype(F32)
+    best_d2 = np.full((k, LANES), 0.25, F32)
+    best_j = np.full((k, LANES), -1, np.int32)
+    ref = (lane_i, best_d2, best_j)
+    for _ in range(45):
+        want_i, want_d, want_j, want_done = _reference_step(cand_dist, cand_node, node_pos, ref[0], lane_f, *ref[1:])
+        done = _step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k))
+        assert done == want_done
+        np.testing.assert_array_equal(lane_i, want_i)
+        np.testing.assert_array_equal(best_d2, want_d)
+        np.testing.assert_array_equal(best_j, want_j)
+        ref = (want_i, want_d, want_j)
+    assert done == (1 << LANES) - 1  # every list ends within 40 candidates
+    assert (best_j >= 0).any() and (best_d2 < F32(0.25)).any()
+
+
+def test_lock_step_reads_nothing_for_idle_lanes():
+    """Lanes with next >= end touch no candidate: empty candidate and node arrays are fine."""
+    lane_i = np.zeros((2, LANES), np.int32)
+    best_d2 = np.full((2, LANES), 1.0, F32)
+    best_j = np.full((2, LANES), -1, np.int32)
+    done = _step(np.zeros(0, F32), np.zeros(0, np.int32), np.zeros((0, 3), F32), lane_i,
+                 np.zeros((4, LANES), F32), best_d2, best_j, np.int64(2))
+    assert done == (1 << LANES) - 1 and (best_j == -1).all() and (lane_i == 0).all()
+
+
+def test_lock_step_rejects_other_dtypes_and_layouts():
+    from numba.core.errors import TypingError
+    args = [np.zeros(1, F32), np.zeros(1, np.int32), np.zeros((1, 3), F32), np.zeros((2, LANES), np.int32),
+            np.zeros((4, LANES), F32), np.zeros((1, LANES), F32), np.zeros((1, LANES), np.int32), np.int64(1)]
+    for i, bad in ((1, np.zeros(1, np.int64)), (2, np.zeros((1, 3), np.float64)),
+                   (3, np.zeros((LANES, 2), np.int32).T)):
+        a = list(args)
+        a[i] = bad
+        with pytest.raises(TypingError):
+            _step(*a)
+
+
+@pytest.mark.parametrize("x", [1, 2, 12, 0x7FFF_FFFF_FFFF_FFFF, -1, -(1 << 63), 1 << 40, 0b1011_0000])
+def test_popcount_and_lowest_bit(x):
+    u = x & (2 ** 64 - 1)
+    assert _bits(np.int64(x)) == (bin(u).count("1"), (u & -u).bit_length() - 1)
+
+
+def test_lowest_bit_of_zero_is_64():
+    assert _bits(np.int64(0)) == (0, 64)
