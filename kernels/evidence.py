@@ -55,7 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
-from .lanes import LANES, lock_step, lowest_bit, popcount
+from .lanes import LANES, lock_step, lowest_bit, popcount, prefetch
 from .select import kth_smallest
 
 # fparams (float32)
@@ -507,64 +507,69 @@ _REFILL_AT = LANES // 4
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell, cell, r2, k,
-                lane_i, lane_f, best_d2, best_j, lane_q, out_m):
-    """Put the next query from ``nxt`` with a non-empty candidate list on lane ``l``.
-
-    Queries with nothing to search get ``out_m = 0`` on the way. Sets ``lane_q[l]``
-    to the query's position (-1 and an idle lane when none is left); returns the new ``nxt``.
-    """
-    while nxt < n:
-        i = nxt
-        nxt += 1
-        h = rows[i]
-        qx = hyp_loc[h, 0]
-        qy = hyp_loc[h, 1]
-        qz = hyp_loc[h, 2]
-        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell, qx, qy, qz)
-        if c0 == c1:
-            out_m[i] = 0
-            continue
-        lane_i[0, l] = c0
-        lane_i[1, l] = c1
-        lane_f[0, l] = off
-        lane_f[1, l] = qx
-        lane_f[2, l] = qy
-        lane_f[3, l] = qz
-        for p in range(k):
-            best_d2[p, l] = r2
-            best_j[p, l] = -1
-        lane_q[l] = i
-        return nxt
-    lane_q[l] = -1
-    lane_i[0, l] = 0
-    lane_i[1, l] = 0
-    return nxt
+def _start_lane(l, i, span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j):
+    """Put query ``i`` (candidate rows ``span[:, i]``, offset ``span_off[i]``) on lane ``l``."""
+    lane_i[0, l] = span[0, i]
+    lane_i[1, l] = span[1, i]
+    lane_f[0, l] = span_off[i]
+    lane_f[1, l] = q_loc[i, 0]
+    lane_f[2, l] = q_loc[i, 1]
+    lane_f[3, l] = q_loc[i, 2]
+    for p in range(k):
+        best_d2[p, l] = r2
+        best_j[p, l] = -1
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
-                     hyp_obj, hyp_loc, rows, n, out_j, out_m, lane_i, lane_f, best_d2, best_j, lane_q):
+                     hyp_obj, hyp_loc, rows, n, out_j, out_m):
     """``_k_nearest`` for the hypotheses ``rows[:n]``, ``LANES`` queries at a time in lock-step.
 
     Query ``i`` is hypothesis ``h = rows[i]``: the nodes of object ``hyp_obj[h]``
     nearest to ``hyp_loc[h]``. Writes ``out_m[i]`` (int64, at most ``k``) and
     ``out_j[i, :out_m[i]]`` (int32 node rows, nearest first; of equal distances
-    the one earlier in the cell's candidate list first). Scratch, ``LANES`` wide
-    (``kernels.lanes``): ``lane_i`` int32 (2, L), ``lane_f`` float32 (4, L),
-    ``best_d2`` float32 (k, L), ``best_j`` int32 (k, L), ``lane_q`` int64 (L,).
+    the one earlier in the cell's candidate list first).
     """
-    if k < 1:  # nothing to keep (lock_step reads row k - 1)
-        for i in range(n):
-            out_m[i] = 0
+    # 1. every query's candidate list first: the loads of the cell table are independent
+    # here, so their cache misses overlap; queries with an empty list get no lane
+    span = np.empty((2, n), np.int32)
+    span_off = np.empty(n, np.float32)
+    q_loc = np.empty((n, 3), np.float32)
+    search = np.empty(n, np.int64)
+    n_search = 0
+    for i in range(n):
+        h = rows[i]
+        qx = hyp_loc[h, 0]
+        qy = hyp_loc[h, 1]
+        qz = hyp_loc[h, 2]
+        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell, qx, qy, qz)
+        span[0, i] = c0
+        span[1, i] = c1
+        span_off[i] = off
+        q_loc[i, 0] = qx
+        q_loc[i, 1] = qy
+        q_loc[i, 2] = qz
+        out_m[i] = 0
+        if c1 > c0:
+            prefetch(cand_dist, c0)
+            prefetch(cand_node, c0)
+        search[n_search] = i
+        n_search += c1 > c0
+    if k < 1 or n_search == 0:  # (lock_step reads row k - 1)
         return
+    # 2. the searches, LANES at a time; a lane takes the next query when enough have ended
+    lane_i = np.zeros((2, LANES), np.int32)
+    lane_f = np.empty((4, LANES), np.float32)
+    best_d2 = np.empty((k, LANES), np.float32)
+    best_j = np.empty((k, LANES), np.int32)
+    lane_q = np.empty(LANES, np.int64)
     nxt = 0
     busy = np.int64(0)
-    for l in range(LANES):
-        nxt = _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell, cell,
-                          r2, k, lane_i, lane_f, best_d2, best_j, lane_q, out_m)
-        if lane_q[l] >= 0:
-            busy |= np.int64(1) << l
+    for l in range(min(LANES, n_search)):
+        lane_q[l] = search[nxt]
+        _start_lane(l, search[nxt], span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j)
+        nxt += 1
+        busy |= np.int64(1) << l
     done = np.int64(0)
     while busy != 0:
         done |= lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k) & busy
@@ -578,9 +583,11 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
                     out_j[i, p] = best_j[p, l]
                     m += best_d2[p, l] < r2
                 out_m[i] = m
-                nxt = _start_lane(l, nxt, n, rows, hyp_obj, hyp_loc, grid_origin, grid_index, cand_start, inv_cell,
-                                  cell, r2, k, lane_i, lane_f, best_d2, best_j, lane_q, out_m)
-                if lane_q[l] < 0:
+                if nxt < n_search:
+                    lane_q[l] = search[nxt]
+                    _start_lane(l, search[nxt], span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j)
+                    nxt += 1
+                else:
                     busy &= ~(np.int64(1) << l)
 
 
@@ -959,11 +966,6 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         rows = np.empty(hi - lo, np.int64)
         nbr = np.empty((hi - lo, k), np.int32)
         n_nbr = np.empty(hi - lo, np.int64)
-        lane_i = np.empty((2, LANES), np.int32)
-        lane_f = np.empty((4, LANES), np.float32)
-        best_d2 = np.empty((k, LANES), np.float32)
-        best_j = np.empty((k, LANES), np.int32)
-        lane_q = np.empty(LANES, np.int64)
         smax = _NEG_INF
         dead = 0
         # 4a. deletion and path integration; the surviving rows are this chunk's queries
@@ -987,7 +989,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             n_q += 1
         # 4b. their K nearest nodes, LANES queries at a time
         _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
-                         hyp_obj, hyp_loc, rows, n_q, nbr, n_nbr, lane_i, lane_f, best_d2, best_j, lane_q)
+                         hyp_obj, hyp_loc, rows, n_q, nbr, n_nbr)
         # 4c. evidence change, accumulation, slope
         for i in range(n_q):
             h = rows[i]

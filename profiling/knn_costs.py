@@ -43,7 +43,6 @@ from engine.evidence_model import EvidenceExperiment  # noqa: E402
 from engine.evidence_run import build_dataset  # noqa: E402
 from kernels import evidence as kev  # noqa: E402
 from kernels._flags import FASTMATH  # noqa: E402
-from kernels.lanes import LANES  # noqa: E402
 
 _CHUNK = 512
 _KMAX = 64
@@ -87,9 +86,7 @@ def _search_lanes(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_no
         out_j = np.empty((hi - lo, k), np.int32)
         out_m = np.empty(hi - lo, np.int64)
         kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell,
-                             mmd * mmd, k, qo, ql, rows, hi - lo, out_j, out_m, np.empty((2, LANES), np.int32),
-                             np.empty((4, LANES), np.float32), np.empty((k, LANES), np.float32),
-                             np.empty((k, LANES), np.int32), np.empty(LANES, np.int64))
+                             mmd * mmd, k, qo, ql, rows, hi - lo, out_j, out_m)
         s = 0
         for i in range(hi - lo):
             for p in range(out_m[i]):

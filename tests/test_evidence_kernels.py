@@ -441,9 +441,7 @@ def _lanes_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, 
     out_j = np.full((n, max(k, 1)), -7, np.int32)
     out_m = np.full(n, -7, np.int64)
     _k_nearest_lanes(node_pos, origin, index, cstart, cnode, cdist, np.float32(1.0) / cell, cell, r2, k,
-                     objs, q, rows, n, out_j, out_m, np.empty((2, LANES), np.int32), np.empty((4, LANES), np.float32),
-                     np.empty((max(k, 1), LANES), np.float32), np.empty((max(k, 1), LANES), np.int32),
-                     np.empty(LANES, np.int64))
+                     objs, q, rows, n, out_j, out_m)
     return out_m, out_j
 
 

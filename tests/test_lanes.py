@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import LANES, lock_step, lowest_bit, popcount
+from kernels.lanes import LANES, lock_step, lowest_bit, popcount, prefetch
 
 F32 = np.float32
 
@@ -105,3 +105,22 @@ def test_popcount_and_lowest_bit(x):
 
 def test_lowest_bit_of_zero_is_64():
     assert _bits(np.int64(0)) == (0, 64)
+
+
+@njit
+def _prefetch_all(a):
+    s = a[0] * 0
+    for i in range(a.shape[0]):
+        prefetch(a, i)
+        s += a[i]
+    return s
+
+
+def test_prefetch_changes_nothing_and_takes_any_stride():
+    a = np.arange(40, dtype=np.int32)
+    b = np.arange(90, dtype=F32)[::3]
+    assert _prefetch_all(a) == a.sum() and _prefetch_all(b) == b.sum()
+    assert (a == np.arange(40)).all()
+    from numba.core.errors import TypingError
+    with pytest.raises(TypingError):
+        _prefetch_all(np.zeros((2, 2), F32))
