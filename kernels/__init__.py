@@ -22,6 +22,8 @@ evidence   evidence matching (tbp.monty's learning module): hypotheses, nearest 
 graph      object models: greedy graph thinning and the voxel grid model
 geometry   surface fits (normals, principal curvatures) and the surface-following walk
 select     in-place sorting and k-th smallest selection (no np.sort / np.partition compile)
+lanes      vector-lane primitives (LLVM IR): one step of many queries' candidate-list
+           searches at once, bit counts, prefetch
 """
 
 import os as _os
@@ -63,4 +65,4 @@ def _choose_openmp_wait_policy():
 OPENMP_WAIT_POLICY_SOURCE = _choose_openmp_wait_policy()
 
 __all__ = ["distance", "matching", "loop", "store", "timing", "compact", "kdtree", "nearest", "evidence", "graph",
-           "geometry", "select"]
+           "geometry", "select", "lanes"]
