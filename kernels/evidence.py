@@ -211,14 +211,24 @@ def feature_evidence_into(node_feat, lo, hi, obs, tol, weight, circular, increme
     scale = np.empty(n_feat, np.float32)
     for k in range(n_feat):
         scale[k] = increment * weight[k] / (tol[k] * wsum)
-    for j in range(lo, hi):
-        acc = _F0
-        for k in range(n_feat):
-            d = abs(node_feat[j, k] - obs[k])
-            if circular[k] != 0:
-                d = min(d, _F1 - d)
-            acc += max(tol[k] - d, _F0) * scale[k]
-        phi[j] = acc
+    # column by column over slices, so that each loop over the nodes is branch-free and
+    # vectorises (a loop over range(lo, hi) of the full arrays did not); the sum still adds
+    # the columns in order from column 0
+    out = phi[lo:hi]
+    for j in range(out.shape[0]):
+        out[j] = _F0
+    for k in range(n_feat):
+        col = node_feat[lo:hi, k]
+        o = obs[k]
+        t = tol[k]
+        sc = scale[k]
+        if circular[k] != 0:
+            for j in range(out.shape[0]):
+                d = abs(col[j] - o)
+                out[j] += max(t - min(d, _F1 - d), _F0) * sc
+        else:
+            for j in range(out.shape[0]):
+                out[j] += max(t - abs(col[j] - o), _F0) * sc
 
 
 def feature_evidence(node_feat, obs, tol, weight, circular, increment=1.0):
