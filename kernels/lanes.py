@@ -31,10 +31,11 @@ Lane state, all C-contiguous scratch arrays owned by the caller (L = ``LANES``):
 ``prefetch`` LLVM's ``prefetch`` (the driver touches each query's list before its lane needs it).
 """
 
+import numpy as np
 from llvmlite import binding as _llvm, ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 LANES = 16  # at most 64: lane masks are int64
 
@@ -88,20 +89,8 @@ def _is_c(ty, ndim, dtype):
 
 
 @intrinsic
-def lock_step(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
-    """Advance every lane by one candidate; returns the int64 mask of lanes that are now done.
-
-    For each lane with ``next < end``: ``i = next``; if ``cand_dist[i] - off > 0``
-    and its square is ``>= best_d2[k - 1]`` the lane stops (its list is sorted by a
-    lower bound of the distance, so no later candidate can enter the best k) and
-    ``next = end``; otherwise node ``j = cand_node[i]`` is inserted into the lane's
-    sorted best list when its squared distance to the query is strictly below an
-    entry (so of equal distances the one met first stays ahead), and ``next = i + 1``.
-
-    cand_dist : float32 (C,);  cand_node : int32 (C,), node rows;  node_pos : float32 (N, 3),
-    any strides;  the lane state as in the module docstring;  k : int64 >= 1.
-    Bit l of the result is set when lane l has ``next >= end`` after the step.
-    """
+def _lock_step_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    """``lock_step`` in compiled code: LLVM IR over ``LANES``-wide vectors."""
     if not (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
             and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
             and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
@@ -180,9 +169,56 @@ def lock_step(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2
     return sig, codegen
 
 
+def lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    """Advance every lane by one candidate; returns the int64 mask of lanes that are now done.
+
+    For each lane with ``next < end``: ``i = next``; if ``cand_dist[i] - off > 0``
+    and its square is ``>= best_d2[k - 1]`` the lane stops (its list is sorted by a
+    lower bound of the distance, so no later candidate can enter the best k) and
+    ``next = end``; otherwise node ``j = cand_node[i]`` is inserted into the lane's
+    sorted best list when its squared distance to the query is strictly below an
+    entry (so of equal distances the one met first stays ahead), and ``next = i + 1``.
+
+    cand_dist : float32 (C,);  cand_node : int32 (C,), node rows;  node_pos : float32 (N, 3),
+    any strides;  the lane state as in the module docstring;  k : int64 >= 1.
+    Bit l of the result is set when lane l has ``next >= end`` after the step.
+    """
+    # Plain Python, lane by lane: runs only with NUMBA_DISABLE_JIT=1 (line profiling);
+    # compiled code uses the overload below.
+    k = int(k)
+    done = 0
+    for lane in range(LANES):
+        nxt, end = int(lane_i[0, lane]), int(lane_i[1, lane])
+        if nxt < end:
+            gap = np.float32(cand_dist[nxt] - lane_f[0, lane])
+            if gap > 0 and np.float32(gap * gap) >= best_d2[k - 1, lane]:
+                lane_i[0, lane] = nxt = end
+            else:
+                lane_i[0, lane] = nxt = nxt + 1
+                j = int(cand_node[nxt - 1])
+                e = (node_pos[j] - lane_f[1:, lane]).astype(np.float32)
+                d2 = np.float32(np.float32(e[0] * e[0] + e[1] * e[1]) + e[2] * e[2])
+                for p in range(k):
+                    if d2 < best_d2[p, lane]:
+                        best_d2[p + 1:k, lane] = best_d2[p:k - 1, lane].copy()
+                        best_j[p + 1:k, lane] = best_j[p:k - 1, lane].copy()
+                        best_d2[p, lane] = d2
+                        best_j[p, lane] = j
+                        break
+        if nxt >= end:
+            done |= 1 << lane
+    return np.int64(done)
+
+
+@overload(lock_step, inline="always")
+def _ol_lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    def impl(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+        return _lock_step_ir(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+    return impl
+
+
 @intrinsic
-def popcount(typingctx, mask):
-    """Number of set bits of an int64."""
+def _popcount_ir(typingctx, mask):
     if mask != types.int64:
         return None
 
@@ -194,8 +230,7 @@ def popcount(typingctx, mask):
 
 
 @intrinsic
-def lowest_bit(typingctx, mask):
-    """Index of the lowest set bit of a nonzero int64 (64 for zero)."""
+def _lowest_bit_ir(typingctx, mask):
     if mask != types.int64:
         return None
 
@@ -207,11 +242,7 @@ def lowest_bit(typingctx, mask):
 
 
 @intrinsic
-def prefetch(typingctx, a, i):
-    """Ask the CPU to bring ``a[i]`` (a 1-D array, any stride) into the caches; no effect on results.
-
-    ``i`` must be a valid index (the address is computed, never checked).
-    """
+def _prefetch_ir(typingctx, a, i):
     if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(i, types.Integer)):
         return None
 
@@ -230,3 +261,39 @@ def prefetch(typingctx, a, i):
         return context.get_dummy_value()
 
     return types.void(a, i), codegen
+
+
+# Public names: plain Python for NUMBA_DISABLE_JIT=1, the intrinsics in compiled code.
+
+
+def popcount(mask):
+    """Number of set bits of an int64 (its 64-bit two's complement pattern)."""
+    return np.int64(bin(int(mask) & 0xFFFF_FFFF_FFFF_FFFF).count("1"))
+
+
+def lowest_bit(mask):
+    """Index of the lowest set bit of an int64 (64 for zero)."""
+    u = int(mask) & 0xFFFF_FFFF_FFFF_FFFF
+    return np.int64((u & -u).bit_length() - 1 if u else 64)
+
+
+def prefetch(a, i):
+    """Ask the CPU to bring ``a[i]`` (a 1-D array, any stride) into the caches; no effect on results.
+
+    ``i`` must be a valid index (the address is computed, never checked).
+    """
+
+
+@overload(popcount, inline="always")
+def _ol_popcount(mask):
+    return lambda mask: _popcount_ir(mask)
+
+
+@overload(lowest_bit, inline="always")
+def _ol_lowest_bit(mask):
+    return lambda mask: _lowest_bit_ir(mask)
+
+
+@overload(prefetch, inline="always")
+def _ol_prefetch(a, i):
+    return lambda a, i: _prefetch_ir(a, i)

@@ -47,7 +47,10 @@ def _reference_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, bes
 
 @pytest.mark.parametrize("k", [1, 3, 8])
 @pytest.mark.parametrize("strided", [False, True])
-def test_lock_step_matches_the_reference_step_by_step(k, strided):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lock_step_matches_the_reference_step_by_step(k, strided, compiled):
+    """The compiled IR and the plain-Python body (NUMBA_DISABLE_JIT) against the reference."""
+    step = _step if compiled else lock_step
     rng = np.random.default_rng(k + 10 * strided)
     n_nodes, n_cand = 60, 400
     pos = rng.integers(-8, 8, (n_nodes, 3)).astype(F32) / F32(16)  # coarse: many equal distances
@@ -65,7 +68,7 @@ def test_lock_step_matches_the_reference_step_by_step(k, strided):
     ref = (lane_i, best_d2, best_j)
     for _ in range(45):
         want_i, want_d, want_j, want_done = _reference_step(cand_dist, cand_node, node_pos, ref[0], lane_f, *ref[1:])
-        done = _step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k))
+        done = step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k))
         assert done == want_done
         np.testing.assert_array_equal(lane_i, want_i)
         np.testing.assert_array_equal(best_d2, want_d)
@@ -100,11 +103,13 @@ def test_lock_step_rejects_other_dtypes_and_layouts():
 @pytest.mark.parametrize("x", [1, 2, 12, 0x7FFF_FFFF_FFFF_FFFF, -1, -(1 << 63), 1 << 40, 0b1011_0000])
 def test_popcount_and_lowest_bit(x):
     u = x & (2 ** 64 - 1)
-    assert _bits(np.int64(x)) == (bin(u).count("1"), (u & -u).bit_length() - 1)
+    want = (bin(u).count("1"), (u & -u).bit_length() - 1)
+    assert _bits(np.int64(x)) == want
+    assert (popcount(np.int64(x)), lowest_bit(np.int64(x))) == want  # the plain-Python bodies
 
 
 def test_lowest_bit_of_zero_is_64():
-    assert _bits(np.int64(0)) == (0, 64)
+    assert _bits(np.int64(0)) == (0, 64) == (popcount(np.int64(0)), lowest_bit(np.int64(0)))
 
 
 @njit
