@@ -50,30 +50,9 @@ _SAMPLE = 300  # queries replayed in the cache-resident rows
 
 
 @njit(fastmath=FASTMATH, parallel=True)
-def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
-    """``_k_nearest`` for every query; returns (checksum, candidates scanned) so nothing is elided."""
-    n = qo.shape[0]
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
-    sums = np.zeros(n_chunks, np.int64)
-    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
-    inv_cell = np.float32(1.0) / cell
-    for c in prange(n_chunks):
-        best_d2 = np.empty(_KMAX, np.float32)
-        best_j = np.empty(_KMAX, np.int64)
-        s = 0
-        for q in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            m = kev._k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, qo[q],
-                               inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
-            for p in range(m):
-                s += best_j[p]
-            s += m
-        sums[c] = s
-    return sums.sum()
-
-
-@njit(fastmath=FASTMATH, parallel=True)
-def _search_lanes(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
-    """``_k_nearest_lanes`` over every query, in chunks as the step runs it; returns a checksum."""
+def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k, lanes):
+    """Every query's k nearest nodes, in chunks as the step runs them; returns a checksum (so
+    nothing is elided). ``lanes``: the step's lock-step search, else ``_k_nearest`` one by one."""
     n = qo.shape[0]
     n_chunks = (n + _CHUNK - 1) // _CHUNK
     sums = np.zeros(n_chunks, np.int64)
@@ -82,16 +61,25 @@ def _search_lanes(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_no
     for c in prange(n_chunks):
         lo = c * _CHUNK
         hi = min(n, lo + _CHUNK)
-        rows = np.arange(lo, hi)
-        out_j = np.empty((hi - lo, k), np.int32)
-        out_m = np.empty(hi - lo, np.int64)
-        kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell,
-                             mmd * mmd, k, qo, ql, rows, hi - lo, out_j, out_m)
         s = 0
-        for i in range(hi - lo):
-            for p in range(out_m[i]):
-                s += out_j[i, p]
-            s += out_m[i]
+        if lanes:
+            out_j = np.empty((hi - lo, k), np.int32)
+            out_m = np.empty(hi - lo, np.int64)
+            kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell,
+                                 cell, mmd * mmd, k, qo, ql, np.arange(lo, hi), hi - lo, out_j, out_m)
+            for i in range(hi - lo):
+                for p in range(out_m[i]):
+                    s += out_j[i, p]
+                s += out_m[i]
+        else:
+            best_d2 = np.empty(_KMAX, np.float32)
+            best_j = np.empty(_KMAX, np.int64)
+            for q in range(lo, hi):
+                m = kev._k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, qo[q],
+                                   inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
+                for p in range(m):
+                    s += best_j[p]
+                s += m
         sums[c] = s
     return sums.sum()
 
@@ -179,15 +167,15 @@ def measure(cfg, step=4, repeats=7, seed=0):
     rows = []
 
     def row(name, o, loc):
-        ns = _median_ns(lambda: _search_all(o, loc, *grid), len(o), repeats)
+        ns = _median_ns(lambda: _search_all(o, loc, *grid, False), len(o), repeats)
         first, count = _scan_lengths(o, loc, *grid)
         rows.append((name, len(o), ns, float(count.mean()) if len(o) else 0.0))
         return first, count
 
-    ns = _median_ns(lambda: _search_lanes(qo, ql, *grid), len(qo), repeats)
+    ns = _median_ns(lambda: _search_all(qo, ql, *grid, True), len(qo), repeats)
     first, count = _scan_lengths(qo, ql, *grid)
     rows.append(("lock-step", len(qo), ns, float(count.mean()) if len(qo) else 0.0))
-    agree = _search_lanes(qo, ql, *grid) == _search_all(qo, ql, *grid)  # (they may differ at exact ties)
+    agree = _search_all(qo, ql, *grid, True) == _search_all(qo, ql, *grid, False)  # (may differ at exact ties)
     first, count = row("one at a time", qo, ql)
     # a random sample of the queries, replayed to the same total count: its grid data stays
     # in the caches; in a fresh order each pass the branch outcomes stay unpredictable, in
