@@ -115,8 +115,23 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "run_s": result.run_s,
         "data_s": data_s,
         "data_compile_s": data_compile_s,
+        **threading_info(),
         "config": cfg.to_dict(),
     }
+
+
+def threading_info() -> dict:
+    """How the kernels ran, for reading the times: ``threads`` (numba's thread count),
+    ``openmp_wait_policy`` (``OMP_WAIT_POLICY``, or "default") and who chose it,
+    ``openmp_wait_policy_source``: "user", "busy" (``kernels`` chose PASSIVE because the
+    load average was high at import: each parallel region then starts slower) or "default"."""
+    import numba
+
+    import kernels
+
+    return {"threads": numba.get_num_threads(),
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "default",
+            "openmp_wait_policy_source": kernels.OPENMP_WAIT_POLICY_SOURCE}
 
 
 def _fmt(x, spec):
@@ -210,12 +225,20 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
             f"{s['experiment']}: {s['n_objects']} objects, {s['n_eval_episodes']} evaluation episodes: "
             f"accuracy {s['accuracy']:.3f} ({s['accuracy_incl_mlh']:.3f} incl. MLH), outcomes {s['outcomes']}, "
             f"mean rotation error {'-' if err is None else f'{err:.2f} deg'}, mean steps {s['mean_steps']:.1f}, "
-            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}), "
-            f"training {s['train_s']:.2f} s{_compile_note(s)}")
+            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}"
+            f"{_busy_note(s)}), training {s['train_s']:.2f} s{_compile_note(s)}")
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
     return "\n".join(lines)
+
+
+def _busy_note(s: dict) -> str:
+    """Said beside the step time when OpenMP's workers were passive because the machine was busy."""
+    if s.get("openmp_wait_policy_source") != "busy":
+        return ""
+    return ("; OpenMP workers passive: the machine was busy at start, which slows each step; "
+            "OMP_WAIT_POLICY=ACTIVE overrides")
 
 
 def _compile_note(s: dict) -> str:

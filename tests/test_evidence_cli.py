@@ -65,6 +65,8 @@ def _check_summary(out):
     # the sensor's kernels are warmed up apart only when the data is simulated
     assert isinstance(s["data_compile_s"], float)
     assert (s["data_compile_s"] == 0.0) == (s["data_source"] == "dataset")
+    assert isinstance(s["threads"], int) and s["threads"] >= 1
+    assert s["openmp_wait_policy_source"] in ("user", "busy", "default") and s["openmp_wait_policy"]
     rows = _rows(out)
     assert len(rows) == n
     assert all(r["outcome"] in OUTCOMES for r in rows)
@@ -106,6 +108,19 @@ def test_my_meshes_runs(tmp_path, root):
     s, rows = _check_summary(out)
     assert s["objects"] == ["gem", "pebble"] and s["data_source"] == "shapes"
     assert [r["object"] for r in rows] == ["gem", "pebble"]
+
+
+def test_a_busy_start_is_said_beside_the_step_time(tmp_path, root, monkeypatch, capsys):
+    """When kernels chose passive OpenMP workers (load high at import), the table line says so."""
+    import kernels
+
+    out = tmp_path / "o"
+    for source, said in (("busy", True), ("default", False)):
+        monkeypatch.setattr(kernels, "OPENMP_WAIT_POLICY_SOURCE", source)
+        assert main(["run", str(root / "configs/my_meshes.yaml"), "--out", str(out), *SMALL_SHAPES]) == 0
+        line = [x for x in capsys.readouterr().out.splitlines() if "ms per matching step" in x]
+        assert len(line) == 1 and ("OpenMP workers passive" in line[0]) == said
+        assert json.loads((out / "summary.json").read_text())["openmp_wait_policy_source"] == source
 
 
 def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatch):
