@@ -32,6 +32,7 @@ import numpy as np
 from . import __version__
 from .errors import UserError
 from .results import atomic_write_text
+from .runtime import threading_info
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,6 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         **threading_info(),
         "config": cfg.to_dict(),
     }
-
-
-def threading_info() -> dict:
-    """How the kernels ran, for reading the times: ``threads`` (numba's thread count),
-    ``openmp_wait_policy`` (``OMP_WAIT_POLICY``, or "default") and who chose it,
-    ``openmp_wait_policy_source``: "user", "busy" (``kernels`` chose PASSIVE because the
-    load average was high at import: each parallel region then starts slower) or "default"."""
-    import numba
-
-    import kernels
-
-    return {"threads": numba.get_num_threads(),
-            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "default",
-            "openmp_wait_policy_source": kernels.OPENMP_WAIT_POLICY_SOURCE}
 
 
 def _fmt(x, spec):

@@ -124,6 +124,20 @@ def _nothing(event) -> None:
     """A hook that does nothing: makes warm-up take the per-epoch/per-episode paths."""
 
 
+def threading_info() -> dict:
+    """How the kernels run, for reading a run's times: ``threads`` (numba's thread count),
+    ``openmp_wait_policy`` (``OMP_WAIT_POLICY``, or "default") and who chose it,
+    ``openmp_wait_policy_source``: "user", "busy" (``kernels`` chose PASSIVE because the
+    load average was high at import: each parallel region then starts slower) or "default"."""
+    import numba
+
+    import kernels
+
+    return {"threads": numba.get_num_threads(),
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or "default",
+            "openmp_wait_policy_source": kernels.OPENMP_WAIT_POLICY_SOURCE}
+
+
 def info() -> dict:
     """Versions, threading, cache state and CPU features: what ``python -m engine info`` prints."""
     from importlib import metadata
@@ -150,6 +164,7 @@ def info() -> dict:
     features = ll.get_host_cpu_features()
     simd = sorted(k for k, v in features.items() if v and any(s in k for s in ("sse", "avx", "fma", "neon", "sve")))
     kernels = cached_kernels()
+    threading = threading_info()
     return {
         "engine": __version__,
         "python": platform.python_version(),
@@ -157,8 +172,9 @@ def info() -> dict:
         "versions": {d: version(d) for d in ("numba", "llvmlite", "numpy", "PyYAML", "tqdm", "line_profiler",
                                              "scipy")},
         "threading_layer": numba.threading_layer(),
-        "threads": numba.get_num_threads(),
+        "threads": threading["threads"],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openmp_wait_policy_source": threading["openmp_wait_policy_source"],
         "cache_dir": numba.config.CACHE_DIR or None,
         "kernels_cached": sum(1 for k in kernels if k["cached_signatures"]),
         "kernels_total": len(kernels),

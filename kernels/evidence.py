@@ -452,8 +452,10 @@ def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_di
     Scans the candidate list of the query's cell (``build_node_grid``) nearest to
     the cell centre first, and stops at the first candidate that cannot beat the
     current k-th distance. Writes ``best_d2[:m]`` (float32 squared distances) and
-    ``best_j[:m]`` (node rows), in no particular order; returns ``m <= k``. Of two
-    nodes at the same distance the one met first is kept.
+    ``best_j[:m]`` (node rows), in no particular order; returns ``m <= k``. A node at
+    the same distance as the current k-th is not taken; when a nearer one arrives and
+    several kept nodes tie for the k-th place, the first of them in the best list goes
+    (not necessarily the one met last, as in ``_k_nearest_lanes``).
     """
     m, _, _ = _k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell,
                               cell, r2, qx, qy, qz, k, best_d2, best_j)
@@ -517,14 +519,16 @@ _REFILL_AT = LANES // 4
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _start_lane(l, i, span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j):
-    """Put query ``i`` (candidate rows ``span[:, i]``, offset ``span_off[i]``) on lane ``l``."""
+def _start_lane(l, i, span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j):
+    """Put query ``i`` (hypothesis ``rows[i]``, candidate rows ``span[:, i]``, offset
+    ``span_off[i]``) on lane ``l``."""
+    h = rows[i]
     lane_i[0, l] = span[0, i]
     lane_i[1, l] = span[1, i]
     lane_f[0, l] = span_off[i]
-    lane_f[1, l] = q_loc[i, 0]
-    lane_f[2, l] = q_loc[i, 1]
-    lane_f[3, l] = q_loc[i, 2]
+    lane_f[1, l] = hyp_loc[h, 0]
+    lane_f[2, l] = hyp_loc[h, 1]
+    lane_f[3, l] = hyp_loc[h, 2]
     for p in range(k):
         best_d2[p, l] = r2
         best_j[p, l] = -1
@@ -544,21 +548,15 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
     # here, so their cache misses overlap; queries with an empty list get no lane
     span = np.empty((2, n), np.int32)
     span_off = np.empty(n, np.float32)
-    q_loc = np.empty((n, 3), np.float32)
     search = np.empty(n, np.int64)
     n_search = 0
     for i in range(n):
         h = rows[i]
-        qx = hyp_loc[h, 0]
-        qy = hyp_loc[h, 1]
-        qz = hyp_loc[h, 2]
-        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell, qx, qy, qz)
+        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell,
+                                 hyp_loc[h, 0], hyp_loc[h, 1], hyp_loc[h, 2])
         span[0, i] = c0
         span[1, i] = c1
         span_off[i] = off
-        q_loc[i, 0] = qx
-        q_loc[i, 1] = qy
-        q_loc[i, 2] = qz
         out_m[i] = 0
         if c1 > c0:
             prefetch(cand_dist, c0)
@@ -577,7 +575,7 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
     busy = np.int64(0)
     for l in range(min(LANES, n_search)):
         lane_q[l] = search[nxt]
-        _start_lane(l, search[nxt], span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j)
+        _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
         nxt += 1
         busy |= np.int64(1) << l
     done = np.int64(0)
@@ -595,7 +593,7 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
                 out_m[i] = m
                 if nxt < n_search:
                     lane_q[l] = search[nxt]
-                    _start_lane(l, search[nxt], span, span_off, q_loc, r2, k, lane_i, lane_f, best_d2, best_j)
+                    _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
                     nxt += 1
                 else:
                     busy &= ~(np.int64(1) << l)

@@ -396,6 +396,31 @@ def test_build_node_grid_layout(grid_cases):
         assert np.all(np.diff(key) > 0)  # no node twice in one cell's list
 
 
+def _grid_queries(g, rng, n_near=80):
+    """Per object: queries near its nodes, exactly at nodes, around it, on cell boundaries
+    (corners, faces, the grid's upper boundary), far outside the grid, and one NaN.
+    Returns (float32 (Q, 3), int64 (Q,) objects)."""
+    pos, obj_start = g["pos"], g["obj_start"]
+    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
+    qs, objs = [], []
+    for o in range(len(obj_start) - 1):
+        lo, hi = obj_start[o], obj_start[o + 1]
+        nx, ny, nz, _ = g["index"][o]
+        if hi > lo:
+            sel = rng.integers(lo, hi, n_near)
+            qs.append(pos[sel] + rng.normal(0, 0.5 * MMD, (n_near, 3)))
+            qs.append(pos[sel[:10]])
+            pmin, pmax = pos[lo:hi].min(0), pos[lo:hi].max(0)
+            qs.append(rng.uniform(pmin - 2 * MMD, pmax + 2 * MMD, (n_near, 3)))
+        ijk = np.stack([rng.integers(0, nx + 1, 60), rng.integers(0, ny + 1, 60), rng.integers(0, nz + 1, 60)], 1)
+        frac = np.where(rng.uniform(size=(60, 3)) < 0.5, 0.0, rng.uniform(size=(60, 3)))
+        qs.append(g["origin"][o] + (ijk + frac).astype(F32) * cell)
+        qs.append(g["origin"][o] + np.array([[-1.0, 0, 0], [0, 0, 5.0], [1e3, 1e3, 1e3], [-1e6, 2.0, 0],
+                                             [0, -20 * MMD, 0], [np.nan, 0, 0]]))
+        objs += [o] * (sum(len(x) for x in qs) - len(objs))
+    return np.ascontiguousarray(np.concatenate(qs), F32), np.asarray(objs, np.int64)
+
+
 @pytest.mark.parametrize("k", [1, 5, 10, 64])
 def test_k_nearest_vs_brute_force(grid_cases, k):
     g = grid_cases[k]
@@ -403,25 +428,8 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
     rng = np.random.default_rng(6 + k)
     cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
     r2 = F32(MMD) * F32(MMD)
-    n_obj = len(obj_start) - 1
-    qs, objs = [], []
-    for o in range(n_obj):
-        lo, hi = obj_start[o], obj_start[o + 1]
-        nx, ny, nz, _ = g["index"][o]
-        if hi > lo:
-            sel = rng.integers(lo, hi, 80)
-            qs.append(pos[sel] + rng.normal(0, 0.5 * MMD, (80, 3)))        # near the surface
-            qs.append(pos[sel[:10]])                                          # exactly at nodes
-            pmin, pmax = pos[lo:hi].min(0), pos[lo:hi].max(0)
-            qs.append(rng.uniform(pmin - 2 * MMD, pmax + 2 * MMD, (80, 3)))  # around the object
-        # exactly on cell boundaries (corners, faces, also the grid's upper boundary)
-        ijk = np.stack([rng.integers(0, nx + 1, 60), rng.integers(0, ny + 1, 60), rng.integers(0, nz + 1, 60)], 1)
-        frac = np.where(rng.uniform(size=(60, 3)) < 0.5, 0.0, rng.uniform(size=(60, 3)))
-        qs.append(g["origin"][o] + (ijk + frac).astype(F32) * cell)
-        # far outside the grid
-        qs.append(g["origin"][o] + np.array([[-1.0, 0, 0], [0, 0, 5.0], [1e3, 1e3, 1e3], [-1e6, 2.0, 0],
-                                             [0, -20 * MMD, 0]]))
-        objs += [o] * (sum(len(x) for x in qs) - len(objs))
+    q, objs = _grid_queries(g, rng)
+    qs, objs = [q], list(objs)
     # one node at the origin (object 2): exactly at the radius is out, just inside is in
     qs.append(np.array([[MMD, 0, 0], [0, -MMD, 0], [np.nextafter(F32(MMD), F32(0)), 0, 0], [0, 0, 0]]))
     objs += [2] * 4
@@ -445,27 +453,6 @@ def _lanes_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, 
     return out_m, out_j
 
 
-def _grid_queries(g, rng, n_near=80):
-    """Queries near each object's nodes, at nodes, around it, on cell boundaries, far away, and NaN."""
-    pos, obj_start = g["pos"], g["obj_start"]
-    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
-    qs, objs = [], []
-    for o in range(len(obj_start) - 1):
-        lo, hi = obj_start[o], obj_start[o + 1]
-        nx, ny, nz, _ = g["index"][o]
-        if hi > lo:
-            sel = rng.integers(lo, hi, n_near)
-            qs.append(pos[sel] + rng.normal(0, 0.5 * MMD, (n_near, 3)))
-            qs.append(pos[sel[:10]])
-            pmin, pmax = pos[lo:hi].min(0), pos[lo:hi].max(0)
-            qs.append(rng.uniform(pmin - 2 * MMD, pmax + 2 * MMD, (n_near, 3)))
-        ijk = np.stack([rng.integers(0, nx + 1, 30), rng.integers(0, ny + 1, 30), rng.integers(0, nz + 1, 30)], 1)
-        qs.append(g["origin"][o] + ijk.astype(F32) * cell)
-        qs.append(g["origin"][o] + np.array([[-1.0, 0, 0], [1e3, 1e3, 1e3], [np.nan, 0, 0]]))
-        objs += [o] * (sum(len(x) for x in qs) - len(objs))
-    return np.ascontiguousarray(np.concatenate(qs), F32), np.asarray(objs, np.int32)
-
-
 @pytest.mark.parametrize("k", [1, 5, 10, 64])
 def test_k_nearest_lanes_vs_brute_force_and_single_queries(grid_cases, k):
     """The lock-step search finds the k nearest in radius (brute force), nearest first, the same
@@ -482,8 +469,8 @@ def test_k_nearest_lanes_vs_brute_force_and_single_queries(grid_cases, k):
     perm = rng.permutation(len(q))
     for rows in (np.arange(len(q)), perm, perm[:1], perm[:LANES - 1], perm[:LANES + 1], perm[:0]):
         rows = np.ascontiguousarray(rows, np.int64)
-        got_m, got_j = _lanes_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"], objs, cell,
-                                    r2, q, k, rows)
+        got_m, got_j = _lanes_batch(pos, g["origin"], g["index"], g["cstart"], g["cnode"], g["cdist"],
+                                    objs.astype(np.int32), cell, r2, q, k, rows)  # int32: as hyp_obj
         assert np.array_equal(got_m, ref_m[rows])
         got_d = np.full((len(rows), k), np.inf, F32)
         for i, r in enumerate(rows):
