@@ -55,6 +55,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
+from .lane_evidence import N_PAR, evidence_max
 from .lanes import LANES, lock_step, lowest_bit, popcount, prefetch
 from .select import kth_smallest
 
@@ -541,8 +542,9 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
 
     Query ``i`` is hypothesis ``h = rows[i]``: the nodes of object ``hyp_obj[h]``
     nearest to ``hyp_loc[h]``. Writes ``out_m[i]`` (int64, at most ``k``) and
-    ``out_j[i, :out_m[i]]`` (int32 node rows, nearest first; of equal distances
-    the one earlier in the cell's candidate list first).
+    ``out_j[:out_m[i], i]`` (int32 node rows, nearest first; of equal distances
+    the one earlier in the cell's candidate list first): ``out_j`` is (>= k, >= n),
+    one column per query, the layout ``lane_evidence.evidence_max`` reads.
     """
     # 1. every query's candidate list first: the loads of the cell table are independent
     # here, so their cache misses overlap; queries with an empty list get no lane
@@ -588,7 +590,7 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
                 i = lane_q[l]
                 m = 0
                 for p in range(k):
-                    out_j[i, p] = best_j[p, l]
+                    out_j[p, i] = best_j[p, l]
                     m += best_d2[p, l] < r2
                 out_m[i] = m
                 if nxt < n_search:
@@ -597,37 +599,6 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
                     nxt += 1
                 else:
                     busy &= ~(np.int64(1) << l)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _delta_evidence(node_pos, node_pose, node_pfd, phi, m, nbr, row, lx, ly, lz,
-                    qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c):
-    """Evidence change of one hypothesis from its ``m`` nearest nodes ``nbr[row, :m]`` (4.5-4.8).
-
-    ``q`` is the sensed normal and ``c`` the sensed first curvature direction, both
-    rotated into the hypothesis frame; ``inv_kappa = 1 / (|kappa| + 0.5)``. Uses
-    the trig-free forms of section 4.6: ``sin(theta_n / 2) = sqrt((1 - g) / 2)``
-    and ``sin(eps) = sqrt(1 - g'^2)``. -1 when no node is in radius.
-    """
-    best = _NEG1
-    for i in range(m):
-        j = nbr[row, i]
-        ex = node_pos[j, 0] - lx
-        ey = node_pos[j, 1] - ly
-        ez = node_pos[j, 2] - lz
-        dist = np.sqrt(ex * ex + ey * ey + ez * ez) + abs(ex * qx + ey * qy + ez * qz) * inv_kappa
-        if dist < mmd:
-            g = node_pose[j, 0] * qx + node_pose[j, 1] * qy + node_pose[j, 2] * qz
-            g = min(max(g, _NEG1), _F1)
-            ev = w_n * (_FHALF - np.sqrt((_F1 - g) * _FHALF))
-            if pose_defined:
-                g2 = node_pose[j, 3] * cx + node_pose[j, 4] * cy + node_pose[j, 5] * cz
-                g2 = min(max(g2, _NEG1), _F1)
-                ev += w_c * (_FHALF - np.sqrt(_F1 - g2 * g2)) * node_pfd[j]
-            ev += phi[j]
-            if ev > best:
-                best = ev
-    return best
 
 
 # --------------------------------------------------------------------------- step pieces
@@ -954,6 +925,12 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     cell = mmd / np.float32(CELLS_PER_RADIUS)
     inv_cell = np.float32(1.0) / cell
     min_age = iparams[IP_MIN_AGE]
+    ev_par = np.empty(N_PAR, np.float32)
+    ev_par[0] = inv_kappa
+    ev_par[1] = mmd
+    ev_par[2] = w_n
+    ev_par[3] = w_c
+    ev_par[4] = _F1 if pose_defined else _F0
     slope_min = fparams[FP_DELETION_SLOPE]
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
@@ -971,9 +948,13 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         b = 2 * c if c < half else 2 * (c - half) + 1
         lo = b * _CHUNK
         hi = min(lo + _CHUNK, n_old)
+        # per query (surviving hypothesis) one column, padded to whole vectors of lanes
+        n_pad = (hi - lo + LANES - 1) // LANES * LANES
         rows = np.empty(hi - lo, np.int64)
-        nbr = np.empty((hi - lo, k), np.int32)
-        n_nbr = np.empty(hi - lo, np.int64)
+        nbr = np.empty((k, n_pad), np.int32)
+        n_nbr = np.zeros(n_pad, np.int64)
+        hq = np.zeros((9, n_pad), np.float32)
+        delta = np.empty(n_pad, np.float32)
         smax = _NEG_INF
         dead = 0
         # 4a. deletion and path integration; the surviving rows are this chunk's queries
@@ -994,24 +975,24 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             hyp_loc[h, 1] = ly
             hyp_loc[h, 2] = lz
             rows[n_q] = h
+            # the sensed normal and curvature direction in the hypothesis' frame
+            hq[0, n_q] = lx
+            hq[1, n_q] = ly
+            hq[2, n_q] = lz
+            for a in range(3):
+                hq[3 + a, n_q] = hyp_rot[h, 3 * a] * sn_x + hyp_rot[h, 3 * a + 1] * sn_y + hyp_rot[h, 3 * a + 2] * sn_z
+                hq[6 + a, n_q] = hyp_rot[h, 3 * a] * sc_x + hyp_rot[h, 3 * a + 1] * sc_y + hyp_rot[h, 3 * a + 2] * sc_z
             n_q += 1
         # 4b. their K nearest nodes, LANES queries at a time
         _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
                          hyp_obj, hyp_loc, rows, n_q, nbr, n_nbr)
-        # 4c. evidence change, accumulation, slope
+        # 4c. evidence change (LANES queries at a time), accumulation, slope
+        for i0 in range(0, n_q, LANES):
+            evidence_max(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, i0, ev_par, delta)
         for i in range(n_q):
             h = rows[i]
             o = hyp_obj[h]
-            qx = hyp_rot[h, 0] * sn_x + hyp_rot[h, 1] * sn_y + hyp_rot[h, 2] * sn_z
-            qy = hyp_rot[h, 3] * sn_x + hyp_rot[h, 4] * sn_y + hyp_rot[h, 5] * sn_z
-            qz = hyp_rot[h, 6] * sn_x + hyp_rot[h, 7] * sn_y + hyp_rot[h, 8] * sn_z
-            cx = hyp_rot[h, 0] * sc_x + hyp_rot[h, 1] * sc_y + hyp_rot[h, 2] * sc_z
-            cy = hyp_rot[h, 3] * sc_x + hyp_rot[h, 4] * sc_y + hyp_rot[h, 5] * sc_z
-            cz = hyp_rot[h, 6] * sc_x + hyp_rot[h, 7] * sc_y + hyp_rot[h, 8] * sc_z
-            delta = _delta_evidence(node_pos, node_pose, node_pfd, phi, n_nbr[i], nbr, i,
-                                    hyp_loc[h, 0], hyp_loc[h, 1], hyp_loc[h, 2],
-                                    qx, qy, qz, cx, cy, cz, pose_defined, inv_kappa, mmd, w_n, w_c)
-            e = past * hyp_ev[h] + present * delta
+            e = past * hyp_ev[h] + present * delta[i]
             hyp_ev[h] = e
             # slope tracker (section 4.10): ring of the last W evidences
             hyp_buf[h, slot] = e

@@ -63,13 +63,13 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
         hi = min(n, lo + _CHUNK)
         s = 0
         if lanes:
-            out_j = np.empty((hi - lo, k), np.int32)
+            out_j = np.empty((k, hi - lo), np.int32)
             out_m = np.empty(hi - lo, np.int64)
             kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell,
                                  cell, mmd * mmd, k, qo, ql, np.arange(lo, hi), hi - lo, out_j, out_m)
             for i in range(hi - lo):
                 for p in range(out_m[i]):
-                    s += out_j[i, p]
+                    s += out_j[p, i]
                 s += out_m[i]
         else:
             best_d2 = np.empty(_KMAX, np.float32)

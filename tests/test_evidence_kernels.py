@@ -444,13 +444,14 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
 
 @njit
 def _lanes_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, q, k, rows):
-    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), as the step calls it."""
+    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), as the step calls it;
+    the neighbours returned one row per query (the kernel writes one column per query)."""
     n = rows.shape[0]
-    out_j = np.full((n, max(k, 1)), -7, np.int32)
+    out_j = np.full((max(k, 1), n), -7, np.int32)
     out_m = np.full(n, -7, np.int64)
     _k_nearest_lanes(node_pos, origin, index, cstart, cnode, cdist, np.float32(1.0) / cell, cell, r2, k,
                      objs, q, rows, n, out_j, out_m)
-    return out_m, out_j
+    return out_m, out_j.T.copy()
 
 
 @pytest.mark.parametrize("k", [1, 5, 10, 64])
