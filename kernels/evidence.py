@@ -43,7 +43,8 @@ so the K nearest nodes *among those closer than the radius* give exactly the
 evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
 note), up to ties in distance. The step searches its hypotheses ``lanes.LANES`` at a time
 in lock-step (:func:`_k_nearest_lanes`, vector gathers instead of a branch per candidate);
-:func:`_k_nearest` is the same search for one query.
+:func:`_k_nearest` is the same search for one query. The found nodes are scored
+``LANES`` hypotheses at a time as well (``lane_evidence.evidence_max``).
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in
 ``inline="always"`` bodies inlined into the two parallel entry points
@@ -56,7 +57,7 @@ from numba import njit, prange
 
 from ._flags import FASTMATH
 from .lane_evidence import N_PAR, evidence_max
-from .lanes import LANES, lock_step, lowest_bit, popcount, prefetch
+from .lanes import LANES, lock_steps, lowest_bit, prefetch
 from .select import kth_smallest
 
 # fparams (float32)
@@ -580,25 +581,23 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
         _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
         nxt += 1
         busy |= np.int64(1) << l
-    done = np.int64(0)
     while busy != 0:
-        done |= lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k) & busy
-        if done == busy or popcount(done) >= _REFILL_AT:
-            while done != 0:
-                l = lowest_bit(done)
-                done &= done - 1
-                i = lane_q[l]
-                m = 0
-                for p in range(k):
-                    out_j[p, i] = best_j[p, l]
-                    m += best_d2[p, l] < r2
-                out_m[i] = m
-                if nxt < n_search:
-                    lane_q[l] = search[nxt]
-                    _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
-                    nxt += 1
-                else:
-                    busy &= ~(np.int64(1) << l)
+        done = lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, _REFILL_AT)
+        while done != 0:
+            l = lowest_bit(done)
+            done &= done - 1
+            i = lane_q[l]
+            m = 0
+            for p in range(k):
+                out_j[p, i] = best_j[p, l]
+                m += best_d2[p, l] < r2
+            out_m[i] = m
+            if nxt < n_search:
+                lane_q[l] = search[nxt]
+                _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
+                nxt += 1
+            else:
+                busy &= ~(np.int64(1) << l)
 
 
 # --------------------------------------------------------------------------- step pieces
@@ -925,6 +924,10 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     cell = mmd / np.float32(CELLS_PER_RADIUS)
     inv_cell = np.float32(1.0) / cell
     min_age = iparams[IP_MIN_AGE]
+    # ring slot of the oldest of the last mm evidences (an integer modulo per hypothesis costs ~10 ns)
+    oldest = np.empty(window + 1, np.int64)
+    for mm in range(window + 1):
+        oldest[mm] = (step - mm + 1) % window
     ev_par = np.empty(N_PAR, np.float32)
     ev_par[0] = inv_kappa
     ev_par[1] = mmd
@@ -933,7 +936,10 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     ev_par[4] = _F1 if pose_defined else _F0
     slope_min = fparams[FP_DELETION_SLOPE]
     n_chunks = (n_old + _CHUNK - 1) // _CHUNK
+    # per block of rows and object: best evidence, its first row, live hypotheses
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
+    chunk_arg = np.full((n_chunks, n_obj), -1, np.int64)
+    chunk_cnt = np.zeros((n_chunks, n_obj), np.int64)
     chunk_slope = np.full(n_chunks, -np.inf, np.float32)
     chunk_dead = np.zeros(n_chunks, np.int64)
     # Hypotheses differ a lot in cost (off the surface: no search at all; the newest,
@@ -1000,14 +1006,16 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             hyp_age[h] = age
             mm = min(age, window)
             if mm >= 2:
-                s = (e - hyp_buf[h, (step - mm + 1) % window]) / np.float32(mm - 1)
+                s = (e - hyp_buf[h, oldest[mm]]) / np.float32(mm - 1)
                 hyp_slope[h] = s
                 if s > smax:
                     smax = s
             else:
                 hyp_slope[h] = _NAN
-            if e > chunk_max[c, o]:
-                chunk_max[c, o] = e
+            chunk_cnt[b, o] += 1
+            if e > chunk_max[b, o]:
+                chunk_max[b, o] = e
+                chunk_arg[b, o] = h
         chunk_slope[c] = smax
         chunk_dead[c] = dead
 
@@ -1056,15 +1064,15 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     for c in range(n_chunks):
         if chunk_slope[c] > smax:
             smax = chunk_slope[c]
+        istate[IS_N_DEAD] += chunk_dead[c]
         for o in range(n_obj):
+            obj_count[o] += chunk_cnt[c, o]
             if chunk_max[c, o] > obj_max[o]:
                 obj_max[o] = chunk_max[c, o]
     fstate[FS_SLOPE_MAX] = smax
-    for c in range(n_chunks):
-        istate[IS_N_DEAD] += chunk_dead[c]
-    for h in range(n):
-        if hyp_obj[h] >= 0:
-            obj_count[hyp_obj[h]] += 1
+    if n_new > 0:
+        for o in range(n_obj):
+            obj_count[o] += k_nodes[o] * h_per_node
     for h in range(n_old, n):
         o = hyp_obj[h]
         if hyp_ev[h] > obj_max[o]:
@@ -1075,11 +1083,18 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         if obj_count[o] > 0 and (o_best < 0 or obj_max[o] > obj_max[o_best]):
             o_best = o
     if o_best >= 0:
+        # the first row holding the best evidence: in the first block (rows in order) that
+        # holds it, else among the new rows
         target = obj_max[o_best]
-        for h in range(n):
-            if hyp_obj[h] == o_best and hyp_ev[h] == target:
-                mlh = h
+        for b in range(n_chunks):
+            if chunk_max[b, o_best] == target:
+                mlh = chunk_arg[b, o_best]
                 break
+        if mlh < 0:
+            for h in range(n_old, n):
+                if hyp_obj[h] == o_best and hyp_ev[h] == target:
+                    mlh = h
+                    break
     istate[IS_MLH] = mlh
     fstate[FS_MLH_EV] = obj_max[o_best] if o_best >= 0 else _NEG_INF
 

@@ -5,8 +5,10 @@ hypothesis, a short list of candidate nodes and keeps the k nearest. One query
 at a time that walk is a chain of unpredictable branches and dependent loads
 (~150 ns per query on the development machine, see ``profiling/README.md``).
 ``lock_step`` advances ``LANES`` queries by one candidate each, with vector
-gathers, compares and selects and no branch per candidate; a driver in
-``kernels.evidence`` refills a lane with the next query when its walk ends.
+gathers, compares and selects and no branch per candidate; ``lock_steps``
+repeats it until enough lanes have ended, with the lane state in registers for
+k up to ``K_REGISTERS``; a driver in ``kernels.evidence`` refills a lane with
+the next query when its walk ends.
 
 Numba does not vectorise such code written as loops over the lanes (the gathered
 reads and the lane-state writes may alias), so ``lock_step`` is written as LLVM
@@ -88,83 +90,110 @@ def _is_c(ty, ndim, dtype):
     return isinstance(ty, types.Array) and ty.ndim == ndim and ty.dtype == dtype and ty.layout == "C"
 
 
-@intrinsic
-def _lock_step_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
-    """``lock_step`` in compiled code: LLVM IR over ``LANES``-wide vectors."""
-    if not (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
+def _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst):
+    """IR of one candidate per lane: ``(nxt2, cn, x)``, the lanes' next rows, the candidate's
+    node rows and its squared distance to the query (+inf in lanes that took none).
+
+    ``nxt``/``end`` int32 vectors, ``off`` and ``q`` (x, y, z) float32 vectors, ``worst``
+    the current k-th best squared distances (the stop test's bound).
+    """
+    live = builder.icmp_signed("<", nxt, end)
+    (cd_stride,) = cgutils.unpack_tuple(builder, a_cd.strides, 1)
+    (cn_stride,) = cgutils.unpack_tuple(builder, a_cn.strides, 1)
+    row = builder.sext(nxt, _vec(_I64))
+    cd = _gather(builder, a_cd.data, builder.mul(row, _splat(builder, cd_stride)), live, _F32)
+    cn = _gather(builder, a_cn.data, builder.mul(row, _splat(builder, cn_stride)), live, _I32)
+
+    # stop test against the current k-th best (r2 until k nodes are in)
+    gap = builder.fsub(cd, off)
+    beyond = builder.and_(builder.fcmp_ordered(">", gap, ir.Constant(_vec(_F32), [0.0] * LANES)),
+                          builder.fcmp_ordered(">=", builder.fmul(gap, gap), worst))
+    take = builder.and_(live, builder.not_(beyond))
+    nxt2 = builder.select(take, builder.add(nxt, ir.Constant(_vec(_I32), [1] * LANES)), end)
+
+    # squared distance from the query to node cn (node_pos by its strides)
+    s0, s1 = cgutils.unpack_tuple(builder, a_np.strides, 2)
+    at = builder.mul(builder.sext(cn, _vec(_I64)), _splat(builder, s0))
+    coords = []
+    for col in range(3):
+        p = _gather(builder, a_np.data, builder.add(at, _splat(builder, builder.mul(s1, ir.Constant(_I64, col)))),
+                    take, _F32)
+        coords.append(builder.fsub(p, q[col]))
+    dx, dy, dz = coords
+    d2 = builder.fadd(builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy)), builder.fmul(dz, dz))
+    return nxt2, cn, builder.select(take, d2, ir.Constant(_vec(_F32), [float("inf")] * LANES))
+
+
+def _inserted(builder, x, cn, b, b_prev, j, j_prev):
+    """Entry p of a sorted best list after inserting ``x`` (node ``cn``): the candidate where it
+    is the first entry ``x`` is strictly below (``x < b`` but not ``x < b_prev``), the old
+    entry p - 1 after that, unchanged before. Every entry is computed from old values, so the
+    k stages do not depend on each other (a compare-exchange chain would, and would reorder
+    equal entries). ``b_prev``/``j_prev`` None for entry 0."""
+    here = builder.fcmp_ordered("<", x, b)
+    if b_prev is None:
+        return builder.select(here, x, b), builder.select(here, cn, j)
+    above = builder.fcmp_ordered("<", x, b_prev)
+    return (builder.select(here, builder.select(above, b_prev, x), b),
+            builder.select(here, builder.select(above, j_prev, cn), j))
+
+
+def _done_mask(builder, nxt, end):
+    done = builder.icmp_signed(">=", nxt, end)
+    return builder.zext(builder.bitcast(done, ir.IntType(LANES)), _I64)
+
+
+def _memory_step(builder, arrays, k64):
+    """IR of one ``lock_step`` with the lane state in memory (any k); returns the int64 done mask."""
+    a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
+    zero = ir.Constant(_I64, 0)
+    one = ir.Constant(_I64, 1)
+    nxt = builder.load(_lane_row(builder, a_li.data, zero, _I32), align=4)
+    end = builder.load(_lane_row(builder, a_li.data, one, _I32), align=4)
+    off = builder.load(_lane_row(builder, a_lf.data, zero, _F32), align=4)
+    q = [builder.load(_lane_row(builder, a_lf.data, ir.Constant(_I64, col + 1), _F32), align=4) for col in range(3)]
+    worst = builder.load(_lane_row(builder, a_bd.data, builder.sub(k64, one), _F32), align=4)
+    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst)
+    builder.store(nxt2, _lane_row(builder, a_li.data, zero, _I32), align=4)
+    # from the last entry down, so that every entry reads old values
+    with cgutils.for_range(builder, builder.sub(k64, one)) as loop:
+        p = builder.sub(builder.sub(k64, one), loop.index)  # k - 1 .. 1
+        pm1 = builder.sub(p, one)
+        bp = _lane_row(builder, a_bd.data, p, _F32)
+        jp = _lane_row(builder, a_bj.data, p, _I32)
+        b2, j2 = _inserted(builder, x, cn, builder.load(bp, align=4),
+                           builder.load(_lane_row(builder, a_bd.data, pm1, _F32), align=4),
+                           builder.load(jp, align=4), builder.load(_lane_row(builder, a_bj.data, pm1, _I32), align=4))
+        builder.store(b2, bp, align=4)
+        builder.store(j2, jp, align=4)
+    b0p = _lane_row(builder, a_bd.data, zero, _F32)
+    j0p = _lane_row(builder, a_bj.data, zero, _I32)
+    b2, j2 = _inserted(builder, x, cn, builder.load(b0p, align=4), None, builder.load(j0p, align=4), None)
+    builder.store(b2, b0p, align=4)
+    builder.store(j2, j0p, align=4)
+    return _done_mask(builder, nxt2, end)
+
+
+def _lane_types_ok(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    return (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
             and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
             and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
             and _is_c(lane_i, 2, types.int32) and _is_c(lane_f, 2, types.float32)
             and _is_c(best_d2, 2, types.float32) and _is_c(best_j, 2, types.int32)
-            and isinstance(k, types.Integer)):
+            and isinstance(k, types.Integer))
+
+
+@intrinsic
+def _lock_step_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    """``lock_step`` in compiled code: LLVM IR over ``LANES``-wide vectors."""
+    if not _lane_types_ok(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
         return None
     sig = types.int64(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
 
     def codegen(context, builder, signature, args):
         arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:7], args[:7])]
-        a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
         k64 = context.cast(builder, args[7], signature.args[7], types.int64)
-        zero = ir.Constant(_I64, 0)
-        one = ir.Constant(_I64, 1)
-
-        nxt = builder.load(_lane_row(builder, a_li.data, zero, _I32), align=4)
-        end = builder.load(_lane_row(builder, a_li.data, one, _I32), align=4)
-        live = builder.icmp_signed("<", nxt, end)
-        (cd_stride,) = cgutils.unpack_tuple(builder, a_cd.strides, 1)
-        (cn_stride,) = cgutils.unpack_tuple(builder, a_cn.strides, 1)
-        row = builder.sext(nxt, _vec(_I64))
-        cd = _gather(builder, a_cd.data, builder.mul(row, _splat(builder, cd_stride)), live, _F32)
-        cn = _gather(builder, a_cn.data, builder.mul(row, _splat(builder, cn_stride)), live, _I32)
-
-        # stop test against the current k-th best (r2 until k nodes are in)
-        off = builder.load(_lane_row(builder, a_lf.data, zero, _F32), align=4)
-        worst = builder.load(_lane_row(builder, a_bd.data, builder.sub(k64, one), _F32), align=4)
-        gap = builder.fsub(cd, off)
-        beyond = builder.and_(builder.fcmp_ordered(">", gap, ir.Constant(_vec(_F32), [0.0] * LANES)),
-                              builder.fcmp_ordered(">=", builder.fmul(gap, gap), worst))
-        take = builder.and_(live, builder.not_(beyond))
-        nxt2 = builder.select(take, builder.add(nxt, ir.Constant(_vec(_I32), [1] * LANES)), end)
-        builder.store(nxt2, _lane_row(builder, a_li.data, zero, _I32), align=4)
-
-        # squared distance from the query to node cn (node_pos by its strides)
-        s0, s1 = cgutils.unpack_tuple(builder, a_np.strides, 2)
-        at = builder.mul(builder.sext(cn, _vec(_I64)), _splat(builder, s0))
-        coords = []
-        for col in range(3):
-            p = _gather(builder, a_np.data, builder.add(at, _splat(builder, builder.mul(s1, ir.Constant(_I64, col)))),
-                        take, _F32)
-            q = builder.load(_lane_row(builder, a_lf.data, ir.Constant(_I64, col + 1), _F32), align=4)
-            coords.append(builder.fsub(p, q))
-        dx, dy, dz = coords
-        d2 = builder.fadd(builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy)), builder.fmul(dz, dz))
-
-        # insert into the sorted best list: entry p becomes the candidate where it is the first
-        # entry the candidate is strictly below, the old entry p - 1 after that, and stays
-        # before. From the last entry down, so every entry reads old values; the stages do not
-        # depend on each other (a compare-exchange chain would, and would reorder equal entries).
-        x = builder.select(take, d2, ir.Constant(_vec(_F32), [float("inf")] * LANES))
-        with cgutils.for_range(builder, builder.sub(k64, one)) as loop:
-            p = builder.sub(builder.sub(k64, one), loop.index)  # k - 1 .. 1
-            pm1 = builder.sub(p, one)
-            bp = _lane_row(builder, a_bd.data, p, _F32)
-            jp = _lane_row(builder, a_bj.data, p, _I32)
-            b = builder.load(bp, align=4)
-            b_prev = builder.load(_lane_row(builder, a_bd.data, pm1, _F32), align=4)
-            j_prev = builder.load(_lane_row(builder, a_bj.data, pm1, _I32), align=4)
-            here = builder.fcmp_ordered("<", x, b)
-            above = builder.fcmp_ordered("<", x, b_prev)
-            builder.store(builder.select(here, builder.select(above, b_prev, x), b), bp, align=4)
-            builder.store(builder.select(here, builder.select(above, j_prev, cn), builder.load(jp, align=4)), jp,
-                          align=4)
-        b0p = _lane_row(builder, a_bd.data, zero, _F32)
-        j0p = _lane_row(builder, a_bj.data, zero, _I32)
-        b0 = builder.load(b0p, align=4)
-        first = builder.fcmp_ordered("<", x, b0)
-        builder.store(builder.select(first, x, b0), b0p, align=4)
-        builder.store(builder.select(first, cn, builder.load(j0p, align=4)), j0p, align=4)
-
-        done = builder.icmp_signed(">=", nxt2, end)
-        return builder.zext(builder.bitcast(done, ir.IntType(LANES)), _I64)
+        return _memory_step(builder, arrays, k64)
 
     return sig, codegen
 
@@ -214,6 +243,122 @@ def lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k
 def _ol_lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
     def impl(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
         return _lock_step_ir(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+    return impl
+
+
+# lock_steps keeps the lane state in registers for k up to this (2k + 6 vectors: k = 10 fits
+# AVX-512's 32 registers); larger k steps with the state in memory, as lock_step does.
+K_REGISTERS = 10
+
+
+def _stop(builder, done, busy, stop_at):
+    """Whether ``lock_steps`` returns: every busy lane done, or at least ``stop_at`` of them."""
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+    return builder.or_(builder.icmp_signed("==", done, busy),
+                       builder.icmp_signed(">=", builder.call(ctpop, [done]), stop_at))
+
+
+def _register_loop(builder, arrays, k, busy, stop_at):
+    """IR of ``lock_steps`` for a fixed ``k``: the lane state loaded once, carried in SSA values
+    (registers) from step to step, stored once; returns the done mask."""
+    a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
+
+    def row(ary, r, elem):
+        return _lane_row(builder, ary.data, ir.Constant(_I64, r), elem)
+
+    nxt0 = builder.load(row(a_li, 0, _I32), align=4)
+    end = builder.load(row(a_li, 1, _I32), align=4)
+    off = builder.load(row(a_lf, 0, _F32), align=4)
+    q = [builder.load(row(a_lf, col + 1, _F32), align=4) for col in range(3)]
+    bd0 = [builder.load(row(a_bd, p, _F32), align=4) for p in range(k)]
+    bj0 = [builder.load(row(a_bj, p, _I32), align=4) for p in range(k)]
+    pre = builder.block
+    loop = builder.append_basic_block("lanes.k%d.loop" % k)
+    out = builder.append_basic_block("lanes.k%d.out" % k)
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    nxt = builder.phi(nxt0.type)
+    bd = [builder.phi(v.type) for v in bd0]
+    bj = [builder.phi(v.type) for v in bj0]
+    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, bd[k - 1])
+    new = [_inserted(builder, x, cn, bd[p], bd[p - 1] if p else None, bj[p], bj[p - 1] if p else None)
+           for p in range(k)]
+    bd2 = [b for b, _ in new]
+    bj2 = [j for _, j in new]
+    done = builder.and_(_done_mask(builder, nxt2, end), busy)
+    back = builder.block
+    for phi, first, again in zip([nxt] + bd + bj, [nxt0] + bd0 + bj0, [nxt2] + bd2 + bj2):
+        phi.add_incoming(first, pre)
+        phi.add_incoming(again, back)
+    builder.cbranch(_stop(builder, done, busy, stop_at), out, loop)
+    builder.position_at_end(out)
+    builder.store(nxt2, row(a_li, 0, _I32), align=4)
+    for p in range(k):
+        builder.store(bd2[p], row(a_bd, p, _F32), align=4)
+        builder.store(bj2[p], row(a_bj, p, _I32), align=4)
+    return done
+
+
+@intrinsic
+def _lock_steps_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+    """``lock_steps`` in compiled code: a register loop per k up to ``K_REGISTERS``, else memory steps."""
+    if not (_lane_types_ok(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+            and isinstance(busy, types.Integer) and isinstance(stop_at, types.Integer)):
+        return None
+    sig = types.int64(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:7], args[:7])]
+        k64, busy64, stop64 = (context.cast(builder, v, t, types.int64) for v, t in zip(args[7:], signature.args[7:]))
+        merge = builder.append_basic_block("lanes.merge")
+        memory = builder.append_basic_block("lanes.memory")
+        switch = builder.switch(k64, memory)
+        results = []
+        for kk in range(1, K_REGISTERS + 1):
+            block = builder.append_basic_block("lanes.k%d" % kk)
+            switch.add_case(ir.Constant(_I64, kk), block)
+            builder.position_at_end(block)
+            results.append((_register_loop(builder, arrays, kk, busy64, stop64), builder.block))
+            builder.branch(merge)
+        builder.position_at_end(memory)
+        loop = builder.append_basic_block("lanes.memory.loop")
+        out = builder.append_basic_block("lanes.memory.out")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        done = builder.and_(_memory_step(builder, arrays, k64), busy64)
+        builder.cbranch(_stop(builder, done, busy64, stop64), out, loop)
+        builder.position_at_end(out)
+        results.append((done, out))
+        builder.branch(merge)
+        builder.position_at_end(merge)
+        phi = builder.phi(_I64)
+        for value, block in results:
+            phi.add_incoming(value, block)
+        return phi
+
+    return sig, codegen
+
+
+def lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+    """``lock_step`` repeated until the lanes of ``busy`` (an int64 lane mask) are all done, or
+    at least ``stop_at`` of them; returns the mask of the busy lanes that are done (at least
+    one step is taken).
+
+    The same results as calling ``lock_step`` in a loop; for k up to ``K_REGISTERS`` the
+    compiled code keeps the lane state in registers between the steps instead of storing
+    and reloading it every step. Arguments as ``lock_step``.
+    """
+    # Plain Python (NUMBA_DISABLE_JIT=1); compiled code uses the overload below.
+    while True:
+        done = lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k) & np.int64(busy)
+        if done == busy or popcount(done) >= stop_at:
+            return np.int64(done)
+
+
+@overload(lock_steps, inline="always")
+def _ol_lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+    def impl(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+        return _lock_steps_ir(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
     return impl
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import LANES, lock_step, lowest_bit, popcount, prefetch
+from kernels.lanes import K_REGISTERS, LANES, lock_step, lock_steps, lowest_bit, popcount, prefetch
 
 F32 = np.float32
 
@@ -12,6 +12,11 @@ F32 = np.float32
 @njit
 def _step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
     return lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+
+
+@njit
+def _steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+    return lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
 
 
 @njit
@@ -76,6 +81,52 @@ def test_lock_step_matches_the_reference_step_by_step(k, strided, compiled):
         ref = (want_i, want_d, want_j)
     assert done == (1 << LANES) - 1  # every list ends within 40 candidates
     assert (best_j >= 0).any() and (best_d2 < F32(0.25)).any()
+
+
+def _lane_case(rng, k, n_nodes=60, n_cand=400):
+    """Coarse data (equal distances and gap**2 == k-th best both happen) and fresh lane state."""
+    node_pos = (rng.integers(-8, 8, (n_nodes, 3)) / 16).astype(F32)
+    cand_node = rng.integers(0, n_nodes, n_cand).astype(np.int32)
+    cand_dist = np.sort(rng.integers(0, 32, n_cand)).astype(F32) / F32(32)
+    starts = rng.integers(0, n_cand - 40, LANES)
+    lane_i = np.stack([starts, starts + rng.integers(1, 40, LANES)]).astype(np.int32)
+    lane_f = np.stack([rng.integers(-6, 20, LANES) / 32, *rng.integers(-8, 8, (3, LANES)) / 16]).astype(F32)
+    return cand_dist, cand_node, node_pos, lane_i, lane_f, np.full((k, LANES), 0.25, F32), np.full((k, LANES), -1,
+                                                                                                      np.int32)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, K_REGISTERS, K_REGISTERS + 1, 13])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lock_steps_is_lock_step_repeated_until_enough_lanes_end(k, compiled):
+    """Register loops (k <= K_REGISTERS) and the memory loop (larger k) against the reference
+    step repeated: the same state after every call, stopping exactly when the mask says."""
+    steps = _steps if compiled else lock_steps
+    rng = np.random.default_rng(100 + k)
+    cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j = _lane_case(rng, k)
+    idle = [3, 9]
+    lane_i[:, idle] = 5  # lanes with nothing to do are not busy
+    busy = sum(1 << lane for lane in range(LANES) if lane not in idle)
+    ref = (lane_i.copy(), best_d2.copy(), best_j.copy())
+    calls = 0
+    for stop_at in (1, 3, 4, 4, 16, 16):
+        while True:  # the reference: one step at a time, stopping as lock_steps must
+            want_i, want_d, want_j, want_done = _reference_step(cand_dist, cand_node, node_pos, ref[0], lane_f,
+                                                                *ref[1:])
+            ref = (want_i, want_d, want_j)
+            want_done &= busy
+            if want_done == busy or bin(want_done).count("1") >= stop_at:
+                break
+        done = steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k), np.int64(busy),
+                     np.int64(stop_at))
+        calls += 1
+        assert done == want_done
+        np.testing.assert_array_equal(lane_i, want_i)
+        np.testing.assert_array_equal(best_d2, want_d)
+        np.testing.assert_array_equal(best_j, want_j)
+        busy &= ~done  # (the driver would refill these lanes; here they just leave)
+        if busy == 0:
+            break
+    assert calls >= 3 and busy == 0 and (best_j >= 0).any()
 
 
 def test_lock_step_reads_nothing_for_idle_lanes():
