@@ -937,7 +937,10 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     ev_par[3] = w_c
     ev_par[4] = _F1 if pose_defined else _F0
     slope_min = fparams[FP_DELETION_SLOPE]
-    n_chunks = (n_old + _CHUNK - 1) // _CHUNK
+    # an even number of equal blocks of at most _CHUNK rows: the two halves of the work
+    # items (see below) then hold the same number of rows
+    n_chunks = 2 * ((n_old + 2 * _CHUNK - 1) // (2 * _CHUNK))
+    csize = (n_old + n_chunks - 1) // n_chunks if n_chunks > 0 else 0
     # per block of rows and object: best evidence, its first row, live hypotheses
     chunk_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
     chunk_arg = np.full((n_chunks, n_obj), -1, np.int64)
@@ -954,8 +957,8 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     half = (n_chunks + 1) // 2
     for c in prange(n_chunks):
         b = 2 * c if c < half else 2 * (c - half) + 1
-        lo = b * _CHUNK
-        hi = min(lo + _CHUNK, n_old)
+        lo = b * csize
+        hi = min(lo + csize, n_old)
         # per query (surviving hypothesis) one column, padded to whole vectors of lanes
         n_pad = (hi - lo + LANES - 1) // LANES * LANES
         rows = np.empty(hi - lo, np.int64)
