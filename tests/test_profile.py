@@ -123,3 +123,46 @@ def test_knn_costs_refuses_other_models(root):
     p = subprocess.run([sys.executable, str(root / "profiling/knn_costs.py"), str(root / "configs/missing.yaml")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.fixture
+def phases_script(root):
+    sys.path.insert(0, str(root / "profiling"))
+    try:
+        import evidence_phases
+    finally:
+        sys.path.remove(str(root / "profiling"))
+    return evidence_phases
+
+
+def test_evidence_phases_patch_finds_every_marker(root, phases_script):
+    """The timers go in at every marker of the current step (the script fails loudly when one moves)."""
+    src = (root / "kernels" / "evidence.py").read_text()
+    patched = phases_script.patch_step_source(src)
+    compile(patched, "evidence.py", "exec")
+    base = int(src.split("\nN_ISTATE = ")[1].split()[0])
+    assert patched.count("ticks()") == 10 and f"\nN_ISTATE = {base + len(phases_script.PHASES) + 1}\n" in patched
+    with pytest.raises(ValueError, match="4b. their K nearest nodes"):
+        phases_script.patch_step_source(src.replace("# 4b. their K nearest nodes", "# 4b. moved"))
+
+
+def test_evidence_phases_script_reports_every_phase(root, phases_script):
+    # a small simulated run in the timed copy (its kernels compile afresh: about a minute)
+    p = subprocess.run([sys.executable, str(root / "profiling/evidence_phases.py"), str(root / "configs/shapes_10.yaml"),
+                        "--passes", "1", "--set", "data.objects=[mug, cone]", "--set", "data.n_points=1500",
+                        "--set", "data.train_steps=60", "--set", "data.eval_rotations=1", "--set", "data.eval_steps=10"],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("evidence step, ") and "ms per step (timed copy)" in lines[0]
+    values = {line[:32].strip(): float(line[32:].split()[0]) for line in lines[1:]}
+    assert list(values) == [label.strip() for label, _ in phases_script.PHASES]
+    assert all(v > 0 for v in values.values())
+    step_ms = float(lines[0].split(": ")[1].split()[0])
+    assert values["update of existing hypotheses"] < step_ms  # a part of the step, not more
+
+
+def test_evidence_phases_refuses_other_models(root):
+    p = subprocess.run([sys.executable, str(root / "profiling/evidence_phases.py"), str(root / "configs/demo.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "not an evidence config" in p.stderr and "Traceback" not in p.stderr
