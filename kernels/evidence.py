@@ -57,7 +57,7 @@ from numba import njit, prange
 
 from ._flags import FASTMATH
 from .lane_evidence import N_PAR, evidence_max
-from .lanes import LANES, lock_steps, lowest_bit
+from .lanes import K_REGISTERS, LANES, lock_steps, lowest_bit, search_lanes
 from .select import kth_smallest
 
 # fparams (float32)
@@ -566,7 +566,18 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
         n_search += c1 > c0
     if k < 1 or n_search == 0:  # (lock_step reads row k - 1)
         return
-    # 2. the searches, LANES at a time; a lane takes the next query when enough have ended
+    if k <= K_REGISTERS:
+        # 2. the searches in one vector loop: lanes harvested and refilled with vector ops
+        qpos = np.empty((3, n), np.float32)
+        for i in range(n):
+            h = rows[i]
+            qpos[0, i] = hyp_loc[h, 0]
+            qpos[1, i] = hyp_loc[h, 1]
+            qpos[2, i] = hyp_loc[h, 2]
+        search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                     _REFILL_AT)
+        return
+    # 2. (larger k) the searches, LANES at a time; a lane takes the next query when enough have ended
     lane_i = np.zeros((2, LANES), np.int32)
     lane_f = np.empty((4, LANES), np.float32)
     best_d2 = np.empty((k, LANES), np.float32)

@@ -7,8 +7,11 @@ at a time that walk is a chain of unpredictable branches and dependent loads
 ``lock_step`` advances ``LANES`` queries by one candidate each, with vector
 gathers, compares and selects and no branch per candidate; ``lock_steps``
 repeats it until enough lanes have ended, with the lane state in registers for
-k up to ``K_REGISTERS``; a driver in ``kernels.evidence`` refills a lane with
-the next query when its walk ends.
+k up to ``K_REGISTERS``. ``search_lanes`` runs a whole list of queries that way in
+one loop: when enough lanes have ended it writes their results with masked
+scatters and refills them from the list with an expand-load and gathers, so no
+lane state goes through memory (for larger k, a driver in ``kernels.evidence``
+refills the lanes of ``lock_steps`` one by one).
 
 Numba does not vectorise such code written as loops over the lanes (the gathered
 reads and the lane-state writes may alias), so ``lock_step`` is written as LLVM
@@ -63,18 +66,31 @@ def _lane_row(builder, data, row, elem):
     return builder.bitcast(p, _vec(elem).as_pointer())
 
 
-def _gather(builder, base, byte_offsets, mask, elem):
+def _vector_pointers(builder, base, byte_offsets, elem):
+    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64)), byte_offsets)
+    return builder.inttoptr(addr, _vec(elem.as_pointer()))
+
+
+def _gather(builder, base, byte_offsets, mask, elem, align=4):
     """``elem`` values at ``base + byte_offsets`` (int64 vector) in the lanes of ``mask``, 0 elsewhere.
 
     Masked-off lanes read no memory, so their offsets may be anything.
     """
     vty = _vec(elem)
     pty = _vec(elem.as_pointer())
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64)), byte_offsets)
-    ptrs = builder.inttoptr(addr, pty)
     name = "llvm.masked.gather.v%d%s.v%d%s" % (LANES, elem.intrinsic_name, LANES, _pointer_suffix(elem))
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [pty, _I32, _vec(_I1), vty]), name)
-    return builder.call(fn, [ptrs, ir.Constant(_I32, 4), mask, ir.Constant(vty, None)])
+    return builder.call(fn, [_vector_pointers(builder, base, byte_offsets, elem), ir.Constant(_I32, align), mask,
+                             ir.Constant(vty, None)])
+
+
+def _scatter(builder, base, byte_offsets, values, mask, elem, align=4):
+    """Store ``values`` at ``base + byte_offsets`` (int64 vector) in the lanes of ``mask`` (distinct addresses)."""
+    pty = _vec(elem.as_pointer())
+    name = "llvm.masked.scatter.v%d%s.v%d%s" % (LANES, elem.intrinsic_name, LANES, _pointer_suffix(elem))
+    fn = cgutils.get_or_insert_function(builder.module,
+                                        ir.FunctionType(ir.VoidType(), [_vec(elem), pty, _I32, _vec(_I1)]), name)
+    builder.call(fn, [values, _vector_pointers(builder, base, byte_offsets, elem), ir.Constant(_I32, align), mask])
 
 
 def _pointer_suffix(elem):
@@ -359,6 +375,236 @@ def lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, 
 def _ol_lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
     def impl(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
         return _lock_steps_ir(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
+    return impl
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole search in IR: lanes refilled from the query list and harvested with vector ops
+
+
+_MASK_T = ir.IntType(LANES)
+
+
+def _bits_to_mask(builder, bits):
+    return builder.bitcast(builder.trunc(bits, _MASK_T), _vec(_I1))
+
+
+def _search_k(builder, A, K, n_search, r2, stop_at):
+    """IR of ``search_lanes`` for a fixed ``k``: one loop that steps the lanes (state in registers) and,
+    once enough lanes have ended, writes their results with masked scatters and refills them from
+    the query list (expand-load, then gathers of each new query's list and point)."""
+    a_cd, a_cn, a_np, a_sp, a_so, a_hq, a_se, a_oj, a_om = A
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+    ctlz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, _I1]), "llvm.ctlz.i64")
+    vi32 = _vec(_I32); vf = _vec(_F32); vi64 = _vec(_I64)
+    r2v = _splat(builder, r2)
+    zero_i = ir.Constant(vi32, [0] * LANES)
+    zero_f = ir.Constant(vf, [0.0] * LANES)
+    init = {"nxt": zero_i, "end": zero_i, "off": zero_f, "qx": zero_f, "qy": zero_f, "qz": zero_f, "lq": zero_i,
+            "busy": ir.Constant(_I64, 0), "pos": ir.Constant(_I64, 0), "done": ir.Constant(_I64, (1 << LANES) - 1)}
+    for p in range(K):
+        init["bd%d" % p] = r2v
+        init["bj%d" % p] = ir.Constant(vi32, [-1] * LANES)
+    names = list(init)
+    entry = builder.block
+    refill = builder.append_basic_block("s.k%d.refill" % K)
+    trim_head = builder.append_basic_block("s.k%d.trim" % K)
+    trim_body = builder.append_basic_block("s.k%d.trimb" % K)
+    trim_end = builder.append_basic_block("s.k%d.trime" % K)
+    loop = builder.append_basic_block("s.k%d.loop" % K)
+    out = builder.append_basic_block("s.k%d.out" % K)
+    builder.branch(refill)
+
+    # refill: harvest the done lanes, give them the next queries
+    builder.position_at_end(refill)
+    rp = {n: builder.phi(init[n].type, name="r_" + n) for n in names}
+    for n in names:
+        rp[n].add_incoming(init[n], entry)
+    S = dict(rp)
+    done = S["done"]
+    dmask = _bits_to_mask(builder, builder.and_(done, S["busy"]))  # (the first time round: no lane is busy)
+    lq64 = builder.sext(S["lq"], vi64)
+    mcount = ir.Constant(vi64, [0] * LANES)
+    oj_s0 = cgutils.unpack_tuple(builder, a_oj.strides, 2)[0]
+    for p in range(K):
+        off_b = builder.add(builder.mul(lq64, _splat(builder, ir.Constant(_I64, 4))),
+                            _splat(builder, builder.mul(oj_s0, ir.Constant(_I64, p))))
+        _scatter(builder, a_oj.data, off_b, S["bj%d" % p], dmask, _I32, 4)
+        mcount = builder.add(mcount, builder.zext(builder.fcmp_ordered("<", S["bd%d" % p], r2v), vi64))
+    _scatter(builder, a_om.data, builder.mul(lq64, _splat(builder, ir.Constant(_I64, 8))), mcount, dmask, _I64, 8)
+    left = builder.sub(n_search, S["pos"])
+    have = builder.call(ctpop, [done])
+    avail = builder.select(builder.icmp_signed("<", have, left), have, left)
+    excess = builder.sub(have, avail)
+    pre_trim = builder.block
+    builder.branch(trim_head)
+    builder.position_at_end(trim_head)
+    cur = builder.phi(_I64)
+    ex = builder.phi(_I64)
+    cur.add_incoming(done, pre_trim)
+    ex.add_incoming(excess, pre_trim)
+    builder.cbranch(builder.icmp_signed(">", ex, ir.Constant(_I64, 0)), trim_body, trim_end)
+    builder.position_at_end(trim_body)
+    hb = builder.sub(ir.Constant(_I64, 63), builder.call(ctlz, [cur, ir.Constant(_I1, 0)]))
+    cur2 = builder.and_(cur, builder.not_(builder.shl(ir.Constant(_I64, 1), hb)))
+    cur.add_incoming(cur2, trim_body)
+    ex.add_incoming(builder.sub(ex, ir.Constant(_I64, 1)), trim_body)
+    builder.branch(trim_head)
+    builder.position_at_end(trim_end)
+    fill = cur
+    fmask = _bits_to_mask(builder, fill)
+    exp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi64, [_I64.as_pointer(), _vec(_I1), vi64]),
+                                         "llvm.masked.expandload.v%di64" % LANES)
+    sptr = builder.gep(a_se.data, [S["pos"]])
+    qn = builder.trunc(builder.call(exp, [sptr, fmask, ir.Constant(vi64, [0] * LANES)]), vi32)
+    qn64 = builder.sext(qn, vi64)
+    sp_s0 = cgutils.unpack_tuple(builder, a_sp.strides, 2)[0]
+    hq_s0 = cgutils.unpack_tuple(builder, a_hq.strides, 2)[0]
+    b4 = builder.mul(qn64, _splat(builder, ir.Constant(_I64, 4)))
+    s0 = _gather(builder, a_sp.data, b4, fmask, _I32, 4)
+    s1 = _gather(builder, a_sp.data, builder.add(b4, _splat(builder, sp_s0)), fmask, _I32, 4)
+    so = _gather(builder, a_so.data, b4, fmask, _F32, 4)
+    qs = [_gather(builder, a_hq.data, builder.add(b4, _splat(builder, builder.mul(hq_s0, ir.Constant(_I64, c)))),
+                    fmask, _F32, 4) for c in range(3)]
+    N = {}
+    N["nxt"] = builder.select(fmask, s0, S["nxt"])
+    N["end"] = builder.select(fmask, s1, S["end"])
+    N["off"] = builder.select(fmask, so, S["off"])
+    for c, n in enumerate(("qx", "qy", "qz")):
+        N[n] = builder.select(fmask, qs[c], S[n])
+    N["lq"] = builder.select(fmask, qn, S["lq"])
+    for p in range(K):
+        N["bd%d" % p] = builder.select(fmask, r2v, S["bd%d" % p])
+        N["bj%d" % p] = builder.select(fmask, ir.Constant(vi32, [-1] * LANES), S["bj%d" % p])
+    N["busy"] = builder.or_(builder.and_(S["busy"], builder.not_(done)), fill)
+    N["pos"] = builder.add(S["pos"], avail)
+    N["done"] = ir.Constant(_I64, 0)
+    refill_end = builder.block
+    builder.cbranch(builder.icmp_signed("==", N["busy"], ir.Constant(_I64, 0)), out, loop)
+
+    # the lock-step loop
+    builder.position_at_end(loop)
+    lp = {n: builder.phi(N[n].type, name="l_" + n) for n in names}
+    for n in names:
+        lp[n].add_incoming(N[n], refill_end)
+    L = dict(lp)
+    q = [L["qx"], L["qy"], L["qz"]]
+    bd = [L["bd%d" % p] for p in range(K)]
+    bj = [L["bj%d" % p] for p in range(K)]
+    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, L["nxt"], L["end"], L["off"], q, bd[K - 1])
+    new = [_inserted(builder, x, cn, bd[p], bd[p - 1] if p else None, bj[p], bj[p - 1] if p else None) for p in range(K)]
+    d2 = _done_mask(builder, nxt2, L["end"])
+    dn = builder.and_(d2, L["busy"])
+    T = dict(L)
+    T["nxt"] = nxt2
+    for p in range(K):
+        T["bd%d" % p], T["bj%d" % p] = new[p]
+    T["done"] = dn
+    back = builder.block
+    for n in names:
+        lp[n].add_incoming(T[n], back)
+        rp[n].add_incoming(T[n], back)
+    stop = builder.or_(builder.icmp_signed("==", dn, L["busy"]),
+                       builder.icmp_signed(">=", builder.call(ctpop, [dn]), stop_at))
+    builder.cbranch(stop, refill, loop)
+    builder.position_at_end(out)
+
+
+
+
+@intrinsic
+def _search_lanes_ir(typingctx, cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j,
+                     out_m, stop_at):
+    """``search_lanes`` in compiled code: a loop per k up to ``K_REGISTERS`` (other k: nothing)."""
+    if not (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
+            and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
+            and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
+            and isinstance(k, types.Integer) and _is_c(span, 2, types.int32) and _is_c(span_off, 1, types.float32) and _is_c(qpos, 2, types.float32)
+            and _is_c(search, 1, types.int64) and isinstance(n_search, types.Integer) and r2 == types.float32
+            and _is_c(out_j, 2, types.int32) and _is_c(out_m, 1, types.int64) and isinstance(stop_at, types.Integer)):
+        return None
+    sig = types.void(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                     stop_at)
+
+    def codegen(context, builder, signature, args):
+        arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 5, 6, 10, 11)]
+        n_search64 = context.cast(builder, args[7], signature.args[7], types.int64)
+        k64 = context.cast(builder, args[9], signature.args[9], types.int64)
+        stop64 = context.cast(builder, args[12], signature.args[12], types.int64)
+        merge = builder.append_basic_block("search.merge")
+        switch = builder.switch(k64, merge)
+        for kk in range(1, K_REGISTERS + 1):
+            block = builder.append_basic_block("search.k%d" % kk)
+            switch.add_case(ir.Constant(_I64, kk), block)
+            builder.position_at_end(block)
+            _search_k(builder, arrays, kk, n_search64, args[8], stop64)
+            builder.branch(merge)
+        builder.position_at_end(merge)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                 stop_at):
+    """The k nearest candidates of every query of ``search[:n_search]``, ``LANES`` at a time.
+
+    Query ``i`` walks candidate rows ``span[0, i]:span[1, i]`` (a non-empty list) with stop
+    offset ``span_off[i]`` from the point ``qpos[:, i]``, exactly as ``lock_step`` walks a
+    lane; when it ends, ``out_j[:k, i]`` receives its best node rows (nearest first, -1 past
+    the found ones) and ``out_m[i]`` how many were strictly closer than ``sqrt(r2)``. Lanes
+    are harvested and refilled once ``stop_at`` of them (or all busy ones) have ended.
+
+    For 1 <= k <= ``K_REGISTERS`` only (other k: nothing is written; use ``lock_steps``).
+    span int32 (2, n), span_off float32 (n,), qpos float32 (>= 3, n), search int64
+    (>= n_search,), out_j int32 (>= k, n), out_m int64 (n,): all C-contiguous; r2 float32.
+    """
+    # Plain Python (NUMBA_DISABLE_JIT=1): the same walk with lock_steps; compiled code uses
+    # the overload below.
+    k = int(k)
+    if not 1 <= k <= K_REGISTERS:
+        return
+    lane_i = np.zeros((2, LANES), np.int32)
+    lane_f = np.zeros((4, LANES), np.float32)
+    best_d2 = np.empty((k, LANES), np.float32)
+    best_j = np.empty((k, LANES), np.int32)
+    lane_q = np.zeros(LANES, np.int64)
+    busy, nxt = 0, 0
+
+    def start(lane):
+        i = int(search[nxt])
+        lane_q[lane] = i
+        lane_i[:, lane] = span[:, i]
+        lane_f[0, lane] = span_off[i]
+        lane_f[1:, lane] = qpos[:3, i]
+        best_d2[:, lane] = r2
+        best_j[:, lane] = -1
+
+    for lane in range(min(LANES, int(n_search))):
+        start(lane)
+        nxt += 1
+        busy |= 1 << lane
+    while busy:
+        done = int(lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, np.int64(busy),
+                              stop_at))
+        for lane in range(LANES):
+            if done >> lane & 1:
+                i = lane_q[lane]
+                out_j[:k, i] = best_j[:, lane]
+                out_m[i] = int((best_d2[:, lane] < r2).sum())
+                if nxt < n_search:
+                    start(lane)
+                    nxt += 1
+                else:
+                    busy &= ~(1 << lane)
+
+
+@overload(search_lanes, inline="always")
+def _ol_search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                     stop_at):
+    def impl(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+        _search_lanes_ir(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                         stop_at)
     return impl
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import K_REGISTERS, LANES, lock_step, lock_steps, lowest_bit, popcount, prefetch
+from kernels.lanes import K_REGISTERS, LANES, lock_step, lock_steps, lowest_bit, popcount, prefetch, search_lanes
 
 F32 = np.float32
 
@@ -127,6 +127,69 @@ def test_lock_steps_is_lock_step_repeated_until_enough_lanes_end(k, compiled):
         if busy == 0:
             break
     assert calls >= 3 and busy == 0 and (best_j >= 0).any()
+
+
+@njit
+def _search(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+    search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at)
+
+
+def _walk_one(cand_dist, cand_node, node_pos, c0, c1, off, q, r2, k):
+    """One query's walk, candidate by candidate, as lock_step's docstring says (float32)."""
+    bd, bj = [F32(r2)] * k, [-1] * k
+    for i in range(c0, c1):
+        gap = F32(cand_dist[i] - off)
+        if gap > 0 and F32(gap * gap) >= bd[k - 1]:
+            break
+        e = (node_pos[cand_node[i]] - q).astype(F32)
+        d2 = F32(F32(F32(e[0] * e[0]) + F32(e[1] * e[1])) + F32(e[2] * e[2]))
+        for p in range(k):
+            if d2 < bd[p]:
+                bd.insert(p, d2)
+                bj.insert(p, int(cand_node[i]))
+                bd, bj = bd[:k], bj[:k]
+                break
+    return bj, sum(d < F32(r2) for d in bd)
+
+
+@pytest.mark.parametrize("k", [1, 5, K_REGISTERS, K_REGISTERS + 1])
+@pytest.mark.parametrize("n_search", [0, 1, LANES - 1, LANES + 1, 70])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_search_lanes_walks_every_listed_query(k, n_search, compiled):
+    """Every query of the list gets the walk of its own list (the one-query reference), whatever
+    the lane it lands in; other queries are not touched; k beyond K_REGISTERS writes nothing."""
+    run = _search if compiled else search_lanes
+    rng = np.random.default_rng(7 * k + n_search)
+    n, n_nodes, n_cand = 90, 60, 3000
+    node_pos = (rng.integers(-8, 8, (n_nodes, 3)) / 16).astype(F32)
+    cand_node = rng.integers(0, n_nodes, n_cand).astype(np.int32)
+    starts = rng.integers(0, n_cand - 50, n)
+    span = np.stack([starts, starts + rng.integers(1, 50, n)]).astype(np.int32)
+    cand_dist = np.zeros(n_cand, F32)
+    for c0, c1 in span.T:  # each list sorted, coarse values (ties, gap**2 == k-th best)
+        cand_dist[c0:c1] = np.sort(rng.integers(0, 32, c1 - c0)) / 32
+    span_off = (rng.integers(-6, 20, n) / 32).astype(F32)
+    qpos = (rng.integers(-8, 8, (3, n)) / 16).astype(F32)
+    search = rng.permutation(n)[:max(n_search, 1)].astype(np.int64)
+    r2 = F32(0.25)
+    for stop_at in (1, 4, LANES):
+        out_j = np.full((k, n), -7, np.int32)
+        out_m = np.full(n, -7, np.int64)
+        run(cand_dist, cand_node, node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k),
+            out_j, out_m, np.int64(stop_at))
+        listed = set(search[:n_search].tolist())
+        if k > K_REGISTERS:
+            assert (out_j == -7).all() and (out_m == -7).all()
+            continue
+        for i in range(n):
+            if i not in listed:
+                assert (out_j[:, i] == -7).all() and out_m[i] == -7
+                continue
+            want_j, want_m = _walk_one(cand_dist, cand_node, node_pos, span[0, i], span[1, i], span_off[i], qpos[:, i],
+                                       r2, k)
+            assert list(out_j[:, i]) == want_j and out_m[i] == want_m, (i, stop_at)
+        if n_search >= LANES:
+            assert (out_m[search[:n_search]] > 0).any()
 
 
 def test_lock_step_reads_nothing_for_idle_lanes():
