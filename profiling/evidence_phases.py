@@ -31,8 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.config import load_config  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from evidence_config import load_evidence_config  # noqa: E402
 
 # (label, kind): "wall" sections are ms per step; "core" passes are ns per hypothesis on one core
 PHASES = (
@@ -162,13 +161,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.passes < 1:
         p.error("--passes must be >= 1")
-    try:
-        cfg = load_config(a.config, a.set)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if cfg.model.type != "evidence":
-        print(f"error: {a.config}: not an evidence config (model.type {cfg.model.type!r})", file=sys.stderr)
+    cfg = load_evidence_config(a.config, a.set)
+    if cfg is None:
         return 2
     r = measure(a.config, a.set, a.passes)
     print(f"evidence step, {r['steps']} matching steps, {r['hypotheses']:.0f} hypotheses per step, "

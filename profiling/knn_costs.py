@@ -37,8 +37,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from engine.config import load_config  # noqa: E402
-from engine.errors import UserError  # noqa: E402
+from evidence_config import load_evidence_config  # noqa: E402
 from engine.evidence_model import EvidenceExperiment  # noqa: E402
 from engine.evidence_run import build_dataset  # noqa: E402
 from kernels import evidence as kev  # noqa: E402
@@ -198,13 +197,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="config override")
     a = p.parse_args(argv)
-    try:
-        cfg = load_config(a.config, a.set)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_evidence_config(a.config, a.set)
+    if cfg is None:
         return 2
-    if cfg.model.type != "evidence":
-        p.error(f"{a.config}: not an evidence config (model.type {cfg.model.type!r})")
     numba.set_num_threads(1)
     step, k, rows, agree = measure(cfg, a.step, a.repeats)
     print(f"nearest-node search, one thread, k = {k}, hypotheses of evaluation step {step}")
