@@ -504,9 +504,7 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     for n in names:
         lp[n].add_incoming(T[n], back)
         rp[n].add_incoming(T[n], back)
-    stop = builder.or_(builder.icmp_signed("==", dn, L["busy"]),
-                       builder.icmp_signed(">=", builder.call(ctpop, [dn]), stop_at))
-    builder.cbranch(stop, refill, loop)
+    builder.cbranch(_stop(builder, dn, L["busy"], stop_at), refill, loop)
     builder.position_at_end(out)
 
 
