@@ -157,7 +157,10 @@ class Experiment:
                 fn(ev)
 
     def _has(self, *names: str) -> bool:
-        return any(self._hooks[n] for n in names)
+        for n in names:  # a loop, not any(generator): this runs on every run() (~1 us of a 15 us row)
+            if self._hooks[n]:
+                return True
+        return False
 
     # -- sizes ---------------------------------------------------------------
     def capacity(self) -> int:

@@ -23,7 +23,8 @@ FASTMATH = {"ninf", "arcp", "contract", "afn", "reassoc", "nsz"}
 # one thread. A parallel region whose worker is already spinning starts in
 # ~2-4 us (measured on this 2-core machine, batch similarity, 1 feature:
 # 10 x 100 comparisons 2.8 us parallel / 1.7 us serial; 100 x 100: 4.9 / 12.1
-# us), but a worker that has gone to sleep (libgomp sleeps after a few ms
+# us, and serial ~4.5 us since the batch loops stopped slicing the store once
+# per query, see ``kernels.matching._rows``), but a worker that has gone to sleep (libgomp sleeps after a few ms
 # idle, e.g. between two runs) takes ~45 us to wake in this VM. Serial costs
 # ~0.3 ns per comparison, so below ~32k comparisons (~10 us) one thread is
 # never much slower and is immune to wake-up latency.

@@ -26,7 +26,7 @@ from numba import types
 from numba.extending import overload
 
 from .compact import from_f32
-from .matching import _batch_into, _scan_into, mean_similarity, update_confidence
+from .matching import _batch_into, _scan_into, mean_similarity_at, update_confidence
 from .nearest import _nearest_into
 from .timing import add_time, ticks
 
@@ -68,7 +68,7 @@ def train_step(store, n_stored, location, features, t):
 @njit(cache=True)
 def match_step(store, n_stored, location, features, t, confidence):
     """One matching step on observation ``t``; returns ``(similarity, confidence)`` float32."""
-    s = mean_similarity(store, n_stored, location[t], features[t])
+    s = mean_similarity_at(store, n_stored, location, features, t)
     return s, update_confidence(np.float32(confidence), s)
 
 

@@ -77,58 +77,77 @@ def _similarity_sum_0(sx, sy, sz, px, py, pz):
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _similarity_sum_n(store, lo, hi, px, py, pz, feat):
-    """Block sum of columns ``lo .. hi`` for any number of feature columns (L1 feature distance)."""
-    sx = store[0]
-    sy = store[1]
-    sz = store[2]
+def _similarity_sum_n(store, sx, sy, sz, lo, px, py, pz, features, t):
+    """Block sum for any number of feature columns (L1 feature distance).
+
+    ``sx, sy, sz``: the block's position rows (columns ``lo ..``), 1-D slices;
+    the query's features are ``features[t, :]``.
+    """
     n_feat = store.shape[0] - 3
     acc = _ZERO
-    for j in range(lo, hi):
+    for j in range(sx.shape[0]):
         dx = as_f32(sx[j]) - px
         dy = as_f32(sy[j]) - py
         dz = as_f32(sz[j]) - pz
         e = _ZERO
         for k in range(n_feat):
-            e += abs(as_f32(store[3 + k, j]) - feat[k])
+            e += abs(as_f32(store[3 + k, lo + j]) - features[t, k])
         acc += _ONE / (_ONE + np.sqrt(dx * dx + dy * dy + dz * dz) + e)
     return acc
 
 
-@njit(cache=True)
-def _block_sum(store, lo, hi, px, py, pz, feat):
-    """Sum of the similarity terms of one query over store columns ``lo .. hi``; float32.
+@njit(inline="always")
+def _rows(store, lo, hi):
+    """Columns ``lo .. hi`` of the store's x, y, z and first feature rows, as 1-D slices.
 
-    The store is float32, or uint16 holding float16 bits (``kernels.compact``):
-    values are widened to float32 as they are read. Each feature count has its
-    own loop function: one function holding all three loops measured 2.1x
-    slower per comparison at 100 stored observations (1.22 vs 0.57 ns).
+    Without feature columns the fourth is the x row again (unused). Each slice
+    takes and drops a reference: the four cost ~90 ns, which was 3/4 of a
+    query's time against 100 stored observations (the 10x10 row). So the batch
+    loops make them once per block of the store, not once per query.
+    """
+    f = 3 if store.shape[0] > 3 else 0
+    return store[0, lo:hi], store[1, lo:hi], store[2, lo:hi], store[f, lo:hi]
+
+
+@njit(inline="always")
+def _rows_sum(store, sx, sy, sz, sf, lo, px, py, pz, features, t):
+    """Sum of the similarity terms of one query over one block of the store; float32.
+
+    ``sx, sy, sz, sf``: the block's rows from ``_rows(store, lo, hi)``; the
+    query is at ``(px, py, pz)`` with features ``features[t, :]`` (float32
+    (T, F)). The store is float32, or uint16 holding float16 bits
+    (``kernels.compact``): values are widened to float32 as they are read. Each
+    feature count has its own loop function: one function holding all three
+    loops measured 2.1x slower per comparison at 100 stored observations (1.22
+    vs 0.57 ns).
     """
     n_feat = store.shape[0] - 3
     if n_feat == 1:
-        return _similarity_sum_1(store[0, lo:hi], store[1, lo:hi], store[2, lo:hi], store[3, lo:hi],
-                                 px, py, pz, feat[0])
+        return _similarity_sum_1(sx, sy, sz, sf, px, py, pz, features[t, 0])
     if n_feat == 0:
-        return _similarity_sum_0(store[0, lo:hi], store[1, lo:hi], store[2, lo:hi], px, py, pz)
-    return _similarity_sum_n(store, lo, hi, px, py, pz, feat)
+        return _similarity_sum_0(sx, sy, sz, px, py, pz)
+    return _similarity_sum_n(store, sx, sy, sz, lo, px, py, pz, features, t)
 
 
 @njit(cache=True)
-def _similarity_sum(store, n_stored, px, py, pz, feat):
+def _similarity_sum(store, n_stored, px, py, pz, features, t):
     """Sum (not mean) of the similarity terms of one query; float32.
 
-    A store of over ``BLOCKED_ABOVE`` observations is summed in blocks of
+    The query is at ``(px, py, pz)`` with features ``features[t, :]``. A store
+    of over ``BLOCKED_ABOVE`` observations is summed in blocks of
     ``STORE_BLOCK`` columns, block by block from the first, and the block sums
-    are added in that order. The tiled batch (``_batch_into``) adds the same
+    are added in that order. The batch loops (``_batch_into``) add the same
     block sums in the same order, so every path (fused batch, tiled batch,
     stepwise step) computes bit-identical sums: the same loop, vectorised the
     same way, on the same blocks.
     """
     if n_stored <= BLOCKED_ABOVE:
-        return _block_sum(store, 0, n_stored, px, py, pz, feat)
+        sx, sy, sz, sf = _rows(store, 0, n_stored)
+        return _rows_sum(store, sx, sy, sz, sf, 0, px, py, pz, features, t)
     acc = _ZERO
     for lo in range(0, n_stored, STORE_BLOCK):
-        acc += _block_sum(store, lo, min(n_stored, lo + STORE_BLOCK), px, py, pz, feat)
+        sx, sy, sz, sf = _rows(store, lo, min(n_stored, lo + STORE_BLOCK))
+        acc += _rows_sum(store, sx, sy, sz, sf, lo, px, py, pz, features, t)
     return acc
 
 
@@ -150,8 +169,20 @@ def mean_similarity(store, n_stored, location, features):
     """
     if n_stored == 0:
         return _ZERO
-    s = _similarity_sum(store, n_stored, location[0], location[1], location[2], features)
-    return s / np.float32(n_stored)
+    query = np.empty((1, features.shape[0]), features.dtype)  # the batch loops' (T, F) layout
+    for k in range(features.shape[0]):
+        query[0, k] = features[k]
+    return _similarity_sum(store, n_stored, location[0], location[1], location[2], query, 0) / np.float32(n_stored)
+
+
+@njit(cache=True)
+def mean_similarity_at(store, n_stored, location, features, t):
+    """``mean_similarity`` of observation ``t`` of ``location`` (float32 (T, 3)) and
+    ``features`` (float32 (T, F)): the stepwise path's step, without copying the row."""
+    if n_stored == 0:
+        return _ZERO
+    return _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features, t) / np.float32(
+        n_stored)
 
 
 @njit(cache=True)
@@ -161,7 +192,7 @@ def _batch_similarity_serial(store, n_stored, location, features, steps, out):
     for i in range(steps.shape[0]):
         t = steps[i]
         out[i] = _ZERO if n_stored == 0 else _similarity_sum(
-            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features, t) / n_f
 
 
 @njit(cache=True, parallel=True)
@@ -171,7 +202,7 @@ def _batch_similarity_parallel(store, n_stored, location, features, steps, out):
     for i in prange(steps.shape[0]):
         t = steps[i]
         out[i] = _ZERO if n_stored == 0 else _similarity_sum(
-            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+            store, n_stored, location[t, 0], location[t, 1], location[t, 2], features, t) / n_f
 
 
 @njit(inline="always")
@@ -197,23 +228,37 @@ def _batch_into(store, n_stored, location, features, steps, out):
             a = tile * size
             b = min(q, a + size)
             for lo in range(0, n_stored, STORE_BLOCK):
-                hi = min(n_stored, lo + STORE_BLOCK)
+                sx, sy, sz, sf = _rows(store, lo, min(n_stored, lo + STORE_BLOCK))
                 for i in range(a, b):
                     t = steps[i]
-                    s = _block_sum(store, lo, hi, location[t, 0], location[t, 1], location[t, 2], features[t])
+                    s = _rows_sum(store, sx, sy, sz, sf, lo, location[t, 0], location[t, 1], location[t, 2],
+                                  features, t)
                     out[i] = s if lo == 0 else out[i] + s
             for i in range(a, b):
                 out[i] = out[i] / n_f
+    elif n_stored <= BLOCKED_ABOVE:
+        # one block: its row slices are made once for all queries (see ``_rows``)
+        sx, sy, sz, sf = _rows(store, 0, n_stored)
+        if q > 1 and q * n_stored >= PARALLEL_MIN_COMPARISONS:
+            for i in prange(q):
+                t = steps[i]
+                out[i] = _rows_sum(store, sx, sy, sz, sf, 0, location[t, 0], location[t, 1], location[t, 2],
+                                   features, t) / n_f
+        else:
+            for i in range(q):
+                t = steps[i]
+                out[i] = _ZERO if n_stored == 0 else _rows_sum(
+                    store, sx, sy, sz, sf, 0, location[t, 0], location[t, 1], location[t, 2], features, t) / n_f
     elif q > 1 and q * n_stored >= PARALLEL_MIN_COMPARISONS:
         for i in prange(q):
             t = steps[i]
-            out[i] = _ZERO if n_stored == 0 else _similarity_sum(
-                store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features,
+                                     t) / n_f
     else:
         for i in range(q):
             t = steps[i]
-            out[i] = _ZERO if n_stored == 0 else _similarity_sum(
-                store, n_stored, location[t, 0], location[t, 1], location[t, 2], features[t]) / n_f
+            out[i] = _similarity_sum(store, n_stored, location[t, 0], location[t, 1], location[t, 2], features,
+                                     t) / n_f
 
 
 @njit(cache=True, parallel=True)
