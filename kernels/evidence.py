@@ -56,6 +56,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import FASTMATH
+from .lane_cells import cell_span as _cell_span, cell_spans
 from .lane_evidence import N_PAR, evidence_max
 from .lanes import K_REGISTERS, LANES, lock_steps, lowest_bit, search_lanes
 from .select import kth_smallest
@@ -416,37 +417,6 @@ CELLS_PER_RADIUS = 2
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _cell_span(grid_origin, grid_index, cand_start, o, inv_cell, cell, qx, qy, qz):
-    """The candidate list of the cell of object ``o``'s grid that holds ``q``.
-
-    Returns ``(c0, c1, off)``: candidate rows ``c0:c1`` (``build_node_grid``) and
-    ``off = |q - cell centre|`` (float32), or ``(0, 0, 0)`` when ``q`` is outside the
-    padded grid or NaN (no node within the radius).
-    """
-    ox = grid_origin[o, 0]
-    oy = grid_origin[o, 1]
-    oz = grid_origin[o, 2]
-    nx = grid_index[o, 0]
-    ny = grid_index[o, 1]
-    nz = grid_index[o, 2]
-    fx = (qx - ox) * inv_cell
-    fy = (qy - oy) * inv_cell
-    fz = (qz - oz) * inv_cell
-    # compared as floats: no integer overflow far away; NaN fails every compare
-    if not (fx >= 0 and fy >= 0 and fz >= 0 and fx < nx and fy < ny and fz < nz):
-        return 0, 0, np.float32(0.0)
-    cx = int(fx)
-    cy = int(fy)
-    cz = int(fz)
-    cid = grid_index[o, 3] + cx + nx * (cy + ny * cz)
-    half = np.float32(0.5)
-    ex = qx - (ox + (np.float32(cx) + half) * cell)
-    ey = qy - (oy + (np.float32(cy) + half) * cell)
-    ez = qz - (oz + (np.float32(cz) + half) * cell)
-    return cand_start[cid], cand_start[cid + 1], np.sqrt(ex * ex + ey * ey + ez * ez)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, o, inv_cell, cell, r2,
                qx, qy, qz, k, best_d2, best_j):
     """The ``k`` nearest nodes of object ``o`` closer than ``sqrt(r2)`` to ``q``.
@@ -521,16 +491,15 @@ _REFILL_AT = LANES // 4
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _start_lane(l, i, span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j):
-    """Put query ``i`` (hypothesis ``rows[i]``, candidate rows ``span[:, i]``, offset
-    ``span_off[i]``) on lane ``l``."""
-    h = rows[i]
+def _start_lane(l, i, span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j):
+    """Put query ``i`` (candidate rows ``span[:, i]``, offset ``span_off[i]``, point
+    ``qpos[:3, i]``) on lane ``l``."""
     lane_i[0, l] = span[0, i]
     lane_i[1, l] = span[1, i]
     lane_f[0, l] = span_off[i]
-    lane_f[1, l] = hyp_loc[h, 0]
-    lane_f[2, l] = hyp_loc[h, 1]
-    lane_f[3, l] = hyp_loc[h, 2]
+    lane_f[1, l] = qpos[0, i]
+    lane_f[2, l] = qpos[1, i]
+    lane_f[3, l] = qpos[2, i]
     for p in range(k):
         best_d2[p, l] = r2
         best_j[p, l] = -1
@@ -538,42 +507,29 @@ def _start_lane(l, i, span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
-                     hyp_obj, hyp_loc, rows, n, out_j, out_m):
-    """``_k_nearest`` for the hypotheses ``rows[:n]``, ``LANES`` queries at a time in lock-step.
+                     qobj, qpos, n, out_j, out_m):
+    """``_k_nearest`` for the queries ``i < n``, ``LANES`` at a time in lock-step.
 
-    Query ``i`` is hypothesis ``h = rows[i]``: the nodes of object ``hyp_obj[h]``
-    nearest to ``hyp_loc[h]``. Writes ``out_m[i]`` (int64, at most ``k``) and
-    ``out_j[:out_m[i], i]`` (int32 node rows, nearest first; of equal distances
-    the one earlier in the cell's candidate list first): ``out_j`` is (>= k, >= n),
-    one column per query, the layout ``lane_evidence.evidence_max`` reads.
+    Query ``i`` asks for the nodes of object ``qobj[i]`` (int32, C-contiguous)
+    nearest to ``qpos[:3, i]`` (float32 (>= 3, >= n), C-contiguous: the step's
+    ``hq``). Writes ``out_m[i]`` (int64, at most ``k``) and ``out_j[:out_m[i], i]``
+    (int32 node rows, nearest first; of equal distances the one earlier in the
+    cell's candidate list first): ``out_j`` is (>= k, >= n), one column per query,
+    the layout ``lane_evidence.evidence_max`` reads.
     """
-    # 1. every query's candidate list first: the loads of the cell table are independent
-    # here, so their cache misses overlap; queries with an empty list get no lane.
+    # 1. every query's candidate list first, LANES queries at a time (kernels.lane_cells);
+    # queries with an empty list get no lane.
     # (Prefetching each list's first line here made the search 4-8% slower, 2026-12-03.)
     span = np.empty((2, n), np.int32)
     span_off = np.empty(n, np.float32)
     search = np.empty(n, np.int64)
-    n_search = 0
+    n_search = cell_spans(grid_origin, grid_index, cand_start, qobj, qpos, n, inv_cell, cell, span, span_off, search)
     for i in range(n):
-        h = rows[i]
-        c0, c1, off = _cell_span(grid_origin, grid_index, cand_start, hyp_obj[h], inv_cell, cell,
-                                 hyp_loc[h, 0], hyp_loc[h, 1], hyp_loc[h, 2])
-        span[0, i] = c0
-        span[1, i] = c1
-        span_off[i] = off
         out_m[i] = 0
-        search[n_search] = i
-        n_search += c1 > c0
     if k < 1 or n_search == 0:  # (lock_step reads row k - 1)
         return
     if k <= K_REGISTERS:
         # 2. the searches in one vector loop: lanes harvested and refilled with vector ops
-        qpos = np.empty((3, n), np.float32)
-        for i in range(n):
-            h = rows[i]
-            qpos[0, i] = hyp_loc[h, 0]
-            qpos[1, i] = hyp_loc[h, 1]
-            qpos[2, i] = hyp_loc[h, 2]
         search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                      _REFILL_AT)
         return
@@ -587,7 +543,7 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
     busy = np.int64(0)
     for l in range(min(LANES, n_search)):
         lane_q[l] = search[nxt]
-        _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
+        _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
         nxt += 1
         busy |= np.int64(1) << l
     while busy != 0:
@@ -603,7 +559,7 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
             out_m[i] = m
             if nxt < n_search:
                 lane_q[l] = search[nxt]
-                _start_lane(l, search[nxt], span, span_off, hyp_loc, rows, r2, k, lane_i, lane_f, best_d2, best_j)
+                _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
                 nxt += 1
             else:
                 busy &= ~(np.int64(1) << l)
@@ -971,6 +927,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         # per query (surviving hypothesis) one column, padded to whole vectors of lanes
         n_pad = (hi - lo + LANES - 1) // LANES * LANES
         rows = np.empty(hi - lo, np.int64)
+        qobj = np.empty(n_pad, np.int32)
         nbr = np.empty((k, n_pad), np.int32)
         n_nbr = np.zeros(n_pad, np.int64)
         hq = np.zeros((9, n_pad), np.float32)
@@ -995,6 +952,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             hyp_loc[h, 1] = ly
             hyp_loc[h, 2] = lz
             rows[n_q] = h
+            qobj[n_q] = hyp_obj[h]
             # the sensed normal and curvature direction in the hypothesis' frame
             hq[0, n_q] = lx
             hq[1, n_q] = ly
@@ -1005,7 +963,7 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
             n_q += 1
         # 4b. their K nearest nodes, LANES queries at a time
         _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
-                         hyp_obj, hyp_loc, rows, n_q, nbr, n_nbr)
+                         qobj, hq, n_q, nbr, n_nbr)
         # 4c. evidence change (LANES queries at a time), accumulation, slope
         for i0 in range(0, n_q, LANES):
             evidence_max(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, i0, ev_par, delta)

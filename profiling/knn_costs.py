@@ -64,8 +64,16 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
         if lanes:
             out_j = np.empty((k, hi - lo), np.int32)
             out_m = np.empty(hi - lo, np.int64)
+            # the chunk's queries laid out as the step's path integration writes them (timed too)
+            qobj = np.empty(hi - lo, np.int32)
+            qpos = np.empty((3, hi - lo), np.float32)
+            for i in range(hi - lo):
+                qobj[i] = qo[lo + i]
+                qpos[0, i] = ql[lo + i, 0]
+                qpos[1, i] = ql[lo + i, 1]
+                qpos[2, i] = ql[lo + i, 2]
             kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell,
-                                 cell, mmd * mmd, k, qo, ql, np.arange(lo, hi), hi - lo, out_j, out_m)
+                                 cell, mmd * mmd, k, qobj, qpos, hi - lo, out_j, out_m)
             for i in range(hi - lo):
                 for p in range(out_m[i]):
                     s += out_j[p, i]

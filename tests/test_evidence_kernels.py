@@ -444,13 +444,21 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
 
 @njit
 def _lanes_batch(node_pos, origin, index, cstart, cnode, cdist, objs, cell, r2, q, k, rows):
-    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), as the step calls it;
-    the neighbours returned one row per query (the kernel writes one column per query)."""
+    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), laid out as the step
+    lays them out (objects int32, points one column per query in a (9, padded) table); the
+    neighbours returned one row per query (the kernel writes one column per query)."""
     n = rows.shape[0]
+    n_pad = (n + LANES - 1) // LANES * LANES
+    qobj = np.full(n_pad, -7, np.int32)
+    qpos = np.full((9, n_pad), np.nan, np.float32)
+    for i in range(n):
+        qobj[i] = objs[rows[i]]
+        for a in range(3):
+            qpos[a, i] = q[rows[i], a]
     out_j = np.full((max(k, 1), n), -7, np.int32)
     out_m = np.full(n, -7, np.int64)
     _k_nearest_lanes(node_pos, origin, index, cstart, cnode, cdist, np.float32(1.0) / cell, cell, r2, k,
-                     objs, q, rows, n, out_j, out_m)
+                     qobj, qpos, n, out_j, out_m)
     return out_m, out_j.T.copy()
 
 
