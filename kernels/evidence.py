@@ -43,8 +43,10 @@ so the K nearest nodes *among those closer than the radius* give exactly the
 evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
 note), up to ties in distance. The step searches its hypotheses ``lanes.LANES`` at a time
 in lock-step (:func:`_k_nearest_lanes`, vector gathers instead of a branch per candidate);
-:func:`_k_nearest` is the same search for one query. The found nodes are scored
-``LANES`` hypotheses at a time as well (``lane_evidence.evidence_max``).
+:func:`_k_nearest` is the same search for one query. The deletion test and path
+integration before it (``lane_paths.integrate_rows``), the cell lookup
+(``lane_cells.cell_spans``) and the scoring of the found nodes
+(``lane_evidence.evidence_max``) run ``LANES`` hypotheses at a time as well.
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in
 ``inline="always"`` bodies inlined into the two parallel entry points
@@ -58,6 +60,7 @@ from numba import njit, prange
 from ._flags import FASTMATH
 from .lane_cells import cell_span as _cell_span, cell_spans
 from .lane_evidence import N_PAR, evidence_max
+from .lane_paths import N_PATH_PAR, integrate_rows
 from .lanes import K_REGISTERS, LANES, lock_steps, lowest_bit, search_lanes
 from .select import kth_smallest
 
@@ -875,12 +878,6 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
                               fparams[FP_INCREMENT], phi)
 
     # 4. evidence of the existing hypotheses: displace, K nearest, delta, accumulate
-    sn_x = pose[0]
-    sn_y = pose[1]
-    sn_z = pose[2]
-    sc_x = pose[3]
-    sc_y = pose[4]
-    sc_z = pose[5]
     inv_kappa = _F1 / (abs(kappa) + _FHALF)
     k = iparams[IP_K]
     past = fparams[FP_PAST]
@@ -902,6 +899,15 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
     ev_par[3] = w_c
     ev_par[4] = _F1 if pose_defined else _F0
     slope_min = fparams[FP_DELETION_SLOPE]
+    path_par = np.empty(N_PATH_PAR, np.float32)
+    path_par[0] = dx
+    path_par[1] = dy
+    path_par[2] = dz
+    for a in range(6):
+        path_par[3 + a] = pose[a]  # the sensed normal, then the sensed curvature direction
+    path_par[9] = _F1 if deleting else _F0
+    path_par[10] = np.float32(min_age)
+    path_par[11] = slope_min
     # an even number of equal blocks of at most _CHUNK rows: the two halves of the work
     # items (see below) then hold the same number of rows
     n_chunks = 2 * ((n_old + 2 * _CHUNK - 1) // (2 * _CHUNK))
@@ -933,34 +939,10 @@ def _step_body(node_pos, node_pose, node_pfd, node_feat, obj_start,
         hq = np.zeros((9, n_pad), np.float32)
         delta = np.empty(n_pad, np.float32)
         smax = _NEG_INF
-        dead = 0
-        # 4a. deletion and path integration; the surviving rows are this chunk's queries
-        n_q = 0
-        for h in range(lo, hi):
-            if hyp_obj[h] < 0:
-                continue
-            # deletion (section 4.10): old enough and its evidence no longer growing
-            if deleting and hyp_age[h] >= min_age and not (hyp_slope[h] >= slope_min):
-                hyp_obj[h] = -1
-                hyp_possible[h] = 0
-                dead += 1
-                continue
-            lx = hyp_loc[h, 0] + hyp_rot[h, 0] * dx + hyp_rot[h, 1] * dy + hyp_rot[h, 2] * dz
-            ly = hyp_loc[h, 1] + hyp_rot[h, 3] * dx + hyp_rot[h, 4] * dy + hyp_rot[h, 5] * dz
-            lz = hyp_loc[h, 2] + hyp_rot[h, 6] * dx + hyp_rot[h, 7] * dy + hyp_rot[h, 8] * dz
-            hyp_loc[h, 0] = lx
-            hyp_loc[h, 1] = ly
-            hyp_loc[h, 2] = lz
-            rows[n_q] = h
-            qobj[n_q] = hyp_obj[h]
-            # the sensed normal and curvature direction in the hypothesis' frame
-            hq[0, n_q] = lx
-            hq[1, n_q] = ly
-            hq[2, n_q] = lz
-            for a in range(3):
-                hq[3 + a, n_q] = hyp_rot[h, 3 * a] * sn_x + hyp_rot[h, 3 * a + 1] * sn_y + hyp_rot[h, 3 * a + 2] * sn_z
-                hq[6 + a, n_q] = hyp_rot[h, 3 * a] * sc_x + hyp_rot[h, 3 * a + 1] * sc_y + hyp_rot[h, 3 * a + 2] * sc_z
-            n_q += 1
+        # 4a. deletion and path integration, LANES rows at a time; the surviving rows are
+        # this chunk's queries (kernels.lane_paths)
+        n_q, dead = integrate_rows(hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age, hyp_possible, lo, hi, path_par,
+                                   rows, qobj, hq)
         # 4b. their K nearest nodes, LANES queries at a time
         _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
                          qobj, hq, n_q, nbr, n_nbr)

@@ -77,12 +77,13 @@ def _masked_load(builder, ptr, mask, elem):
                              ir.Constant(vty, None)])
 
 
-def _masked_store(builder, values, ptr, mask):
+def _masked_store(builder, values, ptr, mask, align=4):
+    """Store the vector ``values`` to ``LANES`` consecutive elements at ``ptr`` in the lanes of ``mask``."""
     vty = values.type
     name = "llvm.masked.store.v%d%s.%s" % (LANES, vty.element.intrinsic_name, _vector_pointer_suffix(vty))
     fn = cgutils.get_or_insert_function(builder.module,
                                         ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, _vec(_I1)]), name)
-    builder.call(fn, [values, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 4), mask])
+    builder.call(fn, [values, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, align), mask])
 
 
 def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):

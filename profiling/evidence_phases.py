@@ -70,7 +70,7 @@ def patch_step_source(src: str) -> str:
             f"    _t2 = ticks()\n    istate[{slot[1]}] += _t2 - _t1\n    # 4. evidence of the existing hypotheses")
     s = rep(s, "    chunk_dead = np.zeros(n_chunks, np.int64)\n",
             "    chunk_dead = np.zeros(n_chunks, np.int64)\n    _tch = np.zeros((n_chunks, 3), np.int64)\n")
-    s = rep(s, "        # 4a. deletion and path integration; the surviving rows are this chunk's queries\n",
+    s = rep(s, "        # 4a. deletion and path integration, LANES rows at a time; the surviving rows are\n",
             "        _ta = ticks()\n")
     s = rep(s, "        # 4b. their K nearest nodes, LANES queries at a time\n",
             "        _tb = ticks()\n        _tch[c, 0] = _tb - _ta\n")
