@@ -1270,11 +1270,14 @@ def _perturbed(r, rng, spread):
 
 def test_compact_moves_live_rows_down_in_order():
     rng = np.random.default_rng(8)
-    for n in (0, 1, 7, 300):
+    patterns = [rng.uniform(size=n) < 0.5 for n in (0, 1, 7, 300)]
+    patterns += [np.zeros(40, bool), np.ones(40, bool), np.arange(40) == 0, np.arange(40) == 39,
+                 np.arange(40) >= 20, np.arange(40) % 3 == 1, rng.uniform(size=500) < 0.9]
+    for dead in patterns:
+        n = len(dead)
         hy = alloc_hyps(max(n, 1) + 5)
         for key, a in hy.items():
             a[...] = rng.integers(0, 100, a.shape).astype(a.dtype)
-        dead = rng.uniform(size=n) < 0.5
         hy["hyp_obj"][:n][dead] = -1
         before = {k: v[:n].copy() for k, v in hy.items()}
         live = np.flatnonzero(~dead)
