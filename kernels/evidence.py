@@ -62,7 +62,7 @@ from .lane_cells import cell_span as _cell_span, cell_spans
 from .lane_evidence import N_PAR, evidence_max
 from .lane_paths import N_PATH_PAR, integrate_rows
 from .lanes import K_REGISTERS, LANES, lock_steps, lowest_bit, search_lanes
-from .select import kth_smallest
+from .select import kth_smallest_f32
 
 # fparams (float32)
 FP_MMD = 0  # max_match_distance (m)
@@ -610,12 +610,13 @@ def _top_nodes(phi, lo, hi, k, salt, out):
         return
     if k <= 0:
         return
-    thr = kth_smallest(phi[lo:hi].copy(), n - k)
+    thr = kth_smallest_f32(phi[lo:hi], n - k)
+    # fewer than k values lie above the k-th largest, so w < k at every write (branch-free:
+    # with scattered feature evidence the test is a coin toss for the branch predictor)
     w = 0
     for j in range(lo, hi):
-        if phi[j] > thr:
-            out[w] = j
-            w += 1
+        out[w] = j
+        w += phi[j] > thr
     # a stride coprime to n visits every row once
     stride = 7919 % n if n > 1 else 1
     while stride == 0 or _gcd(stride, n) != 1:

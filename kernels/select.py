@@ -112,3 +112,51 @@ def kth_smallest(a, k, max_rounds=-1):
         else:
             lo = j + 1
     return a[k]
+
+
+_RADIX_PASSES = ((21, 11), (10, 11), (0, 10))  # (shift, bits): 32 bits, high to low
+
+
+@njit(cache=True)
+def kth_smallest_f32(a, k):
+    """The k-th smallest (0-based) of the float32 1-D array ``a``, leaving ``a`` as it is.
+
+    The value ``kth_smallest`` gives (equal as a float: of -0.0 and 0.0 this may
+    return either), by radix selection on the float bits: three counting passes
+    of 11, 11 and 10 bits over ``a``, with no data-dependent branch. Quickselect
+    mispredicts a branch on most of its compares: on 1,828 random values (one
+    object's nodes in the evidence step's burst sampling) it took ~21 us where
+    this takes ~9. Raises ValueError unless ``0 <= k < a.size``; NaN must not
+    occur (see the module note).
+    """
+    n = a.shape[0]
+    if k < 0 or k >= n:
+        raise ValueError("kth_smallest_f32: k out of range")
+    buf = np.empty(n, np.float32)
+    for i in range(n):
+        buf[i] = a[i]
+    keys = buf.view(np.uint32)
+    # as unsigned integers these keys sort as the floats do: every bit of a negative
+    # value flipped, only the sign bit of a positive one
+    sign = np.uint32(0x80000000)
+    for i in range(n):
+        u = keys[i]
+        keys[i] = ~u if u & sign else u | sign
+    prefix = np.uint32(0)
+    known = np.uint32(0)  # the bits of the answer fixed so far
+    rank = k
+    for shift, width in _RADIX_PASSES:
+        digit_mask = np.uint32((1 << width) - 1)
+        hist = np.zeros(1 << width, np.int64)
+        for i in range(n):
+            u = keys[i]
+            hist[(u >> np.uint32(shift)) & digit_mask] += (u & known) == prefix
+        d = 0
+        while rank >= hist[d]:
+            rank -= hist[d]
+            d += 1
+        prefix |= np.uint32(d) << np.uint32(shift)
+        known |= digit_mask << np.uint32(shift)
+    out = np.empty(1, np.uint32)
+    out[0] = prefix & ~sign if prefix & sign else ~prefix
+    return out.view(np.float32)[0]

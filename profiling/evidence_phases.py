@@ -61,7 +61,7 @@ def patch_step_source(src: str) -> str:
         return s.replace(old, new)
 
     s = rep(src, m.group(0), f"N_ISTATE = {base + _N_SLOTS}")
-    s = rep(s, "from .select import kth_smallest\n", "from .select import kth_smallest\nfrom .timing import ticks\n")
+    s = rep(s, "from .select import kth_smallest_f32\n", "from .select import kth_smallest_f32\nfrom .timing import ticks\n")
     s = rep(s, "    # 1. burst trigger (before anything moves)",
             "    _t0 = ticks()\n    # 1. burst trigger (before anything moves)")
     s = rep(s, "    # 2. displacement since the last feature step",

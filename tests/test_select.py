@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.select import kth_smallest, sort_range
+from kernels.select import kth_smallest, kth_smallest_f32, sort_range
 
 
 def _inputs(rng):
@@ -31,6 +31,26 @@ def test_kth_smallest_equals_numpy_partition():
             got = kth_smallest(work, k)
             assert got == np.partition(a, k)[k], (a.dtype, n, k)
             assert np.array_equal(np.sort(work), np.sort(a))   # a permutation of the input
+
+
+def test_kth_smallest_f32_equals_numpy_partition_and_leaves_the_input():
+    rng = np.random.default_rng(4)
+    special = [np.array([-0.0, 0.0, 1.0, -np.inf, np.inf, -1.0], np.float32),
+               (rng.standard_normal(50) * 1e-40).astype(np.float32),  # subnormals of both signs
+               np.array([np.finfo(np.float32).max, -np.finfo(np.float32).max, np.finfo(np.float32).tiny], np.float32),
+               rng.integers(-3, 3, 1828).astype(np.float32)]
+    for a in [x for x in _inputs(rng) if x.dtype == np.float32] + special:
+        n = a.size
+        for k in sorted({0, 1, n // 3, n // 2, n - 2, n - 1} & set(range(n))):
+            before = a.copy()
+            got = kth_smallest_f32(a, k)
+            assert got == np.partition(a, k)[k], (n, k)
+            assert np.array_equal(a, before)
+    strided = rng.standard_normal(200).astype(np.float32)[::3]
+    assert kth_smallest_f32(strided, 20) == np.partition(strided, 20)[20]
+    for k in (-1, 3):
+        with pytest.raises(ValueError, match="out of range"):
+            kth_smallest_f32(np.zeros(3, np.float32), k)
 
 
 def test_kth_smallest_on_adversarial_median_of_three_input():
