@@ -28,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._flags import FASTMATH
-from .lanes import LANES, _F32, _I1, _I32, _I64, _gather, _is_c, _splat, _vec
+from .lanes import LANES, _F32, _I1, _I32, _I64, _block_loop, _gather, _is_c, _splat, _vec
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -156,23 +156,8 @@ def _cell_spans_ir(typingctx, grid_origin, grid_index, cand_start, qobj, qpos, n
     def codegen(context, builder, signature, args):
         arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 8, 9, 10)]
         n64 = context.cast(builder, args[5], signature.args[5], types.int64)
-        entry = builder.block
-        head = builder.append_basic_block("spans.head")
-        body = builder.append_basic_block("spans.body")
-        done = builder.append_basic_block("spans.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i0 = builder.phi(_I64)
-        ns = builder.phi(_I64)
-        i0.add_incoming(ir.Constant(_I64, 0), entry)
-        ns.add_incoming(ir.Constant(_I64, 0), entry)
-        builder.cbranch(builder.icmp_signed("<", i0, n64), body, done)
-        builder.position_at_end(body)
-        ns2 = _spans_block(builder, arrays, i0, n64, args[6], args[7], ns)
-        i0.add_incoming(builder.add(i0, ir.Constant(_I64, LANES)), builder.block)
-        ns.add_incoming(ns2, builder.block)
-        builder.branch(head)
-        builder.position_at_end(done)
+        (ns,) = _block_loop(builder, ir.Constant(_I64, 0), n64, [ir.Constant(_I64, 0)],
+                            lambda b, i0, v: [_spans_block(b, arrays, i0, n64, args[6], args[7], v[0])], "spans")
         return ns
 
     return sig, codegen

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .lane_cells import _masked_load, _masked_store
-from .lanes import LANES, _F32, _I1, _I32, _I64, _gather, _is_c, _scatter, _splat, _vec
+from .lanes import LANES, _F32, _I1, _I32, _I64, _block_loop, _gather, _is_c, _scatter, _splat, _vec
 
 N_PATH_PAR = 12
 
@@ -129,26 +129,8 @@ def _integrate_rows_ir(typingctx, hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age,
         lo64 = context.cast(builder, args[6], signature.args[6], types.int64)
         hi64 = context.cast(builder, args[7], signature.args[7], types.int64)
         zero = ir.Constant(_I64, 0)
-        entry = builder.block
-        head = builder.append_basic_block("paths.head")
-        body = builder.append_basic_block("paths.body")
-        done = builder.append_basic_block("paths.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        h0 = builder.phi(_I64)
-        nq = builder.phi(_I64)
-        dead = builder.phi(_I64)
-        h0.add_incoming(lo64, entry)
-        nq.add_incoming(zero, entry)
-        dead.add_incoming(zero, entry)
-        builder.cbranch(builder.icmp_signed("<", h0, hi64), body, done)
-        builder.position_at_end(body)
-        nq2, dead2 = _rows_block(builder, arrays, par_a, h0, hi64, nq, dead)
-        h0.add_incoming(builder.add(h0, ir.Constant(_I64, LANES)), builder.block)
-        nq.add_incoming(nq2, builder.block)
-        dead.add_incoming(dead2, builder.block)
-        builder.branch(head)
-        builder.position_at_end(done)
+        nq, dead = _block_loop(builder, lo64, hi64, [zero, zero],
+                               lambda b, h0, v: _rows_block(b, arrays, par_a, h0, hi64, v[0], v[1]), "paths")
         return context.make_tuple(builder, ret, [nq, dead])
 
     return sig, codegen

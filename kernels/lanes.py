@@ -93,6 +93,34 @@ def _scatter(builder, base, byte_offsets, values, mask, elem, align=4):
     builder.call(fn, [values, _vector_pointers(builder, base, byte_offsets, elem), ir.Constant(_I32, align), mask])
 
 
+def _block_loop(builder, start, stop, carried, body, name):
+    """IR of ``for i0 in range(start, stop, LANES)`` carrying int64 values from block to block.
+
+    ``body(builder, i0, values)`` emits one block's IR and returns the new values; returns
+    the values after the last block (``carried`` when there is none).
+    """
+    entry = builder.block
+    head = builder.append_basic_block(name + ".head")
+    block = builder.append_basic_block(name + ".body")
+    done = builder.append_basic_block(name + ".done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i0 = builder.phi(_I64)
+    phis = [builder.phi(_I64) for _ in carried]
+    i0.add_incoming(start, entry)
+    for phi, value in zip(phis, carried):
+        phi.add_incoming(value, entry)
+    builder.cbranch(builder.icmp_signed("<", i0, stop), block, done)
+    builder.position_at_end(block)
+    new = body(builder, i0, phis)
+    i0.add_incoming(builder.add(i0, ir.Constant(_I64, LANES)), builder.block)
+    for phi, value in zip(phis, new):
+        phi.add_incoming(value, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return phis
+
+
 def _pointer_suffix(elem):
     """How the overloaded intrinsic's name spells a pointer to ``elem``: ``p0`` where LLVM has
     only opaque pointers (17 and later; a typed-pointer name there goes through LLVM's
