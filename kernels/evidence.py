@@ -61,7 +61,7 @@ from ._flags import FASTMATH
 from .lane_cells import cell_span as _cell_span, cell_spans
 from .lane_evidence import N_PAR, evidence_max
 from .lane_paths import N_PATH_PAR, integrate_rows
-from .lanes import K_REGISTERS, LANES, lock_steps, lowest_bit, search_lanes
+from .lanes import K_REGISTERS, LANES, drive_lock_steps, search_lanes
 from .select import kth_smallest_f32
 
 # fparams (float32)
@@ -494,21 +494,6 @@ _REFILL_AT = LANES // 4
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _start_lane(l, i, span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j):
-    """Put query ``i`` (candidate rows ``span[:, i]``, offset ``span_off[i]``, point
-    ``qpos[:3, i]``) on lane ``l``."""
-    lane_i[0, l] = span[0, i]
-    lane_i[1, l] = span[1, i]
-    lane_f[0, l] = span_off[i]
-    lane_f[1, l] = qpos[0, i]
-    lane_f[2, l] = qpos[1, i]
-    lane_f[3, l] = qpos[2, i]
-    for p in range(k):
-        best_d2[p, l] = r2
-        best_j[p, l] = -1
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell, cell, r2, k,
                      qobj, qpos, n, out_j, out_m):
     """``_k_nearest`` for the queries ``i < n``, ``LANES`` at a time in lock-step.
@@ -535,37 +520,10 @@ def _k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, c
         # 2. the searches in one vector loop: lanes harvested and refilled with vector ops
         search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                      _REFILL_AT)
-        return
-    # 2. (larger k) the searches, LANES at a time; a lane takes the next query when enough have ended
-    lane_i = np.zeros((2, LANES), np.int32)
-    lane_f = np.empty((4, LANES), np.float32)
-    best_d2 = np.empty((k, LANES), np.float32)
-    best_j = np.empty((k, LANES), np.int32)
-    lane_q = np.empty(LANES, np.int64)
-    nxt = 0
-    busy = np.int64(0)
-    for l in range(min(LANES, n_search)):
-        lane_q[l] = search[nxt]
-        _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
-        nxt += 1
-        busy |= np.int64(1) << l
-    while busy != 0:
-        done = lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, _REFILL_AT)
-        while done != 0:
-            l = lowest_bit(done)
-            done &= done - 1
-            i = lane_q[l]
-            m = 0
-            for p in range(k):
-                out_j[p, i] = best_j[p, l]
-                m += best_d2[p, l] < r2
-            out_m[i] = m
-            if nxt < n_search:
-                lane_q[l] = search[nxt]
-                _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
-                nxt += 1
-            else:
-                busy &= ~(np.int64(1) << l)
+    else:
+        # 2. (larger k) lock_steps, the ended lanes refilled one by one
+        drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                         _REFILL_AT)
 
 
 # --------------------------------------------------------------------------- step pieces

@@ -22,13 +22,14 @@ Arrays (all C-contiguous):
 """
 
 import numpy as np
-from llvmlite import binding as _llvm, ir
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._flags import FASTMATH
-from .lanes import LANES, _F32, _I1, _I32, _I64, _block_loop, _gather, _is_c, _splat, _vec
+from .lanes import (LANES, _F32, _I32, _I64, _block_loop, _compress_store, _gather, _is_c, _mask_count,
+                    _masked_load, _masked_store, _splat, _vec)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -60,30 +61,6 @@ def cell_span(grid_origin, grid_index, cand_start, o, inv_cell, cell, qx, qy, qz
     ey = qy - (oy + (np.float32(cy) + half) * cell)
     ez = qz - (oz + (np.float32(cz) + half) * cell)
     return cand_start[cid], cand_start[cid + 1], np.sqrt(ex * ex + ey * ey + ez * ez)
-
-
-def _vector_pointer_suffix(vty):
-    """How a masked load's or store's name spells the pointer to ``vty`` (see ``lanes._pointer_suffix``)."""
-    return "p0" if _llvm.llvm_version_info[0] >= 17 else vty.as_pointer().intrinsic_name
-
-
-def _masked_load(builder, ptr, mask, elem):
-    """``LANES`` consecutive ``elem`` values from ``ptr`` in the lanes of ``mask`` (0 elsewhere)."""
-    vty = _vec(elem)
-    name = "llvm.masked.load.v%d%s.%s" % (LANES, elem.intrinsic_name, _vector_pointer_suffix(vty))
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, _vec(_I1), vty]),
-                                        name)
-    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 4), mask,
-                             ir.Constant(vty, None)])
-
-
-def _masked_store(builder, values, ptr, mask, align=4):
-    """Store the vector ``values`` to ``LANES`` consecutive elements at ``ptr`` in the lanes of ``mask``."""
-    vty = values.type
-    name = "llvm.masked.store.v%d%s.%s" % (LANES, vty.element.intrinsic_name, _vector_pointer_suffix(vty))
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, _vec(_I1)]), name)
-    builder.call(fn, [values, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, align), mask])
 
 
 def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):
@@ -133,13 +110,8 @@ def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):
     _masked_store(builder, builder.trunc(c1, _vec(_I32)), builder.gep(a_sp.data, [builder.add(sp_row, i0)]), tail)
     _masked_store(builder, off, builder.gep(a_so.data, [i0]), tail)
     found = builder.and_(inside, builder.icmp_signed("<", c0, c1))
-    cstore = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vi64, _I64.as_pointer(), _vec(_I1)]),
-        "llvm.masked.compressstore.v%di64" % LANES)
-    builder.call(cstore, [lane, builder.gep(a_se.data, [n_search]), found])
-    bits = builder.zext(builder.bitcast(found, ir.IntType(LANES)), _I64)
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-    return builder.add(n_search, builder.call(ctpop, [bits]))
+    _compress_store(builder, lane, builder.gep(a_se.data, [n_search]), found)
+    return builder.add(n_search, _mask_count(builder, found))
 
 
 @intrinsic

@@ -30,8 +30,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .lane_cells import _masked_load, _masked_store
-from .lanes import LANES, _F32, _I1, _I32, _I64, _block_loop, _gather, _is_c, _scatter, _splat, _vec
+from .lanes import (LANES, _F32, _I1, _I32, _I64, _block_loop, _compress_store, _gather, _is_c, _mask_count,
+                    _masked_load, _masked_store, _scatter, _splat, _vec)
 
 N_PATH_PAR = 12
 
@@ -42,19 +42,6 @@ def _mul_add(builder, a, b, c):
     """``a * b + c`` as a multiply and an add: the scalar loop this replaces compiles to unfused
     ones too, so the step's evidence stays the same bit for bit (checked over whole episodes)."""
     return builder.fadd(builder.fmul(a, b), c)
-
-
-def _compress_store(builder, values, ptr, mask):
-    vty = values.type
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [vty, vty.element.as_pointer(), _vec(_I1)]),
-                                        "llvm.masked.compressstore.v%d%s" % (LANES, vty.element.intrinsic_name))
-    builder.call(fn, [values, ptr, mask])
-
-
-def _popcount(builder, mask):
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-    return builder.call(ctpop, [builder.zext(builder.bitcast(mask, ir.IntType(LANES)), _I64)])
 
 
 def _rows_block(builder, A, par, h0, hi, n_q, dead):
@@ -107,7 +94,7 @@ def _rows_block(builder, A, par, h0, hi, n_q, dead):
                                                                                n_q)]), surv)
     _compress_store(builder, h, builder.gep(a_rw.data, [n_q]), surv)
     _compress_store(builder, obj, builder.gep(a_qo.data, [n_q]), surv)
-    return builder.add(n_q, _popcount(builder, surv)), builder.add(dead, _popcount(builder, gone))
+    return builder.add(n_q, _mask_count(builder, surv)), builder.add(dead, _mask_count(builder, gone))
 
 
 @intrinsic

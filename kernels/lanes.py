@@ -10,8 +10,8 @@ repeats it until enough lanes have ended, with the lane state in registers for
 k up to ``K_REGISTERS``. ``search_lanes`` runs a whole list of queries that way in
 one loop: when enough lanes have ended it writes their results with masked
 scatters and refills them from the list with an expand-load and gathers, so no
-lane state goes through memory (for larger k, a driver in ``kernels.evidence``
-refills the lanes of ``lock_steps`` one by one).
+lane state goes through memory (for larger k, ``drive_lock_steps`` refills the
+lanes of ``lock_steps`` one by one in scalar code).
 
 Numba does not vectorise such code written as loops over the lanes (the gathered
 reads and the lane-state writes may alias), so ``lock_step`` is written as LLVM
@@ -38,7 +38,7 @@ Lane state, all C-contiguous scratch arrays owned by the caller (L = ``LANES``):
 
 import numpy as np
 from llvmlite import binding as _llvm, ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -121,13 +121,47 @@ def _block_loop(builder, start, stop, carried, body, name):
     return phis
 
 
-def _pointer_suffix(elem):
-    """How the overloaded intrinsic's name spells a pointer to ``elem``: ``p0`` where LLVM has
-    only opaque pointers (17 and later; a typed-pointer name there goes through LLVM's
-    auto-upgrade, which crashed on LLVM 22), else ``p0f32`` / ``p0i32``."""
+def _pointer_suffix(ty):
+    """How the overloaded intrinsic's name spells a pointer to ``ty`` (an element or a vector):
+    ``p0`` where LLVM has only opaque pointers (17 and later; a typed-pointer name there goes
+    through LLVM's auto-upgrade, which crashed on LLVM 22), else ``p0f32``, ``p0v16f32``, ..."""
     if _llvm.llvm_version_info[0] >= 17:
         return "p0"
-    return elem.as_pointer().intrinsic_name
+    return ty.as_pointer().intrinsic_name
+
+
+def _masked_load(builder, ptr, mask, elem):
+    """``LANES`` consecutive ``elem`` values from ``ptr`` in the lanes of ``mask`` (0 elsewhere)."""
+    vty = _vec(elem)
+    name = "llvm.masked.load.v%d%s.%s" % (LANES, elem.intrinsic_name, _pointer_suffix(vty))
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, _vec(_I1), vty]),
+                                        name)
+    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 4), mask,
+                             ir.Constant(vty, None)])
+
+
+def _masked_store(builder, values, ptr, mask, align=4):
+    """Store the vector ``values`` to ``LANES`` consecutive elements at ``ptr`` in the lanes of ``mask``."""
+    vty = values.type
+    name = "llvm.masked.store.v%d%s.%s" % (LANES, vty.element.intrinsic_name, _pointer_suffix(vty))
+    fn = cgutils.get_or_insert_function(builder.module,
+                                        ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, _vec(_I1)]), name)
+    builder.call(fn, [values, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, align), mask])
+
+
+def _compress_store(builder, values, ptr, mask):
+    """Store the lanes of ``mask`` of the vector ``values`` to consecutive elements from ``ptr``."""
+    vty = values.type
+    fn = cgutils.get_or_insert_function(builder.module,
+                                        ir.FunctionType(ir.VoidType(), [vty, vty.element.as_pointer(), _vec(_I1)]),
+                                        "llvm.masked.compressstore.v%d%s" % (LANES, vty.element.intrinsic_name))
+    builder.call(fn, [values, ptr, mask])
+
+
+def _mask_count(builder, mask):
+    """How many lanes of the ``LANES`` x i1 ``mask`` are set, as int64."""
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+    return builder.call(ctpop, [builder.zext(builder.bitcast(mask, ir.IntType(LANES)), _I64)])
 
 
 def _is_c(ty, ndim, dtype):
@@ -587,42 +621,61 @@ def search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n
     """
     # Plain Python (NUMBA_DISABLE_JIT=1): the same walk with lock_steps; compiled code uses
     # the overload below.
-    k = int(k)
-    if not 1 <= k <= K_REGISTERS:
-        return
+    if 1 <= int(k) <= K_REGISTERS:
+        drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, int(k), out_j,
+                         out_m, stop_at)
+
+
+@njit(cache=True, inline="always")
+def _start_lane(l, i, span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j):
+    """Put query ``i`` (candidate rows ``span[:, i]``, offset ``span_off[i]``, point
+    ``qpos[:3, i]``) on lane ``l``."""
+    lane_i[0, l] = span[0, i]
+    lane_i[1, l] = span[1, i]
+    lane_f[0, l] = span_off[i]
+    lane_f[1, l] = qpos[0, i]
+    lane_f[2, l] = qpos[1, i]
+    lane_f[3, l] = qpos[2, i]
+    for p in range(k):
+        best_d2[p, l] = r2
+        best_j[p, l] = -1
+
+
+@njit(cache=True, inline="always")
+def drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                     stop_at):
+    """``search_lanes``' walk for any ``k >= 1`` (same arguments, same results), driving
+    ``lock_steps`` and refilling the ended lanes one by one in scalar code: the evidence
+    step's search for k above ``K_REGISTERS``, and ``search_lanes``' plain-Python body."""
     lane_i = np.zeros((2, LANES), np.int32)
     lane_f = np.zeros((4, LANES), np.float32)
     best_d2 = np.empty((k, LANES), np.float32)
     best_j = np.empty((k, LANES), np.int32)
     lane_q = np.zeros(LANES, np.int64)
-    busy, nxt = 0, 0
-
-    def start(lane):
-        i = int(search[nxt])
-        lane_q[lane] = i
-        lane_i[:, lane] = span[:, i]
-        lane_f[0, lane] = span_off[i]
-        lane_f[1:, lane] = qpos[:3, i]
-        best_d2[:, lane] = r2
-        best_j[:, lane] = -1
-
-    for lane in range(min(LANES, int(n_search))):
-        start(lane)
+    nxt = 0
+    busy = np.int64(0)
+    for l in range(min(LANES, n_search)):
+        lane_q[l] = search[nxt]
+        _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
         nxt += 1
-        busy |= 1 << lane
-    while busy:
-        done = int(lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, np.int64(busy),
-                              stop_at))
-        for lane in range(LANES):
-            if done >> lane & 1:
-                i = lane_q[lane]
-                out_j[:k, i] = best_j[:, lane]
-                out_m[i] = int((best_d2[:, lane] < r2).sum())
-                if nxt < n_search:
-                    start(lane)
-                    nxt += 1
-                else:
-                    busy &= ~(1 << lane)
+        busy |= np.int64(1) << l
+    while busy != 0:
+        done = lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
+        while done != 0:
+            l = lowest_bit(done)
+            done &= done - 1
+            i = lane_q[l]
+            m = 0
+            for p in range(k):
+                out_j[p, i] = best_j[p, l]
+                m += best_d2[p, l] < r2
+            out_m[i] = m
+            if nxt < n_search:
+                lane_q[l] = search[nxt]
+                _start_lane(l, search[nxt], span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best_j)
+                nxt += 1
+            else:
+                busy &= ~(np.int64(1) << l)
 
 
 @overload(search_lanes, inline="always")
