@@ -78,12 +78,16 @@ PARITY_RTOL = 1e-5
 BUDGET_S = {"engine": None, "engine-stepwise": 60.0, "numpy": 30.0, "python": 10.0}
 SLOW_RUN_S = 2.0
 SLOW_REPEATS = 3
+# Runs predicted to take under this get one untimed run of the same implementation right
+# before each timed one (see ``run_suite``): short runs are the ones the previous
+# implementation's run leaves with cold caches, and their warm-up costs little.
+WARM_UP_MAX_S = 0.05
 CALIBRATION_ROW = (10, 10)
 COMPILE_ROW = (40, 1)   # 40 x 40 comparisons: large enough to start the engine's parallel path
 
 ROW_KEYS = ("suite", "case", "size", "epochs", "implementation", "median_s", "min_s", "max_s", "steps_per_s",
             "comparisons", "final_confidence", "ns_per_comparison", "compile_s", "bytes_per_observation",
-            "vs_rust", "vs_numpy", "vs_python", "parity_expected", "parity_rel_error")
+            "vs_rust", "vs_numpy", "vs_python", "parity_expected", "parity_rel_error", "warm_up_runs")
 
 
 class SuiteRows(list):
@@ -309,7 +313,7 @@ def threads_note() -> str:
 
 def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
               implementations=IMPLEMENTATIONS, budgets: dict | None = None,
-              wait_policy: str | None = None) -> SuiteRows:
+              wait_policy: str | None = None, warm_up: bool = True) -> SuiteRows:
     """Run a benchmark suite and return its rows (see ``ROW_KEYS``), one per row x implementation.
 
     Parameters
@@ -323,6 +327,17 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     budgets : overrides of ``BUDGET_S`` (seconds per run; None: no budget)
     wait_policy : the line about OpenMP's wait policy for the table (what
         ``keep_workers_spinning`` returned); by default, the policy in effect
+    warm_up : before each timed run predicted under ``WARM_UP_MAX_S``, one
+        untimed run of the same implementation. Interleaving runs another
+        implementation (a baseline's ~1-240 ms of NumPy or Python) right before
+        each run, and that leaves the next run's code and data out of cache: in
+        one process, the 10x10 engine run took 47 us after a NumPy baseline's
+        run and 26 us after its own (20 us back to back); 100x10 300 us and 198
+        us. A loop of runs of one implementation (how a user repeats an
+        experiment, and how a standalone benchmark such as the seed's Rust one
+        measures) sees the warm state. Every implementation gets the same
+        treatment; the interleaving still spreads the machine's drift over all
+        of them. ``warm_up_runs`` in each row says which applied (0 or 1).
 
     Rows predicted over an implementation's budget are skipped: they are not in
     the returned list (nor the JSON) but in its ``skipped`` attribute, which
@@ -339,7 +354,8 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     cases = [(int(s), int(e)) for s, e in (SUITES[suite] if rows is None else rows)]
     budget = {**BUDGET_S, **(budgets or {})}
 
-    info = {"suite": suite, "repeats": repeats, "runs": {}, "wait_policy": wait_policy or describe_wait_policy()}
+    info = {"suite": suite, "repeats": repeats, "runs": {}, "wait_policy": wait_policy or describe_wait_policy(),
+            "warm_up": warm_up}
     if any(i.startswith("engine") for i in impls):
         info["compile"] = measure_compile()
     memory = {}
@@ -375,6 +391,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
                     continue
             active.append(impl)
         case = _Case(size, epochs, ms)
+        warm = {i: warm_up and predict(i, comparisons) <= WARM_UP_MAX_S for i in active}
         times = {i: [] for i in active}
         final = {}
         bpo = {}
@@ -383,6 +400,8 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
             for impl in active:
                 if r >= n_runs[impl]:
                     continue
+                if warm[impl]:
+                    _timed_run(impl, case)  # untimed: this implementation's code and data into cache
                 dt, fc, b = _timed_run(impl, case)
                 times[impl].append(dt)
                 if fc is not None and impl in final and fc != final[impl]:
@@ -419,6 +438,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
                 "parity_expected": expected,
                 "parity_rel_error": (abs(fc - expected) / abs(expected)
                                      if expected is not None and fc is not None else None),
+                "warm_up_runs": int(warm[impl]),
             }
             out.append(row)
             info["runs"][f"{name}/{impl}"] = len(times[impl])
@@ -510,7 +530,7 @@ def format_table(rows) -> str:
     impls = [i for i in IMPLEMENTATIONS if any(k[2] == i for k in list(by) + list(sk))]
     impls += sorted({k[2] for k in list(by) + list(sk)} - set(impls))
 
-    head = (f"{'case':<10} {'implementation':<16} {'runs':>4} {'median ms':>10} {'steps/s':>9} {'ns/cmp':>8} "
+    head = (f"{'case':<10} {'implementation':<16} {'runs':>5} {'median ms':>10} {'steps/s':>9} {'ns/cmp':>8} "
             f"{'x Rust':>7} {'x NumPy':>8} {'x Python':>9} {'final conf':>12}  parity")
     lines = [head, "-" * len(head)]
     scaling = False
@@ -522,11 +542,11 @@ def format_table(rows) -> str:
         for impl in impls:
             r = by.get((size, epochs, impl))
             if r is not None:
-                n = runs.get(f"{r['case']}/{impl}", "")
+                n = f"{runs.get(r['case'] + '/' + impl, '')}{'+' if r.get('warm_up_runs') else ''}"
                 fc = r["final_confidence"]
                 ns = r["ns_per_comparison"]
                 lines.append(
-                    f"{label:<10} {impl:<16} {n!s:>4} {_ms(r['median_s']):>10} {_si(r['steps_per_s']):>9} "
+                    f"{label:<10} {impl:<16} {n:>5} {_ms(r['median_s']):>10} {_si(r['steps_per_s']):>9} "
                     f"{'-' if ns is None else f'{ns:.3g}':>8} {_x(r['vs_rust']):>7} {_x(r['vs_numpy']):>8} "
                     f"{_x(r['vs_python']):>9} {'-' if fc is None else f'{fc:.9f}':>12}  {_parity(r)}")
             elif (size, epochs, impl) in sk:
@@ -565,6 +585,13 @@ def format_table(rows) -> str:
     if repeats:
         lines.append(f"Times: median of {repeats} interleaved runs ({min(repeats, SLOW_REPEATS)} where one run "
                      f"takes over {SLOW_RUN_S:g} s), data built beforehand; steps/s = size x epochs x 2 / median.")
+    if any(r.get("warm_up_runs") for r in rows):
+        lines.append(f"Warm-up (runs marked +): each timed run predicted under {WARM_UP_MAX_S * 1e3:g} ms follows one "
+                     "untimed run of the same implementation, so it starts with its own code and data in cache, "
+                     "as in a loop of runs; --no-warm-up times it right after the previous implementation's run.")
+    elif info.get("warm_up") is False:
+        lines.append("No warm-up: each timed run follows the previous implementation's run (cold caches "
+                     "for the short rows).")
     lines.append("x Rust: steps/s against the seed's Rust figures (seed-benchmark.md); x NumPy, x Python: against "
                  "the baselines measured in this run.")
     lines.append(f"Parity: final confidence within {PARITY_RTOL:g} relative of the seed's value "

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: seed)")
     b.add_argument("--json", metavar="PATH", help="also write the measurements as JSON to PATH")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per row and implementation")
+    b.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                   help="seed suite: time each short run right after the previous implementation's run, without "
+                        "an untimed run of its own first (cold caches)")
     return p
 
 
@@ -249,7 +252,8 @@ def cmd_bench(args) -> int:
         print(bench_startup.format_startup(rows))
         return 0
     wait_policy = bench.keep_workers_spinning()
-    rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json, wait_policy=wait_policy)
+    rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json, wait_policy=wait_policy,
+                           warm_up=args.warm_up)
     print(bench.format_table(rows))
     return 0
 

@@ -168,6 +168,27 @@ def test_run_suite_rows_json_and_table(tmp_path):
     assert all(impl in bench.format_table(data) for impl in bench.IMPLEMENTATIONS)
 
 
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_run_suite_warm_up_runs_each_implementation_before_its_timed_run(monkeypatch, warm_up):
+    calls = []
+    real = bench._timed_run
+
+    def recording(impl, case):
+        calls.append((impl, case.size))
+        return real(impl, case)
+
+    monkeypatch.setattr(bench, "_timed_run", recording)
+    rows = bench.run_suite("seed", repeats=2, rows=[(10, 10)], implementations=("engine", "numpy"),
+                           warm_up=warm_up)
+    timed = [c for c in calls if c[1] == 10]   # leave out the calibration and compile runs (other sizes)
+    per_run = ["engine", "engine", "numpy", "numpy"] if warm_up else ["engine", "numpy"]
+    assert [impl for impl, _ in timed[-2 * len(per_run):]] == per_run * 2
+    assert all(r["warm_up_runs"] == int(warm_up) for r in rows)
+    table = bench.format_table(rows)
+    assert ("Warm-up (runs marked +)" in table) == warm_up
+    assert ("2+" in table) == warm_up
+
+
 def test_run_suite_skips_rows_over_budget(tmp_path):
     path = tmp_path / "bench.json"
     rows = bench.run_suite("seed", repeats=1, json_path=path, rows=[(10, 10)],
