@@ -45,6 +45,10 @@ from .experiment import Experiment
 log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("engine", "engine-stepwise", "numpy", "python")
+# Run only when asked for (``--rust``): the seed's Rust reference rebuilt from its
+# specification (``engine.rust_reference``); needs cargo and a checkout of the repository.
+OPTIONAL_IMPLEMENTATIONS = ("rust",)
+ALL_IMPLEMENTATIONS = IMPLEMENTATIONS + OPTIONAL_IMPLEMENTATIONS
 
 SEED_MAX_STEPS = 10_000
 
@@ -75,7 +79,7 @@ SUITES = {"seed": SEED_ROWS + SCALING_ROWS}
 PARITY_RTOL = 1e-5
 
 # Per-run time budget (seconds) of the implementations that may skip rows (None: always runs).
-BUDGET_S = {"engine": None, "engine-stepwise": 60.0, "numpy": 30.0, "python": 10.0}
+BUDGET_S = {"engine": None, "engine-stepwise": 60.0, "numpy": 30.0, "python": 10.0, "rust": 30.0}
 SLOW_RUN_S = 2.0
 SLOW_REPEATS = 3
 # Runs predicted to take under this get one untimed run of the same implementation right
@@ -87,7 +91,8 @@ COMPILE_ROW = (40, 1)   # 40 x 40 comparisons: large enough to start the engine'
 
 ROW_KEYS = ("suite", "case", "size", "epochs", "implementation", "median_s", "min_s", "max_s", "steps_per_s",
             "comparisons", "final_confidence", "ns_per_comparison", "compile_s", "bytes_per_observation",
-            "vs_rust", "vs_numpy", "vs_python", "parity_expected", "parity_rel_error", "warm_up_runs")
+            "vs_rust", "vs_numpy", "vs_python", "parity_expected", "parity_rel_error", "warm_up_runs",
+            "vs_rust_measured")
 
 
 class SuiteRows(list):
@@ -153,19 +158,32 @@ class _Case:
                     max_train_steps=self.max_steps, max_eval_steps=self.max_steps, threshold=None)
 
 
-def _timed_run(implementation: str, case: _Case) -> tuple[float, float | None, float | None]:
+def _timed_run(implementation: str, case: _Case, warm_up: bool = False,
+               rust_binary=None) -> tuple[float, float | None, float | None]:
     """One timed run: (seconds, final confidence, bytes per stored observation or None).
 
-    The garbage collector is off during the timed part (it must not fire inside
-    one implementation's run and not another's). No explicit collection right
-    before a run: a collection walks every object and leaves the CPU caches
-    cold, which alone made the 10 x 10 row's engine run 3.5x slower (91 vs
-    25 us) and measured the collector, not the run.
+    ``warm_up``: one untimed run of the same implementation first (see
+    ``run_suite``). The garbage collector is off during both (it must not fire
+    inside one implementation's run and not another's). No explicit collection
+    right before a run: a collection walks every object and leaves the CPU
+    caches cold, which alone made the 10 x 10 row's engine run 3.5x slower (91
+    vs 25 us) and measured the collector, not the run. ``rust``: the reference
+    binary (``rust_binary``, see ``engine.rust_reference``) times itself, its
+    warm-up run in the same process.
     """
     o = case.obs
+    if implementation == "rust":
+        if rust_binary is None:
+            raise ValueError("implementation 'rust' needs rust_binary (engine.rust_reference.build())")
+        from . import rust_reference
+
+        dt, fc = rust_reference.run(rust_binary, case.size, case.epochs, case.max_steps, int(warm_up))
+        return dt, fc, None
     if implementation in ("engine", "engine-stepwise"):
-        ex = Experiment(case.config(implementation == "engine-stepwise"), o)
-        run = ex.run
+        config = case.config(implementation == "engine-stepwise")
+
+        def run():
+            return Experiment(config, o).run()
     elif implementation == "numpy":
         def run():
             return baselines.numpy_experiment(o.location, o.features, o.train_starts, o.train_stops,
@@ -177,10 +195,15 @@ def _timed_run(implementation: str, case: _Case) -> tuple[float, float | None, f
             return baselines.python_experiment(points, o.train_starts, o.train_stops,
                                                o.eval_starts, o.eval_stops, **case.baseline_kw())
     else:
-        raise ValueError(f"unknown implementation {implementation!r}; one of {', '.join(IMPLEMENTATIONS)}")
+        raise ValueError(f"unknown implementation {implementation!r}; one of {', '.join(ALL_IMPLEMENTATIONS)}")
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        if warm_up:
+            run()
+        if implementation.startswith("engine"):
+            ex = Experiment(config, o)  # built outside the timing, as the seed builds its experiment
+            run = ex.run
         t0 = time.perf_counter()
         r = run()
         dt = time.perf_counter() - t0
@@ -313,7 +336,7 @@ def threads_note() -> str:
 
 def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
               implementations=IMPLEMENTATIONS, budgets: dict | None = None,
-              wait_policy: str | None = None, warm_up: bool = True) -> SuiteRows:
+              wait_policy: str | None = None, warm_up: bool = True, rust_binary=None) -> SuiteRows:
     """Run a benchmark suite and return its rows (see ``ROW_KEYS``), one per row x implementation.
 
     Parameters
@@ -338,6 +361,9 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
         measures) sees the warm state. Every implementation gets the same
         treatment; the interleaving still spreads the machine's drift over all
         of them. ``warm_up_runs`` in each row says which applied (0 or 1).
+    rust_binary : the seed's Rust reference rebuilt here (``engine.rust_reference.build``):
+        adds the ``rust`` implementation, and every row gets ``vs_rust_measured``,
+        its steps/s against the ``rust`` run of the same row (None without it)
 
     Rows predicted over an implementation's budget are skipped: they are not in
     the returned list (nor the JSON) but in its ``skipped`` attribute, which
@@ -348,9 +374,11 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     impls = tuple(implementations)
+    if rust_binary is not None and "rust" not in impls:
+        impls += ("rust",)
     for impl in impls:
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {impl!r}; one of {', '.join(IMPLEMENTATIONS)}")
+        if impl not in ALL_IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {impl!r}; one of {', '.join(ALL_IMPLEMENTATIONS)}")
     cases = [(int(s), int(e)) for s, e in (SUITES[suite] if rows is None else rows)]
     budget = {**BUDGET_S, **(budgets or {})}
 
@@ -363,6 +391,8 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
         memory["numpy"] = round(baselines.numpy_bytes_per_observation(), 2)
     if "python" in impls:
         memory["python"] = round(baselines.python_bytes_per_observation(), 2)
+    if "rust" in impls:
+        memory["rust"] = SEED_BYTES_PER_OBSERVATION["rust"]  # its observation struct: 4 float32
     info["memory"] = memory
 
     largest: dict[str, tuple[int, float]] = {}   # impl -> (comparisons, median s) of its largest row so far
@@ -370,7 +400,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
     def predict(impl: str, comparisons: int) -> float:
         if impl not in largest:  # calibrate on a tiny row
             c = _Case(*CALIBRATION_ROW, SEED_MAX_STEPS)
-            largest[impl] = (comparisons_of(*CALIBRATION_ROW), _timed_run(impl, c)[0])
+            largest[impl] = (comparisons_of(*CALIBRATION_ROW), _timed_run(impl, c, rust_binary=rust_binary)[0])
         n, s = largest[impl]
         return comparisons * s / n
 
@@ -400,9 +430,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
             for impl in active:
                 if r >= n_runs[impl]:
                     continue
-                if warm[impl]:
-                    _timed_run(impl, case)  # untimed: this implementation's code and data into cache
-                dt, fc, b = _timed_run(impl, case)
+                dt, fc, b = _timed_run(impl, case, warm[impl], rust_binary)
                 times[impl].append(dt)
                 if fc is not None and impl in final and fc != final[impl]:
                     log.warning("%s %s: final confidence changed between runs (%r, %r)", name, impl, final[impl], fc)
@@ -435,6 +463,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
                 "vs_rust": _ratio(sps[impl], ref["rust_steps_per_s"]) if ref else None,
                 "vs_numpy": _ratio(sps[impl], sps.get("numpy")),
                 "vs_python": _ratio(sps[impl], sps.get("python")),
+                "vs_rust_measured": _ratio(sps[impl], sps.get("rust")),
                 "parity_expected": expected,
                 "parity_rel_error": (abs(fc - expected) / abs(expected)
                                      if expected is not None and fc is not None else None),
@@ -527,11 +556,14 @@ def format_table(rows) -> str:
             order.append(key)
     by = {(r["size"], r["epochs"], r["implementation"]): r for r in rows}
     sk = {(r["size"], r["epochs"], r["implementation"]): r for r in skipped}
-    impls = [i for i in IMPLEMENTATIONS if any(k[2] == i for k in list(by) + list(sk))]
+    impls = [i for i in ALL_IMPLEMENTATIONS if any(k[2] == i for k in list(by) + list(sk))]
     impls += sorted({k[2] for k in list(by) + list(sk)} - set(impls))
+    # the Rust reference timed in this run (``--rust``): one more ratio column
+    measured_rust = any(r.get("vs_rust_measured") is not None for r in rows)
+    rust_col = f" {'x Rust now':>10}" if measured_rust else ""
 
     head = (f"{'case':<10} {'implementation':<16} {'runs':>5} {'median ms':>10} {'steps/s':>9} {'ns/cmp':>8} "
-            f"{'x Rust':>7} {'x NumPy':>8} {'x Python':>9} {'final conf':>12}  parity")
+            f"{'x Rust':>7}{rust_col} {'x NumPy':>8} {'x Python':>9} {'final conf':>12}  parity")
     lines = [head, "-" * len(head)]
     scaling = False
     for size, epochs in order:
@@ -545,9 +577,10 @@ def format_table(rows) -> str:
                 n = f"{runs.get(r['case'] + '/' + impl, '')}{'+' if r.get('warm_up_runs') else ''}"
                 fc = r["final_confidence"]
                 ns = r["ns_per_comparison"]
+                now = f" {_x(r.get('vs_rust_measured')):>10}" if measured_rust else ""
                 lines.append(
                     f"{label:<10} {impl:<16} {n:>5} {_ms(r['median_s']):>10} {_si(r['steps_per_s']):>9} "
-                    f"{'-' if ns is None else f'{ns:.3g}':>8} {_x(r['vs_rust']):>7} {_x(r['vs_numpy']):>8} "
+                    f"{'-' if ns is None else f'{ns:.3g}':>8} {_x(r['vs_rust']):>7}{now} {_x(r['vs_numpy']):>8} "
                     f"{_x(r['vs_python']):>9} {'-' if fc is None else f'{fc:.9f}':>12}  {_parity(r)}")
             elif (size, epochs, impl) in sk:
                 s = sk[(size, epochs, impl)]
@@ -576,8 +609,9 @@ def format_table(rows) -> str:
             mem.setdefault(key, r["bytes_per_observation"])
     mem.update(info.get("memory", {}))
     if mem:
-        names = {"engine": "engine store", "numpy": "NumPy float32 arrays", "python": "Python objects"}
-        parts = [f"{names[k]} {mem[k]:g}" for k in ("engine", "numpy", "python") if k in mem]
+        names = {"engine": "engine store", "numpy": "NumPy float32 arrays", "python": "Python objects",
+                 "rust": "Rust reference structs"}
+        parts = [f"{names[k]} {mem[k]:g}" for k in ("engine", "numpy", "python", "rust") if k in mem]
         seed = SEED_BYTES_PER_OBSERVATION
         lines.append(f"Bytes per stored observation: {', '.join(parts)} (baselines: tracemalloc, 100,000 "
                      f"observations); seed: Rust {seed['rust']}, NumPy {seed['numpy']}, Python {seed['python']}.")
@@ -594,6 +628,9 @@ def format_table(rows) -> str:
                      "for the short rows).")
     lines.append("x Rust: steps/s against the seed's Rust figures (seed-benchmark.md); x NumPy, x Python: against "
                  "the baselines measured in this run.")
+    if measured_rust:
+        lines.append("x Rust now: against the rust rows, the seed's Rust reference rebuilt from its specification "
+                     "(profiling/rust_seed, release build for baseline x86-64) and timed in this run.")
     lines.append(f"Parity: final confidence within {PARITY_RTOL:g} relative of the seed's value "
                  "(the seed's implementations agree to 7e-7).")
     if scaling:

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="seed suite: time each short run right after the previous implementation's run, without "
                         "an untimed run of its own first (cold caches)")
+    b.add_argument("--rust", action="store_true",
+                   help="seed suite: also build (cargo) and time the seed's Rust reference rebuilt from its "
+                        "specification (profiling/rust_seed; run from a checkout of the repository)")
     return p
 
 
@@ -219,6 +222,9 @@ def cmd_profile(args) -> int:
 def cmd_bench(args) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    if args.suite != "seed" and (args.rust or not args.warm_up):
+        flag = "--rust" if args.rust else "--no-warm-up"
+        raise UserError(f"{flag}: only for --suite seed (got --suite {args.suite})")
     if args.json:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
@@ -251,9 +257,14 @@ def cmd_bench(args) -> int:
             bench.write_json(rows, args.json)
         print(bench_startup.format_startup(rows))
         return 0
+    rust_binary = None
+    if args.rust:
+        from . import rust_reference
+
+        rust_binary = rust_reference.build()
     wait_policy = bench.keep_workers_spinning()
     rows = bench.run_suite(args.suite, repeats=args.repeats, json_path=args.json, wait_policy=wait_policy,
-                           warm_up=args.warm_up)
+                           warm_up=args.warm_up, rust_binary=rust_binary)
     print(bench.format_table(rows))
     return 0
 
