@@ -1,0 +1,182 @@
+"""Our evidence model against tbp.monty's own, side by side: time per matching step in one process.
+
+The speed goal of the evidence model is a ratio to tbp.monty's matching step. Its figure in
+``reference/tbp-monty.md`` (shared docs) was measured on another day, and these VMs drift
+by up to 2x between sessions; this script measures both in the same process instead:
+
+1. builds the data of an evidence config (``data.source: shapes`` simulates it,
+   ``dataset`` reads it), so both systems see the same observations;
+2. trains both: our ``EvidenceExperiment`` (every kernel compiled or loaded first, apart)
+   and tbp.monty's ``EvidenceGraphLM`` (``tbp_monty_step.py``: burst sampling, the
+   config's ``max_nneighbors``, graphs of at most 2,000 nodes);
+3. runs every evaluation episode ``--passes`` times, alternating the two systems episode
+   by episode (tbp.monty, then ours), so drift hits both alike, with ``--gap`` seconds of
+   idle (untimed) before each episode: the worker threads the other system left spinning
+   (OpenBLAS's, OpenMP's) go to sleep first, as they would in a process running one system
+   (without it, ours measured 0.96 instead of ~0.7 ms per step right after tbp.monty's
+   episodes);
+4. reports, per system, the mean time per matching step (all time / all matching steps),
+   the accuracy (first pass) and mean steps, and the ratio of the means.
+
+What is timed: ours, the episode kernel's wall time (``EvidenceModel.run_episode``, the
+figure ``summary.json`` reports as ``matching_step_s``) over its matching steps; tbp.monty,
+each ``EvidenceGraphLM.matching_step`` call (no goal-state generator, so tbp.monty's
+figure here leaves out that part of its step: the ratio is, if anything, in its favour).
+Both use the machine's 2 cores (our kernels' threads; tbp.monty's thread per object).
+
+Needs tbp.monty, so run it with the tbp.monty venv's python (see ``tbp_monty_step.py``
+for how to make that venv; it also needs numba and PyYAML for our engine), from the
+repository root::
+
+    /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10.yaml \\
+        [--set key=value ...] [--passes 2] [--episodes N] [--json PATH]
+
+A profiling tool: no test or CI runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _our_side(cfg, ds):
+    """Our experiment, trained and warmed up: (experiment, train seconds, compile seconds)."""
+    from engine.evidence_model import EvidenceExperiment, warmup_kernels
+
+    ex = EvidenceExperiment(cfg, ds)
+    compile_s = warmup_kernels(ex.model.settings, paths=(False,))
+    train_s = ex.train()
+    compile_s += ex.warmup()
+    return ex, train_s, compile_s
+
+
+def _our_episode(ex, e: int) -> dict:
+    """One evaluation episode on our fused path: outcome, matching steps, kernel seconds."""
+    from kernels import evidence as kev
+
+    ds = ex.dataset
+    s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
+    code, istate, _, secs = ex.model.run_episode(ds.location[s0:s1], ds.pose_vectors[s0:s1],
+                                                 ds.pose_defined[s0:s1], ex.features[s0:s1], stepwise=False)
+    target = ex._model_index(int(ds.episode_object[e]))
+    sc = ex.model.score(code, istate, target, ds.episode_rotation[e])
+    return {"outcome": sc["outcome"], "steps": int(istate[kev.IS_MATCHING_STEPS]), "seconds": float(secs),
+            "rotation_error_deg": sc["rotation_error_deg"]}
+
+
+def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0.3, log=print) -> dict:
+    """Train both systems on ``cfg``'s data and time their matching steps side by side."""
+    import tbp_monty_step as tms
+
+    from engine.dataset import EVAL
+    from engine.evidence_run import build_dataset
+
+    ds = build_dataset(cfg)
+    names = [str(n) for n in ds.feature_names]
+    hue_col = names.index("hue") if "hue" in names else None
+    ex, our_train_s, our_compile_s = _our_side(cfg, ds)
+    log(f"ours: trained in {our_train_s:.1f} s (compile/cache load {our_compile_s:.1f} s apart), "
+        f"nodes per object {ex.model.nodes_per_object}")
+    k = cfg.evidence.max_nneighbors
+    monty, lm = tms.build_monty(k, 20, "burst", True, with_hsv=hue_col is not None)
+    monty_train_s = tms.train(monty, lm, ds, hue_col)
+    nodes = [int(lm.graph_memory.get_num_nodes_in_graph(g, tms.CHANNEL)) for g in lm.get_all_known_object_ids()]
+    log(f"tbp.monty: trained in {monty_train_s:.1f} s, nodes per object {nodes}")
+
+    rows = [int(e) for e in ds.episode_indices(EVAL)]
+    if episodes is not None:
+        rows = rows[:episodes]
+    max_steps = cfg.experiment.max_eval_steps
+    ours = {"seconds": 0.0, "steps": 0, "first": []}
+    theirs = {"seconds": 0.0, "steps": 0, "first": []}
+    for p in range(passes):
+        t_pass = time.perf_counter()
+        for e in rows:
+            time.sleep(gap)
+            m = tms.evaluate_episode(monty, lm, ds, e, hue_col, max_steps)
+            time.sleep(gap)
+            o = _our_episode(ex, e)
+            theirs["seconds"] += sum(m["step_times_s"])
+            theirs["steps"] += len(m["step_times_s"])
+            ours["seconds"] += o["seconds"]
+            ours["steps"] += o["steps"]
+            if p == 0:
+                theirs["first"].append({k_: m[k_] for k_ in ("outcome", "steps", "rotation_error_deg")})
+                ours["first"].append(o)
+        log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
+            f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
+            f"tbp.monty {1e3 * theirs['seconds'] / theirs['steps']:.2f} ms per matching step")
+
+    def summary(side, train_s):
+        first = side["first"]
+        ok = [r for r in first if r["outcome"] == "correct"]
+        errs = [r["rotation_error_deg"] for r in ok if r["rotation_error_deg"] is not None]
+        return {"matching_step_s": side["seconds"] / side["steps"], "matching_steps": side["steps"],
+                "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
+                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None, "train_s": train_s}
+
+    out = {"config": str(cfg.source_file), "n_objects": len(ds.object_names), "n_eval_episodes": len(rows),
+           "passes": passes, "gap_s": gap, "max_nneighbors": k, "tbp_monty_version": tms._tbp_version(),
+           "ours": summary(ours, our_train_s), "tbp_monty": summary(theirs, monty_train_s),
+           "our_nodes_per_object": [int(n) for n in ex.model.nodes_per_object],
+           "tbp_monty_nodes_per_object": nodes}
+    out["speedup"] = out["tbp_monty"]["matching_step_s"] / out["ours"]["matching_step_s"]
+    return out
+
+
+def format_comparison(r: dict) -> str:
+    lines = [f"{r['config']}: {r['n_objects']} objects, {r['n_eval_episodes']} evaluation episodes x "
+             f"{r['passes']} passes, alternating episode by episode ({r['gap_s']:g} s idle before each); "
+             f"max_nneighbors {r['max_nneighbors']}",
+             f"{'system':<16} {'ms/step':>9} {'steps timed':>11} {'correct':>8} {'mean steps':>10} "
+             f"{'rot err':>8} {'train s':>8}"]
+    for name, key in (("ours", "ours"), (f"tbp.monty {r['tbp_monty_version']}", "tbp_monty")):
+        s = r[key]
+        err = "-" if s["mean_rotation_error_deg"] is None else f"{s['mean_rotation_error_deg']:.2f}"
+        lines.append(f"{name:<16} {1e3 * s['matching_step_s']:>9.3f} {s['matching_steps']:>11} "
+                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>8} {s['train_s']:>8.1f}")
+    lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="an evidence config (e.g. configs/shapes_10.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--passes", type=int, default=2, help="timed passes over the evaluation episodes")
+    p.add_argument("--episodes", type=int, default=None, help="only the first N evaluation episodes")
+    p.add_argument("--gap", type=float, default=0.3, help="idle seconds before each timed episode")
+    p.add_argument("--json", type=Path, help="also write the result as JSON")
+    a = p.parse_args(argv)
+    from engine.config import load_config
+    from engine.errors import UserError
+
+    try:
+        cfg = load_config(a.config, a.overrides)
+        if cfg.model.type != "evidence":
+            raise UserError(f"{a.config}: model.type must be evidence")
+        r = compare(cfg, passes=max(1, a.passes), episodes=a.episodes, gap=max(0.0, a.gap),
+                    log=lambda s: print(s, file=sys.stderr, flush=True))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # tbp.monty lives in its own venv (see tbp_monty_step.py)
+        print(f"error: {exc}; run this with the tbp.monty venv's python", file=sys.stderr)
+        return 2
+    print(format_comparison(r))
+    if a.json:
+        a.json.write_text(json.dumps(r, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here.parent), str(here)]  # ``engine``, ``kernels`` and tbp_monty_step
+    sys.exit(main())
