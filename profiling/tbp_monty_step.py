@@ -36,16 +36,17 @@ are unaffected except for which curvature direction is called "first".
 Environment (a separate venv: tbp.monty needs torch; our engine's venv has none)::
 
     python3.11 -m venv /tmp/venvmonty
-    /tmp/venvmonty/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+    /tmp/venvmonty/bin/pip install torch   # or the CPU-only build: --index-url https://download.pytorch.org/whl/cpu
     /tmp/venvmonty/bin/pip install tbp-monty==0.55.0 --no-deps
     /tmp/venvmonty/bin/pip install torch-geometric scipy scikit-learn scikit-image \\
         numpy-quaternion matplotlib pandas pydantic hydra-core omegaconf \\
-        opencv-python-headless numba pyyaml
+        opencv-python-headless numba pyyaml trimesh tqdm
 
 Used here: torch 2.14.1, torch-geometric 2.8.1, numpy 2.4.6, scipy 1.17.1,
 scikit-learn 1.9.1, scikit-image 0.26.0, numpy-quaternion 2024.0.13, pandas 3.1.1,
 matplotlib 3.11.2, pydantic 2.14.4, hydra-core 1.3.8, omegaconf 2.3.1,
-opencv-python-headless 5.1.0.95, numba 0.68.1, PyYAML 6.0.4. torch-scatter, torch-sparse
+opencv-python-headless 5.1.0.95, numba 0.68.1, PyYAML 6.0.4 (trimesh and tqdm: our engine's
+simulation of ``data.source: shapes``, for ``vs_tbp_monty.py``). torch-scatter, torch-sparse
 and wandb (declared dependencies of tbp-monty) are not needed on this code path.
 
 Run from the repository root (so ``engine`` imports for the dataset reader)::

@@ -14,7 +14,11 @@ by up to 2x between sessions; this script measures both in the same process inst
    idle (untimed) before each episode: the worker threads the other system left spinning
    (OpenBLAS's, OpenMP's) go to sleep first, as they would in a process running one system
    (without it, ours measured 0.96 instead of ~0.7 ms per step right after tbp.monty's
-   episodes);
+   episodes), and one untimed run of our previous episode before each of ours: a
+   tbp.monty episode (~1 s, a large heap) leaves our model and hypothesis arrays out of
+   cache, which cost ours 1.08-1.24 ms per step on shapes_10 against 0.69 in a run of its
+   own; a run of ours has its previous episode right before each one. The result also
+   gives ours alone, episodes back to back, after the passes;
 4. reports, per system, the mean time per matching step (all time / all matching steps),
    the accuracy (first pass) and mean steps, and the ratio of the means.
 
@@ -38,12 +42,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def _our_side(cfg, ds):
@@ -71,7 +74,8 @@ def _our_episode(ex, e: int) -> dict:
             "rotation_error_deg": sc["rotation_error_deg"]}
 
 
-def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0.3, log=print) -> dict:
+def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0.3, warm_up: bool = True,
+            log=print) -> dict:
     """Train both systems on ``cfg``'s data and time their matching steps side by side."""
     import tbp_monty_step as tms
 
@@ -98,10 +102,12 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     theirs = {"seconds": 0.0, "steps": 0, "first": []}
     for p in range(passes):
         t_pass = time.perf_counter()
-        for e in rows:
+        for i, e in enumerate(rows):
             time.sleep(gap)
             m = tms.evaluate_episode(monty, lm, ds, e, hue_col, max_steps)
             time.sleep(gap)
+            if warm_up:  # untimed: the episode before this one, as in a run of ours alone
+                _our_episode(ex, rows[i - 1])
             o = _our_episode(ex, e)
             theirs["seconds"] += sum(m["step_times_s"])
             theirs["steps"] += len(m["step_times_s"])
@@ -113,6 +119,9 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
         log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
             f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
             f"tbp.monty {1e3 * theirs['seconds'] / theirs['steps']:.2f} ms per matching step")
+    # For reference: ours alone, its episodes back to back (no tbp.monty between them).
+    alone = [_our_episode(ex, e) for e in rows]
+    alone_s = sum(o["seconds"] for o in alone) / sum(o["steps"] for o in alone)
 
     def summary(side, train_s):
         first = side["first"]
@@ -122,12 +131,21 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
                 "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
                 "mean_rotation_error_deg": statistics.fmean(errs) if errs else None, "train_s": train_s}
 
+    import numba
+
+    import kernels
+
     out = {"config": str(cfg.source_file), "n_objects": len(ds.object_names), "n_eval_episodes": len(rows),
+           "openmp": f"{kernels.OPENMP_WAIT_POLICY_SOURCE}: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+                     f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, numba threading layer "
+                     f"{numba.threading_layer()}, {numba.get_num_threads()} threads",
            "passes": passes, "gap_s": gap, "max_nneighbors": k, "tbp_monty_version": tms._tbp_version(),
            "ours": summary(ours, our_train_s), "tbp_monty": summary(theirs, monty_train_s),
            "our_nodes_per_object": [int(n) for n in ex.model.nodes_per_object],
            "tbp_monty_nodes_per_object": nodes}
     out["speedup"] = out["tbp_monty"]["matching_step_s"] / out["ours"]["matching_step_s"]
+    out["warm_up"] = warm_up
+    out["ours_back_to_back_step_s"] = alone_s
     return out
 
 
@@ -143,6 +161,9 @@ def format_comparison(r: dict) -> str:
         lines.append(f"{name:<16} {1e3 * s['matching_step_s']:>9.3f} {s['matching_steps']:>11} "
                      f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>8} {s['train_s']:>8.1f}")
     lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
+    lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms per "
+                 f"step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
+    lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
 
 
@@ -153,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--passes", type=int, default=2, help="timed passes over the evaluation episodes")
     p.add_argument("--episodes", type=int, default=None, help="only the first N evaluation episodes")
     p.add_argument("--gap", type=float, default=0.3, help="idle seconds before each timed episode")
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                   help="no untimed run of our previous episode before each of ours")
     p.add_argument("--json", type=Path, help="also write the result as JSON")
     a = p.parse_args(argv)
     from engine.config import load_config
@@ -162,7 +185,7 @@ def main(argv=None) -> int:
         cfg = load_config(a.config, a.overrides)
         if cfg.model.type != "evidence":
             raise UserError(f"{a.config}: model.type must be evidence")
-        r = compare(cfg, passes=max(1, a.passes), episodes=a.episodes, gap=max(0.0, a.gap),
+        r = compare(cfg, passes=max(1, a.passes), episodes=a.episodes, gap=max(0.0, a.gap), warm_up=a.warm_up,
                     log=lambda s: print(s, file=sys.stderr, flush=True))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -177,6 +200,15 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # OpenMP's default wait policy (workers spin ~300,000 rounds, then sleep), for our
+    # kernels and torch's alike, whatever the load average says when ``kernels`` is
+    # imported: it switches to sleeping workers on a busy machine (see
+    # ``kernels._choose_openmp_wait_policy``), and a tbp.monty run that just finished
+    # counts as busy. Sleeping workers cost each of our step's parallel regions a
+    # wake-up: 1.075 ms per step instead of 0.69 on shapes_10. Spinning forever
+    # (ACTIVE) would instead take a core from tbp.monty's episodes.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default, set explicitly
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here.parent), str(here)]  # ``engine``, ``kernels`` and tbp_monty_step
     sys.exit(main())
