@@ -169,24 +169,43 @@ def test_run_suite_rows_json_and_table(tmp_path):
 
 
 @pytest.mark.parametrize("warm_up", [True, False])
-def test_run_suite_warm_up_runs_each_implementation_before_its_timed_run(monkeypatch, warm_up):
+def test_run_suite_asks_for_a_warm_up_on_short_rows(monkeypatch, warm_up):
     calls = []
     real = bench._timed_run
 
-    def recording(impl, case):
-        calls.append((impl, case.size))
-        return real(impl, case)
+    def recording(impl, case, warm=False, rust_binary=None):
+        calls.append((impl, case.size, warm))
+        return real(impl, case, warm, rust_binary)
 
     monkeypatch.setattr(bench, "_timed_run", recording)
     rows = bench.run_suite("seed", repeats=2, rows=[(10, 10)], implementations=("engine", "numpy"),
                            warm_up=warm_up)
-    timed = [c for c in calls if c[1] == 10]   # leave out the calibration and compile runs (other sizes)
-    per_run = ["engine", "engine", "numpy", "numpy"] if warm_up else ["engine", "numpy"]
-    assert [impl for impl, _ in timed[-2 * len(per_run):]] == per_run * 2
+    # the last four calls are the timed loop (the calibration and compile runs come first)
+    assert calls[-4:] == [("engine", 10, warm_up), ("numpy", 10, warm_up)] * 2
     assert all(r["warm_up_runs"] == int(warm_up) for r in rows)
     table = bench.format_table(rows)
     assert ("Warm-up (runs marked +)" in table) == warm_up
     assert ("2+" in table) == warm_up
+
+
+@pytest.mark.parametrize("impl", ["engine", "numpy", "python"])
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_timed_run_warm_up_runs_the_same_implementation_once_before_the_timed_run(monkeypatch, impl, warm_up):
+    from engine import experiment
+
+    target = {"engine": (experiment.Experiment, "run"), "numpy": (baselines, "numpy_experiment"),
+              "python": (baselines, "python_experiment")}[impl]
+    real = getattr(*target)
+    n = [0]
+
+    def counting(*args, **kw):
+        n[0] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(*target, counting)
+    dt, fc, _ = bench._timed_run(impl, bench._Case(10, 10, bench.SEED_MAX_STEPS), warm_up)
+    assert n[0] == 2 if warm_up else n[0] == 1
+    assert dt > 0 and fc == pytest.approx(bench.SEED_REFERENCE[(10, 10)]["final_confidence"], rel=bench.PARITY_RTOL)
 
 
 def test_run_suite_skips_rows_over_budget(tmp_path):
