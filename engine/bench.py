@@ -179,31 +179,31 @@ def _timed_run(implementation: str, case: _Case, warm_up: bool = False,
 
         dt, fc = rust_reference.run(rust_binary, case.size, case.epochs, case.max_steps, int(warm_up))
         return dt, fc, None
+    # make_run() returns the run to call; whatever it builds first (the engine's
+    # Experiment) is built outside the timing, as the seed builds its experiment
     if implementation in ("engine", "engine-stepwise"):
         config = case.config(implementation == "engine-stepwise")
 
-        def run():
-            return Experiment(config, o).run()
+        def make_run():
+            return Experiment(config, o).run
     elif implementation == "numpy":
-        def run():
-            return baselines.numpy_experiment(o.location, o.features, o.train_starts, o.train_stops,
-                                              o.eval_starts, o.eval_stops, **case.baseline_kw())
+        def make_run():
+            return lambda: baselines.numpy_experiment(o.location, o.features, o.train_starts, o.train_stops,
+                                                      o.eval_starts, o.eval_stops, **case.baseline_kw())
     elif implementation == "python":
         points = case.points()
 
-        def run():
-            return baselines.python_experiment(points, o.train_starts, o.train_stops,
-                                               o.eval_starts, o.eval_stops, **case.baseline_kw())
+        def make_run():
+            return lambda: baselines.python_experiment(points, o.train_starts, o.train_stops,
+                                                       o.eval_starts, o.eval_stops, **case.baseline_kw())
     else:
         raise ValueError(f"unknown implementation {implementation!r}; one of {', '.join(ALL_IMPLEMENTATIONS)}")
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         if warm_up:
-            run()
-        if implementation.startswith("engine"):
-            ex = Experiment(config, o)  # built outside the timing, as the seed builds its experiment
-            run = ex.run
+            make_run()()
+        run = make_run()
         t0 = time.perf_counter()
         r = run()
         dt = time.perf_counter() - t0

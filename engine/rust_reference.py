@@ -28,6 +28,12 @@ PROJECT = Path("profiling") / "rust_seed"
 BINARY = Path("target") / "release" / "rust_seed"
 
 
+def find_cargo() -> str | None:
+    """The ``cargo`` on PATH, else rustup's default ``~/.cargo/bin/cargo``; None when neither exists."""
+    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
+    return cargo if os.path.isfile(cargo) else None
+
+
 def build(project: Path | str = PROJECT) -> Path:
     """Build the reference (``cargo build --release --offline``) and return its binary's path.
 
@@ -39,8 +45,8 @@ def build(project: Path | str = PROJECT) -> Path:
     if not (project / "Cargo.toml").is_file():
         raise UserError(f"--rust: {project / 'Cargo.toml'} not found: run the benchmark from a checkout of "
                         "the repository (the Rust reference is not part of the installed package)")
-    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
-    if not os.path.isfile(cargo):
+    cargo = find_cargo()
+    if cargo is None:
         raise UserError("--rust: cargo (the Rust toolchain) is not installed; see https://rustup.rs")
     proc = subprocess.run([cargo, "build", "--release", "--offline", "--quiet"], cwd=project,
                           capture_output=True, text=True)

@@ -261,6 +261,12 @@ def evaluate_episode(monty, lm, ds, e: int, hue_col, max_eval_steps: int) -> dic
     }
 
 
+def hue_column(ds) -> int | None:
+    """The dataset's ``hue`` feature column (fed to tbp.monty as hsv), or None."""
+    names = [str(n) for n in ds.feature_names]
+    return names.index("hue") if "hue" in names else None
+
+
 def run_monty(dataset_path, *, max_nneighbors=5, max_eval_steps=60, min_eval_steps=20,
               episodes=None, updater="burst", multithreading=True) -> dict:
     """Train tbp.monty's EvidenceGraphLM on the dataset's training episodes and run its
@@ -273,8 +279,7 @@ def run_monty(dataset_path, *, max_nneighbors=5, max_eval_steps=60, min_eval_ste
     from engine.dataset import EVAL, read_dataset  # our reader: validates the file
 
     ds = read_dataset(dataset_path, mmap=False)
-    feature_names = [str(n) for n in ds.feature_names]
-    hue_col = feature_names.index("hue") if "hue" in feature_names else None
+    hue_col = hue_column(ds)
     monty, lm = build_monty(max_nneighbors, min_eval_steps, updater, multithreading,
                              with_hsv=hue_col is not None)
     train_s = train(monty, lm, ds, hue_col)
@@ -292,7 +297,7 @@ def run_monty(dataset_path, *, max_nneighbors=5, max_eval_steps=60, min_eval_ste
     n = len(results)
     return {
         "dataset": str(dataset_path),
-        "tbp_monty_version": _tbp_version(),
+        "tbp_monty_version": tbp_version(),
         "settings": {"max_nneighbors": max_nneighbors, "max_eval_steps": max_eval_steps,
                      "min_eval_steps": min_eval_steps, "updater": updater,
                      "use_multithreading": multithreading, "hsv": hue_col is not None},
@@ -309,7 +314,7 @@ def run_monty(dataset_path, *, max_nneighbors=5, max_eval_steps=60, min_eval_ste
     }
 
 
-def _tbp_version() -> str:
+def tbp_version() -> str:
     from importlib.metadata import version
 
     return version("tbp.monty")

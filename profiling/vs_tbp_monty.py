@@ -83,8 +83,7 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     from engine.evidence_run import build_dataset
 
     ds = build_dataset(cfg)
-    names = [str(n) for n in ds.feature_names]
-    hue_col = names.index("hue") if "hue" in names else None
+    hue_col = tms.hue_column(ds)
     ex, our_train_s, our_compile_s = _our_side(cfg, ds)
     log(f"ours: trained in {our_train_s:.1f} s (compile/cache load {our_compile_s:.1f} s apart), "
         f"nodes per object {ex.model.nodes_per_object}")
@@ -139,7 +138,7 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
            "openmp": f"{kernels.OPENMP_WAIT_POLICY_SOURCE}: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
                      f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, numba threading layer "
                      f"{numba.threading_layer()}, {numba.get_num_threads()} threads",
-           "passes": passes, "gap_s": gap, "max_nneighbors": k, "tbp_monty_version": tms._tbp_version(),
+           "passes": passes, "gap_s": gap, "max_nneighbors": k, "tbp_monty_version": tms.tbp_version(),
            "ours": summary(ours, our_train_s), "tbp_monty": summary(theirs, monty_train_s),
            "our_nodes_per_object": [int(n) for n in ex.model.nodes_per_object],
            "tbp_monty_nodes_per_object": nodes}

@@ -8,8 +8,6 @@ against the seed's parity values where cargo is installed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
 import sys
 from pathlib import Path
@@ -21,7 +19,6 @@ from engine.cli import main
 from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-CARGO = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
 
 
 def fake_binary(tmp_path, body: str) -> Path:
@@ -79,7 +76,7 @@ def test_seed_only_flags_with_another_suite_exit_2(capsys, flag):
     assert f"{flag}: only for --suite seed" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not os.path.isfile(CARGO), reason="needs the Rust toolchain (cargo), an optional tool")
+@pytest.mark.skipif(rust_reference.find_cargo() is None, reason="needs the Rust toolchain (cargo), an optional tool")
 def test_real_reference_matches_the_seed_parity_values():
     binary = rust_reference.build(ROOT / rust_reference.PROJECT)
     for (size, epochs), ref in bench.SEED_REFERENCE.items():
