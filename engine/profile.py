@@ -8,8 +8,8 @@
    the first call against the steady state of the fused run.
 2. **kernels** — the fused single-call run with the in-kernel timers of
    ``kernels.timing``: calls, total and mean wall time and share of the run for
-   ``run_experiment`` and the kernels it spends its time in (what remains of
-   ``run_experiment`` is its own loop bookkeeping).
+   ``run_experiment_packed`` and the kernels it spends its time in (what remains of
+   it is its own loop bookkeeping).
 3. **lines** — line_profiler over the orchestrator's episode and step
    functions (``Experiment._episode_stepwise``, ``Experiment._emit``) on the
    stepwise path (one kernel call per step); the ``.lprof``
@@ -94,7 +94,7 @@ def _kernel_table(run_s: float, call_s: float, timers, rate: float, calls: int =
     if timers is None:  # the nearest model: per-episode training calls, one evaluation call per epoch
         return [{"kernel": "fused run (kernels.loop.nearest_eval_episodes, kernels.kdtree builds)", "calls": calls,
                  "total_s": call_s, "mean_s": call_s / max(calls, 1), "share": call_s / run_s if run_s else 0.0}]
-    rows = [{"kernel": "kernels.loop.run_experiment", "calls": 1, "total_s": call_s, "mean_s": call_s}]
+    rows = [{"kernel": "kernels.loop.run_experiment_packed", "calls": 1, "total_s": call_s, "mean_s": call_s}]
     inner = 0.0
     for name, (calls, ticks) in zip(TIMED_KERNELS, timers):
         if calls:
@@ -102,7 +102,7 @@ def _kernel_table(run_s: float, call_s: float, timers, rate: float, calls: int =
             inner += total
             rows.append({"kernel": f"kernels.loop.{name}" if name == "train_episodes" else f"kernels.matching.{name}",
                          "calls": int(calls), "total_s": total, "mean_s": total / calls})
-    rows.append({"kernel": "run_experiment (own loop bookkeeping)", "calls": 1,
+    rows.append({"kernel": "run_experiment_packed (own loop bookkeeping)", "calls": 1,
                  "total_s": max(call_s - inner, 0.0), "mean_s": max(call_s - inner, 0.0)})
     for r in rows:
         r["share"] = r["total_s"] / run_s if run_s > 0 else float("nan")

@@ -159,6 +159,26 @@ def test_after_experiment_gets_result_and_after_episode_gets_record():
     assert got["eval"] == ex.records(res)[-1]
 
 
+@pytest.mark.parametrize("do_train, n_train, max_train", [(True, 2, 50), (True, 3, 7), (False, 2, 50), (True, 1, 1)])
+def test_capacity_is_every_training_step_and_the_result_views_the_packed_outputs(do_train, n_train, max_train):
+    from kernels import loop as kloop
+
+    d = make(n_train=n_train, max_train=max_train).to_dict()
+    d["experiment"]["do_train"] = do_train
+    ex = Experiment(from_dict(d))
+    o = ex.obs
+    want = kloop.training_steps_needed(o.train_starts, o.train_stops, max_train, n_train if do_train else 0)
+    assert ex.capacity() == want
+    res = ex.run()
+    assert res.store.shape == (3 + o.n_features, want) and res.n_stored == want
+    n_tr = ex.n_train_epochs * o.train_starts.shape[0]
+    assert res.train_steps.base is res.counts and res.eval_reason.base is res.reasons
+    assert res.train_steps.shape == res.train_stored.shape == res.train_reason.shape == (n_tr,)
+    assert res.eval_steps.shape == res.eval_confidence.shape == res.eval_reason.shape == (2 * o.eval_starts.shape[0],)
+    res.eval_steps[0] = -7  # the attributes are views: writing one writes the result
+    assert res.counts[2 * n_tr] == -7
+
+
 def test_bad_hooks_rejected():
     ex = Experiment(make())
     with pytest.raises(ValueError, match="unknown hook event 'after_run'"):

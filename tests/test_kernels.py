@@ -709,7 +709,8 @@ def test_match_step_matches_reference_and_mean_similarity(n_features):
 
 
 def kernel_experiment(location, features, train_episodes, n_train, max_train, eval_episodes, n_eval,
-                      max_eval, threshold, chunk, capacity=None, n_features=None):
+                      max_eval, threshold, chunk, capacity=None, n_features=None, packed=False):
+    """Run ``loop.run_experiment`` (or, with ``packed``, ``loop.run_experiment_packed``); a dict of outputs."""
     n_features = features.shape[1] if n_features is None else n_features
     train_starts, train_stops = as_arrays(train_episodes)
     eval_starts, eval_stops = as_arrays(eval_episodes)
@@ -718,6 +719,19 @@ def kernel_experiment(location, features, train_episodes, n_train, max_train, ev
     store = kstore.new_store(n_features, capacity)
     n_tr = n_train * len(train_episodes)
     n_ev = n_eval * len(eval_episodes)
+    if packed:
+        plan = loop.pack_plan(train_starts, train_stops, n_train, max_train, eval_starts, eval_stops, n_eval,
+                              max_eval, chunk)
+        assert loop.packed_sizes(plan) == (n_tr, n_ev)
+        counts = np.full(2 * n_tr + n_ev, -1, np.int64)
+        confidence = np.full(n_ev, np.nan, np.float32)
+        reasons = np.full(n_tr + n_ev, -1, np.int8)
+        out = dict(train_steps=counts[:n_tr], train_stored=counts[n_tr:2 * n_tr], train_reason=reasons[:n_tr],
+                   eval_steps=counts[2 * n_tr:], eval_confidence=confidence, eval_reason=reasons[n_tr:])
+        out["n_stored"] = loop.run_experiment_packed(store, location, features, plan, np.float32(threshold),
+                                                     counts, confidence, reasons)
+        out["store"] = store
+        return out
     out = dict(
         train_steps=np.full(n_tr, -1, np.int64), train_stored=np.full(n_tr, -1, np.int64),
         train_reason=np.full(n_tr, -1, np.int8), eval_steps=np.full(n_ev, -1, np.int64),
@@ -744,16 +758,17 @@ EXPERIMENTS = [
 ]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["run_experiment", "run_experiment_packed"])
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("n_features", N_FEATURES)
 @pytest.mark.parametrize("n_train, max_train, n_eval, max_eval, threshold", EXPERIMENTS)
-def test_run_experiment_matches_reference(seed, n_features, n_train, max_train, n_eval, max_eval, threshold):
+def test_run_experiment_matches_reference(seed, n_features, n_train, max_train, n_eval, max_eval, threshold, packed):
     rng = np.random.default_rng(seed)
     location, features = random_observations(rng, 80, n_features)
     train_episodes = random_episodes(rng, 80, 5, 20)
     eval_episodes = random_episodes(rng, 80, 4, 25)
     got = kernel_experiment(location, features, train_episodes, n_train, max_train, eval_episodes, n_eval,
-                            max_eval, threshold, 4, n_features=n_features)
+                            max_eval, threshold, 4, n_features=n_features, packed=packed)
     want = ref.run_experiment(location, features, train_episodes, n_train, max_train, eval_episodes, n_eval,
                               max_eval, float(np.float32(threshold)))
     assert got["n_stored"] == want["n_stored"]
@@ -786,13 +801,62 @@ def test_run_experiment_matches_its_parts_and_any_chunk():
             assert_array_equal(got, first[key][p * e:(p + 1) * e])
 
 
-def test_run_experiment_with_a_too_small_store_raises():
+@pytest.mark.parametrize("packed", [False, True], ids=["run_experiment", "run_experiment_packed"])
+def test_run_experiment_with_a_too_small_store_raises(packed):
     rng = np.random.default_rng(27)
     location, features = random_observations(rng, 30, 1)
     with pytest.raises(ValueError):
-        kernel_experiment(location, features, [(0, 10)], 3, 100, [(0, 10)], 1, 10, 0.5, 4, capacity=29)
+        kernel_experiment(location, features, [(0, 10)], 3, 100, [(0, 10)], 1, 10, 0.5, 4, capacity=29,
+                          packed=packed)
     assert kernel_experiment(location, features, [(0, 10)], 3, 100, [(0, 10)], 1, 10, 0.5, 4,
-                             capacity=30)["n_stored"] == 30
+                             capacity=30, packed=packed)["n_stored"] == 30
+
+
+def test_run_experiment_packed_equals_run_experiment_bitwise():
+    """Same outputs, bit for bit, including the store, on several feature counts and chunks."""
+    rng = np.random.default_rng(28)
+    for n_features in N_FEATURES:
+        location, features = random_observations(rng, 120, n_features)
+        train_episodes = random_episodes(rng, 120, 7, 30)
+        eval_episodes = random_episodes(rng, 120, 6, 40)
+        for chunk in (1, 5, 64):
+            wide, packed = (kernel_experiment(location, features, train_episodes, 3, 25, eval_episodes, 2, 35,
+                                              0.41, chunk, packed=p) for p in (False, True))
+            for key, want in wide.items():
+                assert_array_equal(packed[key], want, err_msg=f"{key}, {n_features} features, chunk {chunk}")
+
+
+def test_pack_plan_layout_and_errors():
+    plan = loop.pack_plan([0, 5], [5, 9], 3, 7, [2], [8], 4, 6, 16, n_stored=11)
+    assert plan.dtype == np.int64
+    assert_array_equal(plan, [11, 2, 3, 7, 1, 4, 6, 16, 0, 5, 5, 9, 2, 8])
+    assert dict(zip(loop.PLAN_FIELDS, plan)) == dict(n_stored=11, n_train_episodes=2, n_train_epochs=3,
+                                                     max_train_steps=7, n_eval_episodes=1, n_eval_epochs=4,
+                                                     max_eval_steps=6, chunk=16)
+    assert loop.packed_sizes(plan) == (6, 4)
+    with pytest.raises(ValueError, match="same length"):
+        loop.pack_plan([0, 5], [5], 1, 1, [], [], 1, 1, 1)
+    with pytest.raises(ValueError, match="chunk"):
+        loop.pack_plan([0], [5], 1, 1, [0], [5], 1, 1, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        loop.pack_plan([0], [5], -1, 1, [0], [5], 1, 1, 1)
+
+
+def test_run_experiment_packed_rejects_outputs_that_do_not_match_the_plan():
+    rng = np.random.default_rng(29)
+    location, features = random_observations(rng, 20, 1)
+    plan = loop.pack_plan([0], [10], 2, 100, [0, 10], [10, 20], 1, 100, 4)
+    n_tr, n_ev = loop.packed_sizes(plan)
+    store = kstore.new_store(1, 20)
+    good = (np.zeros(2 * n_tr + n_ev, np.int64), np.zeros(n_ev, np.float32), np.zeros(n_tr + n_ev, np.int8))
+    for k in range(3):
+        bad = list(good)
+        bad[k] = bad[k][:-1]
+        with pytest.raises(ValueError, match="plan and outputs do not match"):
+            loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *bad)
+    with pytest.raises(ValueError, match="plan and outputs do not match"):
+        loop.run_experiment_packed(store, location, features, plan[:-1], np.float32(0.5), *good)
+    assert loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *good) == 20
 
 
 SEED_PARITY = {  # (size, epochs): final confidence, from the external Rust reference implementation
