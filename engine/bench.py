@@ -221,7 +221,7 @@ def _timed_run(implementation: str, case: _Case, warm_up: bool = False,
 def _engine_dispatchers():
     from kernels import loop as kloop
 
-    return (kloop.run_experiment, kloop.training_steps_needed, kloop.train_step, kloop.match_step)
+    return (kloop.run_experiment_packed, kloop.training_steps_needed, kloop.train_step, kloop.match_step)
 
 
 def measure_compile() -> dict:

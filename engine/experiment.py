@@ -6,7 +6,7 @@ fixed store. It picks the coarsest way to cross into compiled code that the
 registered hooks allow:
 
 - no hooks below the experiment level: the whole run is one call of
-  ``kernels.loop.run_experiment``;
+  ``kernels.loop.run_experiment_packed``;
 - epoch hooks (or a progress bar): one kernel call per epoch;
 - episode hooks: one kernel call per episode;
 - step hooks or ``execution.stepwise``: the stepwise path, a Python loop with
@@ -262,7 +262,7 @@ class Experiment:
         probe = Experiment(self.config, tiny)
         for name in EVENTS:  # same granularity, same kernels, but no user hook is called
             if self._hooks[name]:
-                probe._hooks[name].append(_ignore)
+                probe.add_hook(name, _ignore)
         t0 = time.perf_counter()
         probe.run(np.zeros((len(kloop.TIMED_KERNELS), 2), np.int64) if timers else None)
         return time.perf_counter() - t0
