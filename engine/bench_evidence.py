@@ -185,19 +185,11 @@ def _eval_rows(ds, max_eval_episodes):
 # One row
 # ---------------------------------------------------------------------------
 
-def _episode_slices(ds, rows, feats):
-    out = []
-    for e in rows:
-        s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
-        out.append((int(e), (ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], feats[s0:s1])))
-    return out
-
-
 def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) -> dict:
     from kernels import evidence as kev
 
     from .dataset import TRAIN
-    from .evidence_model import EvidenceModel, live_hypotheses, matching_features
+    from .evidence_model import EvidenceModel, episode_steps, live_hypotheses, matching_features
 
     feats, fnames = matching_features(ds)
     model = EvidenceModel(settings, fnames, max_eval_steps=eval_steps)
@@ -208,16 +200,13 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
     try:
         t0 = time.perf_counter()
         for label, e in train:
-            s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
-            model.learn(label, ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1],
-                        feats[s0:s1], ds.episode_rotation[e])
+            model.learn(label, *episode_steps(ds, feats, e), ds.episode_rotation[e])
         model.model_arrays()
         train_s = time.perf_counter() - t0
     finally:
         if gc_was_enabled:
             gc.enable()
-    names = model.object_names
-    episodes = _episode_slices(ds, _eval_rows(ds, max_eval_episodes), feats)
+    episodes = [(int(e), episode_steps(ds, feats, e)) for e in _eval_rows(ds, max_eval_episodes)]
 
     # Live hypotheses per matching step: one stepwise pass, not timed.
     hyp_sum = 0
@@ -245,14 +234,12 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
         gc.disable()
         try:
             t_pass = time.perf_counter()
-            for i, (e, obs) in enumerate(episodes):
-                code, istate, _, secs = model.run_episode(*obs, stepwise=False)
+            for i, (e, _) in enumerate(episodes):
+                code, istate, _, secs, sc = model.eval_episode(ds, feats, e)
                 best[i] = min(best[i], secs)
                 m = int(istate[kev.IS_MATCHING_STEPS])
                 if r == 0:
                     steps[i] = m
-                    target = names.index(str(ds.object_names[int(ds.episode_object[e])]))
-                    sc = model.score(code, istate, target, ds.episode_rotation[e])
                     correct += sc["outcome"] == "correct"
                 elif m != steps[i]:
                     log.warning("episode %d: %d matching steps, %d in the first run", e, m, steps[i])

@@ -108,6 +108,18 @@ def live_hypotheses(istate) -> int:
     return int(istate[kev.IS_N_HYP] - istate[kev.IS_N_DEAD])
 
 
+def episode_steps(ds: EpisodeDataset, features: np.ndarray, e: int, max_steps: int | None = None) -> tuple:
+    """Episode ``e``'s per-step arrays, as views: ``(location, pose_vectors, pose_defined, features)``.
+
+    ``features`` is the dataset's matching features (``matching_features``); at most
+    ``max_steps`` steps from the episode's start when given.
+    """
+    s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
+    if max_steps is not None:
+        s1 = min(s1, s0 + int(max_steps))
+    return ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], features[s0:s1]
+
+
 def project_rotation(m: np.ndarray) -> np.ndarray:
     """The rotation matrix nearest to ``m`` (..., 3, 3) (SVD, one per matrix), float64."""
     u, _, vt = np.linalg.svd(np.asarray(m, np.float64))
@@ -285,6 +297,23 @@ class EvidenceModel:
         h = self._hyp
         return h[0][:n], h[1][:n], h[2][:n].reshape(n, 3, 3), h[3][:n], h[6][:n]
 
+    def object_index(self, name: str) -> int:
+        """The memory's index of the object called ``name``; -1 when it was never learned."""
+        names = self.object_names
+        return names.index(name) if name in names else -1
+
+    def eval_episode(self, ds: EpisodeDataset, features: np.ndarray, e: int, *, stepwise: bool = False,
+                     on_step=None) -> tuple:
+        """Evaluate dataset episode ``e`` and score it against its recorded object and rotation.
+
+        Returns ``(code, istate, trace, seconds, score)``: ``run_episode``'s results and
+        ``score``'s dict. ``features``: the dataset's ``matching_features``.
+        """
+        code, istate, trace, secs = self.run_episode(*episode_steps(ds, features, e), stepwise=stepwise,
+                                                     on_step=on_step)
+        target = self.object_index(str(ds.object_names[int(ds.episode_object[e])]))
+        return code, istate, trace, secs, self.score(code, istate, target, ds.episode_rotation[e])
+
     def score(self, code: int, istate, target: int, rotation_q) -> dict:
         """Outcome, detected object and rotation error of a finished episode (section 5.6)."""
         names = self.object_names
@@ -375,12 +404,10 @@ class EvidenceExperiment:
             for epoch in range(cfg.experiment.n_train_epochs):
                 self._emit("before_epoch", mode="train", epoch=epoch)
                 for i, e in enumerate(rows):
-                    s0 = int(ds.episode_offsets[e])
-                    s1 = min(int(ds.episode_offsets[e + 1]), s0 + cfg.experiment.max_train_steps)
                     self._emit("before_episode", mode="train", epoch=epoch, episode=i)
                     label = str(ds.object_names[int(ds.episode_object[e])])
-                    n = self.model.learn(label, ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1],
-                                         self.features[s0:s1], ds.episode_rotation[e])
+                    n = self.model.learn(label, *episode_steps(ds, self.features, e, cfg.experiment.max_train_steps),
+                                         ds.episode_rotation[e])
                     self._emit("after_episode", mode="train", epoch=epoch, episode=i, object=label, nodes=n)
                 self._emit("after_epoch", mode="train", epoch=epoch)
         if self.model.object_names:
@@ -427,14 +454,11 @@ class EvidenceExperiment:
         for epoch in range(cfg.experiment.n_eval_epochs if cfg.experiment.do_eval else 0):
             self._emit("before_epoch", mode="eval", epoch=epoch)
             for i, e in enumerate(rows):
-                s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
                 self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
                 on_step = self._step_hook(epoch, i) if self._hooks["after_step"] else None
-                code, istate, trace, secs = self.model.run_episode(
-                    ds.location[s0:s1], ds.pose_vectors[s0:s1], ds.pose_defined[s0:s1], self.features[s0:s1],
-                    stepwise=stepwise or on_step is not None, on_step=on_step)
+                code, istate, trace, secs, sc = self.model.eval_episode(
+                    ds, self.features, e, stepwise=stepwise or on_step is not None, on_step=on_step)
                 target = int(ds.episode_object[e])
-                sc = self.model.score(code, istate, self._model_index(target), ds.episode_rotation[e])
                 rec = EvidenceEpisode(epoch=epoch, episode=i, object=str(ds.object_names[target]),
                                       rotation=np.asarray(ds.episode_rotation[e], np.float32),
                                       outcome=sc["outcome"], detected=sc["detected"], mlh_object=sc["mlh_object"],
@@ -465,11 +489,6 @@ class EvidenceExperiment:
                        n_hypotheses=live_hypotheses(istate), object_evidence=obj_max.copy())
         return on_step
 
-    def _model_index(self, dataset_object: int) -> int:
-        """The memory's index of a dataset object (-1 when it was never learned)."""
-        name = str(self.dataset.object_names[dataset_object])
-        names = self.model.object_names
-        return names.index(name) if name in names else -1
 
 
 def _toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):

@@ -64,12 +64,7 @@ def _our_episode(ex, e: int) -> dict:
     """One evaluation episode on our fused path: outcome, matching steps, kernel seconds."""
     from kernels import evidence as kev
 
-    ds = ex.dataset
-    s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
-    code, istate, _, secs = ex.model.run_episode(ds.location[s0:s1], ds.pose_vectors[s0:s1],
-                                                 ds.pose_defined[s0:s1], ex.features[s0:s1], stepwise=False)
-    target = ex._model_index(int(ds.episode_object[e]))
-    sc = ex.model.score(code, istate, target, ds.episode_rotation[e])
+    code, istate, _, secs, sc = ex.model.eval_episode(ex.dataset, ex.features, e)
     return {"outcome": sc["outcome"], "steps": int(istate[kev.IS_MATCHING_STEPS]), "seconds": float(secs),
             "rotation_error_deg": sc["rotation_error_deg"]}
 
