@@ -490,7 +490,6 @@ class EvidenceExperiment:
         return on_step
 
 
-
 def _toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):
     """Points on a sphere with their exact geometry: (location, pose (n, 3, 3), pose_defined, curvature)."""
     rng = np.random.default_rng(seed)
