@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import UserError
+from engine import __version__
+from engine.errors import UserError
 
 log = logging.getLogger("engine")
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cache-dir", metavar="DIR", help="kernel cache folder to inspect")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    from . import make_dataset
+    from engine.data import make_dataset
 
     make_dataset.add_cli(sub, parents=[common])
 
@@ -90,7 +90,7 @@ BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _apply_cache(cfg) -> None:
-    from .runtime import configure_cache
+    from engine.run.runtime import configure_cache
 
     try:
         configure_cache(cfg.execution.cache_dir)
@@ -99,8 +99,8 @@ def _apply_cache(cfg) -> None:
 
 
 def cmd_warmup(args) -> int:
-    from . import runtime
-    from .config import load_config
+    from engine.run import runtime
+    from engine.config import load_config
 
     paths = [Path(p) for p in args.configs] or sorted(BUNDLED_CONFIGS.glob("*.yaml"))
     if not paths:
@@ -126,7 +126,7 @@ def cmd_warmup(args) -> int:
 def cmd_info(args) -> int:
     import json
 
-    from . import runtime
+    from engine.run import runtime
 
     if args.cache_dir:
         runtime.configure_cache(args.cache_dir)
@@ -136,9 +136,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from . import results, sources
-    from .config import load_config
-    from .experiment import Experiment
+    from engine.run import results
+    from engine.data import sources
+    from engine.config import load_config
+    from engine.models.similarity import Experiment
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     cfg = load_config(args.config, overrides)
@@ -147,7 +148,7 @@ def cmd_run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
     if cfg.model.type == "evidence":
-        from . import evidence_run
+        from engine.models.evidence import run as evidence_run
 
         data, result, s_path, e_path = evidence_run.run(cfg, out_dir, progress=sys.stderr.isatty() and not args.quiet)
         print(evidence_run.format_table(data, result))
@@ -173,8 +174,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from . import sources
-    from .config import load_config
+    from engine.data import sources
+    from engine.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     if cfg.model.type == "evidence":
@@ -190,12 +191,12 @@ def _evidence_data_text(cfg) -> str:
     """What an evidence config's data is, checked without simulating anything."""
     p = cfg.data.params
     if cfg.data.source == "dataset":
-        from .dataset import read_dataset
+        from engine.data.dataset import read_dataset
 
         ds = read_dataset(p["path"])
         return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
                 f"features {list(ds.feature_names)}")
-    from . import shapes
+    from engine.data import shapes
 
     names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
     meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
@@ -204,8 +205,8 @@ def _evidence_data_text(cfg) -> str:
 
 
 def cmd_profile(args) -> int:
-    from . import profile
-    from .config import load_config
+    from engine.run import profile
+    from engine.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     if cfg.model.type == "evidence":
@@ -229,28 +230,28 @@ def cmd_bench(args) -> int:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
-    from . import bench
+    from engine.bench import seed as bench
 
     if args.suite == "scale":
-        from . import bench_scale
+        from engine.bench import scale as bench_scale
 
         rows = bench_scale.run_scale_suite(repeats=min(args.repeats, 3), json_path=args.json)
         print(bench_scale.format_scale(rows, bench_scale.seed_float16_accuracy()))
         return 0
     if args.suite == "kdtree":
-        from . import bench_kdtree
+        from engine.bench import kdtree as bench_kdtree
 
         rows = bench_kdtree.run_kdtree_suite(repeats=args.repeats, json_path=args.json)
         print(bench_kdtree.format_kdtree(rows))
         return 0
     if args.suite == "evidence":
-        from . import bench_evidence
+        from engine.bench import evidence as bench_evidence
 
         rows = bench_evidence.run_evidence_suite(repeats=args.repeats, json_path=args.json)
         print(bench_evidence.format_evidence(rows))
         return 0
     if args.suite == "startup":
-        from . import bench_startup
+        from engine.bench import startup as bench_startup
 
         rows = bench_startup.run_startup(repeats=args.repeats)
         if args.json:
@@ -259,7 +260,7 @@ def cmd_bench(args) -> int:
         return 0
     rust_binary = None
     if args.rust:
-        from . import rust_reference
+        from engine.bench import rust_reference
 
         rust_binary = rust_reference.build()
     wait_policy = bench.keep_workers_spinning()
@@ -270,7 +271,7 @@ def cmd_bench(args) -> int:
 
 
 def _cmd_make_dataset(args) -> int:
-    from . import make_dataset
+    from engine.data import make_dataset
 
     print(make_dataset.run_from_args(args))
     return 0
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     try:
         return handlers[args.command](args)
-    except UserError as exc:  # engine.dataset.DatasetError is one too
+    except UserError as exc:  # engine.data.dataset.DatasetError is one too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

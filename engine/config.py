@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from engine.errors import ConfigError
 
 
 class _Setting:
@@ -186,7 +186,7 @@ SOURCES: dict[str, dict[str, _Setting]] = {
 
 def _evidence_schema() -> dict[str, _Setting]:
     """The ``evidence`` section, generated from ``EvidenceSettings`` (its defaults live there)."""
-    from .evidence_settings import SETTING_DOCS, EvidenceSettings
+    from engine.models.evidence.settings import SETTING_DOCS, EvidenceSettings
 
     out = {}
     for f in dataclasses.fields(EvidenceSettings):
@@ -258,7 +258,7 @@ class Config:
     execution: ExecutionConfig
     output_dir: str
     source_file: str = "<config>"
-    evidence: Any = None  # engine.evidence_model.EvidenceSettings when model.type is evidence
+    evidence: Any = None  # engine.models.evidence.model.EvidenceSettings when model.type is evidence
 
     def to_dict(self) -> dict:
         """The resolved config (defaults filled) as plain data, as written to summary.json."""
@@ -326,7 +326,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
                               f"(model.type is {model['type']!r})")
     evidence = None
     if model["type"] == "evidence":
-        from .evidence_settings import EvidenceSettings
+        from engine.models.evidence.settings import EvidenceSettings
 
         evidence = EvidenceSettings(**_section(raw, "evidence", SCHEMA["evidence"], prefix))
     elif "evidence" in raw:

@@ -95,8 +95,8 @@ import json, sys
 sys.path.insert(0, sys.argv[2])  # the copy before the checkout (python -c puts the working folder first)
 import numpy as np
 from engine.config import load_config
-from engine.evidence_model import EvidenceExperiment, warmup_kernels
-from engine.evidence_run import build_dataset
+from engine.models.evidence.model import EvidenceExperiment, warmup_kernels
+from engine.models.evidence.run import build_dataset
 from kernels import evidence as kev
 from kernels.timing import ticks_per_second
 

@@ -276,7 +276,7 @@ def run_monty(dataset_path, *, max_nneighbors=5, max_eval_steps=60, min_eval_ste
     step_times_s, ...), ``mean_step_s`` / ``median_step_s`` over all matching steps,
     ``train_s``, ``accuracy`` (correct / episodes), ``nodes_per_object`` and the settings.
     """
-    from engine.dataset import EVAL, read_dataset  # our reader: validates the file
+    from engine.data.dataset import EVAL, read_dataset  # our reader: validates the file
 
     ds = read_dataset(dataset_path, mmap=False)
     hue_col = hue_column(ds)

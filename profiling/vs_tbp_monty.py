@@ -51,7 +51,7 @@ from pathlib import Path
 
 def _our_side(cfg, ds):
     """Our experiment, trained and warmed up: (experiment, train seconds, compile seconds)."""
-    from engine.evidence_model import EvidenceExperiment, warmup_kernels
+    from engine.models.evidence.model import EvidenceExperiment, warmup_kernels
 
     ex = EvidenceExperiment(cfg, ds)
     compile_s = warmup_kernels(ex.model.settings, paths=(False,))
@@ -74,8 +74,8 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     """Train both systems on ``cfg``'s data and time their matching steps side by side."""
     import tbp_monty_step as tms
 
-    from engine.dataset import EVAL
-    from engine.evidence_run import build_dataset
+    from engine.data.dataset import EVAL
+    from engine.models.evidence.run import build_dataset
 
     ds = build_dataset(cfg)
     hue_col = tms.hue_column(ds)

@@ -1,4 +1,4 @@
-"""Tests of the reference implementations (engine.baselines) and the seed benchmark (engine.bench).
+"""Tests of the reference implementations (engine.bench.baselines) and the seed benchmark (engine.bench.seed).
 
 The baselines must agree with the engine episode by episode (steps, reasons,
 confidence), on the seed workload and on thresholded runs with several
@@ -13,9 +13,11 @@ import json
 import numpy as np
 import pytest
 
-from engine import baselines, bench, sources
+from engine.bench import baselines
+from engine.bench import seed as bench
+from engine.data import sources
 from engine.config import from_dict
-from engine.experiment import Experiment
+from engine.models.similarity import Experiment
 
 BASELINES = ("numpy", "python")
 
@@ -191,7 +193,7 @@ def test_run_suite_asks_for_a_warm_up_on_short_rows(monkeypatch, warm_up):
 @pytest.mark.parametrize("impl", ["engine", "numpy", "python"])
 @pytest.mark.parametrize("warm_up", [True, False])
 def test_timed_run_warm_up_runs_the_same_implementation_once_before_the_timed_run(monkeypatch, impl, warm_up):
-    from engine import experiment
+    from engine.models import similarity as experiment
 
     target = {"engine": (experiment.Experiment, "run"), "numpy": (baselines, "numpy_experiment"),
               "python": (baselines, "python_experiment")}[impl]

@@ -1,4 +1,4 @@
-"""Tests of the evidence benchmark suite (engine.bench_evidence): a tiny run's rows, the JSON
+"""Tests of the evidence benchmark suite (engine.bench.evidence): a tiny run's rows, the JSON
 output, skipped rows, the table and the CLI entry. No wall-clock assertions."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import bench_evidence
+from engine.bench import evidence as bench_evidence
 
 SIZES = (1, 2)
 CONTRACT = {"suite": str, "case": str, "implementation": str, "n_objects": int, "n_hypotheses": float,
@@ -87,7 +87,7 @@ def test_rows_over_the_memory_limit_are_skipped_with_a_reason(tmp_path):
 
 
 def test_memory_estimate_grows_with_objects():
-    from engine.evidence_settings import EvidenceSettings
+    from engine.models.evidence.settings import EvidenceSettings
 
     s = EvidenceSettings(updater="classic", graph="grid")
     one = bench_evidence.estimate_memory_bytes(1, s)

@@ -1,4 +1,4 @@
-"""Tests of the KD-tree benchmark suite (engine.bench_kdtree): row shape, baselines present or
+"""Tests of the KD-tree benchmark suite (engine.bench.kdtree): row shape, baselines present or
 cleanly left out, the neighbour check, the JSON output. No wall-clock assertions."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine import bench, bench_kdtree
+from engine.bench import seed as bench
+from engine.bench import kdtree as bench_kdtree
 
 HAVE_PYKDTREE = importlib.util.find_spec("pykdtree") is not None
 KS = (1, 10)
@@ -91,7 +92,7 @@ def test_compare_neighbours_maps_markers_and_finds_differences():
 def test_missing_baselines_are_left_out(monkeypatch, caplog):
     for name in ("pykdtree", "pykdtree.kdtree", "scipy.spatial"):
         monkeypatch.setitem(sys.modules, name, None)   # import raises ImportError
-    with caplog.at_level(logging.WARNING, logger="engine.bench_kdtree"):
+    with caplog.at_level(logging.WARNING, logger="engine.bench.kdtree"):
         rows = bench_kdtree.run_kdtree_suite(n_points=2_000, n_queries=500, ks=(3,), repeats=1)
     assert [r["implementation"] for r in rows] == ["kdtree"]
     r = rows[0]

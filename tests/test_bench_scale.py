@@ -2,8 +2,8 @@
 
 import json
 
-from engine import bench_scale
-from engine.bench import write_json
+from engine.bench import scale as bench_scale
+from engine.bench.seed import write_json
 
 
 def test_scale_suite_rows(tmp_path):

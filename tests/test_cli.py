@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.example_data import make_example_dataset
-from engine.results import atomic_write_text
+from engine.data.example_data import make_example_dataset
+from engine.run.results import atomic_write_text
 
 SUMMARY_KEYS = {"experiment", "model", "data_source", "path", "n_train_episodes", "n_eval_episodes", "train_steps",
                 "eval_steps", "stored_observations", "bytes_per_observation", "final_confidence", "eval_done",
@@ -183,7 +183,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 
 def test_interrupted_run_writes_nothing(tmp_path, root, monkeypatch, capsys):
-    from engine import experiment
+    from engine.models import similarity as experiment
 
     def interrupt(self, timers=None):
         raise KeyboardInterrupt

@@ -9,7 +9,7 @@ from reference import mean_similarity as ref_similarity
 
 from engine.config import from_dict
 from engine.errors import UserError
-from engine.experiment import Experiment
+from engine.models.similarity import Experiment
 
 EDGE = np.array([0.0, -0.0, 1.0, -1.0, 1e-8, 6.1e-5, 3.3e-7, 0.1, 65504.0, -65504.0, 2049.0, 1234.567],
                 dtype=np.float32)

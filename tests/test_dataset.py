@@ -1,5 +1,5 @@
-"""Tests of the ``monty-episodes/1`` dataset format: engine.dataset, engine.rotations and
-engine.example_data (the bundled configs/data/example_episodes.npz)."""
+"""Tests of the ``monty-episodes/1`` dataset format: engine.data.dataset, engine.data.rotations and
+engine.data.example_data (the bundled configs/data/example_episodes.npz)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from engine.dataset import (
+from engine.data.dataset import (
     EVAL,
     FORMAT,
     TRAIN,
@@ -20,8 +20,8 @@ from engine.dataset import (
     validate_dataset,
     write_dataset,
 )
-from engine.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
-from engine.rotations import IDENTITY_QUATERNION, quat_to_matrix, random_quaternions
+from engine.data.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
+from engine.data.rotations import IDENTITY_QUATERNION, quat_to_matrix, random_quaternions
 
 ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name != "meta"]
 FLOAT_FIELDS = ["location", "pose_vectors", "curvature", "features", "episode_rotation"]

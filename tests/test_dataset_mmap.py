@@ -1,4 +1,4 @@
-"""Memory-mapped reading of ``monty-episodes/1`` datasets (engine.dataset): uncompressed
+"""Memory-mapped reading of ``monty-episodes/1`` datasets (engine.data.dataset): uncompressed
 ``.npz`` members and ``npy-dir`` folders map, compressed files fall back to memory, every
 validation rule still holds on mapped files (validated with file reads, in chunks), and
 reading a large mapped file adds little to the resident memory."""
@@ -17,8 +17,8 @@ import zipfile
 import numpy as np
 import pytest
 
-import engine.dataset as dataset_mod
-from engine.dataset import (
+import engine.data.dataset as dataset_mod
+from engine.data.dataset import (
     FORMAT,
     DatasetError,
     EpisodeDataset,
@@ -26,7 +26,7 @@ from engine.dataset import (
     validate_dataset,
     write_dataset,
 )
-from engine.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
+from engine.data.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
 
 ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name != "meta"]
 STEP_FIELDS = ["location", "pose_vectors", "pose_defined", "curvature", "features"]
@@ -128,7 +128,7 @@ def test_bundled_example_maps(example):
 def test_compressed_falls_back_to_memory(tmp_path, example, caplog):
     path = tmp_path / "small.npz"
     write_dataset(path, example, compress=True)
-    with caplog.at_level(logging.INFO, logger="engine.dataset"):
+    with caplog.at_level(logging.INFO, logger="engine.data.dataset"):
         ds = read_dataset(path)
     for key in ARRAY_FIELDS:
         assert not _is_mapped(getattr(ds, key)), key
@@ -152,7 +152,7 @@ def test_empty_arrays_map(tmp_path):
 
 
 def test_sources_pass_maps_through(tmp_path, example):
-    from engine import sources
+    from engine.data import sources
 
     path = tmp_path / "ds.npz"
     write_dataset(path, example)
@@ -165,9 +165,9 @@ def test_sources_pass_maps_through(tmp_path, example):
 def test_experiment_on_mapped_dataset_equals_in_memory(root, monkeypatch):
     """The kernels take the read-only maps (their own compiled signature) and give the
     same results as on in-memory arrays."""
-    from engine import sources
+    from engine.data import sources
     from engine.config import load_config
-    from engine.experiment import Experiment
+    from engine.models.similarity import Experiment
 
     cfg = load_config(root / "configs" / "recorded_demo.yaml")
     mapped = sources.build(cfg.data.source, cfg.data.params)
@@ -456,7 +456,7 @@ def status():
                 values[key] = int(value.split()[0]) * 1024
     return values
 import numpy as np
-from engine.dataset import read_dataset
+from engine.data.dataset import read_dataset
 before = status()
 t0 = time.perf_counter()
 ds = read_dataset(sys.argv[1])
@@ -471,7 +471,7 @@ print(json.dumps({"rss_before": before["VmRSS"], "hwm_after": after["VmHWM"],
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_reading_large_mapped_file_keeps_memory_small(tmp_path, engine_env, layout):
-    from engine.make_dataset import make_dataset
+    from engine.data.make_dataset import make_dataset
 
     path = tmp_path / ("big.npz" if layout == "npz" else "big")
     made = make_dataset("seed_spiral", 1_000_000, path, layout=layout)  # 2M steps, ~122 MB

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.dataset import EVAL, TRAIN, read_dataset
-from engine.evidence_run import EPISODE_COLUMNS
+from engine.data.dataset import EVAL, TRAIN, read_dataset
+from engine.models.evidence.run import EPISODE_COLUMNS
 
 CONTRACT_KEYS = {"accuracy", "accuracy_incl_mlh", "outcomes", "mean_rotation_error_deg", "mean_steps",
                  "matching_step_s", "train_s"}
@@ -125,7 +125,8 @@ def test_a_busy_start_is_said_beside_the_step_time(tmp_path, root, monkeypatch, 
 
 def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatch):
     """data_s holds the simulation only: the sensor's kernels are warmed up first, apart."""
-    from engine import evidence_model, evidence_run
+    from engine.models.evidence import model as evidence_model
+    from engine.models.evidence import run as evidence_run
 
     calls = []
     real_warmup, real_build = evidence_model.warmup_sensor_kernels, evidence_run.build_dataset
@@ -187,7 +188,7 @@ def test_make_dataset_shapes_round_trip_then_run(tmp_path, engine_env):
 
     # the same observations as data.source: shapes with the same settings
     from engine.config import from_dict
-    from engine.evidence_run import build_dataset
+    from engine.models.evidence.run import build_dataset
 
     cfg = from_dict({"model": {"type": "evidence"},
                      "data": {"source": "shapes", "objects": ["box", "sphere"], "n_points": 1000,

@@ -9,13 +9,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine import sensor
+from engine.data import sensor
 from engine.config import from_dict
-from engine.evidence_model import (
+from engine.models.evidence.model import (
     EvidenceExperiment, EvidenceModel, EvidenceSettings, matching_features, project_rotation,
     rotation_angle_deg,
 )
-from engine.rotations import quat_to_matrix
+from engine.data.rotations import quat_to_matrix
 from kernels import evidence as kev
 
 OBJECTS = ("mug", "banana", "cone", "sphere")
@@ -189,7 +189,7 @@ def test_nothing_learned_is_a_clear_error(dataset):
 
 
 def test_every_kernel_parameter_slot_is_filled_from_a_setting():
-    from engine.evidence_model import _FPARAMS, _IPARAMS
+    from engine.models.evidence.model import _FPARAMS, _IPARAMS
 
     assert sorted(_FPARAMS) == list(range(kev.N_FPARAMS))
     assert sorted(list(_IPARAMS) + [kev.IP_UPDATER, kev.IP_MAX_STEPS]) == list(range(kev.N_IPARAMS))
@@ -203,7 +203,7 @@ def test_kernels_are_compiled_before_training_on_the_path_the_run_takes(dataset,
                                                                         step_hook, path):
     # train_s and the matching step times must hold no compile time: the toy warm-up
     # runs before the first training episode, on the evaluation path actually used
-    import engine.evidence_model as em
+    import engine.models.evidence.model as em
 
     calls = []
     real_warmup, real_learn = em.warmup_kernels, EvidenceModel.learn

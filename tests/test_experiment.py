@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from engine import sources
+from engine.data import sources
 from engine.config import from_dict
-from engine.experiment import EVENTS, Experiment
+from engine.models.similarity import EVENTS, Experiment
 
 from reference import run_experiment as reference_experiment
 

@@ -1,4 +1,4 @@
-"""kernels.graph and engine.graph_memory against plain NumPy references.
+"""kernels.graph and engine.models.evidence.graph_memory against plain NumPy references.
 
 The references below are literal transcriptions of tbp.monty's rules (spec
 §2.3–2.5), in float64: ``ref_thin`` is the O(N²) greedy ``remove_close_points``
@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from kernels import graph as kg
-from engine.graph_memory import GraphArrays, GraphMemory, GridTooSmallWarning
+from engine.models.evidence.graph_memory import GraphArrays, GraphMemory, GridTooSmallWarning
 
 F32 = np.float32
 
@@ -299,7 +299,7 @@ def test_thin_nodes_zero_normals_count_as_close():
 
 
 class KernelGrid:
-    """The grid-model kernels chained the way engine.graph_memory does."""
+    """The grid-model kernels chained the way engine.models.evidence.graph_memory does."""
 
     def __init__(self, max_size, v, max_nodes, circ):
         self.scale = 1 / (max_size / v)

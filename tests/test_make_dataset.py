@@ -1,5 +1,5 @@
-"""engine.make_dataset: synthetic sources written chunk by chunk as monty-episodes/1
-datasets (npz or npy-dir), equal to engine.sources, byte-identical whatever the chunk
+"""engine.data.make_dataset: synthetic sources written chunk by chunk as monty-episodes/1
+datasets (npz or npy-dir), equal to engine.data.sources, byte-identical whatever the chunk
 size, and bad input rejected as UserError before anything is written."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import zipfile
 import numpy as np
 import pytest
 
-import engine.make_dataset as md
-from engine import sources
-from engine.dataset import EVAL, FORMAT, TRAIN, DatasetError, read_dataset
+import engine.data.make_dataset as md
+from engine.data import sources
+from engine.data.dataset import EVAL, FORMAT, TRAIN, DatasetError, read_dataset
 from engine.errors import UserError
-from engine.make_dataset import SOURCES, make_dataset
+from engine.data.make_dataset import SOURCES, make_dataset
 
 STEP_FIELDS = ["location", "pose_vectors", "pose_defined", "curvature", "features"]
 
@@ -328,7 +328,7 @@ def _shapes_config(**data):
 
 @pytest.mark.parametrize("layout, compress", [("npz", False), ("npz", True), ("npy-dir", False)])
 def test_shapes_equals_data_source_shapes(tmp_path, root, layout, compress):
-    from engine.evidence_run import build_dataset
+    from engine.models.evidence.run import build_dataset
 
     path = _out(tmp_path, layout)
     mesh_dir = root / "configs" / "data" / "meshes"
@@ -353,7 +353,7 @@ def test_shapes_defaults_are_the_configs(tmp_path):
     path = tmp_path / "all.npz"
     made = md.make_shapes_dataset(path, n_points=100, train_steps=1, eval_rotations=0, eval_steps=1)
     ds = read_dataset(path)
-    from engine.shapes import BUILTIN_SHAPES
+    from engine.data.shapes import BUILTIN_SHAPES
 
     assert tuple(ds.object_names) == BUILTIN_SHAPES and made.n_eval_episodes == 0
     assert not ds.episode_split.any() and ds.n_features == 0

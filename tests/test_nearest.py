@@ -6,8 +6,8 @@ import pytest
 
 from engine.config import from_dict
 from engine.errors import ConfigError
-from engine.experiment import Experiment
-from engine.nearest_index import NearestIndex
+from engine.models.similarity import Experiment
+from engine.models.nearest_index import NearestIndex
 from kernels import kdtree, nearest
 
 

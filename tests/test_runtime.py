@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from engine import bench_startup
+from engine.bench import startup as bench_startup
 from engine.config import from_dict
 
 
@@ -45,8 +45,8 @@ def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_
         assert cached[name] >= 1, name
     # A second process runs every path of every bundled config: nothing compiles, all loads hit the cache.
     code = (
-        "from engine.profile import CompileRecorder\n"
-        "from engine.runtime import warmup_configs\n"
+        "from engine.run.profile import CompileRecorder\n"
+        "from engine.run.runtime import warmup_configs\n"
         "from engine.config import load_config\n"
         "import glob, json\n"
         "cfgs=[load_config(p) for p in sorted(glob.glob('configs/*.yaml'))]\n"
@@ -93,10 +93,10 @@ CACHE_ORDER_SCRIPTS = {
     "batch": ("import numpy as np\nfrom kernels import matching\nfrom kernels.store import store_from_arrays\n"
               "r=np.random.default_rng(0);loc=r.random((500,3),dtype=np.float32);f=r.random((500,1),dtype=np.float32)\n"
               "s,n=store_from_arrays(loc,f);print(matching.batch_similarity(s,n,loc[:50],f[:50]).sum())\n"),
-    "episode": ("from engine.config import from_dict\nfrom engine.experiment import Experiment\n"
+    "episode": ("from engine.config import from_dict\nfrom engine.models.similarity import Experiment\n"
                 "c=from_dict({'model':{'confidence_threshold':0.3},'data':{'source':'seed_spiral','size':300}})\n"
                 "e=Experiment(c);e.add_hook('after_episode',lambda ev:None);print(e.run().final_confidence)\n"),
-    "run": ("from engine.config import from_dict\nfrom engine.experiment import Experiment\n"
+    "run": ("from engine.config import from_dict\nfrom engine.models.similarity import Experiment\n"
             "c=from_dict({'model':{'confidence_threshold':0.3},'data':{'source':'seed_spiral','size':300}})\n"
             "print(Experiment(c).run().final_confidence)\n"),
 }

@@ -1,4 +1,4 @@
-"""Tests of the seed's Rust reference rebuilt from its specification (engine.rust_reference,
+"""Tests of the seed's Rust reference rebuilt from its specification (engine.bench.rust_reference,
 profiling/rust_seed) and of its rows in the seed benchmark (``bench --suite seed --rust``).
 
 The bench integration is tested with a stand-in binary (a script that answers like the
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import bench, rust_reference
+from engine.bench import seed as bench
+from engine.bench import rust_reference
 from engine.cli import main
 from engine.errors import UserError
 

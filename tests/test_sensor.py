@@ -1,12 +1,12 @@
-"""engine.sensor: surface sampling, walks, rotations, noise and simulated datasets."""
+"""engine.data.sensor: surface sampling, walks, rotations, noise and simulated datasets."""
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from engine.dataset import EVAL, TRAIN, EpisodeDataset, read_dataset, validate_dataset, write_dataset
-from engine.rotations import quat_to_matrix
-from engine.sensor import (
+from engine.data.dataset import EVAL, TRAIN, EpisodeDataset, read_dataset, validate_dataset, write_dataset
+from engine.data.rotations import quat_to_matrix
+from engine.data.sensor import (
     TRAINING_ROTATIONS_EULER,
     Noise,
     Surface,
@@ -17,7 +17,7 @@ from engine.sensor import (
     simulate,
     walk,
 )
-from engine.shapes import make_shape
+from engine.data.shapes import make_shape
 from kernels.kdtree import query_knn
 
 

@@ -1,4 +1,4 @@
-"""engine.shapes: built-in procedural objects, perturbed variants, composites' visible
+"""engine.data.shapes: built-in procedural objects, perturbed variants, composites' visible
 samples and mesh loading."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import trimesh
 
 from engine.errors import UserError
-from engine.shapes import (
+from engine.data.shapes import (
     BUILTIN_SHAPES,
     SIZE,
     load_mesh,

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 
-from .config import Config
-from .errors import UserError
+from engine.config import Config
+from engine.errors import UserError
 
 LPROF_NAME = "lines.lprof"
 JSON_NAME = "profile.json"
@@ -137,8 +137,8 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
     from kernels import timing
     from kernels.loop import TIMED_KERNELS
 
-    from . import sources
-    from .experiment import Experiment
+    from engine.data import sources
+    from engine.models.similarity import Experiment
 
     out_dir = Path(out_dir)
     obs = observations if observations is not None else sources.build(config.data.source, config.data.params)
@@ -193,7 +193,7 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
         "lines": _line_table(lp, top, step_result.run_s),
         "lprof": str(lprof),
     }
-    from .results import atomic_write_text
+    from engine.run.results import atomic_write_text
     import json
 
     atomic_write_text(out_dir / JSON_NAME, json.dumps(report, indent=2) + "\n")

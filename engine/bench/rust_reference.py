@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import UserError
+from engine.errors import UserError
 
 # The Cargo project, relative to the repository root (the current folder by default).
 PROJECT = Path("profiling") / "rust_seed"
@@ -59,7 +59,7 @@ def run(binary: Path | str, size: int, epochs: int, max_steps: int, warm_up: int
     """One timed run of the reference: (seconds, final confidence).
 
     ``warm_up`` untimed runs come first in the same process (the bench's warm-up
-    policy: see ``engine.bench.run_suite``).
+    policy: see ``engine.bench.seed.run_suite``).
     """
     cmd = [str(binary), str(size), str(epochs), "--max-steps", str(max_steps), "--runs", "1",
            "--warm-up", str(warm_up)]

@@ -1,6 +1,6 @@
 """The seed benchmark: the engine against its NumPy and pure Python baselines and the Rust figures.
 
-``run_suite("seed")`` times the seed document's workload (``engine.sources.seed_spiral``:
+``run_suite("seed")`` times the seed document's workload (``engine.data.sources.seed_spiral``:
 ``epochs`` training epochs, then ``epochs`` evaluation epochs, one episode
 each, no threshold) on the rows (size, epochs) = (10, 10), (50, 10), (100, 10),
 (500, 5), (1000, 2) and two scaling rows (10000, 2), (100000, 1), with four
@@ -9,7 +9,7 @@ implementation runs once):
 
 - ``engine``: ``Experiment.run`` on the fused path (one compiled call per run);
 - ``engine-stepwise``: ``execution.stepwise`` (a Python loop, one kernel call per step);
-- ``numpy`` and ``python``: the reference implementations of ``engine.baselines``.
+- ``numpy`` and ``python``: the reference implementations of ``engine.bench.baselines``.
 
 As in the seed, the data is built beforehand and only the run is timed;
 steps/s = size x epochs x 2 / median time. The step limit per episode is the
@@ -38,15 +38,16 @@ import os
 import statistics
 import time
 
-from . import baselines, sources
-from .config import from_dict
-from .experiment import Experiment
+from engine.bench import baselines
+from engine.data import sources
+from engine.config import from_dict
+from engine.models.similarity import Experiment
 
 log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("engine", "engine-stepwise", "numpy", "python")
 # Run only when asked for (``--rust``): the seed's Rust reference rebuilt from its
-# specification (``engine.rust_reference``); needs cargo and a checkout of the repository.
+# specification (``engine.bench.rust_reference``); needs cargo and a checkout of the repository.
 OPTIONAL_IMPLEMENTATIONS = ("rust",)
 ALL_IMPLEMENTATIONS = IMPLEMENTATIONS + OPTIONAL_IMPLEMENTATIONS
 
@@ -168,14 +169,14 @@ def _timed_run(implementation: str, case: _Case, warm_up: bool = False,
     right before a run: a collection walks every object and leaves the CPU
     caches cold, which alone made the 10 x 10 row's engine run 3.5x slower (91
     vs 25 us) and measured the collector, not the run. ``rust``: the reference
-    binary (``rust_binary``, see ``engine.rust_reference``) times itself, its
+    binary (``rust_binary``, see ``engine.bench.rust_reference``) times itself, its
     warm-up run in the same process.
     """
     o = case.obs
     if implementation == "rust":
         if rust_binary is None:
-            raise ValueError("implementation 'rust' needs rust_binary (engine.rust_reference.build())")
-        from . import rust_reference
+            raise ValueError("implementation 'rust' needs rust_binary (engine.bench.rust_reference.build())")
+        from engine.bench import rust_reference
 
         dt, fc = rust_reference.run(rust_binary, case.size, case.epochs, case.max_steps, int(warm_up))
         return dt, fc, None
@@ -361,7 +362,7 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
         measures) sees the warm state. Every implementation gets the same
         treatment; the interleaving still spreads the machine's drift over all
         of them. ``warm_up_runs`` in each row says which applied (0 or 1).
-    rust_binary : the seed's Rust reference rebuilt here (``engine.rust_reference.build``):
+    rust_binary : the seed's Rust reference rebuilt here (``engine.bench.rust_reference.build``):
         adds the ``rust`` implementation, and every row gets ``vs_rust_measured``,
         its steps/s against the ``rust`` run of the same row (None without it)
 
@@ -500,7 +501,7 @@ def _plain(v):
 
 def write_json(rows, path) -> None:
     """Write ``rows`` as a JSON list of objects to ``path`` atomically (temp file, then rename)."""
-    from .results import atomic_write_text
+    from engine.run.results import atomic_write_text
 
     data = [{k: _plain(v) for k, v in row.items()} for row in rows]
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")

@@ -29,9 +29,9 @@ from kernels import loop as kloop
 from kernels.nearest import nearest_match_step
 from kernels.store import STORAGE_DTYPES, bytes_per_observation
 
-from . import sources
-from .config import Config
-from .errors import UserError
+from engine.data import sources
+from engine.config import Config
+from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Experiment:
     Parameters
     ----------
     config : a validated ``engine.config.Config``
-    observations : ``engine.sources.Observations``; built from ``config.data`` when None
+    observations : ``engine.data.sources.Observations``; built from ``config.data`` when None
     progress : show a progress bar (tqdm, on stderr) when the run looks long
     """
 
@@ -274,7 +274,7 @@ class Experiment:
 
         ``timers`` (int64 (len(kernels.loop.TIMED_KERNELS), 2), see
         ``kernels.timing``) collects per-kernel calls and cycle counts on the
-        fused single-call path (used by ``engine.profile``).
+        fused single-call path (used by ``engine.run.profile``).
         """
         t0 = time.perf_counter()
         n_tr, n_ev = self._n_train, self._n_eval
@@ -282,7 +282,7 @@ class Experiment:
         out = RunResult(np.empty(2 * n_tr + n_ev, np.int64), np.empty(n_ev, np.float32),
                         np.empty(n_tr + n_ev, np.int8), n_tr, np.zeros(self._store_shape, self._store_dtype))
         if self._nearest:
-            from .nearest_index import NearestIndex
+            from engine.models.nearest_index import NearestIndex
 
             out.index = NearestIndex(self.obs.n_features, self.config.model.storage)
         if self._hooks["before_experiment"]:

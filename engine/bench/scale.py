@@ -55,7 +55,7 @@ def run_scale_suite(sizes=SIZES, n_queries=MAX_QUERIES, repeats=3, seed=0, json_
     from kernels import compact, kdtree, matching, nearest
     from kernels.store import store_from_arrays
 
-    from .nearest_index import LEAF_SIZE
+    from engine.models.nearest_index import LEAF_SIZE
 
     rng = np.random.default_rng(seed)
     queries = rng.random((n_queries, 3), dtype=np.float32)
@@ -103,7 +103,7 @@ def run_scale_suite(sizes=SIZES, n_queries=MAX_QUERIES, repeats=3, seed=0, json_
                          "f16_mean_rel_diff": _rel_diff(sims, ref, ("nearest", n), f16)})
             log.info("scale %s done", _case(n, storage))
     if json_path:
-        from .bench import write_json
+        from engine.bench.seed import write_json
 
         write_json(rows, json_path)
     return rows
@@ -126,10 +126,10 @@ def _rel_diff(sims, ref, key, f16):
 
 def seed_float16_accuracy() -> list[dict]:
     """Final confidence of the seed rows with float16 storage against float32 (the accuracy cost)."""
-    from . import sources
-    from .bench import SEED_ROWS
-    from .config import from_dict
-    from .experiment import Experiment
+    from engine.data import sources
+    from engine.bench.seed import SEED_ROWS
+    from engine.config import from_dict
+    from engine.models.similarity import Experiment
 
     out = []
     for size, epochs in SEED_ROWS:

@@ -44,7 +44,7 @@ Public API
 - :func:`write_dataset` / :func:`read_dataset`: atomic write (either layout), validated
   read (memory-mapped where possible).
 - :func:`points_dataset`: build a dataset from per-object point sets (for generators).
-- ``engine.make_dataset``: large synthetic datasets written chunk by chunk.
+- ``engine.data.make_dataset``: large synthetic datasets written chunk by chunk.
 
 Every problem with a file or a dataset is a :class:`DatasetError` whose message names the
 file and the key, says what was wrong and what is allowed; the CLI prints it and exits 2,
@@ -67,8 +67,8 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import UserError
-from .rotations import quat_to_matrix
+from engine.errors import UserError
+from engine.data.rotations import quat_to_matrix
 
 __all__ = [
     "EVAL",
@@ -988,7 +988,7 @@ def _map(path: str, dtype: np.dtype, shape: tuple, offset: int, fortran: bool) -
     if offset % max(dtype.alignment, 1):
         # Kernels run fine on misaligned data (x86-64 and AArch64 allow misaligned loads);
         # numpy.savez places member data wherever the zip headers end, so this is usual
-        # for archives it writes. engine.make_dataset aligns member data to 64 bytes.
+        # for archives it writes. engine.data.make_dataset aligns member data to 64 bytes.
         logger.debug("%s: array data at offset %d is not %d-byte aligned", path, offset,
                      dtype.alignment)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
@@ -1038,7 +1038,7 @@ def _check_leading_bytes(path: str, head: bytes) -> None:
     if head.startswith(_NPY_MAGIC):
         raise DatasetError(
             f"{path}: a single-array .npy file, not an .npz archive; a {FORMAT} dataset is "
-            "a numpy .npz archive (write it with engine.dataset.write_dataset)"
+            "a numpy .npz archive (write it with engine.data.dataset.write_dataset)"
         )
     if not head.startswith(b"PK"):
         raise DatasetError(

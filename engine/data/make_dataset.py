@@ -1,8 +1,8 @@
 """Synthetic datasets in the ``monty-episodes/1`` format, written chunk by chunk.
 
 ``make_dataset(source, size, out)`` writes the observations of one of the engine's
-synthetic sources (``engine.sources``) as a dataset file (``npz``) or folder
-(``npy-dir``) that ``data.source: dataset`` replays and ``engine.dataset.read_dataset``
+synthetic sources (``engine.data.sources``) as a dataset file (``npz``) or folder
+(``npy-dir``) that ``data.source: dataset`` replays and ``engine.data.dataset.read_dataset``
 memory-maps. Nothing of size ``T`` is ever built in memory: each array is generated and
 written :data:`WRITE_CHUNK` points at a time, so 10 million steps take a few MB of memory
 besides the file.
@@ -30,7 +30,7 @@ rotation. ``size`` is the source's one size parameter:
 The evaluation episode of ``seed_spiral``, ``cube`` and ``sphere`` repeats the training
 sequence (the format's episodes cannot share steps), so every source has ``T = 2 n``
 steps. ``location`` and ``features`` equal the arrays of
-``engine.sources`` bit for bit (``random`` with the same ``seed``); ``seed`` affects
+``engine.data.sources`` bit for bit (``random`` with the same ``seed``); ``seed`` affects
 ``random`` only. ``n_features``: 0 or 1 for the geometric sources (0 drops their
 feature), 0 to 64 for ``random``. For ``cube``, ``sphere`` and ``random`` (flat or
 spherical patches, ``pose_defined`` False) the second row of each pose matrix is any unit
@@ -43,11 +43,11 @@ Writing is atomic (temporary name, validated with ``read_dataset``, then renamed
 
 The ``shapes`` source (:func:`make_shapes_dataset`) is different: it writes the simulated
 evidence dataset that a config with ``data.source: shapes`` generates on the fly (the
-same ``engine.evidence_run.build_dataset`` call, so the same options give the same
+same ``engine.models.evidence.run.build_dataset`` call, so the same options give the same
 arrays): surface walks over built-in objects and/or the meshes of a folder, 14 training
 episodes per object and ``eval_rotations`` evaluation episodes per object under random
-rotations (see ``engine.sensor.simulate``). It is built in memory (about 60 bytes per step)
-and written with ``engine.dataset.write_dataset``; it takes no ``size``.
+rotations (see ``engine.data.sensor.simulate``). It is built in memory (about 60 bytes per step)
+and written with ``engine.data.dataset.write_dataset``; it takes no ``size``.
 
 Command line (wired in ``engine.cli``)::
 
@@ -74,8 +74,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import __version__
-from .dataset import (
+from engine import __version__
+from engine.data.dataset import (
     _ARRAY_FIELDS,
     EVAL,
     FORMAT,
@@ -88,7 +88,7 @@ from .dataset import (
     read_dataset,
     write_dataset,
 )
-from .errors import UserError
+from engine.errors import UserError
 
 __all__ = [
     "MAX_FEATURES",
@@ -180,7 +180,7 @@ def _constant_rows(k: int, row, dtype=f32) -> np.ndarray:
 
 
 class _Spiral(_Generator):
-    """engine.sources.seed_spiral: t = 0.1 i (float32), (sin t, cos t, 0.5 t)."""
+    """engine.data.sources.seed_spiral: t = 0.1 i (float32), (sin t, cos t, 0.5 t)."""
 
     name, object_name = "seed_spiral", "spiral"
 
@@ -213,7 +213,7 @@ class _Spiral(_Generator):
 
 
 class _Cube(_Generator):
-    """engine.sources.cube: surface points of an n x n x n grid, raster order."""
+    """engine.data.sources.cube: surface points of an n x n x n grid, raster order."""
 
     name, object_name = "cube", "cube"
     side = 0.1
@@ -261,7 +261,7 @@ class _Cube(_Generator):
 
 
 class _Sphere(_Generator):
-    """engine.sources.sphere: Fibonacci lattice, radius 0.05."""
+    """engine.data.sources.sphere: Fibonacci lattice, radius 0.05."""
 
     name, object_name = "sphere", "sphere"
     radius = 0.05
@@ -297,7 +297,7 @@ class _Sphere(_Generator):
 
 
 class _Random(_Generator):
-    """engine.sources.random_points: one generator draws, in this order, the training
+    """engine.data.sources.random_points: one generator draws, in this order, the training
     points (n, 3), training features (n, F), evaluation points, evaluation features.
 
     Each float32 draw takes 32 bits of PCG64's output (two per 64-bit step), so the
@@ -570,7 +570,7 @@ def make_dataset(
     _check_output(out, layout, needed)
 
     meta = {
-        "generator": "engine.make_dataset",
+        "generator": "engine.data.make_dataset",
         "engine_version": __version__,
         "source": source,
         "size": size,
@@ -616,14 +616,14 @@ def make_dataset(
 
 def _shapes_settings() -> dict:
     """The settings of ``data.source: shapes`` (their defaults and ranges are ours)."""
-    from .config import SOURCES as CONFIG_SOURCES
+    from engine.config import SOURCES as CONFIG_SOURCES
 
     return CONFIG_SOURCES["shapes"]
 
 
 def _mesh_stems(folder: str) -> list[str]:
     """Object names (file stems) of the mesh files ``load_mesh_folder`` reads in ``folder``."""
-    from .shapes import MESH_EXTENSIONS
+    from engine.data.shapes import MESH_EXTENSIONS
 
     return sorted(os.path.splitext(e.name)[0] for e in os.scandir(folder)
                   if e.is_file() and os.path.splitext(e.name)[1].lower() in MESH_EXTENSIONS)
@@ -646,7 +646,7 @@ def make_shapes_dataset(
 ) -> MadeDataset:
     """Write the simulated evidence dataset of ``data.source: shapes`` as a dataset.
 
-    The arrays are those ``engine.evidence_run.build_dataset`` gives a config with
+    The arrays are those ``engine.models.evidence.run.build_dataset`` gives a config with
     ``data.source: shapes`` and the same settings (it is called here), so a config with
     ``data.source: dataset`` on the file replays exactly what the ``shapes`` config
     simulates. Defaults are the config's.
@@ -655,7 +655,7 @@ def make_shapes_dataset(
     ----------
     out : str or os.PathLike
         File (``npz``) or folder (``npy-dir``); its parent must exist; replaced if it exists.
-    objects : list of built-in names (``engine.shapes.BUILTIN_SHAPES``), or None
+    objects : list of built-in names (``engine.data.shapes.BUILTIN_SHAPES``), or None
         None: all ten built-ins, or none when ``mesh_dir`` is given (as ``data.objects``).
     mesh_dir : folder of mesh files (obj, ply, stl, glb, gltf, off), or None
         Each file is one more object, named by its file stem (after the built-ins).
@@ -668,7 +668,7 @@ def make_shapes_dataset(
     eval_steps : int >= 1
         Steps of each evaluation episode.
     noise : bool
-        tbp.monty's sensor noise on the evaluation steps (``engine.sensor.Noise``).
+        tbp.monty's sensor noise on the evaluation steps (``engine.data.sensor.Noise``).
     hue : bool
         A ``hue`` feature column, a distinct colour per object.
     seed : int >= 0
@@ -688,7 +688,7 @@ def make_shapes_dataset(
         unreadable mesh file (named), a mesh named like a chosen built-in, no objects at
         all, an output that cannot be written. Nothing is written then.
     """
-    from .evidence_run import build_dataset
+    from engine.models.evidence.run import build_dataset
 
     t0 = time.perf_counter()
     settings = _shapes_settings()
@@ -722,7 +722,7 @@ def make_shapes_dataset(
     ds = build_dataset(cfg)  # the data.source: shapes simulation itself
     meta = dict(ds.meta)
     meta.update({
-        "written_by": "engine.make_dataset",
+        "written_by": "engine.data.make_dataset",
         "engine_version": __version__,
         "source": SHAPES,
         "objects": [str(n) for n in ds.object_names],
@@ -757,7 +757,7 @@ def make_shapes_dataset(
 
 
 class _ShapesConfig:
-    """What ``engine.evidence_run.build_dataset`` reads of a config."""
+    """What ``engine.models.evidence.run.build_dataset`` reads of a config."""
 
     source_file = "make-dataset"
 

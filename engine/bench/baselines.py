@@ -1,8 +1,8 @@
 """Reference implementations of the experiment, written for clarity: NumPy and pure Python.
 
-They run the same experiment as the engine (``engine.experiment`` /
+They run the same experiment as the engine (``engine.models.similarity`` /
 ``kernels.loop``) with the same semantics, one step at a time, and serve two
-purposes: the baselines the benchmark (``engine.bench``) compares the engine
+purposes: the baselines the benchmark (``engine.bench.seed``) compares the engine
 against, and independent references the tests check the engine with.
 
 Semantics (those of ``kernels.loop``):
@@ -33,7 +33,7 @@ The two implementations:
   tuples of floats ``(x, y, z, f_0, ..., f_F-1)``, arithmetic in float64 with
   ``math.sqrt``.
 
-Shortcuts on the seed benchmark's data (``engine.sources.seed_spiral``):
+Shortcuts on the seed benchmark's data (``engine.data.sources.seed_spiral``):
 ``run_numpy(size, epochs)`` and ``run_python(size, epochs)`` return the final
 confidence. ``python_bytes_per_observation`` and ``numpy_bytes_per_observation``
 measure what one stored observation costs (tracemalloc).
@@ -64,7 +64,7 @@ _F32_HALF = f32(0.5)
 
 @dataclass
 class BaselineResult:
-    """Per-episode outputs of a reference run, epoch-major like ``engine.experiment.RunResult``.
+    """Per-episode outputs of a reference run, epoch-major like ``engine.models.similarity.RunResult``.
 
     The NumPy baseline fills NumPy arrays (``eval_confidence`` float32), the
     Python baseline plain lists (``eval_confidence`` of float64 Python floats).
@@ -297,7 +297,7 @@ IMPLEMENTATIONS = ("numpy", "python")
 def run_observations(implementation: str, obs, *, n_train_epochs: int = 1, n_eval_epochs: int = 1,
                      max_train_steps: int = SEED_MAX_STEPS, max_eval_steps: int = SEED_MAX_STEPS,
                      threshold: float | None = None) -> BaselineResult:
-    """Run a baseline ("numpy" or "python") on ``engine.sources.Observations``."""
+    """Run a baseline ("numpy" or "python") on ``engine.data.sources.Observations``."""
     kw = dict(n_train_epochs=n_train_epochs, n_eval_epochs=n_eval_epochs, max_train_steps=max_train_steps,
               max_eval_steps=max_eval_steps, threshold=threshold)
     if implementation == "numpy":
@@ -312,7 +312,7 @@ def run_observations(implementation: str, obs, *, n_train_epochs: int = 1, n_eva
 def run_seed(implementation: str, size: int, epochs: int, max_steps: int = SEED_MAX_STEPS,
              threshold: float | None = None) -> BaselineResult:
     """A baseline on the seed benchmark's workload: ``epochs`` training then ``epochs`` evaluation epochs."""
-    from .sources import seed_spiral
+    from engine.data.sources import seed_spiral
 
     return run_observations(implementation, seed_spiral(size), n_train_epochs=epochs, n_eval_epochs=epochs,
                             max_train_steps=max_steps, max_eval_steps=max_steps, threshold=threshold)

@@ -10,7 +10,7 @@ generator), ``cube`` and ``sphere`` (point sets of the seed demo), ``random``
 (uniform points, seeded). For these one episode per epoch walks the whole point
 sequence; training and evaluation episodes present the same sequence, except
 ``random``, whose evaluation episode is a second, independent draw.
-``dataset`` replays a recorded episode file (``engine.dataset``): its training
+``dataset`` replays a recorded episode file (``engine.data.dataset``): its training
 episodes (split 0) form a training epoch, its evaluation episodes (split 1) an
 evaluation epoch.
 """
@@ -104,7 +104,7 @@ def random_points(n_points: int = 100, n_features: int = 1, seed: int = 0) -> Ob
 
 def from_dataset(path: str) -> Observations:
     """A recorded episode file: split-0 episodes train, split-1 episodes evaluate."""
-    from .dataset import read_dataset
+    from engine.data.dataset import read_dataset
 
     ds = read_dataset(path)
     tr_s, tr_e = ds.episode_bounds(0)

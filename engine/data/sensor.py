@@ -3,10 +3,10 @@ noise, and whole episode datasets (``monty-episodes/1``, docs/dataset-format.md)
 
 Pipeline::
 
-    mesh (engine.shapes) --sample_surface--> Surface --walk--> sample rows per episode
+    mesh (engine.data.shapes) --sample_surface--> Surface --walk--> sample rows per episode
          --simulate--> EpisodeDataset (rotated into the world frame, noise on evaluation)
 
-Rotations use the dataset's quaternion convention ``(w, x, y, z)`` (engine.rotations):
+Rotations use the dataset's quaternion convention ``(w, x, y, z)`` (engine.data.rotations):
 in an episode with quaternion ``q`` the sensed location of object point ``p`` is
 ``R(q) p`` and every pose row ``v`` becomes ``R(q) v``.
 """
@@ -23,9 +23,9 @@ import trimesh
 from kernels.geometry import fit_surface, surface_walk_kernel
 from kernels.kdtree import KDTree, build_tree
 
-from .dataset import EVAL, TRAIN, EpisodeDataset, validate_dataset
-from .rotations import quat_to_matrix, random_quaternions
-from .shapes import BUILTIN_SHAPES, make_shape, visible_samples
+from engine.data.dataset import EVAL, TRAIN, EpisodeDataset, validate_dataset
+from engine.data.rotations import quat_to_matrix, random_quaternions
+from engine.data.shapes import BUILTIN_SHAPES, make_shape, visible_samples
 
 __all__ = [
     "POSE_DEFINED_MIN_DIFFERENCE",
@@ -104,7 +104,7 @@ def sample_surface(mesh: trimesh.Trimesh, n_points: int = 20000, seed: int = 0,
     """Area-weighted random surface samples of a mesh with fitted normals and curvature.
 
     Samples are drawn with ``trimesh.sample.sample_surface`` (seeded); on a composite
-    shape (``engine.shapes``) samples inside another part are dropped (twice as many are
+    shape (``engine.data.shapes``) samples inside another part are dropped (twice as many are
     drawn, the first ``n_points`` visible ones kept). Rough normals are the sampled faces'
     normals; ``kernels.geometry.fit_surface`` with ``radius`` then gives the normal,
     curvatures and directions.
@@ -414,7 +414,7 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
         return np.zeros(shape, dtype=dtype)
 
     meta = {
-        "generator": "engine.sensor.simulate",
+        "generator": "engine.data.sensor.simulate",
         "seed": int(seed) if isinstance(seed, (int, np.integer)) else str(seed),
         "train_steps": int(train_steps),
         "eval_rotations": int(eval_rotations),

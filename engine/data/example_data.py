@@ -13,12 +13,12 @@ Objects (canonical frame, centred on the origin, metres):
 
 Episodes: one training episode per object in the identity rotation, then two evaluation
 episodes per object, in two seeded random rotations (rotation-major order, see
-:func:`engine.dataset.points_dataset`). Each episode visits its object's points in a
+:func:`engine.data.dataset.points_dataset`). Each episode visits its object's points in a
 seeded random order. The same seed gives bit-identical arrays.
 
 Regenerate the bundled file with::
 
-    python -c "from engine.example_data import write_example_dataset; write_example_dataset()"
+    python -c "from engine.data.example_data import write_example_dataset; write_example_dataset()"
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.dataset import EpisodeDataset, points_dataset, write_dataset
-from engine.rotations import IDENTITY_QUATERNION, random_quaternions
+from engine.data.dataset import EpisodeDataset, points_dataset, write_dataset
+from engine.data.rotations import IDENTITY_QUATERNION, random_quaternions
 
 __all__ = ["EXAMPLE_DATASET_PATH", "make_example_dataset", "write_example_dataset"]
 
 #: Where the bundled example dataset lives in the repository.
 EXAMPLE_DATASET_PATH = (
-    Path(__file__).resolve().parent.parent / "configs" / "data" / "example_episodes.npz"
+    Path(__file__).resolve().parents[2] / "configs" / "data" / "example_episodes.npz"
 )
 
 _CUBE_SIDE = 0.05
@@ -112,7 +112,7 @@ def make_example_dataset(seed: int = 0) -> EpisodeDataset:
     rotation_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
     eval_rotations = random_quaternions(_EVAL_ROTATIONS, np.random.default_rng(rotation_seed))
     meta = {
-        "generator": "engine.example_data.make_example_dataset",
+        "generator": "engine.data.example_data.make_example_dataset",
         "seed": seed,
         "objects": {
             "cube": {"side_m": _CUBE_SIDE, "grid_per_face": _CUBE_GRID},

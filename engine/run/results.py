@@ -14,8 +14,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from . import __version__
-from .experiment import EpisodeRecord, Experiment, RunResult
+from engine import __version__
+from engine.models.similarity import EpisodeRecord, Experiment, RunResult
 
 EPISODE_COLUMNS = ("mode", "epoch", "episode", "object", "steps", "stored", "confidence", "reason")
 

@@ -89,13 +89,13 @@ def warmup_configs(configs, progress=None) -> list[dict]:
     """
     import dataclasses
 
-    from . import sources
-    from .experiment import Experiment
+    from engine.data import sources
+    from engine.models.similarity import Experiment
 
     rows = []
     for cfg in configs:
         if cfg.model.type == "evidence":
-            from .evidence_model import warmup_kernels
+            from engine.models.evidence.model import warmup_kernels
 
             t0 = time.perf_counter()
             warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
@@ -146,7 +146,7 @@ def info() -> dict:
     import numba
     import numpy as np
 
-    from . import __version__
+    from engine import __version__
 
     def version(dist):
         try:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import UserError
-from .results import atomic_write_text
-from .runtime import threading_info
+from engine import __version__
+from engine.errors import UserError
+from engine.run.results import atomic_write_text
+from engine.run.runtime import threading_info
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,11 @@ def build_dataset(cfg):
     """The observations of an evidence config: simulated shapes or a recorded dataset."""
     params = cfg.data.params
     if cfg.data.source == "dataset":
-        from .dataset import read_dataset
+        from engine.data.dataset import read_dataset
 
         return read_dataset(params["path"])
-    from . import sensor, shapes
+    from engine.data import sensor
+    from engine.data import shapes
 
     names = params["objects"]
     meshes = []
@@ -237,7 +238,7 @@ def _compile_note(s: dict) -> str:
 
 def run(cfg, out_dir: Path, *, progress: bool = False) -> tuple[dict, object, Path, Path]:
     """Build the data, train, evaluate, write the results; returns (summary, result, paths...)."""
-    from .evidence_model import EvidenceExperiment, warmup_sensor_kernels
+    from engine.models.evidence.model import EvidenceExperiment, warmup_sensor_kernels
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from .bench import SuiteRows, threads_note, write_json
+from engine.bench.seed import SuiteRows, threads_note, write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def peak_rss_mb() -> float:
 
 def object_names(n: int) -> list[str]:
     """The first ``n`` objects: the built-ins, then ``name~round`` (perturbed_shape(name, round))."""
-    from .shapes import BUILTIN_SHAPES
+    from engine.data.shapes import BUILTIN_SHAPES
 
     out = list(BUILTIN_SHAPES[:n])
     i = 0
@@ -141,7 +141,7 @@ def object_names(n: int) -> list[str]:
 
 
 def _mesh(name: str):
-    from .shapes import make_shape, perturbed_shape
+    from engine.data.shapes import make_shape, perturbed_shape
 
     if "~" in name:
         base, seed = name.split("~")
@@ -157,7 +157,7 @@ class _Surfaces:
         self.seconds = 0.0
 
     def get(self, names, n_points: int):
-        from .sensor import sample_surface
+        from engine.data.sensor import sample_surface
 
         out = []
         for name in names:
@@ -172,7 +172,7 @@ class _Surfaces:
 
 def _eval_rows(ds, max_eval_episodes):
     """Evaluation episodes to run: all, or at most ``max_eval_episodes`` spread evenly over the objects."""
-    from .dataset import EVAL
+    from engine.data.dataset import EVAL
 
     rows = np.flatnonzero(np.asarray(ds.episode_split) == EVAL)
     if max_eval_episodes is None or len(rows) <= max_eval_episodes:
@@ -188,8 +188,8 @@ def _eval_rows(ds, max_eval_episodes):
 def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) -> dict:
     from kernels import evidence as kev
 
-    from .dataset import TRAIN
-    from .evidence_model import EvidenceModel, episode_steps, live_hypotheses, matching_features
+    from engine.data.dataset import TRAIN
+    from engine.models.evidence.model import EvidenceModel, episode_steps, live_hypotheses, matching_features
 
     feats, fnames = matching_features(ds)
     model = EvidenceModel(settings, fnames, max_eval_steps=eval_steps)
@@ -292,9 +292,9 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
         MemAvailable
     seed : of the simulated walks and rotations
     """
-    from .evidence_model import warmup_kernels
-    from .evidence_settings import EvidenceSettings
-    from .sensor import simulate
+    from engine.models.evidence.model import warmup_kernels
+    from engine.models.evidence.settings import EvidenceSettings
+    from engine.data.sensor import simulate
 
     if repeats < 1:
         raise ValueError("repeats must be >= 1")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 ROW_KEYS = ("suite", "case", "implementation", "median_s", "min_s", "max_s")
 FLOOR_CMD = "python -c 'import numpy, numba'"

@@ -3,7 +3,7 @@
 What lives here is orchestration; the arithmetic is in kernels:
 
 - training (supervised): each training episode's observations go into the
-  object's graph (``engine.graph_memory.GraphMemory``, ``kernels.graph``), in the
+  object's graph (``engine.models.evidence.graph_memory.GraphMemory``, ``kernels.graph``), in the
   object's canonical frame (the episode's known rotation undone);
 - after training the nodes of all objects become one set of flat arrays, sorted
   per object into a grid for the nearest-node search
@@ -30,10 +30,10 @@ import numpy as np
 
 from kernels import evidence as kev
 
-from .dataset import EVAL, TRAIN, EpisodeDataset
-from .evidence_settings import EvidenceSettings
-from .graph_memory import GraphMemory
-from .rotations import quat_to_matrix
+from engine.data.dataset import EVAL, TRAIN, EpisodeDataset
+from engine.models.evidence.settings import EvidenceSettings
+from engine.models.evidence.graph_memory import GraphMemory
+from engine.data.rotations import quat_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class EvidenceExperiment:
         episodes: list[EvidenceEpisode] = []
         rows = self._episode_rows(EVAL)
         if cfg.experiment.do_eval and len(rows) and not self.model.object_names:
-            from .errors import UserError
+            from engine.errors import UserError
 
             raise UserError(f"{cfg.source_file}: nothing was learned (no training episodes, or do_train is false), "
                             "so there is nothing to recognise")
@@ -511,7 +511,7 @@ def warmup_sensor_kernels() -> float:
     """
     import trimesh
 
-    from . import sensor
+    from engine.data import sensor
 
     t0 = time.perf_counter()
     surface = sensor.sample_surface(trimesh.creation.icosphere(subdivisions=2, radius=0.05), n_points=300)

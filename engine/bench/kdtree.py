@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from .bench import SuiteRows, _ratio, threads_note, write_json
+from engine.bench.seed import SuiteRows, _ratio, threads_note, write_json
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,11 @@ def run_kdtree_suite(n_points: int = 1_000_000, n_queries: int = 500_000, ks=(1,
     repeats : interleaved timed runs (each builds every tree and runs every query); the
         times are their medians
     seed : of the points and queries (``numpy.random.default_rng``)
-    json_path : if given, the rows are written there as a JSON list (``engine.bench.write_json``)
+    json_path : if given, the rows are written there as a JSON list (``engine.bench.seed.write_json``)
 
     Returns
     -------
-    A list (``engine.bench.SuiteRows``) of dicts with exactly ``ROW_KEYS``; its ``info``
+    A list (``engine.bench.seed.SuiteRows``) of dicts with exactly ``ROW_KEYS``; its ``info``
     attribute holds the run's settings, thread counts and the baselines left out.
     ``neighbours_equal`` / ``mismatched_rows``: on a baseline's row, whether / in how many
     compared rows its indices differ from ours; on our row, against all baselines together.

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from .errors import UserError
+from engine.errors import UserError
 
 __all__ = [
     "BUILTIN_SHAPES",

@@ -1,6 +1,6 @@
 """Settings of the evidence model: one dataclass, its defaults, and what each setting means.
 
-Kept apart from ``engine.evidence_model`` so that reading a config does not import numba.
+Kept apart from ``engine.models.evidence.model`` so that reading a config does not import numba.
 Defaults are tbp.monty's 10-object benchmark values (docs/evidence-matching.md, section 8),
 except where a comment says otherwise.
 """

@@ -1,0 +1,1 @@
+"""The evidence model: graph memory, the model and its settings, the run and its results."""

@@ -1,0 +1,1 @@
+"""The experiment lifecycle around any model: registry, results, runtime facts, profiling."""
