@@ -29,3 +29,10 @@ FASTMATH = {"ninf", "arcp", "contract", "afn", "reassoc", "nsz"}
 # ~0.3 ns per comparison, so below ~32k comparisons (~10 us) one thread is
 # never much slower and is immune to wake-up latency.
 PARALLEL_MIN_COMPARISONS = 1 << 15
+
+# Options of a kernel that only other kernels call (never Python): no CPython
+# and no C-callable wrapper are generated for it, which a cold cache would
+# otherwise compile once per helper, and each caller links in its own copy of
+# the helper anyway. Still cached. Call such a helper from Python and numba
+# raises; give it plain ``@njit(cache=True)`` if tests must call it directly.
+HELPER = {"cache": True, "no_cpython_wrapper": True, "no_cfunc_wrapper": True}

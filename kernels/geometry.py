@@ -36,7 +36,7 @@ patches. Offsets are divided by ``radius`` before fitting so that the monomials 
 
 ``surface_walk`` moves a sensor over the samples: see its docstring.
 
-Kernels call the serial KD-tree kernel ``_query_knn`` only, never a parallel one
+Kernels call the serial KD-tree kernel ``knn_rows`` only, never a parallel one
 (numba/numba#8578), and none is parallel itself, so any cached kernel may call them. The
 Python wrapper ``fit_surface`` runs the (parallel) batch radius query first and hands its
 result to the kernel.
@@ -45,7 +45,9 @@ result to the kernel.
 import numpy as np
 from numba import njit
 
-from .kdtree import KDTree, _check_points, _query_knn, build_tree, query_radius_batch  # the (n, 3) float32 check
+from ._flags import HELPER
+
+from .kdtree import KDTree, build_tree, check_points, knn_rows, query_radius_batch
 
 __all__ = [
     "MIN_NEIGHBOURS",
@@ -81,6 +83,11 @@ _RETRY_TURN = np.float32(2.399963)
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
+_INF32 = np.float32(np.inf)
+# int64 arguments of kernel calls (a bare 0 or 1 is typed as a literal and compiles a
+# specialisation of its own)
+_Z64 = np.int64(0)
+_ONE64 = np.int64(1)
 
 
 @njit(cache=True)
@@ -89,7 +96,7 @@ def tangent_basis(n):
 
     Parameters
     ----------
-    n : float32 or float64 (3,), unit
+    n : float64 (3,), unit (float32 works too, compiled apart: the kernels here pass float64)
 
     Returns
     -------
@@ -120,7 +127,7 @@ def tangent_basis(n):
     return e1, e2
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _smallest_eigvec3(a):
     """Unit eigenvector of the smallest eigenvalue of a symmetric 3x3 float64 matrix.
 
@@ -171,7 +178,7 @@ def _smallest_eigvec3(a):
     return out
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _solve(m, rhs):
     """Solve ``m x = rhs`` (float64, n x n) by Gaussian elimination with partial
     pivoting; returns ``(x, ok)``, ok False when a pivot is negligible (singular)."""
@@ -212,7 +219,7 @@ def _solve(m, rhs):
     return x, True
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _write_frame(i, n, d1, k1, k2, normal_out, curv_out, dir_out):
     """Store one result: unit normal, d1 orthonormalised against it, d2 = n x d1."""
     s = np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
@@ -241,7 +248,7 @@ def _write_frame(i, n, d1, k1, k2, normal_out, curv_out, dir_out):
     curv_out[i, 1] = np.float32(k2)
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _fallback(i, rough, normal_out, curv_out, dir_out):
     n = np.empty(3)
     for j in range(3):
@@ -258,7 +265,7 @@ def _fallback(i, rough, normal_out, curv_out, dir_out):
     _write_frame(i, n, e1, 0.0, 0.0, normal_out, curv_out, dir_out)
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _eigenvector(k, g11, g12, g22, b11, b12, b22, umbilic0, umbilic1):
     """A solution ``x`` of ``(B - k G) x = 0`` (2x2): orthogonal to the larger row of
     ``B - k G``. Where that matrix vanishes (an umbilic, ``ka == kb``) every direction is
@@ -278,7 +285,7 @@ def _eigenvector(k, g11, g12, g22, b11, b12, b22, umbilic0, umbilic1):
     return x0, x1
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _principal(g11, g12, g22, b11, b12, b22):
     """Eigenvalues/vectors of ``G^-1 B`` (2x2, G symmetric positive definite, B symmetric)
     as the generalised problem ``B x = k G x``. Returns ``(ka, xa0, xa1, kb, xb0, xb1)``,
@@ -499,8 +506,8 @@ def fit_surface(points, normals, centers, radius, tree=None):
         Wrong type, dtype or shape, NaN or infinity, a centre out of range, or a radius
         that is not a finite positive number.
     """
-    points = _check_points("points", points)
-    normals = _check_points("normals", normals)
+    points = check_points("points", points)
+    normals = check_points("normals", normals)
     if normals.shape[0] != points.shape[0]:
         raise ValueError(
             f"normals must have the same number of rows as points ({points.shape[0]}), "
@@ -529,7 +536,7 @@ def _describe(a):
 # --------------------------------------------------------------------------- walk
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _rotate_about(h, axis, angle):
     """Rodrigues rotation of vector ``h`` about unit ``axis`` by ``angle`` (float32)."""
     c = np.float32(np.cos(angle))
@@ -546,7 +553,7 @@ def _rotate_about(h, axis, angle):
     return out
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _to_tangent(h, n):
     """``h`` projected onto the plane normal to unit ``n`` and normalised; a fixed tangent
     when the projection vanishes."""
@@ -559,13 +566,16 @@ def _to_tangent(h, n):
         for j in range(3):
             out[j] /= s
         return out
-    e1, _e2 = tangent_basis(n)
+    n64 = np.empty(3)  # float64, so that tangent_basis has one signature (exact: float32 -> float64)
+    for j in range(3):
+        n64[j] = n[j]
+    e1, _e2 = tangent_basis(n64)
     for j in range(3):
         out[j] = np.float32(e1[j])
     return out
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _transport(h, n_old, n_new):
     """Parallel transport of tangent ``h`` from the plane of ``n_old`` to that of ``n_new``:
     the smallest rotation taking ``n_old`` to ``n_new``, applied to ``h``, then projected
@@ -620,9 +630,13 @@ def surface_walk_kernel(points, normals, tree, start, heading, step, turn_angles
     cur = np.int64(start)
     out[0] = cur
     h = _to_tangent(heading.astype(np.float32), normals[cur])
-    target = np.empty(3, dtype=np.float32)
     min_move2 = (_WALK_MIN_MOVE * step) ** 2
     k = min(_WALK_K, points.shape[0])
+    # The k-nearest query and its outputs, allocated once (``knn_rows``).
+    target = np.empty((1, 3), dtype=np.float32)
+    nb_idx = np.empty((1, k), dtype=np.int64)
+    nb_dist = np.empty((1, k), dtype=np.float32)
+    no_rows = np.empty(0, dtype=np.int64)
     for i in range(1, n_steps):
         n_cur = normals[cur]
         h = _rotate_about(h, n_cur, turn_angles[i])
@@ -631,10 +645,10 @@ def surface_walk_kernel(points, normals, tree, start, heading, step, turn_angles
             if attempt > 0:
                 h = _rotate_about(h, n_cur, _RETRY_TURN)
             for j in range(3):
-                target[j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
-            idx, _dist = _query_knn(tree, target, k, np.inf)
+                target[0, j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
+            knn_rows(tree, target, _Z64, _ONE64, k, _INF32, nb_idx, nb_dist, no_rows)
             for t in range(k):
-                cand = idx[t]
+                cand = nb_idx[0, t]
                 if cand < 0 or cand == cur:
                     continue
                 d2 = _F0
@@ -661,8 +675,8 @@ def surface_walk(points, normals, tree, start, heading, step, turn_angles):
     """Validated Python entry point of :func:`surface_walk_kernel` (same parameters and
     result). Raises ValueError on wrong dtypes or shapes, NaN, an out-of-range start, a
     zero heading or a step that is not finite and positive."""
-    points = _check_points("points", points)
-    normals = _check_points("normals", normals)
+    points = check_points("points", points)
+    normals = check_points("normals", normals)
     if normals.shape[0] != points.shape[0] or points.shape[0] == 0:
         raise ValueError("points and normals must have the same, non-zero number of rows")
     if not isinstance(tree, KDTree) or tree.points.shape[0] != points.shape[0]:

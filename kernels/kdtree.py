@@ -55,14 +55,22 @@ caller with references to the callee's parallel region that do not resolve
 when the caller is loaded from the cache in a later process, which segfaults
 (reproduced here with a user's cached function calling ``build_tree``; see
 ``tests/test_kdtree.py``). So the parallel loops live in ``inline="always"``
-bodies (``_build_body``, ``_knn_batch_body``, ``_radius_batch_body``,
-``_spatial_order_body``) that call serial kernels only; Python callers get
-them through the parallel kernels ``_build``, ``_query_knn_batch`` and
-``_query_radius_batch``, and njit callers get them inlined into their own
-function. Inside a user's function compiled with ``parallel=True`` the batch
-functions and the build run on all threads; inside one compiled without it
-numba reads their ``prange`` as ``range`` and they run on one thread, with
-the same results.
+bodies (``_build_body``, ``_knn_batch_body``, ``_radius_batch_body``) that
+call serial kernels only; Python callers get them through the parallel
+kernels ``_build``, ``_query_knn_batch`` and ``_query_radius_batch``, and
+njit callers get them inlined into their own function. Inside a user's
+function compiled with ``parallel=True`` the batch functions and the build
+run on all threads; inside one compiled without it numba reads their
+``prange`` as ``range`` and they run on one thread, with the same results.
+
+Compile time: each ``prange`` loop of a parallel kernel is compiled as a
+function of its own, with every kernel it calls linked in again, so a
+parallel loop costs about a second of a cold cache's compile. Only the
+searches themselves are parallel (two regions for a radius batch, one for a
+k-nearest batch); the leaf ordering of a batch is serial (``_spatial_order``),
+and ``build_tree`` from Python runs the serial kernel ``_build_serial`` below
+``_PARALLEL_KERNEL_MIN_BUILD`` points (the sensor simulation's 2e4-point
+surfaces), where the parallel one measured no faster.
 
 Performance notes
 -----------------
@@ -97,6 +105,7 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from ._flags import HELPER
 from .compact import as_f32
 from .select import sort_range
 
@@ -104,7 +113,9 @@ __all__ = [
     "DEFAULT_LEAF_SIZE",
     "KDTree",
     "build_tree",
+    "check_points",
     "compact_tree",
+    "knn_rows",
     "load_tree",
     "query_knn",
     "query_knn_batch",
@@ -127,6 +138,12 @@ _BLOCK = 64
 
 # Below this many points the build runs on one thread.
 _PARALLEL_MIN_BUILD = 4096
+
+# Below this many points ``build_tree`` (from Python) calls the serial kernel
+# ``_build_serial``, so that small trees never compile the parallel one (some
+# 1.5 s on a cold cache): 2e4 points built in 3.7 ms serial and 3.8 ms on two
+# threads on the 2-core machine.
+_PARALLEL_KERNEL_MIN_BUILD = 65536
 
 # Queries that descend the tree together when the batch is put in leaf order.
 _LANES = 8
@@ -197,7 +214,7 @@ _FIELDS = {
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _tree_depth(n, leaf_size):
     """Smallest depth D with ceil(n / 2**D) <= leaf_size."""
     d = 0
@@ -206,7 +223,7 @@ def _tree_depth(n, leaf_size):
     return d
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _swap_rows(work, idx, i, j):
     """Swap rows ``i`` and ``j`` of ``work`` float32 (n, 3) and of ``idx`` int64 (n,)."""
     for c in range(3):
@@ -218,7 +235,7 @@ def _swap_rows(work, idx, i, j):
     idx[j] = t2
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _heapsort_rows(work, idx, lo, hi, dim):
     """Sort rows ``lo:hi`` of ``work`` float32 (n, 3) and ``idx`` int64 (n,) by
     column ``dim``, in place (heapsort: O(c log c) whatever the input)."""
@@ -230,7 +247,7 @@ def _heapsort_rows(work, idx, lo, hi, dim):
         _sift_down_rows(work, idx, lo, _ZERO, end, dim)
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _sift_down_rows(work, idx, lo, root, count, dim):
     """Heapsort step: sift heap entry ``root`` of rows ``lo:lo + count`` down (max-heap on column ``dim``)."""
     while True:
@@ -290,7 +307,7 @@ def _select(work, idx, lo, hi, kth, dim, budget):
             return
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _range_box(work, s, e, boxes, node):
     """Write into ``boxes[node]`` float32 (6,) the bounding box of rows ``s:e`` of
     ``work`` float32 (n, 3) (``lo = +inf``, ``hi = -inf`` when empty)."""
@@ -318,7 +335,7 @@ def _range_box(work, s, e, boxes, node):
     boxes[node, 5] = hz
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _split_node(work, idx, start, end, boxes, split_dim, split_val, node):
     """Split internal ``node``: its box, its split dimension (largest spread, the
     lowest of equal ones) and the median selection of its rows ``start[node]:
@@ -409,7 +426,14 @@ def _build_body(points, leaf_size):
 
 @njit(cache=True, parallel=True)
 def _build(points, leaf_size):
-    """``_build_body`` as a parallel kernel, for Python callers."""
+    """``_build_body`` as a parallel kernel, for Python callers (large trees)."""
+    return _build_body(points, leaf_size)
+
+
+@njit(cache=True)
+def _build_serial(points, leaf_size):
+    """``_build_body`` on one thread, for Python callers (trees below
+    ``_PARALLEL_KERNEL_MIN_BUILD`` points); the same arrays as ``_build``."""
     return _build_body(points, leaf_size)
 
 
@@ -437,10 +461,11 @@ def build_tree(points, leaf_size=DEFAULT_LEAF_SIZE):
         If ``points`` is not a float32 (n, 3) array of finite values or
         ``leaf_size`` is not an integer >= 1.
     """
-    points = _check_points("points", points)
+    points = check_points("points", points)
     if isinstance(leaf_size, bool) or not isinstance(leaf_size, (int, np.integer)) or leaf_size < 1:
         raise ValueError(f"leaf_size must be an integer >= 1, got {leaf_size!r}")
-    return KDTree(*_build(points, int(leaf_size)))
+    build = _build if points.shape[0] >= _PARALLEL_KERNEL_MIN_BUILD else _build_serial
+    return KDTree(*build(points, int(leaf_size)))
 
 
 # ---------------------------------------------------------------------------
@@ -480,7 +505,7 @@ def _start_node(split_dim, split_val, n_internal, px, py, pz, r2):
     return node
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _radius2(r):
     """float32(r) * float32(r), or -1 for a negative or NaN radius (finds nothing)."""
     rf = np.float32(r)
@@ -490,8 +515,9 @@ def _radius2(r):
 
 
 @njit(cache=True)
-def _knn_rows(tree, queries, lo, hi, k, r2, out_idx, out_dist, rows):
-    """k-nearest search of the queries ``lo:hi``; callable from njit, no validation.
+def knn_rows(tree, queries, lo, hi, k, r2, out_idx, out_dist, rows):
+    """k-nearest search of the queries ``lo:hi`` into caller-owned outputs; for
+    ``@njit`` callers that search often (no allocation per call), no validation.
 
     Parameters
     ----------
@@ -499,7 +525,8 @@ def _knn_rows(tree, queries, lo, hi, k, r2, out_idx, out_dist, rows):
     queries : float32 (m, 3)
     lo, hi : int, 0 <= lo <= hi <= m
     k : int >= 0
-    r2 : float32, squared search radius (``_radius2``); negative finds nothing
+    r2 : float32, squared search radius (``float32(r) * float32(r)``; inf: no
+        bound); negative finds nothing
     out_idx : int64 (M, k), written at the rows of the queries
     out_dist : float32 (M, k), written at the rows of the queries
     rows : int64 (m,) or (0,)
@@ -628,11 +655,11 @@ def _query_knn(tree, point, k, max_distance):
     q[0, 2] = point[2]
     out_idx = np.empty((1, k), dtype=np.int64)
     out_dist = np.empty((1, k), dtype=np.float32)
-    _knn_rows(tree, q, _ZERO, _ONE, k, _radius2(max_distance), out_idx, out_dist, np.empty(0, dtype=np.int64))
+    knn_rows(tree, q, _ZERO, _ONE, k, _radius2(max_distance), out_idx, out_dist, np.empty(0, dtype=np.int64))
     return out_idx[0], out_dist[0]
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _leaf_of(tree, queries, lo, hi, leaf_of):
     """Write ``leaf_of[i]`` int64 for the queries ``lo:hi``: the leaf each
     query falls in, descending by the split planes.
@@ -663,20 +690,22 @@ def _leaf_of(tree, queries, lo, hi, leaf_of):
         i0 += _LANES
 
 
-@njit(inline="always")
-def _spatial_order_body(tree, queries):
-    """The queries in the tree's leaf order (inlined into the batch kernels).
+@njit(**HELPER)
+def _spatial_order(tree, queries):
+    """The queries in the tree's leaf order, for the batch kernels.
 
     Returns ``order`` int64 (m,), the permutation that sorts the queries by
-    the leaf they fall in (stable within a leaf: a parallel descent, then a
-    counting sort), and ``sorted_queries`` float32 (m, 3) = ``queries[order]``.
+    the leaf they fall in (stable within a leaf: a descent in lock step, then
+    a counting sort), and ``sorted_queries`` float32 (m, 3) = ``queries[order]``.
+
+    Serial: the descent and the gather are a few percent of a batch's time, and
+    as ``prange`` loops inlined into each batch kernel they were two more
+    parallel regions to compile (~1 s of a cold cache's compile each).
     """
     m = queries.shape[0]
     n_leaves = tree.leaf_start.shape[0] - 1
     leaf_of = np.empty(m, dtype=np.int64)
-    n_blocks = (m + _BLOCK - 1) // _BLOCK
-    for b in prange(n_blocks):
-        _leaf_of(tree, queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), leaf_of)
+    _leaf_of(tree, queries, _ZERO, m, leaf_of)
     counts = np.empty(n_leaves + 1, dtype=np.int64)
     for j in range(n_leaves + 1):
         counts[j] = 0
@@ -690,7 +719,7 @@ def _spatial_order_body(tree, queries):
         order[counts[leaf]] = i
         counts[leaf] += 1
     sorted_queries = np.empty((m, 3), dtype=np.float32)
-    for t in prange(m):
+    for t in range(m):
         i = order[t]
         sorted_queries[t, 0] = np.float32(queries[i, 0])
         sorted_queries[t, 1] = np.float32(queries[i, 1])
@@ -725,13 +754,13 @@ def _knn_batch_body(tree, queries, k, max_distance):
     out_dist = np.empty((m, k), dtype=np.float32)
     r2 = _radius2(max_distance)
     if m >= _PARALLEL_MIN_QUERIES:
-        order, sorted_queries = _spatial_order_body(tree, queries)
+        order, sorted_queries = _spatial_order(tree, queries)
         n_blocks = (m + _BLOCK - 1) // _BLOCK
         for b in prange(n_blocks):
-            _knn_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), k, r2,
+            knn_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), k, r2,
                       out_idx, out_dist, order)
     else:
-        _knn_rows(tree, queries, _ZERO, m, k, r2, out_idx, out_dist, np.empty(0, dtype=np.int64))
+        knn_rows(tree, queries, _ZERO, m, k, r2, out_idx, out_dist, np.empty(0, dtype=np.int64))
     return out_idx, out_dist
 
 
@@ -741,7 +770,7 @@ def _query_knn_batch(tree, queries, k, max_distance):
     return _knn_batch_body(tree, queries, k, max_distance)
 
 
-@njit(cache=True)
+@njit(**HELPER)
 def _radius_rows(tree, queries, lo, hi, r2, fill, counts, offsets, out, rows):
     """Radius search of the queries ``lo:hi``; callable from njit, no validation.
 
@@ -891,17 +920,19 @@ def _radius_batch_body(tree, queries, r):
     offsets = np.empty(m + 1, dtype=np.int64)
     offsets[0] = 0
     if m >= _PARALLEL_MIN_QUERIES:
-        order, sorted_queries = _spatial_order_body(tree, queries)
+        order, sorted_queries = _spatial_order(tree, queries)
         n_blocks = (m + _BLOCK - 1) // _BLOCK
-        for b in prange(n_blocks):
-            _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, _FALSE,
-                         counts, offsets, counts, order)
-        for i in range(m):
-            offsets[i + 1] = offsets[i] + counts[i]
-        out = np.empty(offsets[m], dtype=np.int64)
-        for b in prange(n_blocks):
-            _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, _TRUE,
-                         counts, offsets, out, order)
+        # Both passes run the one parallel loop (one region to compile, not two):
+        # pass 0 counts, pass 1 fills ``out``, sized from the counts in between.
+        out = counts
+        for fill in (_FALSE, _TRUE):
+            if fill:
+                for i in range(m):
+                    offsets[i + 1] = offsets[i] + counts[i]
+                out = np.empty(offsets[m], dtype=np.int64)
+            for b in prange(n_blocks):
+                _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, fill,
+                             counts, offsets, out, order)
     else:
         no_rows = np.empty(0, dtype=np.int64)
         _radius_rows(tree, queries, _ZERO, m, r2, _FALSE, counts, offsets, counts, no_rows)
@@ -923,7 +954,13 @@ def _query_radius_batch(tree, queries, r):
 # ---------------------------------------------------------------------------
 
 
-def _check_points(name, a):
+def check_points(name, a):
+    """Validate a float32 (n, 3) array of finite 3-D points (from Python).
+
+    Returns ``a`` C-contiguous (a copy only when it is not); raises ValueError,
+    naming ``name``, when ``a`` is not a numpy array, not float32, not of
+    shape (n, 3), or holds NaN or infinity.
+    """
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name} must be a numpy array of float32, got {type(a).__name__}")
     if a.dtype != np.float32:
@@ -1140,7 +1177,7 @@ def query_knn_batch(tree, points, k, max_distance=np.inf):
         From Python, if an argument has the wrong type, dtype, shape or value.
     """
     _check_tree(tree)
-    return _query_knn_batch(tree, _check_points("points", points), _check_k(k),
+    return _query_knn_batch(tree, check_points("points", points), _check_k(k),
                             _check_radius("max_distance", max_distance))
 
 
@@ -1172,7 +1209,7 @@ def query_radius_batch(tree, points, r):
         From Python, if an argument has the wrong type, dtype, shape or value.
     """
     _check_tree(tree)
-    return _query_radius_batch(tree, _check_points("points", points), _check_radius("r", r))
+    return _query_radius_batch(tree, check_points("points", points), _check_radius("r", r))
 
 
 def _require_array(func, name, a, ndim):
@@ -1333,6 +1370,8 @@ def load_tree(path, mmap=True):
     ValueError
         If the file does not hold a tree of the format this module writes.
     """
+    from .npzfile import NpzError, load_member
+
     with zipfile.ZipFile(path) as zf:
         infos = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
         missing = [name for name in _FIELDS if name not in infos]
@@ -1345,11 +1384,16 @@ def load_tree(path, mmap=True):
         arrays = {}
         with open(path, "rb") as fh:
             for name in _FIELDS:
-                info = infos[name]
-                if info.compress_type != zipfile.ZIP_STORED:
-                    arrays[name] = np.load(zf.open(info.filename))
-                else:
-                    arrays[name] = _read_member(fh, path, info, mmap)
+                try:
+                    # copy-on-write maps: writeable arrays (the same numba type as a
+                    # freshly built tree's, so no new compilation) that never write to
+                    # the file; misaligned or compressed members are read instead
+                    a = load_member(zf, fh, path, infos[name], mmap=mmap, mode="c")
+                except NpzError as exc:
+                    raise ValueError(f"{path}: not a valid .npz file ({exc})") from exc
+                if not isinstance(a, np.ndarray):
+                    raise ValueError(f"{path}: not a valid .npz file ({name}.npy is not .npy data)")
+                arrays[name] = np.asarray(a)
     tree = KDTree(**arrays)
     _check_tree(tree)
     _check_tree_contents(tree, path)
