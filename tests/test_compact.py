@@ -5,7 +5,7 @@ import pytest
 
 from kernels import compact, loop, matching
 from kernels.store import bytes_per_observation, new_store, store_from_arrays
-from reference import mean_similarity as ref_similarity
+from naive.matching import mean_similarity as ref_similarity
 
 from engine.config import from_dict
 from engine.errors import UserError

@@ -7,7 +7,7 @@ from engine.data import sources
 from engine.config import from_dict
 from engine.models.similarity import EVENTS, Experiment
 
-from reference import run_experiment as reference_experiment
+from naive.loop import run_experiment as reference_experiment
 
 
 def make(source="cube", threshold=0.6, stepwise=False, n_train=2, n_eval=2, max_train=50, max_eval=30,
@@ -71,7 +71,7 @@ def test_matches_plain_python_reference(case):
     evals = [r for r in records if r.mode == "eval"]
     assert [r.steps for r in evals] == list(ref["eval_steps"])
     assert [r.reason for r in evals] == list(ref["eval_reason"])
-    # float32 kernel vs float64 reference (see tests/test_kernels.py for the tolerance's reason)
+    # float32 kernel vs float64 reference (see tests/kernel_helpers.py for the tolerance's reason)
     np.testing.assert_allclose([r.confidence for r in evals], ref["eval_confidence"], rtol=1e-5)
     assert res.n_stored == ref["n_stored"]
 
