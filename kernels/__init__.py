@@ -16,6 +16,8 @@ store      the structure-of-arrays layout of a model's stored observations
 timing     cycle-counter timers usable inside kernels (per-kernel profiles)
 compact    float16 storage (uint16 bit patterns) with float32 compute
 kdtree     a KD-tree over float32 3-D points: build, k-nearest and radius queries
+npzfile    aligned .npz archives: the writer, and the reader that memory-maps stored
+           members (plain numpy and zipfile, no kernels; used by kdtree and the engine)
 nearest    the nearest model's similarity over the k nearest stored observations
 evidence   evidence matching (tbp.monty's learning module): hypotheses, nearest nodes,
            burst sampling, terminal conditions; one step or one episode per call
