@@ -1285,8 +1285,6 @@ def _ol_query_radius_batch(tree, points, r):
 
 _FORMAT_KEY = "kdtree_format"
 _FORMAT_VERSION = 1
-_ALIGN = 64
-_PAD_EXTRA_ID = 0xD935  # zip extra-field id used for alignment padding (as zipalign does)
 
 
 def save_tree(path, tree):
@@ -1295,8 +1293,9 @@ def save_tree(path, tree):
     The file is an uncompressed ``.npz`` archive as ``np.savez`` writes them
     (``np.load`` reads it: one ``.npy`` member per ``KDTree`` field, plus
     ``kdtree_format``), except that each member's data starts 64-byte aligned
-    in the file (padding in the zip extra field, as Android's zipalign does),
-    so that ``load_tree`` can map every array in place.
+    in the file (padding in the zip extra field, as Android's zipalign does:
+    ``kernels.npzfile.AlignedNpzWriter`` with ``pad="zip-extra"``), so that
+    ``load_tree`` can map every array in place.
 
     Parameters
     ----------
@@ -1304,49 +1303,15 @@ def save_tree(path, tree):
         File to write (overwritten). No suffix is added.
     tree : KDTree
     """
+    from .npzfile import AlignedNpzWriter
+
     _check_tree(tree)
     arrays = dict(tree._asdict())
     arrays[_FORMAT_KEY] = np.array(_FORMAT_VERSION, dtype=np.int64)
-    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    # external_attr 0: no Unix mode in the members, as this format has always been written
+    with AlignedNpzWriter(path, pad="zip-extra", external_attr=0) as npz:
         for name, a in arrays.items():
-            a = np.asarray(a)
-            if not a.flags.c_contiguous:
-                a = a.copy(order="C")
-            member = name + ".npy"
-            info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            # data offset = local header (30 bytes + name + our extra field of 4 + pad
-            # bytes + the 20-byte zip64 extra that force_zip64 appends) + the .npy
-            # header, which numpy pads to a multiple of 64 bytes. load_tree checks
-            # the alignment it gets and reads a member instead of mapping it if off.
-            offset = zf.fp.tell() + 30 + len(member.encode()) + 20 + 4
-            pad = (-offset) % _ALIGN
-            info.extra = struct.pack("<HH", _PAD_EXTRA_ID, pad) + b"\0" * pad
-            with zf.open(info, mode="w", force_zip64=True) as f:
-                np.lib.format.write_array(f, a, allow_pickle=False)
-
-
-def _read_member(fh, path, info, mmap):
-    fh.seek(info.header_offset)
-    local = fh.read(30)
-    if local[:4] != b"PK\x03\x04":
-        raise ValueError(f"{path}: not a valid .npz file")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    fh.seek(info.header_offset + 30 + name_len + extra_len)
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    data_offset = fh.tell()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    order = "F" if fortran else "C"
-    if mmap and nbytes > 0 and data_offset % dtype.alignment == 0:
-        # copy-on-write: writeable arrays (the same numba type as a freshly
-        # built tree's, so no new compilation) that never write to the file
-        return np.asarray(np.memmap(path, dtype=dtype, mode="c", offset=data_offset, shape=shape, order=order))
-    a = np.fromfile(fh, dtype=dtype, count=nbytes // dtype.itemsize)
-    return a.reshape(shape, order=order)
+            npz.add(name, a)
 
 
 def load_tree(path, mmap=True):
