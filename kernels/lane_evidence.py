@@ -19,9 +19,10 @@ hypothesis (P columns, a multiple of ``LANES`` at least ``i0 + LANES``):
 - ``hq`` float32 (9, P): rows 0-2 the hypothesis' location ``l``, 3-5 the sensed
   normal ``q`` and 6-8 the sensed first curvature direction ``c``, both rotated
   into the hypothesis' frame;
-- ``par`` float32 (5,): ``inv_kappa = 1 / (|kappa| + 0.5)``, the match radius
-  ``mmd``, the weights ``w_n`` and ``w_c``, and 1 when the sensed curvature
-  directions are defined (else 0: no curvature term).
+- ``par`` float32 (N_PAR,), slots ``kernels.evidence_layout.EP_*``: ``inv_kappa = 1 /
+  (|kappa| + 0.5)`` (``EP_INV_KAPPA``), the match radius ``mmd`` (``EP_MMD``), the
+  weights ``w_n`` and ``w_c`` (``EP_W_NORMAL``, ``EP_W_CURV``), and 1 when the sensed
+  curvature directions are defined (else 0: no curvature term; ``EP_POSE_DEFINED``).
 """
 
 import numpy as np
@@ -32,7 +33,9 @@ from numba.extending import intrinsic, overload
 
 from .lanes import LANES, _F32, _I32, _I64, _gather, _is_c, _splat, _vec
 
-N_PAR = 5
+from .evidence_layout import EP_INV_KAPPA, EP_MMD, EP_POSE_DEFINED, EP_W_CURV, EP_W_NORMAL, N_EV_PAR
+
+N_PAR = N_EV_PAR  # the name the lane tests know
 
 
 def _vector_intrinsic(builder, name, vty, n_args):
@@ -78,8 +81,8 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
                  for r in range(9)]
         lx, ly, lz, qx, qy, qz, cx, cy, cz = l_q_c
         par_v = [builder.load(builder.gep(a_par.data, [ir.Constant(_I64, r)])) for r in range(N_PAR)]
-        inv_kappa, mmd, w_n, w_c = (_splat(builder, v) for v in par_v[:4])
-        pd = _splat(builder, builder.fcmp_unordered("!=", par_v[4], ir.Constant(_F32, 0.0)))
+        inv_kappa, mmd, w_n, w_c = (_splat(builder, par_v[r]) for r in (EP_INV_KAPPA, EP_MMD, EP_W_NORMAL, EP_W_CURV))
+        pd = _splat(builder, builder.fcmp_unordered("!=", par_v[EP_POSE_DEFINED], ir.Constant(_F32, 0.0)))
 
         sqrt = _vector_intrinsic(builder, "sqrt", vf, 1)
         fabs = _vector_intrinsic(builder, "fabs", vf, 1)
@@ -152,7 +155,7 @@ def evidence_max(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, i0, par, ou
     in radius when ``|e| + |e . q| * inv_kappa < mmd``; its evidence is
     ``w_n (1/2 - sqrt((1 - g) / 2)) + [w_c (1/2 - sqrt(1 - g2^2)) node_pfd[j]] + phi[j]``
     with ``g = clip(node_pose[j, 0:3] . q, -1, 1)``, ``g2 = clip(node_pose[j, 3:6] . c,
-    -1, 1)`` and the bracketed term only where ``par[4]`` is set. ``out[i]`` is the
+    -1, 1)`` and the bracketed term only where ``par[EP_POSE_DEFINED]`` is set. ``out[i]`` is the
     largest evidence of an in-radius node, or -1 when none is (or when every
     evidence is below -1).
 
@@ -163,7 +166,8 @@ def evidence_max(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, i0, par, ou
     # Plain Python, lane by lane: runs only with NUMBA_DISABLE_JIT=1 (line profiling);
     # compiled code uses the overload below.
     f = np.float32
-    inv_kappa, mmd, w_n, w_c, pdef = (f(v) for v in par[:N_PAR])
+    inv_kappa, mmd, w_n, w_c, pdef = (f(par[r]) for r in (EP_INV_KAPPA, EP_MMD, EP_W_NORMAL, EP_W_CURV,
+                                                           EP_POSE_DEFINED))
     for i in range(int(i0), int(i0) + LANES):
         l, q, c = hq[0:3, i], hq[3:6, i], hq[6:9, i]
         best = f(-1.0)

@@ -19,9 +19,11 @@ locations, and compress-stores of the survivors' columns. LLVM IR, like
 Arrays (all C-contiguous; ``cap`` hypothesis rows, ``P`` query columns):
 ``hyp_obj`` int32 (cap,), ``hyp_loc`` float32 (cap, 3), ``hyp_rot`` float32
 (cap, 9), ``hyp_slope`` float32 (cap,), ``hyp_age`` int32 (cap,),
-``hyp_possible`` uint8 (cap,); ``par`` float32 (12,): the displacement
-``dx, dy, dz``, the sensed normal, the sensed curvature direction, then
-``deleting`` (1 or 0), ``min_age`` and ``slope_min``; ``rows`` int64 (>= P,),
+``hyp_possible`` uint8 (cap,); ``par`` float32 (N_PATH_PAR,), slots
+``kernels.evidence_layout.PP_*``: the displacement ``dx, dy, dz`` (``PP_DISP``), the
+sensed normal (``PP_NORMAL``), the sensed curvature direction (``PP_DIR1``), then
+``deleting`` (1 or 0, ``PP_DELETING``), ``min_age`` (``PP_MIN_AGE``) and ``slope_min``
+(``PP_SLOPE_MIN``); ``rows`` int64 (>= P,),
 ``qobj`` int32 (>= P,), ``hq`` float32 (9, P).
 """
 
@@ -33,7 +35,7 @@ from numba.extending import intrinsic, overload
 from .lanes import (LANES, _F32, _I1, _I32, _I64, _block_loop, _compress_store, _gather, _is_c, _mask_count,
                     _masked_load, _masked_store, _scatter, _splat, _vec)
 
-N_PATH_PAR = 12
+from .evidence_layout import N_PATH_PAR, PP_DELETING, PP_DIR1, PP_DISP, PP_MIN_AGE, PP_NORMAL, PP_SLOPE_MIN
 
 _I8 = ir.IntType(8)
 
@@ -58,9 +60,9 @@ def _rows_block(builder, A, par, h0, hi, n_q, dead):
     slope = _masked_load(builder, builder.gep(a_sl.data, [h0]), tail, _F32)
     live = builder.and_(tail, builder.icmp_signed(">=", obj, ir.Constant(vi32, [0] * LANES)))
     p = [builder.load(builder.gep(par.data, [ir.Constant(_I64, i)])) for i in range(N_PATH_PAR)]
-    deleting = builder.fcmp_ordered("!=", p[9], ir.Constant(_F32, 0.0))
-    old = builder.icmp_signed(">=", age, _splat(builder, builder.fptosi(p[10], _I32)))
-    growing = builder.fcmp_ordered(">=", slope, _splat(builder, p[11]))  # NaN: not growing
+    deleting = builder.fcmp_ordered("!=", p[PP_DELETING], ir.Constant(_F32, 0.0))
+    old = builder.icmp_signed(">=", age, _splat(builder, builder.fptosi(p[PP_MIN_AGE], _I32)))
+    growing = builder.fcmp_ordered(">=", slope, _splat(builder, p[PP_SLOPE_MIN]))  # NaN: not growing
     gone = builder.and_(builder.and_(live, old), builder.not_(growing))
     gone = builder.select(deleting, gone, ir.Constant(_vec(_I1), [0] * LANES))
     _masked_store(builder, ir.Constant(vi32, [-1] * LANES), builder.gep(a_ob.data, [h0]), gone)
@@ -75,9 +77,9 @@ def _rows_block(builder, A, par, h0, hi, n_q, dead):
            for c in range(3)]
     rot = [_gather(builder, rot_base, builder.add(rot_b, _splat(builder, ir.Constant(_I64, 4 * c))), surv, _F32)
            for c in range(9)]
-    d = [_splat(builder, p[c]) for c in range(3)]
-    sn = [_splat(builder, p[3 + c]) for c in range(3)]
-    sc = [_splat(builder, p[6 + c]) for c in range(3)]
+    d = [_splat(builder, p[PP_DISP + c]) for c in range(3)]
+    sn = [_splat(builder, p[PP_NORMAL + c]) for c in range(3)]
+    sc = [_splat(builder, p[PP_DIR1 + c]) for c in range(3)]
     cols = []
     for a in range(3):  # l_a = loc_a + R[a, 0] dx + R[a, 1] dy + R[a, 2] dz, summed left to right
         r = rot[3 * a:3 * a + 3]
@@ -126,24 +128,27 @@ def _integrate_rows_ir(typingctx, hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age,
 def integrate_rows(hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age, hyp_possible, lo, hi, par, rows, qobj, hq):
     """Deletion test and path integration of the hypothesis rows ``lo .. hi``.
 
-    A live row (``hyp_obj >= 0``) is deleted when ``par[9]`` is nonzero, its age
-    is at least ``par[10]`` and its slope is not ``>= par[11]`` (NaN included):
-    ``hyp_obj`` becomes -1 and ``hyp_possible`` 0. Every other live row ``h``
-    moves: ``hyp_loc[h] += R d`` (``R = hyp_rot[h]`` as a row-major 3 x 3, ``d =
-    par[0:3]``), and becomes query column ``i`` (in row order from 0):
+    A live row (``hyp_obj >= 0``) is deleted when ``par[PP_DELETING]`` is nonzero, its
+    age is at least ``par[PP_MIN_AGE]`` and its slope is not ``>= par[PP_SLOPE_MIN]``
+    (NaN included): ``hyp_obj`` becomes -1 and ``hyp_possible`` 0. Every other live row
+    ``h`` moves: ``hyp_loc[h] += R d`` (``R = hyp_rot[h]`` as a row-major 3 x 3, ``d``
+    the 3 slots from ``PP_DISP``), and becomes query column ``i`` (in row order from 0):
     ``rows[i] = h``, ``qobj[i] = hyp_obj[h]``, ``hq[0:3, i]`` its new location,
-    ``hq[3:6, i] = R par[3:6]`` and ``hq[6:9, i] = R par[6:9]``. Columns past the
+    ``hq[3:6, i] = R n`` and ``hq[6:9, i] = R c`` (``n``, ``c`` the 3 slots from
+    ``PP_NORMAL``, ``PP_DIR1``). Columns past the
     survivors are not written. Returns ``(n_q, dead)``: the survivors and the rows
     deleted now (int64).
     """
     # Plain Python (NUMBA_DISABLE_JIT=1): row by row; compiled code uses the overload below.
-    dx, dy, dz = par[0], par[1], par[2]
+    dx, dy, dz = par[PP_DISP], par[PP_DISP + 1], par[PP_DISP + 2]
+    n0, n1, n2 = par[PP_NORMAL], par[PP_NORMAL + 1], par[PP_NORMAL + 2]
+    c0, c1, c2 = par[PP_DIR1], par[PP_DIR1 + 1], par[PP_DIR1 + 2]
     n_q = 0
     dead = 0
     for h in range(lo, hi):
         if hyp_obj[h] < 0:
             continue
-        if par[9] != 0 and hyp_age[h] >= int(par[10]) and not (hyp_slope[h] >= par[11]):
+        if par[PP_DELETING] != 0 and hyp_age[h] >= int(par[PP_MIN_AGE]) and not (hyp_slope[h] >= par[PP_SLOPE_MIN]):
             hyp_obj[h] = -1
             hyp_possible[h] = 0
             dead += 1
@@ -152,8 +157,8 @@ def integrate_rows(hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age, hyp_possible, 
         for a in range(3):
             hyp_loc[h, a] = hyp_loc[h, a] + R[3 * a] * dx + R[3 * a + 1] * dy + R[3 * a + 2] * dz
             hq[a, n_q] = hyp_loc[h, a]
-            hq[3 + a, n_q] = R[3 * a] * par[3] + R[3 * a + 1] * par[4] + R[3 * a + 2] * par[5]
-            hq[6 + a, n_q] = R[3 * a] * par[6] + R[3 * a + 1] * par[7] + R[3 * a + 2] * par[8]
+            hq[3 + a, n_q] = R[3 * a] * n0 + R[3 * a + 1] * n1 + R[3 * a + 2] * n2
+            hq[6 + a, n_q] = R[3 * a] * c0 + R[3 * a + 1] * c1 + R[3 * a + 2] * c2
         rows[n_q] = h
         qobj[n_q] = hyp_obj[h]
         n_q += 1

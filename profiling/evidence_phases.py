@@ -3,10 +3,11 @@
     python profiling/evidence_phases.py [CONFIG] [--passes 2] [--set KEY.PATH=VALUE ...]
 
 Copies ``engine/`` and ``kernels/`` into a temporary folder and, in the copy of
-``kernels/evidence.py``, reads the CPU's cycle counter (``kernels.timing.ticks``) around
-the numbered sections of ``_step_body`` and, inside the update loop's ``prange`` body,
-around its three passes per block of rows. The ticks add up in spare slots of ``istate``,
-so nothing else changes. CONFIG's evaluation episodes (default ``configs/shapes_10.yaml``)
+``kernels/evidence_phases.py``, reads the CPU's cycle counter (``kernels.timing.ticks``)
+around the numbered phases of ``_step`` and, inside the update loop's ``prange`` body
+(``_update_existing``), around its four passes per block of rows. The ticks add up in
+spare slots of ``istate`` (the copy of ``kernels/evidence_layout.py`` gets a larger
+``N_ISTATE``), so nothing else changes. CONFIG's evaluation episodes (default ``configs/shapes_10.yaml``)
 then run ``--passes`` times on the fused path in that copy, with its own fresh numba cache:
 the copy's evidence kernels compile first (about a minute on the development machine).
 
@@ -15,7 +16,7 @@ of the step (milliseconds), and for the three passes of the update loop the time
 core per hypothesis (nanoseconds; the two threads' sum, so their sum over the passes is
 about twice the update's wall time per hypothesis on two threads). The timers cost a few
 nanoseconds each, a few per block of 512 rows. The section markers are lines of
-``kernels/evidence.py``: when a marker moves, this script says which one is missing.
+``kernels/evidence_phases.py``: when a marker moves, this script says which one is missing.
 """
 
 import argparse
@@ -40,53 +41,72 @@ PHASES = (
     ("update of existing hypotheses", "wall"),
     ("  path integration", "core"),
     ("  nearest-node search", "core"),
-    ("  evidence and accumulation", "core"),
+    ("  evidence change", "core"),
+    ("  accumulation", "core"),
     ("sampling new hypotheses", "wall"),
     ("maxima, counts, MLH", "wall"),
 )
 _N_SLOTS = len(PHASES) + 1  # the last slot counts the hypotheses updated
+LAYOUT = "kernels/evidence_layout.py"  # holds N_ISTATE
+STEP = "kernels/evidence_phases.py"  # holds the step's phases
 
 
-def patch_step_source(src: str) -> str:
-    """``kernels/evidence.py`` with the phase timers in; raises ``ValueError`` naming a missing marker."""
-    m = re.search(r"^N_ISTATE = (\d+)$", src, re.M)
+def _rep(name, s, old, new):
+    if s.count(old) != 1:
+        raise ValueError(f"{name}: marker not found exactly once: {old.strip()!r}")
+    return s.replace(old, new)
+
+
+def istate_base(layout: str) -> int:
+    """``N_ISTATE`` of ``kernels/evidence_layout.py``'s source (the first spare slot)."""
+    m = re.search(r"^N_ISTATE = (\d+)$", layout, re.M)
     if not m:
-        raise ValueError("kernels/evidence.py: no line 'N_ISTATE = <int>'")
-    base = int(m.group(1))
+        raise ValueError(f"{LAYOUT}: no line 'N_ISTATE = <int>'")
+    return int(m.group(1))
+
+
+def patch_step_source(layout: str, src: str) -> tuple[str, str]:
+    """``kernels/evidence_layout.py`` and ``kernels/evidence_phases.py`` with the phase timers in;
+    raises ``ValueError`` naming a missing marker."""
+    base = istate_base(layout)
     slot = [base + i for i in range(_N_SLOTS)]
+    lay = _rep(LAYOUT, layout, f"\nN_ISTATE = {base}\n", f"\nN_ISTATE = {base + _N_SLOTS}\n")
 
     def rep(s, old, new):
-        if s.count(old) != 1:
-            raise ValueError(f"kernels/evidence.py: marker not found exactly once: {old.strip()!r}")
-        return s.replace(old, new)
+        return _rep(STEP, s, old, new)
 
-    s = rep(src, m.group(0), f"N_ISTATE = {base + _N_SLOTS}")
-    s = rep(s, "from .select import kth_smallest_f32\n", "from .select import kth_smallest_f32\nfrom .timing import ticks\n")
-    s = rep(s, "    # 1. burst trigger (before anything moves)",
-            "    _t0 = ticks()\n    # 1. burst trigger (before anything moves)")
-    s = rep(s, "    # 2. displacement since the last feature step",
-            f"    _t1 = ticks()\n    istate[{slot[0]}] += _t1 - _t0\n    # 2. displacement since the last feature step")
-    s = rep(s, "    # 4. evidence of the existing hypotheses",
-            f"    _t2 = ticks()\n    istate[{slot[1]}] += _t2 - _t1\n    # 4. evidence of the existing hypotheses")
-    s = rep(s, "    chunk_dead = np.zeros(n_chunks, np.int64)\n",
-            "    chunk_dead = np.zeros(n_chunks, np.int64)\n    _tch = np.zeros((n_chunks, 3), np.int64)\n")
-    s = rep(s, "        # 4a. deletion and path integration, LANES rows at a time; the surviving rows are\n",
-            "        _ta = ticks()\n")
-    s = rep(s, "        # 4b. their K nearest nodes, LANES queries at a time\n",
-            "        _tb = ticks()\n        _tch[c, 0] = _tb - _ta\n")
-    s = rep(s, "        # 4c. evidence change (LANES queries at a time), accumulation, slope\n",
-            "        _tc = ticks()\n        _tch[c, 1] = _tc - _tb\n")
-    s = rep(s, "        chunk_slope[c] = smax\n", "        chunk_slope[c] = smax\n        _tch[c, 2] = ticks() - _tc\n")
-    s = rep(s, "    # 5. new hypotheses (informed",
-            f"    _t3 = ticks()\n    istate[{slot[2]}] += _t3 - _t2\n    for c in range(n_chunks):\n"
-            f"        istate[{slot[3]}] += _tch[c, 0]\n        istate[{slot[4]}] += _tch[c, 1]\n"
-            f"        istate[{slot[5]}] += _tch[c, 2]\n    istate[{slot[8]}] += n_old\n"
-            "    # 5. new hypotheses (informed")
-    s = rep(s, "    # 6. per-object maxima, MLH",
-            f"    _t4 = ticks()\n    istate[{slot[6]}] += _t4 - _t3\n    # 6. per-object maxima, MLH")
-    s = rep(s, "    # 7. possible objects and terminal conditions (section 5)",
-            f"    istate[{slot[7]}] += ticks() - _t4\n    # 7. possible objects and terminal conditions (section 5)")
-    return s
+    s = rep(src, "from .select import kth_smallest_f32\n", "from .select import kth_smallest_f32\nfrom .timing import ticks\n")
+    # the step's phases
+    s = rep(s, "    # 1. burst trigger, compaction, capacity\n",
+            "    _t0 = ticks()\n    # 1. burst trigger, compaction, capacity\n")
+    s = rep(s, "    # 2. displacement and the lane passes' parameters\n",
+            f"    _t1 = ticks()\n    st.istate[{slot[0]}] += _t1 - _t0\n"
+            "    # 2. displacement and the lane passes' parameters\n")
+    s = rep(s, "    # 4. evidence of the existing hypotheses\n",
+            f"    _t2 = ticks()\n    st.istate[{slot[1]}] += _t2 - _t1\n    # 4. evidence of the existing hypotheses\n")
+    s = rep(s, "    blocks = _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)\n",
+            "    blocks = _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st)\n")
+    s = rep(s, "    # 5. new hypotheses\n",
+            f"    _t3 = ticks()\n    st.istate[{slot[2]}] += _t3 - _t2\n    st.istate[{slot[9]}] += n_old\n"
+            "    # 5. new hypotheses\n")
+    s = rep(s, "    # 6. counters, per-object maxima, MLH\n",
+            f"    _t4 = ticks()\n    st.istate[{slot[7]}] += _t4 - _t3\n    # 6. counters, per-object maxima, MLH\n")
+    s = rep(s, "    # 7. possible objects and terminal conditions\n",
+            f"    st.istate[{slot[8]}] += ticks() - _t4\n    # 7. possible objects and terminal conditions\n")
+    # the update loop's passes, per block of rows
+    s = rep(s, "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):",
+            "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st):")
+    s = rep(s, "    b_dead = np.zeros(n_chunks, np.int64)\n",
+            "    b_dead = np.zeros(n_chunks, np.int64)\n    _tch = np.zeros((n_chunks, 4), np.int64)\n")
+    s = rep(s, "        # 4a. deletion and path integration\n", "        _ta = ticks()\n")
+    s = rep(s, "        # 4b. their K nearest nodes\n", "        _tb = ticks()\n        _tch[c, 0] = _tb - _ta\n")
+    s = rep(s, "        # 4c. evidence change\n", "        _tc = ticks()\n        _tch[c, 1] = _tc - _tb\n")
+    s = rep(s, "        # 4d. accumulation, slope\n", "        _td = ticks()\n        _tch[c, 2] = _td - _tc\n")
+    s = rep(s, "        b_dead[c] = dead\n", "        b_dead[c] = dead\n        _tch[c, 3] = ticks() - _td\n")
+    s = rep(s, "    return Blocks(b_max, b_arg, b_cnt, b_slope, b_dead)\n",
+            "    for c in range(n_chunks):\n" + "".join(f"        st.istate[{slot[3 + i]}] += _tch[c, {i}]\n" for i in range(4))
+            + "    return Blocks(b_max, b_arg, b_cnt, b_slope, b_dead)\n")
+    return lay, s
 
 
 # Runs in the scratch copy: prints one JSON object.
@@ -125,14 +145,15 @@ print(json.dumps({"ticks": acc.tolist(), "steps": steps, "seconds": seconds, "tp
 
 def measure(config_path: str, overrides, passes: int = 2, keep=None) -> dict:
     """Run the timed copy; returns ``{"phases": [(label, kind, value)], "ms_per_step", "hypotheses", ...}``."""
-    src = (ROOT / "kernels" / "evidence.py").read_text()
-    patched = patch_step_source(src)
-    base = int(re.search(r"^N_ISTATE = (\d+)$", src, re.M).group(1))
+    layout, src = (ROOT / LAYOUT).read_text(), (ROOT / STEP).read_text()
+    patched_layout, patched = patch_step_source(layout, src)
+    base = istate_base(layout)
     tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="evidence-phases-"))
     try:
         for pkg in ("engine", "kernels"):
             shutil.copytree(ROOT / pkg, tmp / pkg, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        (tmp / "kernels" / "evidence.py").write_text(patched)
+        (tmp / LAYOUT).write_text(patched_layout)
+        (tmp / STEP).write_text(patched)
         env = dict(os.environ, PYTHONPATH=str(tmp), NUMBA_CACHE_DIR=str(tmp / "numba-cache"))
         arg = json.dumps([str(Path(config_path).resolve()), list(overrides), passes, base, _N_SLOTS])
         p = subprocess.run([sys.executable, "-c", _CHILD, arg, str(tmp)], cwd=str(ROOT), env=env,

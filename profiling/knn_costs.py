@@ -49,14 +49,12 @@ _SAMPLE = 300  # queries replayed in the cache-resident rows
 
 
 @njit(fastmath=FASTMATH, parallel=True)
-def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k, lanes):
+def _search_all(qo, ql, model, mmd, k, lanes):
     """Every query's k nearest nodes, in chunks as the step runs them; returns a checksum (so
     nothing is elided). ``lanes``: the step's lock-step search, else ``_k_nearest`` one by one."""
     n = qo.shape[0]
     n_chunks = (n + _CHUNK - 1) // _CHUNK
     sums = np.zeros(n_chunks, np.int64)
-    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
-    inv_cell = np.float32(1.0) / cell
     for c in prange(n_chunks):
         lo = c * _CHUNK
         hi = min(n, lo + _CHUNK)
@@ -72,8 +70,7 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
                 qpos[0, i] = ql[lo + i, 0]
                 qpos[1, i] = ql[lo + i, 1]
                 qpos[2, i] = ql[lo + i, 2]
-            kev._k_nearest_lanes(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, inv_cell,
-                                 cell, mmd * mmd, k, qobj, qpos, hi - lo, out_j, out_m)
+            kev._k_nearest_lanes(model, mmd, k, qobj, qpos, hi - lo, out_j, out_m)
             for i in range(hi - lo):
                 for p in range(out_m[i]):
                     s += out_j[p, i]
@@ -82,8 +79,7 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
             best_d2 = np.empty(_KMAX, np.float32)
             best_j = np.empty(_KMAX, np.int64)
             for q in range(lo, hi):
-                m = kev._k_nearest(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, qo[q],
-                                   inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
+                m = kev._k_nearest(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
                 for p in range(m):
                     s += best_j[p]
                 s += m
@@ -92,19 +88,15 @@ def _search_all(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node
 
 
 @njit(fastmath=FASTMATH)
-def _scan_lengths(qo, ql, node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist, mmd, k):
+def _scan_lengths(qo, ql, model, mmd, k):
     """The candidate rows ``_k_nearest`` examines per query: first row and count."""
     n = qo.shape[0]
     first = np.zeros(n, np.int64)
     count = np.zeros(n, np.int64)
-    cell = mmd / np.float32(kev.CELLS_PER_RADIUS)
-    inv_cell = np.float32(1.0) / cell
     best_d2 = np.empty(_KMAX, np.float32)
     best_j = np.empty(_KMAX, np.int64)
     for q in range(n):
-        _, first[q], stop = kev._k_nearest_span(node_pos, grid_origin, grid_index, cand_start, cand_node, cand_dist,
-                                                qo[q], inv_cell, cell, mmd * mmd, ql[q, 0], ql[q, 1], ql[q, 2], k,
-                                                best_d2, best_j)
+        _, first[q], stop = kev._k_nearest_span(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
         count[q] = stop - first[q]
     return first, count
 
@@ -163,12 +155,13 @@ def capture_queries(cfg, step):
 def measure(cfg, step=4, repeats=7, seed=0):
     """The table's rows: list of (condition, queries, ns per query, mean candidates scanned)."""
     model, got = capture_queries(cfg, step)
-    node_pos, _, _, _, _, origin, index, cand_start, cand_node, cand_dist = model.model_arrays()
+    models = model.model_arrays()
+    node_pos, cand_node = models.node_pos, models.cand_node
     mmd = np.float32(model.settings.max_match_distance)
     k = int(model.settings.max_nneighbors)
     if k > _KMAX:
         raise SystemExit(f"max_nneighbors {k} > {_KMAX}")
-    grid = (node_pos, origin, index, cand_start, cand_node, cand_dist, mmd, k)
+    grid = (models, mmd, k)
     qo, ql = got["obj"], got["loc"]
     rng = np.random.default_rng(seed)
     rows = []

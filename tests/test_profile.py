@@ -137,13 +137,17 @@ def phases_script(root):
 
 def test_evidence_phases_patch_finds_every_marker(root, phases_script):
     """The timers go in at every marker of the current step (the script fails loudly when one moves)."""
-    src = (root / "kernels" / "evidence.py").read_text()
-    patched = phases_script.patch_step_source(src)
-    compile(patched, "evidence.py", "exec")
-    base = int(src.split("\nN_ISTATE = ")[1].split()[0])
-    assert patched.count("ticks()") == 10 and f"\nN_ISTATE = {base + len(phases_script.PHASES) + 1}\n" in patched
+    layout = (root / "kernels" / "evidence_layout.py").read_text()
+    src = (root / "kernels" / "evidence_phases.py").read_text()
+    patched_layout, patched = phases_script.patch_step_source(layout, src)
+    compile(patched, "evidence_phases.py", "exec")
+    compile(patched_layout, "evidence_layout.py", "exec")
+    base = int(layout.split("\nN_ISTATE = ")[1].split()[0])
+    # 6 timers around the step's phases, 5 around the update loop's passes
+    assert patched.count("ticks()") == 11
+    assert f"\nN_ISTATE = {base + len(phases_script.PHASES) + 1}\n" in patched_layout
     with pytest.raises(ValueError, match="4b. their K nearest nodes"):
-        phases_script.patch_step_source(src.replace("# 4b. their K nearest nodes", "# 4b. moved"))
+        phases_script.patch_step_source(layout, src.replace("# 4b. their K nearest nodes", "# 4b. moved"))
 
 
 def test_evidence_phases_script_reports_every_phase(root, phases_script):

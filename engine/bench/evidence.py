@@ -79,15 +79,14 @@ MAX_EVAL_EPISODES = 10
 SLOW_PASS_S = 3.0
 SLOW_REPEATS = 1
 
-# Hypothesis row: obj int32, loc 3 float32, rot 9 float32, evidence, previous evidence float32,
-# age int32, possible uint8, slope window (kernels.evidence.SLOPE_WINDOW float32).
 MEMORY_FRACTION = 0.6
 
 
 def hypothesis_row_bytes() -> int:
+    """Bytes of one hypothesis row (every field of ``kernels.evidence_layout.HYPOTHESIS_FIELDS``)."""
     from kernels import evidence as kev
 
-    return 4 + 12 + 36 + 4 + 4 + 4 + 1 + 4 * int(kev.SLOPE_WINDOW)
+    return kev.hypothesis_row_bytes()
 
 
 def estimate_memory_bytes(n_objects: int, settings) -> int:

@@ -192,12 +192,9 @@ class EvidenceModel:
             g = self.memory.arrays()
             order, origin, index, cand_start, cand_node, cand_dist = kev.build_node_grid(
                 g.node_pos, g.obj_start, self.settings.max_match_distance, self.settings.max_nneighbors)
-            self._model = (
-                np.ascontiguousarray(g.node_pos[order], np.float32),
-                np.ascontiguousarray(g.node_pose[order], np.float32),
-                np.ascontiguousarray(g.node_pfd[order], np.float32),
-                np.ascontiguousarray(g.node_feat[order], np.float32).reshape(len(order), -1),
-                np.ascontiguousarray(g.obj_start, np.int64),
+            self._model = kev.object_models(
+                g.node_pos[order], g.node_pose[order], g.node_pfd[order],
+                np.asarray(g.node_feat[order], np.float32).reshape(len(order), -1), g.obj_start,
                 origin, index, cand_start, cand_node, cand_dist,
             )
         return self._model
@@ -209,35 +206,25 @@ class EvidenceModel:
     # ------------------------------------------------------------------ hypotheses
 
     def _hypotheses(self, capacity: int):
-        """The hypothesis arrays, grown (live rows kept) to hold ``capacity`` rows."""
+        """The hypothesis arrays (``kev.Hypotheses``), grown (rows kept) to hold ``capacity`` rows."""
         old = self._hyp
-        if old is not None and old[0].shape[0] >= capacity:
+        if old is not None and old.obj.shape[0] >= capacity:
             return old
-        cap = max(capacity, 1024 if old is None else 2 * old[0].shape[0])
-        new = (np.zeros(cap, np.int32), np.zeros((cap, 3), np.float32), np.zeros((cap, 9), np.float32),
-               np.zeros(cap, np.float32), np.zeros(cap, np.float32), np.zeros(cap, np.int32),
-               np.zeros(cap, np.uint8), np.zeros((cap, kev.SLOPE_WINDOW), np.float32))
-        if old is not None:
-            for a, b in zip(old, new):
-                b[: a.shape[0]] = a
-        self._hyp = new
-        return new
+        cap = max(capacity, 1024 if old is None else 2 * old.obj.shape[0])
+        self._hyp = kev.new_hypotheses(cap) if old is None else kev.grow_hypotheses(old, cap)
+        return self._hyp
 
     def initial_capacity(self) -> int:
         """Rows for a first step: the classic updater's r N, or one burst step of 0.4 N."""
-        n = int(self.model_arrays()[4][-1])
+        n = int(self.model_arrays().obj_start[-1])
         s = self.settings
         if s.updater == "classic":
             return n * max(2, s.umbilical_num_poses)
         return max(1024, int(2 * n * min(s.sampling_multiplier, max(2, s.umbilical_num_poses)) + 16))
 
     def new_state(self):
-        istate = np.zeros(kev.N_ISTATE, np.int64)
-        istate[kev.IS_MLH] = -1
-        istate[kev.IS_DETECTED] = -1
-        fstate = np.zeros(kev.N_FSTATE, np.float32)
-        fstate[kev.FS_SLOPE_MAX] = -np.inf
-        return istate, fstate
+        """The kernels' state before an episode (``kev.State``)."""
+        return kev.new_state(len(self.object_names))
 
     def run_episode(self, location, pose_vectors, pose_defined, features, *, stepwise: bool = False,
                     on_step=None):
@@ -248,17 +235,15 @@ class EvidenceModel:
         kernel call per step, ``on_step(t, istate, obj_max)`` after each.
         """
         model = self.model_arrays()
-        n_obj = len(model[4]) - 1
+        prm = kev.params(self.feature_spec, self.fparams, self.iparams)
+        n_obj = len(model.obj_start) - 1
         T = location.shape[0]
-        loc = np.ascontiguousarray(location, np.float32)
-        pose = np.ascontiguousarray(np.asarray(pose_vectors, np.float32).reshape(T, 9))
-        pfd = np.ascontiguousarray(pose_defined, np.bool_)
         feats = np.ascontiguousarray(features, np.float32)
         ncurv = len(CURVATURE_FEATURES)
-        kappa = np.ascontiguousarray(np.abs(feats[:, -ncurv:]).max(axis=1) if T else np.zeros(0), np.float32)
-        istate, fstate = self.new_state()
-        obj_max = np.zeros(n_obj, np.float32)
-        obj_count = np.zeros(n_obj, np.int64)
+        kappa = np.abs(feats[:, -ncurv:]).max(axis=1) if T else np.zeros(0)
+        obs = kev.observations(location, pose_vectors, pose_defined, feats, kappa)
+        st = self.new_state()
+        istate = st.istate
         trace = np.full((T, n_obj), -np.inf, np.float32)
         hyp = self._hypotheses(self.initial_capacity())
         t = 0
@@ -267,19 +252,16 @@ class EvidenceModel:
         while t < T:
             if stepwise:
                 t0 = time.perf_counter()
-                code = kev.evidence_step(*model, self.feature_spec, self.fparams, self.iparams, istate, fstate,
-                                         *hyp, obj_max, obj_count, loc[t], pose[t], pfd[t], feats[t], kappa[t])
+                code = kev.evidence_step(model, prm, st, hyp, obs, t)
                 seconds += time.perf_counter() - t0
                 if code != kev.NEED_CAPACITY:
-                    trace[t] = np.where(obj_count > 0, obj_max, -np.inf)
+                    trace[t] = np.where(st.obj_count > 0, st.obj_max, -np.inf)
                     if on_step is not None:
-                        on_step(t, istate, obj_max)
+                        on_step(t, istate, st.obj_max)
                     t += 1
             else:
                 t0 = time.perf_counter()
-                code, t = kev.evidence_episode(*model, self.feature_spec, self.fparams, self.iparams, istate,
-                                               fstate, *hyp, obj_max, obj_count, loc, pose, pfd, feats, kappa,
-                                               t, trace)
+                code, t = kev.evidence_episode(model, prm, st, hyp, obs, t, trace)
                 seconds += time.perf_counter() - t0
             if code == kev.NEED_CAPACITY:
                 hyp = self._hypotheses(int(istate[kev.IS_NEED]))
@@ -293,9 +275,8 @@ class EvidenceModel:
 
         Rows of deleted hypotheses have ``obj == -1`` (and ``possible == 0``); the row
         index of ``istate[IS_MLH]`` refers to these arrays."""
-        n = int(istate[kev.IS_N_HYP])
-        h = self._hyp
-        return h[0][:n], h[1][:n], h[2][:n].reshape(n, 3, 3), h[3][:n], h[6][:n]
+        h = kev.rows_in_use(self._hyp, istate)
+        return h.obj, h.loc, h.rot.reshape(-1, 3, 3), h.ev, h.possible
 
     def object_index(self, name: str) -> int:
         """The memory's index of the object called ``name``; -1 when it was never learned."""
