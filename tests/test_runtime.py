@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +34,10 @@ def test_cache_dir_relative_to_config_file(tmp_path):
 
 
 def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_env):
+    # One representative config (the similarity model's demo: its warm-up takes the fused, stepwise, timed,
+    # per-epoch and per-episode paths); that the default is every bundled config is checked in-process below.
     cache = tmp_path / "warm"
-    p = engine("-q", "warmup", "--cache-dir", str(cache), env=engine_env)
+    p = engine("-q", "warmup", "configs/demo.yaml", "--cache-dir", str(cache), env=engine_env, cwd=root)
     assert p.returncode == 0, p.stderr
     assert "demo.yaml" in p.stdout and "kernels cached" in p.stdout
     info = engine("info", "--json", "--cache-dir", str(cache), env=engine_env)
@@ -43,13 +46,13 @@ def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_
     for name in ("kernels.loop.run_experiment_packed", "kernels.loop.eval_episodes", "kernels.loop.train_episodes",
                  "kernels.loop.match_step", "kernels.loop.train_step"):
         assert cached[name] >= 1, name
-    # A second process runs every path of every bundled config: nothing compiles, all loads hit the cache.
+    # A second process runs every path of the warmed-up config: nothing compiles, all loads hit the cache.
     code = (
         "from engine.run.profile import CompileRecorder\n"
         "from engine.run.runtime import warmup_configs\n"
         "from engine.config import load_config\n"
-        "import glob, json\n"
-        "cfgs=[load_config(p) for p in sorted(glob.glob('configs/*.yaml'))]\n"
+        "import json\n"
+        "cfgs=[load_config('configs/demo.yaml')]\n"
         "with CompileRecorder() as rec: warmup_configs(cfgs)\n"
         "print(json.dumps(rec.rows()))\n"
     )
@@ -58,6 +61,27 @@ def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     assert rows and all(r["cache_misses"] == 0 for r in rows), rows
+    assert {"kernels.loop.run_experiment_packed", "kernels.loop.match_step"} <= {r["kernel"] for r in rows}, rows
+
+
+def test_warmup_default_is_every_bundled_config(root, monkeypatch, capsys):
+    from engine import cli
+    from engine.run import runtime
+
+    warmed = []
+
+    def record(configs, progress=None):
+        warmed.extend(configs)
+        return [{"config": c.source_file, "seconds": 0.0} for c in configs]
+
+    monkeypatch.setattr(runtime, "warmup_configs", record)
+    assert cli.main(["-q", "warmup"]) == 0
+    bundled = sorted((root / "configs").glob("*.yaml"))
+    assert len(bundled) >= 8  # similarity, nearest and evidence configs, simulated and recorded
+    assert [Path(c.source_file).resolve() for c in warmed] == [p.resolve() for p in bundled]
+    assert {c.model.type for c in warmed} == {"similarity", "nearest", "evidence"}
+    out = capsys.readouterr().out
+    assert all(p.name in out for p in bundled) and "kernels cached" in out
 
 
 def test_info_text(engine_env, tmp_path):
