@@ -136,10 +136,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from engine.run import results
-    from engine.data import sources
     from engine.config import load_config
-    from engine.models.similarity import Experiment
+    from engine.run import registry, results, runtime
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     cfg = load_config(args.config, overrides)
@@ -147,74 +145,50 @@ def cmd_run(args) -> int:
     out_dir = Path(args.out if args.out else cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
-    if cfg.model.type == "evidence":
-        from engine.models.evidence import run as evidence_run
-
-        data, result, s_path, e_path = evidence_run.run(cfg, out_dir, progress=sys.stderr.isatty() and not args.quiet)
-        print(evidence_run.format_table(data, result))
-        print(f"compile/cache load {result.compile_s:.3f} s; results: {s_path}, {e_path}")
-        return 0
-    log.info("building %s observations", cfg.data.source)
-    obs = sources.build(cfg.data.source, cfg.data.params)
-    progress = sys.stderr.isatty() and not args.quiet
-    ex = Experiment(cfg, obs, progress=progress)
+    model = registry.for_config(cfg)
+    first_run = not args.quiet and runtime.nothing_cached(model.KERNEL_MODULES)
+    if first_run:
+        print("compiling kernels (first run only: later runs load them from the kernel cache)...",
+              file=sys.stderr, flush=True)
+    ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
     compile_s = ex.warmup()
+    if first_run:  # the sensor simulation's kernels (evidence model) compile while its data is built
+        total = compile_s + (getattr(ex, "data_compile_s", None) or 0.0)
+        print(f"compiled kernels in {total:.1f} s", file=sys.stderr, flush=True)
     log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
     result = ex.run()
-    records = ex.records(result)
-    data = results.summary(ex, result, records)
-    data["compile_s"] = compile_s
+    report = ex.report(result)
     try:
-        s_path, e_path = results.write_results(out_dir, data, records)
+        ex.write_extras(out_dir, result)
+        s_path, e_path = results.write_report(out_dir, report)
     except OSError as exc:
         raise UserError(f"cannot write results to {out_dir}: {exc}") from None
-    print(results.format_table(records, data))
-    print(f"compile/cache load {compile_s:.3f} s; results: {s_path}, {e_path}")
+    print(report.table)
+    print(f"compile/cache load {report.summary['compile_s']:.3f} s; results: {s_path}, {e_path}")
     return 0
 
 
 def cmd_validate(args) -> int:
-    from engine.data import sources
     from engine.config import load_config
+    from engine.run import registry
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.model.type == "evidence":
-        print(f"{args.config}: ok (evidence model, {_evidence_data_text(cfg)})")
-        return 0
-    obs = sources.build(cfg.data.source, cfg.data.params)
-    print(f"{args.config}: ok ({cfg.model.type} model, {cfg.data.source} data: {obs.location.shape[0]} observations, "
-          f"{obs.train_starts.shape[0]} training / {obs.eval_starts.shape[0]} evaluation episodes per epoch)")
+    print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
 
-def _evidence_data_text(cfg) -> str:
-    """What an evidence config's data is, checked without simulating anything."""
-    p = cfg.data.params
-    if cfg.data.source == "dataset":
-        from engine.data.dataset import read_dataset
-
-        ds = read_dataset(p["path"])
-        return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
-                f"features {list(ds.feature_names)}")
-    from engine.data import shapes
-
-    names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
-    meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
-    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}), "
-            f"{p['eval_rotations']} evaluation rotations each")
-
-
 def cmd_profile(args) -> int:
-    from engine.run import profile
     from engine.config import load_config
+    from engine.run import profile, registry
 
     cfg = load_config(args.config, args.overrides)
-    if cfg.model.type == "evidence":
-        raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the evidence "
-                        "model see summary.json's matching_step_s and profiling/README.md")
+    model = registry.for_config(cfg)
+    if not hasattr(model, "profile_run"):
+        raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the "
+                        f"{cfg.model.type} model see summary.json's matching_step_s and profiling/README.md")
     _apply_cache(cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
-    report = profile.profile_run(cfg, out_dir, top=max(args.top, 1))
+    report = model.profile_run(cfg, out_dir, top=max(args.top, 1))
     print(profile.format_report(report, top=max(args.top, 1)))
     print(f"\nreports: {out_dir / profile.JSON_NAME}, {report['lprof']}")
     return 0

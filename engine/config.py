@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError
+from engine.run.registry import MODEL_TYPES as REGISTERED_MODEL_TYPES
 
 
 class _Setting:
@@ -100,7 +101,7 @@ def _show(value) -> str:
     return f"{value!r} ({type(value).__name__})" if not isinstance(value, bool) else repr(value).lower()
 
 
-MODEL_TYPES = ("similarity", "nearest", "evidence")
+MODEL_TYPES = tuple(REGISTERED_MODEL_TYPES)  # the registry names the model types (engine.run.registry)
 # Data sources each model can read: the evidence model needs pose vectors and curvatures.
 EVIDENCE_SOURCES = ("shapes", "dataset")
 BUILTIN_SHAPE_NAMES = ("box", "sphere", "cylinder", "cone", "torus", "capsule", "mug", "bowl", "banana", "die")

@@ -115,8 +115,8 @@ import json, sys
 sys.path.insert(0, sys.argv[2])  # the copy before the checkout (python -c puts the working folder first)
 import numpy as np
 from engine.config import load_config
-from engine.models.evidence.model import EvidenceExperiment, warmup_kernels
-from engine.models.evidence.run import build_dataset
+from engine.models.evidence.model import EvidenceExperiment
+from engine.data.episodes import build_dataset
 from kernels import evidence as kev
 from kernels.timing import ticks_per_second
 
@@ -124,9 +124,8 @@ path, overrides, passes, base, n_slots = json.loads(sys.argv[1])
 cfg = load_config(path, overrides)
 ds = build_dataset(cfg)
 ex = EvidenceExperiment(cfg, ds)
-warmup_kernels(ex.model.settings, paths=(False,))
+ex.warmup()  # the fused path's kernels, on a toy model
 ex.train()
-ex.warmup()
 acc = np.zeros(n_slots)
 steps, seconds = 0, 0.0
 for _ in range(passes):

@@ -39,7 +39,7 @@ from numba import njit, prange  # noqa: E402
 
 from evidence_config import load_evidence_config  # noqa: E402
 from engine.models.evidence.model import EvidenceExperiment  # noqa: E402
-from engine.models.evidence.run import build_dataset  # noqa: E402
+from engine.data.episodes import build_dataset  # noqa: E402
 from kernels import evidence as kev  # noqa: E402
 from kernels._flags import FASTMATH  # noqa: E402
 

@@ -125,11 +125,11 @@ def test_a_busy_start_is_said_beside_the_step_time(tmp_path, root, monkeypatch, 
 
 def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatch):
     """data_s holds the simulation only: the sensor's kernels are warmed up first, apart."""
+    from engine.data import episodes
     from engine.models.evidence import model as evidence_model
-    from engine.models.evidence import run as evidence_run
 
     calls = []
-    real_warmup, real_build = evidence_model.warmup_sensor_kernels, evidence_run.build_dataset
+    real_warmup, real_build = evidence_model.warmup_sensor_kernels, episodes.build_dataset
 
     def warmup():
         calls.append("warmup_sensor")
@@ -140,7 +140,7 @@ def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatc
         return real_build(cfg)
 
     monkeypatch.setattr(evidence_model, "warmup_sensor_kernels", warmup)
-    monkeypatch.setattr(evidence_run, "build_dataset", build)
+    monkeypatch.setattr(episodes, "build_dataset", build)
     out = tmp_path / "o"
     assert main(["-q", "run", str(root / "configs/my_meshes.yaml"), "--out", str(out), *SMALL_SHAPES]) == 0
     assert calls == ["warmup_sensor", "build_dataset"]
@@ -188,7 +188,7 @@ def test_make_dataset_shapes_round_trip_then_run(tmp_path, engine_env):
 
     # the same observations as data.source: shapes with the same settings
     from engine.config import from_dict
-    from engine.models.evidence.run import build_dataset
+    from engine.data.episodes import build_dataset
 
     cfg = from_dict({"model": {"type": "evidence"},
                      "data": {"source": "shapes", "objects": ["box", "sphere"], "n_points": 1000,

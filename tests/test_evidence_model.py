@@ -126,9 +126,9 @@ def test_classic_updater_recognises_too(dataset):
 def test_hooks_see_every_episode_and_step(dataset):
     ex = EvidenceExperiment(_config(), dataset)
     seen = []
-    ex.add_hook("after_episode", lambda name, **kw: seen.append((kw["mode"], kw["episode"])))
+    ex.add_hook("after_episode", lambda ev: seen.append((ev.mode, ev.episode)))
     steps = []
-    ex.add_hook("after_step", lambda name, **kw: steps.append(kw["n_hypotheses"]))
+    ex.add_hook("after_step", lambda ev: steps.append(ev.n_hypotheses))
     result = ex.run()
     n_train = int(np.sum(dataset.episode_split == 0))
     assert sum(m == "train" for m, _ in seen) == n_train
@@ -222,8 +222,39 @@ def test_kernels_are_compiled_before_training_on_the_path_the_run_takes(dataset,
     cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, stepwise=stepwise))
     ex = EvidenceExperiment(cfg, dataset)
     if step_hook:
-        ex.add_hook("after_step", lambda name, **kw: None)
+        ex.add_hook("after_step", lambda ev: None)
     result = ex.run()
     assert calls[0] == ("warmup", (path,))
     assert ("learn",) in calls[1:] and ("warmup", (path,)) not in calls[1:]
     assert result.compile_s > 0 and result.train_s > 0
+
+
+def test_evaluate_episode_gives_the_run_s_records(dataset, clean_run):
+    """The protocol's per-episode evaluation (what a scheduler hands out) equals run()."""
+    _, result = clean_run
+    ex = EvidenceExperiment(_config(), dataset)
+    with pytest.raises(RuntimeError, match="train"):
+        ex.evaluate_episode(0, 0)
+    ex.train()
+    for i in (len(result.episodes) - 1, 0):  # any order: the model does not change while evaluating
+        got, want = ex.evaluate_episode(0, i), result.episodes[i]
+        assert (got.episode, got.object, got.outcome, got.detected, got.steps, got.n_hypotheses) == \
+               (want.episode, want.object, want.outcome, want.detected, want.steps, want.n_hypotheses)
+        assert got.rotation_error_deg == want.rotation_error_deg
+    with pytest.raises(IndexError, match="out of range"):
+        ex.evaluate_episode(0, len(result.episodes))
+
+
+def test_hooks_are_the_shared_hook_api(dataset):
+    from engine.run.hooks import HookEvent
+
+    ex = EvidenceExperiment(_config(), dataset)
+    with pytest.raises(ValueError, match="unknown hook event 'before_step'"):
+        ex.add_hook("before_step", print)  # its stepwise path reports after each step only
+    with pytest.raises(TypeError, match="callable"):
+        ex.add_hook("after_episode", 5)
+    seen = []
+    ex.add_hook("after_episode", seen.append)
+    ex.train()
+    assert seen and all(isinstance(ev, HookEvent) and ev.experiment is ex and ev.mode == "train" for ev in seen)
+    assert {ev.object for ev in seen} == set(OBJECTS) and all(ev.nodes > 0 for ev in seen)

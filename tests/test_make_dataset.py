@@ -328,7 +328,7 @@ def _shapes_config(**data):
 
 @pytest.mark.parametrize("layout, compress", [("npz", False), ("npz", True), ("npy-dir", False)])
 def test_shapes_equals_data_source_shapes(tmp_path, root, layout, compress):
-    from engine.models.evidence.run import build_dataset
+    from engine.data.episodes import build_dataset
 
     path = _out(tmp_path, layout)
     mesh_dir = root / "configs" / "data" / "meshes"

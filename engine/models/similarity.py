@@ -1,5 +1,6 @@
-"""The experiment lifecycle: run -> train / evaluate -> epoch -> episode -> step.
+"""The ``similarity`` and ``nearest`` models: a store of observations, matched by similarity.
 
+The experiment lifecycle: run -> train / evaluate -> epoch -> episode -> step.
 ``Experiment.run`` trains for ``n_train_epochs`` epochs (the store keeps
 growing across them), then evaluates for ``n_eval_epochs`` epochs against the
 fixed store. It picks the coarsest way to cross into compiled code that the
@@ -13,13 +14,16 @@ registered hooks allow:
   one kernel call per step (for debugging and line profiling; same results).
 
 Hooks are plain callables registered with ``add_hook(event, fn)``; each gets a
-``HookEvent``.
+``HookEvent`` (:mod:`engine.run.hooks`, the same for every model type). The module's
+top-level ``build``, ``describe_data``, ``warmup_config``, ``profile_run`` and
+``KERNEL_MODULES`` are the model type's side of :mod:`engine.run.registry`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,39 +33,17 @@ from kernels import loop as kloop
 from kernels.nearest import nearest_match_step
 from kernels.store import STORAGE_DTYPES, bytes_per_observation
 
-from engine.data import sources
+from engine import __version__
 from engine.config import Config
+from engine.data import sources
 from engine.errors import UserError
+from engine.run.hooks import EVENTS, HookEvent, Hooks, ignore
+from engine.run.results import RunReport, shown_rows
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("before_experiment", "after_experiment", "before_epoch", "after_epoch",
-          "before_episode", "after_episode", "before_step", "after_step")
 REASONS = kloop.REASON_NAMES
 _NO_THRESHOLD = np.float32(np.inf)
-
-
-@dataclass
-class HookEvent:
-    """What a hook is told. Fields that do not apply to the event are None.
-
-    ``mode`` is "train" or "eval"; ``epoch`` counts from 0 within its mode;
-    ``episode`` is the episode's index within the epoch; ``step`` the step
-    within the episode (stepwise path only); ``record`` the finished episode
-    (after_episode); ``result`` the finished run (after_experiment);
-    ``similarity`` and ``confidence`` the model's values after a matching step.
-    """
-
-    name: str
-    experiment: "Experiment"
-    mode: str | None = None
-    epoch: int | None = None
-    episode: int | None = None
-    step: int | None = None
-    record: "EpisodeRecord | None" = None
-    result: "RunResult | None" = None
-    similarity: float | None = None
-    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,14 +143,20 @@ class Experiment:
     config : a validated ``engine.config.Config``
     observations : ``engine.data.sources.Observations``; built from ``config.data`` when None
     progress : show a progress bar (tqdm, on stderr) when the run looks long
+
+    It is the similarity and nearest models' :class:`engine.run.registry.LearningModule`.
     """
+
+    HOOK_EVENTS = EVENTS
 
     def __init__(self, config: Config, observations: sources.Observations | None = None, *, progress: bool = False):
         self.config = config
         self.obs = observations if observations is not None else sources.build(config.data.source, config.data.params)
         self.progress = progress
-        self._hooks: dict[str, list[Callable[[HookEvent], None]]] = {e: [] for e in EVENTS}
-        self._granular_hooks = 0  # hooks below the experiment level (epoch, episode, step)
+        self.hooks = Hooks(self.HOOK_EVENTS)
+        self._hooks = self.hooks.by_event  # the lists themselves: run() looks at two of them each time
+        self.compile_s: float | None = None  # set by warmup()
+        self._trained: RunResult | None = None  # set by train(), for evaluate_episode()
         exp = config.experiment
         self.n_train_epochs = exp.n_train_epochs if exp.do_train else 0
         self.n_eval_epochs = exp.n_eval_epochs if exp.do_eval else 0
@@ -203,27 +191,14 @@ class Experiment:
 
     # -- hooks ---------------------------------------------------------------
     def add_hook(self, event: str, fn: Callable[[HookEvent], None]) -> None:
-        """Register ``fn`` to be called at ``event`` (one of ``EVENTS``)."""
-        if event not in self._hooks:
-            raise ValueError(f"unknown hook event {event!r}; events: {', '.join(EVENTS)}")
-        if not callable(fn):
-            raise TypeError("a hook must be callable")
-        self._hooks[event].append(fn)
-        if not event.endswith("_experiment"):
-            self._granular_hooks += 1
+        """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
+        self.hooks.add(event, fn)
 
     def _emit(self, name: str, **fields) -> None:
-        hooks = self._hooks[name]
-        if hooks:
-            ev = HookEvent(name, self, **fields)
-            for fn in hooks:
-                fn(ev)
+        self.hooks.emit(name, self, **fields)
 
     def _has(self, *names: str) -> bool:
-        for n in names:  # a loop, not any(generator): this runs on every run() (~1 us of a 15 us row)
-            if self._hooks[n]:
-                return True
-        return False
+        return self.hooks.has(*names)
 
     # -- sizes ---------------------------------------------------------------
     def capacity(self) -> int:
@@ -238,7 +213,7 @@ class Experiment:
 
     def granularity(self) -> str:
         """How the run crosses into compiled code: "run", "epoch", "episode" or "step"."""
-        if not self._granular_hooks and not self.progress and not self.config.execution.stepwise:
+        if not self.hooks.granular and not self.progress and not self.config.execution.stepwise:
             return "run"  # the common case, decided without looking at each event's hooks
         if self.config.execution.stepwise or self._has("before_step", "after_step"):
             return "step"
@@ -264,10 +239,11 @@ class Experiment:
         probe = Experiment(self.config, tiny)
         for name in EVENTS:  # same granularity, same kernels, but no user hook is called
             if self._hooks[name]:
-                probe.add_hook(name, _ignore)
+                probe.add_hook(name, ignore)
         t0 = time.perf_counter()
         probe.run(np.zeros((len(kloop.TIMED_KERNELS), 2), np.int64) if timers else None)
-        return time.perf_counter() - t0
+        self.compile_s = time.perf_counter() - t0
+        return self.compile_s
 
     def run(self, timers: np.ndarray | None = None) -> RunResult:
         """Run the whole experiment and return its per-episode results.
@@ -277,14 +253,7 @@ class Experiment:
         fused single-call path (used by ``engine.run.profile``).
         """
         t0 = time.perf_counter()
-        n_tr, n_ev = self._n_train, self._n_eval
-        # Outputs are np.empty: every entry is written by whichever path runs.
-        out = RunResult(np.empty(2 * n_tr + n_ev, np.int64), np.empty(n_ev, np.float32),
-                        np.empty(n_tr + n_ev, np.int8), n_tr, np.zeros(self._store_shape, self._store_dtype))
-        if self._nearest:
-            from engine.models.nearest_index import NearestIndex
-
-            out.index = NearestIndex(self.obs.n_features, self.config.model.storage)
+        out = self._new_result()
         if self._hooks["before_experiment"]:
             self._emit("before_experiment")
         mode = self.granularity()
@@ -305,34 +274,91 @@ class Experiment:
             self._emit("after_experiment", result=out)
         return out
 
+    def _new_result(self) -> RunResult:
+        """Empty outputs of a run (np.empty: every entry is written by whichever path runs)."""
+        n_tr, n_ev = self._n_train, self._n_eval
+        out = RunResult(np.empty(2 * n_tr + n_ev, np.int64), np.empty(n_ev, np.float32),
+                        np.empty(n_tr + n_ev, np.int8), n_tr, np.zeros(self._store_shape, self._store_dtype))
+        if self._nearest:
+            from engine.models.nearest_index import NearestIndex
+
+            out.index = NearestIndex(self.obs.n_features, self.config.model.storage)
+        return out
+
     def _run_granular(self, out: RunResult, mode: str) -> None:
-        o = self.obs
         bar = self._progress_bar()
-        for mode_name, n_epochs, starts, stops in (("train", self.n_train_epochs, o.train_starts, o.train_stops),
-                                                   ("eval", self.n_eval_epochs, o.eval_starts, o.eval_stops)):
-            n_ep = starts.shape[0]
-            for epoch in range(n_epochs):
-                self._emit("before_epoch", mode=mode_name, epoch=epoch)
-                base = epoch * n_ep
-                if mode == "epoch":
-                    self._episodes(out, mode_name, starts, stops, base)
-                else:
-                    for e in range(n_ep):
-                        self._emit("before_episode", mode=mode_name, epoch=epoch, episode=e)
-                        if mode == "step":
-                            self._episode_stepwise(out, mode_name, epoch, e, starts[e], stops[e], base + e)
-                        else:
-                            self._episodes(out, mode_name, starts[e:e + 1], stops[e:e + 1], base + e)
-                        if self._hooks["after_episode"]:
-                            self._emit("after_episode", mode=mode_name, epoch=epoch, episode=e,
-                                       record=self._record(out, mode_name, epoch, e))
-                self._emit("after_epoch", mode=mode_name, epoch=epoch)
-                if bar is not None:
-                    bar.update(1)
+        for mode_name in ("train", "eval"):
+            self._run_epochs(out, mode_name, mode, bar)
         if bar is not None:
             bar.close()
         if mode == "step":
             out.path = "stepwise"
+
+    def _run_epochs(self, out: RunResult, mode_name: str, mode: str, bar=None) -> None:
+        """Every epoch of ``mode_name`` ("train" or "eval"), one kernel call per epoch,
+        per episode or per step (``mode``)."""
+        o = self.obs
+        if mode_name == "train":
+            n_epochs, starts, stops = self.n_train_epochs, o.train_starts, o.train_stops
+        else:
+            n_epochs, starts, stops = self.n_eval_epochs, o.eval_starts, o.eval_stops
+        n_ep = starts.shape[0]
+        for epoch in range(n_epochs):
+            self._emit("before_epoch", mode=mode_name, epoch=epoch)
+            base = epoch * n_ep
+            if mode == "epoch":
+                self._episodes(out, mode_name, starts, stops, base)
+            else:
+                for e in range(n_ep):
+                    self._emit("before_episode", mode=mode_name, epoch=epoch, episode=e)
+                    if mode == "step":
+                        self._episode_stepwise(out, mode_name, epoch, e, starts[e], stops[e], base + e)
+                    else:
+                        self._episodes(out, mode_name, starts[e:e + 1], stops[e:e + 1], base + e)
+                    if self._hooks["after_episode"]:
+                        self._emit("after_episode", mode=mode_name, epoch=epoch, episode=e,
+                                   record=self._record(out, mode_name, epoch, e))
+            self._emit("after_epoch", mode=mode_name, epoch=epoch)
+            if bar is not None:
+                bar.update(1)
+
+    def train(self) -> float:
+        """Run the training epochs only and keep the trained store for
+        :meth:`evaluate_episode`; returns the wall time (s).
+
+        Same kernels and results as the training part of :meth:`run` (one call per
+        epoch, or per episode / step when such hooks or the stepwise path ask for it).
+        """
+        t0 = time.perf_counter()
+        out = self._new_result()
+        mode = self.granularity()
+        self._run_epochs(out, "train", "epoch" if mode == "run" else mode)
+        if mode == "step":
+            out.path = "stepwise"
+        self._trained = out
+        return time.perf_counter() - t0
+
+    def evaluate_episode(self, epoch: int, episode: int) -> EpisodeRecord:
+        """Evaluate one evaluation episode against the store :meth:`train` built; its record.
+
+        The store is fixed while evaluating, so episodes are independent: the record
+        equals the one :meth:`run` gives for the same epoch and episode.
+        """
+        out = self._trained
+        if out is None:
+            raise RuntimeError("evaluate_episode needs a trained store: call train() first")
+        o = self.obs
+        n_ep = o.eval_starts.shape[0]
+        if not (0 <= epoch < self.n_eval_epochs and 0 <= episode < n_ep):
+            raise IndexError(f"evaluation episode ({epoch}, {episode}) out of range "
+                             f"({self.n_eval_epochs} evaluation epochs of {n_ep} episodes)")
+        at = epoch * n_ep + episode
+        start, stop = o.eval_starts[episode], o.eval_stops[episode]
+        if self.granularity() == "step":
+            self._episode_stepwise(out, "eval", epoch, episode, start, stop, at)
+        else:
+            self._episodes(out, "eval", o.eval_starts[episode:episode + 1], o.eval_stops[episode:episode + 1], at)
+        return self._record(out, "eval", epoch, episode)
 
     def _episodes(self, out: RunResult, mode: str, starts, stops, at: int) -> None:
         """Run episodes ``starts/stops`` in one kernel call; outputs go to entries ``at...``."""
@@ -458,5 +484,118 @@ class Experiment:
         return rows
 
 
-def _ignore(event: HookEvent) -> None:
-    """A hook that does nothing (stands in for user hooks during warm-up)."""
+    def report(self, result: RunResult) -> RunReport:
+        """The run's summary, episodes.csv rows and printed table (one shape for every model).
+
+        ``summary.json`` keys: see the README's "Output files"; ``compile_s`` is what
+        :meth:`warmup` measured (None when it was not called).
+        """
+        records = self.records(result)
+        data = summary(self, result, records)
+        data["compile_s"] = self.compile_s
+        rows = [[r.mode, r.epoch, r.episode, r.object, r.steps, r.stored, f"{r.confidence:.9g}", r.reason]
+                for r in records]
+        return RunReport(data, EPISODE_COLUMNS, rows, format_table(records, data))
+
+    def write_extras(self, out_dir, result: RunResult) -> list:
+        """Result files beyond summary.json and episodes.csv: none for this model."""
+        return []
+
+
+# --------------------------------------------------------------------------- results
+
+EPISODE_COLUMNS = ("mode", "epoch", "episode", "object", "steps", "stored", "confidence", "reason")
+
+
+def summary(experiment: Experiment, result: RunResult, records: list[EpisodeRecord]) -> dict:
+    """The run's summary as plain data (the content of summary.json, ``compile_s`` aside)."""
+    cfg = experiment.config
+    evals = [r for r in records if r.mode == "eval"]
+    trains = [r for r in records if r.mode == "train"]
+    return {
+        "engine_version": __version__,
+        "experiment": cfg.experiment.name,
+        "model": cfg.model.type,
+        "data_source": cfg.data.source,
+        "path": result.path,
+        "n_train_episodes": len(trains),
+        "n_eval_episodes": len(evals),
+        "train_steps": sum(r.steps for r in trains),
+        "eval_steps": sum(r.steps for r in evals),
+        "stored_observations": result.n_stored,
+        "bytes_per_observation": result.bytes_per_observation,
+        "final_confidence": result.final_confidence,
+        "mean_eval_confidence": (sum(r.confidence for r in evals) / len(evals)) if evals else None,
+        "eval_done": sum(r.reason == "done" for r in evals),
+        "reasons": {"train": dict(Counter(r.reason for r in trains)), "eval": dict(Counter(r.reason for r in evals))},
+        "run_s": result.run_s,
+        "kernel_calls": result.kernel_calls,
+        "config": cfg.to_dict(),
+    }
+
+
+def format_table(records: list[EpisodeRecord], summary_data: dict, max_rows: int = 40) -> str:
+    """The summary table printed after a run (long runs show the first and last rows)."""
+    head = f"{'mode':<5} {'epoch':>5} {'ep':>4} {'object':<12} {'steps':>7} {'stored':>9} {'confidence':>10}  ended"
+    lines = [head, "-" * len(head)]
+    for r in shown_rows(records, max_rows):
+        if r is None:
+            lines.append(f"... {len(records) - max_rows} more episodes ...")
+            continue
+        conf = f"{r.confidence:10.6f}" if r.mode == "eval" else f"{'-':>10}"
+        lines.append(f"{r.mode:<5} {r.epoch:>5} {r.episode:>4} {r.object[:12]:<12} {r.steps:>7} {r.stored:>9} {conf}  "
+                     f"{r.reason.replace('_', ' ')}")
+    s = summary_data
+    fc = "-" if s["final_confidence"] is None else f"{s['final_confidence']:.6f}"
+    lines.append("")
+    lines.append(f"{s['experiment']}: {s['n_train_episodes']} training / {s['n_eval_episodes']} evaluation episodes, "
+                 f"{s['stored_observations']} stored observations ({s['bytes_per_observation']} B each), "
+                 f"final confidence {fc}, {s['eval_done']} done early; "
+                 f"run {s['run_s'] * 1e3:.2f} ms ({s['path']}, {s['kernel_calls']} kernel calls)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the model type's protocol
+# (engine.run.registry: what the CLI, warm-up, validate and profile ask of a model type)
+
+#: kernel modules this model calls (first-run compile notice, cache inventory)
+KERNEL_MODULES = ("kernels.loop", "kernels.matching", "kernels.distance", "kernels.store", "kernels.nearest",
+                  "kernels.kdtree")
+
+
+def build(cfg: Config, *, progress: bool = False) -> Experiment:
+    """The config's observations and its experiment, ready to run."""
+    log.info("building %s observations", cfg.data.source)
+    return Experiment(cfg, sources.build(cfg.data.source, cfg.data.params), progress=progress)
+
+
+def describe_data(cfg: Config) -> str:
+    """What the config's data is (built, not run): for ``python -m engine validate``."""
+    obs = sources.build(cfg.data.source, cfg.data.params)
+    return (f"{cfg.data.source} data: {obs.location.shape[0]} observations, {obs.train_starts.shape[0]} training / "
+            f"{obs.eval_starts.shape[0]} evaluation episodes per epoch")
+
+
+def warmup_config(cfg: Config) -> None:
+    """Compile (or load) every kernel signature the config can use: the fused single-call
+    path, the per-epoch and per-episode paths, the stepwise path and (similarity) the
+    timed profiling path."""
+    import dataclasses
+
+    obs = sources.build(cfg.data.source, cfg.data.params)
+    for stepwise in (False, True):
+        ex_cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, stepwise=stepwise))
+        Experiment(ex_cfg, obs).warmup()
+    if cfg.model.type == "similarity":  # the in-kernel timers exist on its single-call path only
+        Experiment(cfg, obs).warmup(timers=True)
+    for event in ("after_epoch", "after_episode"):
+        ex = Experiment(cfg, obs)
+        ex.add_hook(event, ignore)
+        ex.warmup()
+
+
+def profile_run(cfg: Config, out_dir, top: int = 10) -> dict:
+    """``python -m engine profile``: see :mod:`engine.run.profile`."""
+    from engine.run import profile
+
+    return profile.profile_run(cfg, out_dir, top=top)

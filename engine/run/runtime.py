@@ -19,8 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-KERNEL_MODULES = ("kernels.distance", "kernels.matching", "kernels.loop", "kernels.store", "kernels.timing",
-                  "kernels.kdtree", "kernels.evidence", "kernels.graph", "kernels.geometry")
+
+
+def _kernel_modules() -> tuple[str, ...]:
+    """Every module of the ``kernels`` package (found, not listed: a new module counts too)."""
+    import pkgutil
+
+    import kernels
+
+    return tuple(f"kernels.{m.name}" for m in pkgutil.iter_modules(kernels.__path__) if not m.ispkg)
+
+
+KERNEL_MODULES = _kernel_modules()
 
 
 def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
@@ -44,12 +54,13 @@ def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
     return path
 
 
-def kernel_dispatchers(import_missing: bool = True) -> list:
-    """Every numba dispatcher defined in the kernel modules (private ones included)."""
+def kernel_dispatchers(import_missing: bool = True, modules=None) -> list:
+    """Every numba dispatcher defined in the kernel modules (private ones included), or in
+    ``modules`` (names like "kernels.loop") when given."""
     from numba.core.registry import CPUDispatcher
 
     out = []
-    for name in KERNEL_MODULES:
+    for name in KERNEL_MODULES if modules is None else modules:
         mod = sys.modules.get(name)
         if mod is None and import_missing:
             try:
@@ -64,10 +75,11 @@ def kernel_dispatchers(import_missing: bool = True) -> list:
     return out
 
 
-def cached_kernels() -> list[dict]:
-    """For each kernel: its cache index file and how many compiled signatures it holds."""
+def cached_kernels(modules=None) -> list[dict]:
+    """For each kernel (of ``modules`` when given): its cache index file and how many
+    compiled signatures it holds."""
     rows = []
-    for disp in kernel_dispatchers():
+    for disp in kernel_dispatchers(modules=modules):
         cache = getattr(disp, "_cache", None)
         cache_file = getattr(cache, "_cache_file", None)
         index = getattr(cache_file, "_index_path", None)
@@ -80,48 +92,29 @@ def cached_kernels() -> list[dict]:
     return rows
 
 
+def nothing_cached(modules) -> bool:
+    """True when no kernel of ``modules`` (names like "kernels.loop") has a compiled
+    signature in the kernel cache: the first run in this cache folder, which compiles."""
+    return not any(r["cached_signatures"] for r in cached_kernels(modules))
+
+
 def warmup_configs(configs, progress=None) -> list[dict]:
     """Compile (or load) every kernel signature the given configs use, on every execution path.
 
-    ``configs`` are validated ``Config`` objects. Each is warmed up on the fused
-    single-call path, the per-epoch and per-episode paths, the stepwise path and
-    the timed (profiling) path. Returns one row per config with the seconds taken.
+    ``configs`` are validated ``Config`` objects; each model type's ``warmup_config``
+    (``engine.run.registry``) says what that takes. Returns one row per config with the
+    seconds taken.
     """
-    import dataclasses
-
-    from engine.data import sources
-    from engine.models.similarity import Experiment
+    from engine.run import registry
 
     rows = []
     for cfg in configs:
-        if cfg.model.type == "evidence":
-            from engine.models.evidence.model import warmup_kernels
-
-            t0 = time.perf_counter()
-            warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
-            rows.append({"config": cfg.source_file, "seconds": time.perf_counter() - t0})
-            if progress is not None:
-                progress(rows[-1])
-            continue
-        obs = sources.build(cfg.data.source, cfg.data.params)
         t0 = time.perf_counter()
-        for stepwise in (False, True):
-            ex_cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, stepwise=stepwise))
-            Experiment(ex_cfg, obs).warmup()
-        if cfg.model.type == "similarity":  # the in-kernel timers exist on its single-call path only
-            Experiment(cfg, obs).warmup(timers=True)
-        for event in ("after_epoch", "after_episode"):
-            ex = Experiment(cfg, obs)
-            ex.add_hook(event, _nothing)
-            ex.warmup()
+        registry.for_config(cfg).warmup_config(cfg)
         rows.append({"config": cfg.source_file, "seconds": time.perf_counter() - t0})
         if progress is not None:
             progress(rows[-1])
     return rows
-
-
-def _nothing(event) -> None:
-    """A hook that does nothing: makes warm-up take the per-epoch/per-episode paths."""
 
 
 def threading_info() -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from engine.data.dataset import EVAL, TRAIN, EpisodeDataset
 from engine.models.evidence.settings import EvidenceSettings
 from engine.models.evidence.graph_memory import GraphMemory
 from engine.data.rotations import quat_to_matrix
+from engine.run.hooks import EVENTS, Hooks
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +331,8 @@ class EvidenceModel:
 # --------------------------------------------------------------------------- experiment
 
 
-HOOK_EVENTS = ("before_experiment", "after_experiment", "before_epoch", "after_epoch",
-               "before_episode", "after_episode", "after_step")
+#: the events this model emits (no before_step: its stepwise path reports after each step)
+HOOK_EVENTS = tuple(ev for ev in EVENTS if ev != "before_step")
 
 
 @dataclass
@@ -348,33 +350,42 @@ class EvidenceRunResult:
 class EvidenceExperiment:
     """Train the evidence model on a dataset's training episodes, then evaluate it.
 
+    The evidence model's :class:`engine.run.registry.LearningModule`.
+
     Parameters
     ----------
     config : validated ``engine.config.Config`` with ``model.type: evidence``
     dataset : the observations (``EpisodeDataset``)
+    data_s, data_compile_s : seconds taken to build ``dataset`` and to compile (or load)
+        the sensor simulation's kernels, for the summary (None: not measured)
     """
 
-    def __init__(self, config, dataset: EpisodeDataset, *, progress: bool = False):
+    HOOK_EVENTS = HOOK_EVENTS
+
+    def __init__(self, config, dataset: EpisodeDataset, *, progress: bool = False,
+                 data_s: float | None = None, data_compile_s: float | None = None):
         self.config = config
         self.dataset = dataset
         self.progress = progress
+        self.data_s, self.data_compile_s = data_s, data_compile_s
         self.features, self.feature_names = matching_features(dataset)
         self.model = EvidenceModel(config.evidence, self.feature_names,
                                    max_eval_steps=config.experiment.max_eval_steps)
-        self._hooks: dict[str, list] = {e: [] for e in HOOK_EVENTS}
+        self.hooks = Hooks(HOOK_EVENTS)
+        self.compile_s: float | None = None  # warmup()'s seconds
 
     def add_hook(self, event: str, fn) -> None:
-        """Call ``fn(event_name, **fields)`` at ``event`` (one of ``HOOK_EVENTS``)."""
-        if event not in self._hooks:
-            raise ValueError(f"unknown hook event {event!r}; one of {', '.join(HOOK_EVENTS)}")
-        self._hooks[event].append(fn)
+        """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
+        self.hooks.add(event, fn)
 
     def _emit(self, event: str, **fields) -> None:
-        for fn in self._hooks[event]:
-            fn(event, **fields)
+        self.hooks.emit(event, self, **fields)
 
     def _episode_rows(self, split: int) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.dataset.episode_split) == split)
+
+    def _stepwise(self) -> bool:
+        return self.config.execution.stepwise or self.hooks.has("after_step")
 
     def train(self) -> float:
         """All training epochs; returns the wall time (s)."""
@@ -396,30 +407,57 @@ class EvidenceExperiment:
         return time.perf_counter() - t0
 
     def warmup(self) -> float:
-        """Compile (or load from the cache) the episode kernel on a tiny episode; seconds."""
+        """Compile (or load from the cache) every kernel this run calls, on a toy model; seconds.
+
+        Done before training, so that neither ``train_s`` nor the matching step times
+        hold compile time (on a cold cache compiling the learning kernels alone takes
+        ~10 s, over 10x the training).
+        """
+        self.compile_s = warmup_kernels(self.model.settings, paths=(self._stepwise(),))
+        return self.compile_s
+
+    def _warm_real_model(self) -> float:
+        """Two steps on the real model (after training): milliseconds, and it keeps a
+        compile out of the matching times should the real arrays' types ever differ from
+        the toy model's. Seconds."""
         t0 = time.perf_counter()
         if self.model.object_names:
             ds = self.dataset
             n = min(2, ds.n_steps)
-            path_stepwise = self.config.execution.stepwise
             self.model.run_episode(ds.location[:n], ds.pose_vectors[:n], ds.pose_defined[:n], self.features[:n],
-                                   stepwise=path_stepwise)
+                                   stepwise=self.config.execution.stepwise)
         return time.perf_counter() - t0
 
+    def evaluate_episode(self, epoch: int, episode: int) -> EvidenceEpisode:
+        """Evaluate evaluation episode ``episode`` (index among the dataset's evaluation
+        episodes) with the trained model; its record. ``epoch`` only labels the record:
+        the model does not change while evaluating."""
+        rows = self._episode_rows(EVAL)
+        if not 0 <= episode < len(rows):
+            raise IndexError(f"evaluation episode {episode} out of range ({len(rows)} evaluation episodes)")
+        if not self.model.object_names:
+            raise RuntimeError("evaluate_episode needs a trained model: call train() first")
+        ds, stepwise, e = self.dataset, self.config.execution.stepwise, rows[episode]
+        on_step = self._step_hook(epoch, episode) if self.hooks.has("after_step") else None
+        code, istate, trace, secs, sc = self.model.eval_episode(
+            ds, self.features, e, stepwise=stepwise or on_step is not None, on_step=on_step)
+        target = int(ds.episode_object[e])
+        rec = EvidenceEpisode(epoch=epoch, episode=episode, object=str(ds.object_names[target]),
+                              rotation=np.asarray(ds.episode_rotation[e], np.float32),
+                              outcome=sc["outcome"], detected=sc["detected"], mlh_object=sc["mlh_object"],
+                              mlh_correct=sc["mlh_correct"], steps=int(istate[kev.IS_MATCHING_STEPS]),
+                              rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
+                              n_hypotheses=live_hypotheses(istate), seconds=secs,
+                              detected_rotation=sc["detected_rotation"], trace=trace)
+        return rec
+
     def run(self) -> EvidenceRunResult:
-        cfg, ds = self.config, self.dataset
+        cfg = self.config
         t_all = time.perf_counter()
         self._emit("before_experiment")
-        stepwise = cfg.execution.stepwise
-        # Compile (or load) every kernel of this run first, on a toy model, so that
-        # neither ``train_s`` nor the matching step times hold compile time (on a cold
-        # cache compiling the learning kernels alone takes ~10 s, over 10x the training).
-        compile_s = warmup_kernels(self.model.settings,
-                                   paths=(stepwise or bool(self._hooks["after_step"]),))
+        compile_s = self.compile_s if self.compile_s is not None else self.warmup()
         train_s = self.train()
-        # two steps on the real model: milliseconds, and it keeps a compile out of the
-        # matching times should the real arrays' types ever differ from the toy model's
-        compile_s += self.warmup()
+        compile_s += self._warm_real_model()
         episodes: list[EvidenceEpisode] = []
         rows = self._episode_rows(EVAL)
         if cfg.experiment.do_eval and len(rows) and not self.model.object_names:
@@ -434,19 +472,9 @@ class EvidenceExperiment:
             bar = tqdm(total=len(rows) * cfg.experiment.n_eval_epochs, unit="episode", leave=False)
         for epoch in range(cfg.experiment.n_eval_epochs if cfg.experiment.do_eval else 0):
             self._emit("before_epoch", mode="eval", epoch=epoch)
-            for i, e in enumerate(rows):
+            for i in range(len(rows)):
                 self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
-                on_step = self._step_hook(epoch, i) if self._hooks["after_step"] else None
-                code, istate, trace, secs, sc = self.model.eval_episode(
-                    ds, self.features, e, stepwise=stepwise or on_step is not None, on_step=on_step)
-                target = int(ds.episode_object[e])
-                rec = EvidenceEpisode(epoch=epoch, episode=i, object=str(ds.object_names[target]),
-                                      rotation=np.asarray(ds.episode_rotation[e], np.float32),
-                                      outcome=sc["outcome"], detected=sc["detected"], mlh_object=sc["mlh_object"],
-                                      mlh_correct=sc["mlh_correct"], steps=int(istate[kev.IS_MATCHING_STEPS]),
-                                      rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
-                                      n_hypotheses=live_hypotheses(istate), seconds=secs,
-                                      detected_rotation=sc["detected_rotation"], trace=trace)
+                rec = self.evaluate_episode(epoch, i)
                 episodes.append(rec)
                 self._emit("after_episode", mode="eval", epoch=epoch, episode=i, record=rec)
                 if bar is not None:
@@ -459,9 +487,23 @@ class EvidenceExperiment:
                                    n_train_episodes=len(self._episode_rows(TRAIN)) if cfg.experiment.do_train else 0,
                                    nodes_per_object=self.model.nodes_per_object,
                                    object_names=self.model.object_names,
-                                   path="stepwise" if stepwise else "fused")
+                                   path="stepwise" if cfg.execution.stepwise else "fused")
         self._emit("after_experiment", result=result)
         return result
+
+    def report(self, result: EvidenceRunResult):
+        """summary.json, episodes.csv rows and the printed table (``engine.run.results.RunReport``)."""
+        from engine.models.evidence import run as evidence_run
+
+        return evidence_run.report(self.config, result, data_s=self.data_s, data_compile_s=self.data_compile_s)
+
+    def write_extras(self, out_dir, result: EvidenceRunResult) -> list:
+        """With ``experiment.plot_evidence``: one PNG per evaluation episode; their paths."""
+        if not self.config.experiment.plot_evidence:
+            return []
+        from engine.models.evidence import run as evidence_run
+
+        return evidence_run.write_plots(Path(out_dir), result)
 
     def _step_hook(self, epoch: int, episode: int):
         """The stepwise path's per-step callback that emits ``after_step``."""

@@ -1,7 +1,7 @@
-"""Running the evidence model from a config: its data, its results files, its summary table.
+"""The evidence model type (``engine.run.registry``): building its experiment from a
+config, its summary, its results rows and table, its plots.
 
-``python -m engine run`` hands configs with ``model.type: evidence`` to :func:`run`.
-Results (written atomically, like every result file of the engine):
+Results (written by ``engine.run.results``, atomically, like every result file):
 
 - ``summary.json``: ``accuracy`` (correct / evaluation episodes), ``accuracy_incl_mlh``
   (time-outs whose most likely hypothesis names the right object count as correct,
@@ -17,12 +17,7 @@ Results (written atomically, like every result file of the engine):
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,7 +26,8 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import UserError
-from engine.run.results import atomic_write_text
+from engine.files import atomic_write
+from engine.run.results import RunReport, shown_rows
 from engine.run.runtime import threading_info
 
 log = logging.getLogger(__name__)
@@ -39,43 +35,6 @@ log = logging.getLogger(__name__)
 EPISODE_COLUMNS = ("epoch", "episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
                    "detected_object", "mlh_object", "outcome", "steps", "rotation_error_deg", "symmetric",
                    "hypotheses", "seconds")
-
-
-def build_dataset(cfg):
-    """The observations of an evidence config: simulated shapes or a recorded dataset."""
-    params = cfg.data.params
-    if cfg.data.source == "dataset":
-        from engine.data.dataset import read_dataset
-
-        return read_dataset(params["path"])
-    from engine.data import sensor
-    from engine.data import shapes
-
-    names = params["objects"]
-    meshes = []
-    if params["mesh_dir"] is not None:
-        meshes = shapes.load_mesh_folder(params["mesh_dir"])
-        if names is None:
-            names = []
-    if names is None:
-        names = list(shapes.BUILTIN_SHAPES)
-    clash = sorted(set(names) & {n for n, _ in meshes})
-    if clash:
-        raise UserError(f"{cfg.source_file}: data.mesh_dir: mesh {clash[0]!r} has the name of a built-in object "
-                        "in data.objects; rename the file")
-    if not names and not meshes:
-        raise UserError(f"{cfg.source_file}: data.objects: no objects to simulate")
-    log.info("sampling %d object surfaces (%d points each)", len(names) + len(meshes), params["n_points"])
-    surfaces = sensor.builtin_surfaces(names, n_points=params["n_points"], seed=params["seed"])
-    for name, mesh in meshes:
-        surfaces.append((name, sensor.sample_surface(mesh, n_points=params["n_points"], seed=params["seed"])))
-    hue = None
-    if params["hue"]:
-        # distinct colours: golden-ratio steps around the hue circle
-        hue = {name: float((0.618033988749895 * i) % 1.0) for i, (name, _) in enumerate(surfaces)}
-    return sensor.simulate(surfaces, train_steps=params["train_steps"], eval_rotations=params["eval_rotations"],
-                           eval_steps=params["eval_steps"], noise=sensor.Noise() if params["noise"] else None,
-                           seed=params["seed"], hue=hue)
 
 
 def summary(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> dict:
@@ -126,26 +85,14 @@ def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
-def episodes_csv(result) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(EPISODE_COLUMNS)
+def episode_rows(result) -> list[list]:
+    """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`)."""
+    rows = []
     for e in result.episodes:
         q = [f"{float(v):.7g}" for v in e.rotation]
-        w.writerow([e.epoch, e.episode, e.object, *q, e.detected or "", e.mlh_object or "", e.outcome, e.steps,
-                    _fmt(e.rotation_error_deg, ".4f"), int(e.symmetric), e.n_hypotheses, f"{e.seconds:.6g}"])
-    return buf.getvalue()
-
-
-def write_results(out_dir, summary_data: dict, result, plot: bool = False) -> tuple[Path, Path]:
-    """summary.json, episodes.csv (and evidence plots) into ``out_dir``, each file atomically."""
-    out_dir = Path(out_dir)
-    s_path, e_path = out_dir / "summary.json", out_dir / "episodes.csv"
-    if plot:
-        write_plots(out_dir, result)
-    atomic_write_text(e_path, episodes_csv(result))
-    atomic_write_text(s_path, json.dumps(summary_data, indent=2) + "\n")
-    return s_path, e_path
+        rows.append([e.epoch, e.episode, e.object, *q, e.detected or "", e.mlh_object or "", e.outcome, e.steps,
+                     _fmt(e.rotation_error_deg, ".4f"), int(e.symmetric), e.n_hypotheses, f"{e.seconds:.6g}"])
+    return rows
 
 
 def _matplotlib():
@@ -178,15 +125,10 @@ def write_plots(out_dir: Path, result) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = out_dir / f"evidence_{e.epoch}_{e.episode}.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=out_dir)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=90)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         paths.append(path)
     return paths
 
@@ -196,8 +138,7 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
             f"{'sym':>3} {'hyps':>7}")
     lines = [head, "-" * len(head)]
     eps = result.episodes
-    shown = eps if len(eps) <= max_rows else eps[: max_rows // 2] + [None] + eps[-max_rows // 2:]
-    for e in shown:
+    for e in shown_rows(eps, max_rows):
         if e is None:
             lines.append(f"... {len(eps) - max_rows} more episodes ...")
             continue
@@ -236,23 +177,57 @@ def _compile_note(s: dict) -> str:
     return f"{data}, compile {compile_s:.2f} s"
 
 
-def run(cfg, out_dir: Path, *, progress: bool = False) -> tuple[dict, object, Path, Path]:
-    """Build the data, train, evaluate, write the results; returns (summary, result, paths...)."""
+def report(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> RunReport:
+    """The run's summary, episodes.csv rows and printed table."""
+    data = summary(cfg, result, data_s=data_s, data_compile_s=data_compile_s)
+    return RunReport(data, EPISODE_COLUMNS, episode_rows(result), format_table(data, result))
+
+
+# --------------------------------------------------------------------------- the model type's protocol
+# (engine.run.registry: what the CLI, warm-up and validate ask of a model type)
+
+#: kernel modules this model calls (first-run compile notice, cache inventory)
+KERNEL_MODULES = ("kernels.evidence", "kernels.graph", "kernels.geometry", "kernels.kdtree")
+
+
+def build(cfg, *, progress: bool = False):
+    """The config's observations (simulated or read) and its experiment, ready to run.
+
+    The sensor's kernels are compiled (or loaded) apart first, so that ``data_s`` is
+    the simulation itself and a cold cache shows up in ``data_compile_s``.
+    """
+    from engine.data.episodes import build_dataset
     from engine.models.evidence.model import EvidenceExperiment, warmup_sensor_kernels
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
-    # The sensor's kernels are compiled (or loaded) apart, so that data_s is the
-    # simulation itself and a cold cache shows up in data_compile_s.
     data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
     t0 = time.perf_counter()
     ds = build_dataset(cfg)
-    data_s = time.perf_counter() - t0
-    ex = EvidenceExperiment(cfg, ds, progress=progress)
-    result = ex.run()
-    data = summary(cfg, result, data_s=data_s, data_compile_s=data_compile_s)
-    try:
-        s_path, e_path = write_results(out_dir, data, result, plot=cfg.experiment.plot_evidence)
-    except OSError as exc:
-        raise UserError(f"cannot write results to {out_dir}: {exc}") from None
-    return data, result, s_path, e_path
+    return EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
+                              data_compile_s=data_compile_s)
+
+
+def describe_data(cfg) -> str:
+    """What an evidence config's data is, checked without simulating anything."""
+    p = cfg.data.params
+    if cfg.data.source == "dataset":
+        from engine.data.dataset import read_dataset
+
+        ds = read_dataset(p["path"])
+        return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
+                f"features {list(ds.feature_names)}")
+    from engine.data import shapes
+
+    names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
+    meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
+    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}), "
+            f"{p['eval_rotations']} evaluation rotations each")
+
+
+def warmup_config(cfg) -> None:
+    """Compile (or load) every kernel the config can use: learning, both evaluation paths
+    and (simulated data) the sensor's."""
+    from engine.models.evidence.model import warmup_kernels
+
+    warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")

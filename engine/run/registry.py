@@ -1,0 +1,96 @@
+"""The model types, each behind one protocol; the CLI, ``warmup``, ``profile`` and
+``validate`` ask this registry instead of branching on ``model.type``.
+
+A model type is a module that defines, at its top level:
+
+- ``build(cfg, *, progress=False) -> LearningModule``: the data (loaded, generated or
+  simulated) and the experiment, ready to run;
+- ``describe_data(cfg) -> str``: what the config's data is, checked without running
+  (``python -m engine validate``);
+- ``warmup_config(cfg) -> None``: compile (or load from the cache) every kernel
+  signature the config can use, on every execution path (``python -m engine warmup``);
+- ``KERNEL_MODULES``: the kernel modules it calls (for the first-run compile notice
+  and the cache inventory);
+- ``profile_run(cfg, out_dir, top)`` only if it supports ``python -m engine profile``.
+
+The :class:`LearningModule` an experiment object implements: ``add_hook`` (one hook
+API, :mod:`engine.run.hooks`), ``warmup`` (compile or load the run's kernels, seconds),
+``train`` (training epochs only), ``evaluate_episode(epoch, episode)`` (one evaluation
+episode after ``train`` -> its record, the same record ``run`` gives), ``run`` (the whole
+experiment on its fastest path) and ``report(result)`` (one result shape for every
+model: :class:`engine.run.results.RunReport`, which ``engine.run.results`` writes).
+
+A new model type is one module with those names plus one line in :data:`MODEL_TYPES`.
+The registry imports a model's module only when that model is asked for, so start-up
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Protocol
+
+from engine.errors import UserError
+
+
+class LearningModule(Protocol):
+    """What every model type's experiment object offers (see the module docstring)."""
+
+    config: Any
+    HOOK_EVENTS: tuple[str, ...]
+
+    def add_hook(self, event: str, fn) -> None: ...
+
+    def warmup(self) -> float: ...
+
+    def train(self) -> float: ...
+
+    def evaluate_episode(self, epoch: int, episode: int) -> Any: ...
+
+    def run(self) -> Any: ...
+
+    def report(self, result: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One registered model type: its name, the module that implements it, a line of help."""
+
+    name: str
+    module: str
+    help: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    @property
+    def profiles(self) -> bool:
+        """Whether ``python -m engine profile`` supports this model type."""
+        return hasattr(self.load(), "profile_run")
+
+
+#: name -> model type. ``similarity`` and ``nearest`` share one implementation (the
+#: nearest model is the similarity model over a KD-tree of the store).
+MODEL_TYPES: dict[str, ModelType] = {m.name: m for m in (
+    ModelType("similarity", "engine.models.similarity",
+              "mean over every stored observation of 1 / (1 + distance + feature L1) (linear scan)"),
+    ModelType("nearest", "engine.models.similarity",
+              "the same over the k nearest stored observations (KD-tree)"),
+    ModelType("evidence", "engine.models.evidence.run",
+              "tbp.monty's object and pose recognition (evidence matching over object graphs)"),
+)}
+
+
+def model_type(name: str) -> ModelType:
+    """The registered model type ``name``; a UserError naming the known ones otherwise."""
+    try:
+        return MODEL_TYPES[name]
+    except KeyError:
+        raise UserError(f"unknown model type {name!r}; one of {', '.join(MODEL_TYPES)}") from None
+
+
+def for_config(cfg) -> ModuleType:
+    """The module implementing ``cfg.model.type``."""
+    return model_type(cfg.model.type).load()
