@@ -28,8 +28,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._flags import FASTMATH
-from .lanes import (LANES, _F32, _I32, _I64, _block_loop, _compress_store, _gather, _is_c, _mask_count,
-                    _masked_load, _masked_store, _splat, _vec)
+from .ir import (F32, I32, I64, LANES, block_loop, compress_store, gather, is_c_array, mask_count, masked_load,
+                 masked_store, splat, vec)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -67,23 +67,23 @@ def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):
     """IR of ``cell_spans`` for the queries ``i0 .. i0 + LANES - 1`` (those below ``n``); returns the new
     ``n_search``."""
     a_go, a_gi, a_cs, a_qo, a_qp, a_sp, a_so, a_se = A
-    vf = _vec(_F32)
-    vi64 = _vec(_I64)
-    lane = builder.add(_splat(builder, i0), ir.Constant(vi64, list(range(LANES))))
-    tail = builder.icmp_signed("<", lane, _splat(builder, n))
+    vf = vec(F32)
+    vi64 = vec(I64)
+    lane = builder.add(splat(builder, i0), ir.Constant(vi64, list(range(LANES))))
+    tail = builder.icmp_signed("<", lane, splat(builder, n))
     qp_row = cgutils.unpack_tuple(builder, a_qp.shape, 2)[1]
     sp_row = cgutils.unpack_tuple(builder, a_sp.shape, 2)[1]
-    o = builder.sext(_masked_load(builder, builder.gep(a_qo.data, [i0]), tail, _I32), vi64)
-    q = [_masked_load(builder, builder.gep(a_qp.data, [builder.add(builder.mul(ir.Constant(_I64, c), qp_row), i0)]),
-                      tail, _F32) for c in range(3)]
-    go_off = builder.mul(o, _splat(builder, ir.Constant(_I64, 12)))
-    gi_off = builder.mul(o, _splat(builder, ir.Constant(_I64, 32)))
-    org = [_gather(builder, a_go.data, builder.add(go_off, _splat(builder, ir.Constant(_I64, 4 * c))), tail, _F32)
+    o = builder.sext(masked_load(builder, builder.gep(a_qo.data, [i0]), tail, I32), vi64)
+    q = [masked_load(builder, builder.gep(a_qp.data, [builder.add(builder.mul(ir.Constant(I64, c), qp_row), i0)]),
+                      tail, F32) for c in range(3)]
+    go_off = builder.mul(o, splat(builder, ir.Constant(I64, 12)))
+    gi_off = builder.mul(o, splat(builder, ir.Constant(I64, 32)))
+    org = [gather(builder, a_go.data, builder.add(go_off, splat(builder, ir.Constant(I64, 4 * c))), tail, F32)
            for c in range(3)]
-    dims = [_gather(builder, a_gi.data, builder.add(gi_off, _splat(builder, ir.Constant(_I64, 8 * c))), tail, _I64, 8)
+    dims = [gather(builder, a_gi.data, builder.add(gi_off, splat(builder, ir.Constant(I64, 8 * c))), tail, I64, 8)
             for c in range(4)]
     zero = ir.Constant(vf, [0.0] * LANES)
-    ivc = _splat(builder, inv_cell)
+    ivc = splat(builder, inv_cell)
     f = [builder.fmul(builder.fsub(q[c], org[c]), ivc) for c in range(3)]
     inside = tail
     for c in range(3):
@@ -93,11 +93,11 @@ def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):
     # truncation is the floor here (f >= 0); lanes outside are zeroed first (fptosi of NaN is poison)
     ci = [builder.fptosi(builder.select(inside, f[c], zero), vi64) for c in range(3)]
     cid = builder.add(dims[3], builder.add(ci[0], builder.mul(dims[0], builder.add(ci[1], builder.mul(dims[1], ci[2])))))
-    cid8 = builder.mul(cid, _splat(builder, ir.Constant(_I64, 8)))
-    c0 = _gather(builder, a_cs.data, cid8, inside, _I64, 8)
-    c1 = _gather(builder, a_cs.data, builder.add(cid8, _splat(builder, ir.Constant(_I64, 8))), inside, _I64, 8)
+    cid8 = builder.mul(cid, splat(builder, ir.Constant(I64, 8)))
+    c0 = gather(builder, a_cs.data, cid8, inside, I64, 8)
+    c1 = gather(builder, a_cs.data, builder.add(cid8, splat(builder, ir.Constant(I64, 8))), inside, I64, 8)
     half = ir.Constant(vf, [0.5] * LANES)
-    cellv = _splat(builder, cell)
+    cellv = splat(builder, cell)
     d2 = None
     for c in range(3):
         # plain multiplies and adds: ``cell_span`` compiles to unfused ones too (tests hold the two bit for bit)
@@ -106,29 +106,29 @@ def _spans_block(builder, A, i0, n, inv_cell, cell, n_search):
         d2 = builder.fmul(e, e) if d2 is None else builder.fadd(d2, builder.fmul(e, e))
     sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.sqrt.v%df32" % LANES)
     off = builder.select(inside, builder.call(sqrt, [d2]), zero)
-    _masked_store(builder, builder.trunc(c0, _vec(_I32)), builder.gep(a_sp.data, [i0]), tail)
-    _masked_store(builder, builder.trunc(c1, _vec(_I32)), builder.gep(a_sp.data, [builder.add(sp_row, i0)]), tail)
-    _masked_store(builder, off, builder.gep(a_so.data, [i0]), tail)
+    masked_store(builder, builder.trunc(c0, vec(I32)), builder.gep(a_sp.data, [i0]), tail)
+    masked_store(builder, builder.trunc(c1, vec(I32)), builder.gep(a_sp.data, [builder.add(sp_row, i0)]), tail)
+    masked_store(builder, off, builder.gep(a_so.data, [i0]), tail)
     found = builder.and_(inside, builder.icmp_signed("<", c0, c1))
-    _compress_store(builder, lane, builder.gep(a_se.data, [n_search]), found)
-    return builder.add(n_search, _mask_count(builder, found))
+    compress_store(builder, lane, builder.gep(a_se.data, [n_search]), found)
+    return builder.add(n_search, mask_count(builder, found))
 
 
 @intrinsic
 def _cell_spans_ir(typingctx, grid_origin, grid_index, cand_start, qobj, qpos, n, inv_cell, cell, span, span_off,
                    search):
     """``cell_spans`` in compiled code: a loop over blocks of ``LANES`` queries."""
-    if not (_is_c(grid_origin, 2, types.float32) and _is_c(grid_index, 2, types.int64)
-            and _is_c(cand_start, 1, types.int64) and _is_c(qobj, 1, types.int32) and _is_c(qpos, 2, types.float32)
+    if not (is_c_array(grid_origin, 2, types.float32) and is_c_array(grid_index, 2, types.int64)
+            and is_c_array(cand_start, 1, types.int64) and is_c_array(qobj, 1, types.int32) and is_c_array(qpos, 2, types.float32)
             and isinstance(n, types.Integer) and inv_cell == types.float32 and cell == types.float32
-            and _is_c(span, 2, types.int32) and _is_c(span_off, 1, types.float32) and _is_c(search, 1, types.int64)):
+            and is_c_array(span, 2, types.int32) and is_c_array(span_off, 1, types.float32) and is_c_array(search, 1, types.int64)):
         return None
     sig = types.int64(grid_origin, grid_index, cand_start, qobj, qpos, n, inv_cell, cell, span, span_off, search)
 
     def codegen(context, builder, signature, args):
         arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 8, 9, 10)]
         n64 = context.cast(builder, args[5], signature.args[5], types.int64)
-        (ns,) = _block_loop(builder, ir.Constant(_I64, 0), n64, [ir.Constant(_I64, 0)],
+        (ns,) = block_loop(builder, ir.Constant(I64, 0), n64, [ir.Constant(I64, 0)],
                             lambda b, i0, v: [_spans_block(b, arrays, i0, n64, args[6], args[7], v[0])], "spans")
         return ns
 

@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .lanes import LANES, _F32, _I32, _I64, _gather, _is_c, _splat, _vec
+from .ir import F32, I32, I64, LANES, gather, is_c_array, splat, vec
 
 from .evidence_layout import EP_INV_KAPPA, EP_MMD, EP_POSE_DEFINED, EP_W_CURV, EP_W_NORMAL, N_EV_PAR
 
@@ -47,11 +47,11 @@ def _vector_intrinsic(builder, name, vty, n_args):
 def _row(builder, ary, row, row_len, col, elem):
     """Pointer to ``ary[row, col:col + LANES]`` of a C-contiguous 2-D (or, with row 0, 1-D) array, as one vector."""
     p = builder.gep(ary.data, [builder.add(builder.mul(row, row_len), col)])
-    return builder.bitcast(p, _vec(elem).as_pointer())
+    return builder.bitcast(p, vec(elem).as_pointer())
 
 
 def _f32_vec(value):
-    return ir.Constant(_vec(_F32), [value] * LANES)
+    return ir.Constant(vec(F32), [value] * LANES)
 
 
 @intrinsic
@@ -61,8 +61,8 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
     if not (isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
             and isinstance(node_pose, types.Array) and node_pose.ndim == 2 and node_pose.dtype == types.float32
             and all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in f32_1d)
-            and _is_c(nbr, 2, types.int32) and _is_c(n_nbr, 1, types.int64) and _is_c(hq, 2, types.float32)
-            and isinstance(i0, types.Integer) and _is_c(par, 1, types.float32) and _is_c(out, 1, types.float32)):
+            and is_c_array(nbr, 2, types.int32) and is_c_array(n_nbr, 1, types.int64) and is_c_array(hq, 2, types.float32)
+            and isinstance(i0, types.Integer) and is_c_array(par, 1, types.float32) and is_c_array(out, 1, types.float32)):
         return None
     sig = types.void(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, i0, par, out)
 
@@ -71,24 +71,24 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
                 for t, v in zip(signature.args, args)]
         a_pos, a_pose, a_pfd, a_phi, a_nbr, a_m, a_hq, _, a_par, a_out = arys
         i0v = context.cast(builder, args[7], signature.args[7], types.int64)
-        zero = ir.Constant(_I64, 0)
-        vf = _vec(_F32)
+        zero = ir.Constant(I64, 0)
+        vf = vec(F32)
 
         k_rows, n_cols = cgutils.unpack_tuple(builder, a_nbr.shape, 2)
         _, hq_cols = cgutils.unpack_tuple(builder, a_hq.shape, 2)
-        m = builder.load(_row(builder, a_m, zero, zero, i0v, _I64), align=8)
-        l_q_c = [builder.load(_row(builder, a_hq, ir.Constant(_I64, r), hq_cols, i0v, _F32), align=4)
+        m = builder.load(_row(builder, a_m, zero, zero, i0v, I64), align=8)
+        l_q_c = [builder.load(_row(builder, a_hq, ir.Constant(I64, r), hq_cols, i0v, F32), align=4)
                  for r in range(9)]
         lx, ly, lz, qx, qy, qz, cx, cy, cz = l_q_c
-        par_v = [builder.load(builder.gep(a_par.data, [ir.Constant(_I64, r)])) for r in range(N_PAR)]
-        inv_kappa, mmd, w_n, w_c = (_splat(builder, par_v[r]) for r in (EP_INV_KAPPA, EP_MMD, EP_W_NORMAL, EP_W_CURV))
-        pd = _splat(builder, builder.fcmp_unordered("!=", par_v[EP_POSE_DEFINED], ir.Constant(_F32, 0.0)))
+        par_v = [builder.load(builder.gep(a_par.data, [ir.Constant(I64, r)])) for r in range(N_PAR)]
+        inv_kappa, mmd, w_n, w_c = (splat(builder, par_v[r]) for r in (EP_INV_KAPPA, EP_MMD, EP_W_NORMAL, EP_W_CURV))
+        pd = splat(builder, builder.fcmp_unordered("!=", par_v[EP_POSE_DEFINED], ir.Constant(F32, 0.0)))
 
         sqrt = _vector_intrinsic(builder, "sqrt", vf, 1)
         fabs = _vector_intrinsic(builder, "fabs", vf, 1)
         vmin = _vector_intrinsic(builder, "minnum", vf, 2)
         vmax = _vector_intrinsic(builder, "maxnum", vf, 2)
-        smax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_vec(_I64)]),
+        smax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [vec(I64)]),
                                               "llvm.vector.reduce.smax.v%di64" % LANES)
         # rows of nbr worth visiting: up to the largest m of these lanes
         m_top = builder.call(smax, [m])
@@ -102,8 +102,8 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
 
         def column_gather(ary, at, col, mask):
             s1 = cgutils.unpack_tuple(builder, ary.strides, 2)[1]
-            return _gather(builder, ary.data, builder.add(at, _splat(builder, builder.mul(s1, ir.Constant(_I64, col)))),
-                           mask, _F32)
+            return gather(builder, ary.data, builder.add(at, splat(builder, builder.mul(s1, ir.Constant(I64, col)))),
+                           mask, F32)
 
         best_slot = cgutils.alloca_once_value(builder, _f32_vec(-1.0))
         (pfd_stride,) = cgutils.unpack_tuple(builder, a_pfd.strides, 1)
@@ -112,9 +112,9 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
         pose_s0 = cgutils.unpack_tuple(builder, a_pose.strides, 2)[0]
         with cgutils.for_range(builder, builder.select(builder.icmp_signed(">", n_iter, zero), n_iter, zero)) as loop:
             p = loop.index
-            act = builder.icmp_signed("<", _splat(builder, p), m)
-            j = builder.sext(builder.load(_row(builder, a_nbr, p, n_cols, i0v, _I32), align=4), _vec(_I64))
-            at = builder.mul(j, _splat(builder, pos_s0))
+            act = builder.icmp_signed("<", splat(builder, p), m)
+            j = builder.sext(builder.load(_row(builder, a_nbr, p, n_cols, i0v, I32), align=4), vec(I64))
+            at = builder.mul(j, splat(builder, pos_s0))
             ex = builder.fsub(column_gather(a_pos, at, 0, act), lx)
             ey = builder.fsub(column_gather(a_pos, at, 1, act), ly)
             ez = builder.fsub(column_gather(a_pos, at, 2, act), lz)
@@ -123,7 +123,7 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
             valid = builder.and_(act, builder.fcmp_ordered("<", dist, mmd))
 
             # pose evidence (4.6): normal, then (when defined) the curvature direction
-            at = builder.mul(j, _splat(builder, pose_s0))
+            at = builder.mul(j, splat(builder, pose_s0))
             g = clamp1(dot(column_gather(a_pose, at, 0, act), column_gather(a_pose, at, 1, act),
                            column_gather(a_pose, at, 2, act), qx, qy, qz))
             half = _f32_vec(0.5)
@@ -132,16 +132,16 @@ def _evidence_max_ir(typingctx, node_pos, node_pose, node_pfd, phi, nbr, n_nbr, 
             curv = builder.and_(act, pd)
             g2 = clamp1(dot(column_gather(a_pose, at, 3, curv), column_gather(a_pose, at, 4, curv),
                             column_gather(a_pose, at, 5, curv), cx, cy, cz))
-            pfd = _gather(builder, a_pfd.data, builder.mul(j, _splat(builder, pfd_stride)), curv, _F32)
+            pfd = gather(builder, a_pfd.data, builder.mul(j, splat(builder, pfd_stride)), curv, F32)
             term = builder.fmul(builder.fmul(w_c, builder.fsub(half, builder.call(
                 sqrt, [builder.fsub(one, builder.fmul(g2, g2))]))), pfd)
             ev = builder.fadd(ev, term)  # 0 where pd is off: its gathers read 0 there
-            ev = builder.fadd(ev, _gather(builder, a_phi.data, builder.mul(j, _splat(builder, phi_stride)), act,
-                                          _F32))
+            ev = builder.fadd(ev, gather(builder, a_phi.data, builder.mul(j, splat(builder, phi_stride)), act,
+                                          F32))
             best = builder.load(best_slot)
             take = builder.and_(valid, builder.fcmp_ordered(">", ev, best))
             builder.store(builder.select(take, ev, best), best_slot)
-        builder.store(builder.load(best_slot), _row(builder, a_out, zero, zero, i0v, _F32), align=4)
+        builder.store(builder.load(best_slot), _row(builder, a_out, zero, zero, i0v, F32), align=4)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -32,8 +32,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .lanes import (LANES, _F32, _I1, _I32, _I64, _block_loop, _compress_store, _gather, _is_c, _mask_count,
-                    _masked_load, _masked_store, _scatter, _splat, _vec)
+from .ir import (F32, I1, I32, I64, LANES, block_loop, compress_store, gather, is_c_array, mask_count,
+                 masked_load, masked_store, scatter, splat, vec)
 
 from .evidence_layout import N_PATH_PAR, PP_DELETING, PP_DIR1, PP_DISP, PP_MIN_AGE, PP_NORMAL, PP_SLOPE_MIN
 
@@ -50,64 +50,64 @@ def _rows_block(builder, A, par, h0, hi, n_q, dead):
     """IR of ``integrate_rows`` for rows ``h0 .. h0 + LANES - 1`` (those below ``hi``); returns the new
     ``(n_q, dead)``."""
     a_ob, a_lc, a_rt, a_sl, a_ag, a_po, a_rw, a_qo, a_hq = A
-    vi32 = _vec(_I32)
-    vi64 = _vec(_I64)
+    vi32 = vec(I32)
+    vi64 = vec(I64)
     iota = ir.Constant(vi64, list(range(LANES)))
-    h = builder.add(_splat(builder, h0), iota)
-    tail = builder.icmp_signed("<", h, _splat(builder, hi))
-    obj = _masked_load(builder, builder.gep(a_ob.data, [h0]), tail, _I32)
-    age = _masked_load(builder, builder.gep(a_ag.data, [h0]), tail, _I32)
-    slope = _masked_load(builder, builder.gep(a_sl.data, [h0]), tail, _F32)
+    h = builder.add(splat(builder, h0), iota)
+    tail = builder.icmp_signed("<", h, splat(builder, hi))
+    obj = masked_load(builder, builder.gep(a_ob.data, [h0]), tail, I32)
+    age = masked_load(builder, builder.gep(a_ag.data, [h0]), tail, I32)
+    slope = masked_load(builder, builder.gep(a_sl.data, [h0]), tail, F32)
     live = builder.and_(tail, builder.icmp_signed(">=", obj, ir.Constant(vi32, [0] * LANES)))
-    p = [builder.load(builder.gep(par.data, [ir.Constant(_I64, i)])) for i in range(N_PATH_PAR)]
-    deleting = builder.fcmp_ordered("!=", p[PP_DELETING], ir.Constant(_F32, 0.0))
-    old = builder.icmp_signed(">=", age, _splat(builder, builder.fptosi(p[PP_MIN_AGE], _I32)))
-    growing = builder.fcmp_ordered(">=", slope, _splat(builder, p[PP_SLOPE_MIN]))  # NaN: not growing
+    p = [builder.load(builder.gep(par.data, [ir.Constant(I64, i)])) for i in range(N_PATH_PAR)]
+    deleting = builder.fcmp_ordered("!=", p[PP_DELETING], ir.Constant(F32, 0.0))
+    old = builder.icmp_signed(">=", age, splat(builder, builder.fptosi(p[PP_MIN_AGE], I32)))
+    growing = builder.fcmp_ordered(">=", slope, splat(builder, p[PP_SLOPE_MIN]))  # NaN: not growing
     gone = builder.and_(builder.and_(live, old), builder.not_(growing))
-    gone = builder.select(deleting, gone, ir.Constant(_vec(_I1), [0] * LANES))
-    _masked_store(builder, ir.Constant(vi32, [-1] * LANES), builder.gep(a_ob.data, [h0]), gone)
-    _masked_store(builder, ir.Constant(_vec(_I8), [0] * LANES), builder.gep(a_po.data, [h0]), gone, align=1)
+    gone = builder.select(deleting, gone, ir.Constant(vec(I1), [0] * LANES))
+    masked_store(builder, ir.Constant(vi32, [-1] * LANES), builder.gep(a_ob.data, [h0]), gone)
+    masked_store(builder, ir.Constant(vec(_I8), [0] * LANES), builder.gep(a_po.data, [h0]), gone, align=1)
     surv = builder.and_(live, builder.not_(gone))
     # the rows' locations and rotations: 3 and 9 floats per row
-    loc_base = builder.gep(a_lc.data, [builder.mul(h0, ir.Constant(_I64, 3))])
-    rot_base = builder.gep(a_rt.data, [builder.mul(h0, ir.Constant(_I64, 9))])
-    loc_b = builder.mul(iota, _splat(builder, ir.Constant(_I64, 12)))
-    rot_b = builder.mul(iota, _splat(builder, ir.Constant(_I64, 36)))
-    loc = [_gather(builder, loc_base, builder.add(loc_b, _splat(builder, ir.Constant(_I64, 4 * c))), surv, _F32)
+    loc_base = builder.gep(a_lc.data, [builder.mul(h0, ir.Constant(I64, 3))])
+    rot_base = builder.gep(a_rt.data, [builder.mul(h0, ir.Constant(I64, 9))])
+    loc_b = builder.mul(iota, splat(builder, ir.Constant(I64, 12)))
+    rot_b = builder.mul(iota, splat(builder, ir.Constant(I64, 36)))
+    loc = [gather(builder, loc_base, builder.add(loc_b, splat(builder, ir.Constant(I64, 4 * c))), surv, F32)
            for c in range(3)]
-    rot = [_gather(builder, rot_base, builder.add(rot_b, _splat(builder, ir.Constant(_I64, 4 * c))), surv, _F32)
+    rot = [gather(builder, rot_base, builder.add(rot_b, splat(builder, ir.Constant(I64, 4 * c))), surv, F32)
            for c in range(9)]
-    d = [_splat(builder, p[PP_DISP + c]) for c in range(3)]
-    sn = [_splat(builder, p[PP_NORMAL + c]) for c in range(3)]
-    sc = [_splat(builder, p[PP_DIR1 + c]) for c in range(3)]
+    d = [splat(builder, p[PP_DISP + c]) for c in range(3)]
+    sn = [splat(builder, p[PP_NORMAL + c]) for c in range(3)]
+    sc = [splat(builder, p[PP_DIR1 + c]) for c in range(3)]
     cols = []
     for a in range(3):  # l_a = loc_a + R[a, 0] dx + R[a, 1] dy + R[a, 2] dz, summed left to right
         r = rot[3 * a:3 * a + 3]
         cols.append(_mul_add(builder, r[2], d[2], _mul_add(builder, r[1], d[1], _mul_add(builder, r[0], d[0], loc[a]))))
     for a in range(3):
-        _scatter(builder, loc_base, builder.add(loc_b, _splat(builder, ir.Constant(_I64, 4 * a))), cols[a], surv, _F32)
+        scatter(builder, loc_base, builder.add(loc_b, splat(builder, ir.Constant(I64, 4 * a))), cols[a], surv, F32)
     for v in (sn, sc):  # R v, summed left to right
         for a in range(3):
             r = rot[3 * a:3 * a + 3]
             cols.append(_mul_add(builder, r[2], v[2], _mul_add(builder, r[1], v[1], builder.fmul(r[0], v[0]))))
     p_len = cgutils.unpack_tuple(builder, a_hq.shape, 2)[1]
     for c in range(9):
-        _compress_store(builder, cols[c], builder.gep(a_hq.data, [builder.add(builder.mul(ir.Constant(_I64, c), p_len),
+        compress_store(builder, cols[c], builder.gep(a_hq.data, [builder.add(builder.mul(ir.Constant(I64, c), p_len),
                                                                                n_q)]), surv)
-    _compress_store(builder, h, builder.gep(a_rw.data, [n_q]), surv)
-    _compress_store(builder, obj, builder.gep(a_qo.data, [n_q]), surv)
-    return builder.add(n_q, _mask_count(builder, surv)), builder.add(dead, _mask_count(builder, gone))
+    compress_store(builder, h, builder.gep(a_rw.data, [n_q]), surv)
+    compress_store(builder, obj, builder.gep(a_qo.data, [n_q]), surv)
+    return builder.add(n_q, mask_count(builder, surv)), builder.add(dead, mask_count(builder, gone))
 
 
 @intrinsic
 def _integrate_rows_ir(typingctx, hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age, hyp_possible, lo, hi, par, rows,
                        qobj, hq):
     """``integrate_rows`` in compiled code: a loop over blocks of ``LANES`` rows."""
-    if not (_is_c(hyp_obj, 1, types.int32) and _is_c(hyp_loc, 2, types.float32) and _is_c(hyp_rot, 2, types.float32)
-            and _is_c(hyp_slope, 1, types.float32) and _is_c(hyp_age, 1, types.int32)
-            and _is_c(hyp_possible, 1, types.uint8) and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)
-            and _is_c(par, 1, types.float32) and _is_c(rows, 1, types.int64) and _is_c(qobj, 1, types.int32)
-            and _is_c(hq, 2, types.float32)):
+    if not (is_c_array(hyp_obj, 1, types.int32) and is_c_array(hyp_loc, 2, types.float32) and is_c_array(hyp_rot, 2, types.float32)
+            and is_c_array(hyp_slope, 1, types.float32) and is_c_array(hyp_age, 1, types.int32)
+            and is_c_array(hyp_possible, 1, types.uint8) and isinstance(lo, types.Integer) and isinstance(hi, types.Integer)
+            and is_c_array(par, 1, types.float32) and is_c_array(rows, 1, types.int64) and is_c_array(qobj, 1, types.int32)
+            and is_c_array(hq, 2, types.float32)):
         return None
     ret = types.UniTuple(types.int64, 2)
     sig = ret(hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age, hyp_possible, lo, hi, par, rows, qobj, hq)
@@ -117,8 +117,8 @@ def _integrate_rows_ir(typingctx, hyp_obj, hyp_loc, hyp_rot, hyp_slope, hyp_age,
         par_a = context.make_array(signature.args[8])(context, builder, args[8])
         lo64 = context.cast(builder, args[6], signature.args[6], types.int64)
         hi64 = context.cast(builder, args[7], signature.args[7], types.int64)
-        zero = ir.Constant(_I64, 0)
-        nq, dead = _block_loop(builder, lo64, hi64, [zero, zero],
+        zero = ir.Constant(I64, 0)
+        nq, dead = block_loop(builder, lo64, hi64, [zero, zero],
                                lambda b, h0, v: _rows_block(b, arrays, par_a, h0, hi64, v[0], v[1]), "paths")
         return context.make_tuple(builder, ret, [nq, dead])
 

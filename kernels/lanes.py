@@ -32,9 +32,14 @@ Lane state, all C-contiguous scratch arrays owned by the caller (L = ``LANES``):
   distances, ascending, and their node rows. Start a lane at ``r2`` / -1 to keep
   only nodes strictly closer than ``sqrt(r2)``.
 
+The IR is built from the helpers of ``kernels.ir`` (gathers, scatters, masked
+loads and stores, ``LANES``, re-exported here).
+
 ``popcount`` and ``lowest_bit`` are LLVM's ``ctpop`` and ``cttz`` on int64 lane masks,
 ``prefetch`` LLVM's ``prefetch`` (a software prefetch; the evidence step's driver measured faster without).
 """
+
+from collections import namedtuple
 
 import numpy as np
 from llvmlite import binding as _llvm, ir
@@ -42,130 +47,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-LANES = 16  # at most 64: lane masks are int64
-
-_I1 = ir.IntType(1)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_F32 = ir.FloatType()
-
-
-def _vec(elem):
-    return ir.VectorType(elem, LANES)
-
-
-def _splat(builder, value):
-    vty = _vec(value.type)
-    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_vec(_I32), [0] * LANES))
-
-
-def _lane_row(builder, data, row, elem):
-    """Pointer to row ``row`` of a C-contiguous (R, LANES) array of ``elem``, as a pointer to one vector."""
-    p = builder.gep(data, [builder.mul(row, ir.Constant(_I64, LANES))])
-    return builder.bitcast(p, _vec(elem).as_pointer())
-
-
-def _vector_pointers(builder, base, byte_offsets, elem):
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64)), byte_offsets)
-    return builder.inttoptr(addr, _vec(elem.as_pointer()))
-
-
-def _gather(builder, base, byte_offsets, mask, elem, align=4):
-    """``elem`` values at ``base + byte_offsets`` (int64 vector) in the lanes of ``mask``, 0 elsewhere.
-
-    Masked-off lanes read no memory, so their offsets may be anything.
-    """
-    vty = _vec(elem)
-    pty = _vec(elem.as_pointer())
-    name = "llvm.masked.gather.v%d%s.v%d%s" % (LANES, elem.intrinsic_name, LANES, _pointer_suffix(elem))
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [pty, _I32, _vec(_I1), vty]), name)
-    return builder.call(fn, [_vector_pointers(builder, base, byte_offsets, elem), ir.Constant(_I32, align), mask,
-                             ir.Constant(vty, None)])
-
-
-def _scatter(builder, base, byte_offsets, values, mask, elem, align=4):
-    """Store ``values`` at ``base + byte_offsets`` (int64 vector) in the lanes of ``mask`` (distinct addresses)."""
-    pty = _vec(elem.as_pointer())
-    name = "llvm.masked.scatter.v%d%s.v%d%s" % (LANES, elem.intrinsic_name, LANES, _pointer_suffix(elem))
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [_vec(elem), pty, _I32, _vec(_I1)]), name)
-    builder.call(fn, [values, _vector_pointers(builder, base, byte_offsets, elem), ir.Constant(_I32, align), mask])
-
-
-def _block_loop(builder, start, stop, carried, body, name):
-    """IR of ``for i0 in range(start, stop, LANES)`` carrying int64 values from block to block.
-
-    ``body(builder, i0, values)`` emits one block's IR and returns the new values; returns
-    the values after the last block (``carried`` when there is none).
-    """
-    entry = builder.block
-    head = builder.append_basic_block(name + ".head")
-    block = builder.append_basic_block(name + ".body")
-    done = builder.append_basic_block(name + ".done")
-    builder.branch(head)
-    builder.position_at_end(head)
-    i0 = builder.phi(_I64)
-    phis = [builder.phi(_I64) for _ in carried]
-    i0.add_incoming(start, entry)
-    for phi, value in zip(phis, carried):
-        phi.add_incoming(value, entry)
-    builder.cbranch(builder.icmp_signed("<", i0, stop), block, done)
-    builder.position_at_end(block)
-    new = body(builder, i0, phis)
-    i0.add_incoming(builder.add(i0, ir.Constant(_I64, LANES)), builder.block)
-    for phi, value in zip(phis, new):
-        phi.add_incoming(value, builder.block)
-    builder.branch(head)
-    builder.position_at_end(done)
-    return phis
-
-
-def _pointer_suffix(ty):
-    """How the overloaded intrinsic's name spells a pointer to ``ty`` (an element or a vector):
-    ``p0`` where LLVM has only opaque pointers (17 and later; a typed-pointer name there goes
-    through LLVM's auto-upgrade, which crashed on LLVM 22), else ``p0f32``, ``p0v16f32``, ..."""
-    if _llvm.llvm_version_info[0] >= 17:
-        return "p0"
-    return ty.as_pointer().intrinsic_name
-
-
-def _masked_load(builder, ptr, mask, elem):
-    """``LANES`` consecutive ``elem`` values from ``ptr`` in the lanes of ``mask`` (0 elsewhere)."""
-    vty = _vec(elem)
-    name = "llvm.masked.load.v%d%s.%s" % (LANES, elem.intrinsic_name, _pointer_suffix(vty))
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty.as_pointer(), _I32, _vec(_I1), vty]),
-                                        name)
-    return builder.call(fn, [builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, 4), mask,
-                             ir.Constant(vty, None)])
-
-
-def _masked_store(builder, values, ptr, mask, align=4):
-    """Store the vector ``values`` to ``LANES`` consecutive elements at ``ptr`` in the lanes of ``mask``."""
-    vty = values.type
-    name = "llvm.masked.store.v%d%s.%s" % (LANES, vty.element.intrinsic_name, _pointer_suffix(vty))
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), _I32, _vec(_I1)]), name)
-    builder.call(fn, [values, builder.bitcast(ptr, vty.as_pointer()), ir.Constant(_I32, align), mask])
-
-
-def _compress_store(builder, values, ptr, mask):
-    """Store the lanes of ``mask`` of the vector ``values`` to consecutive elements from ``ptr``."""
-    vty = values.type
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [vty, vty.element.as_pointer(), _vec(_I1)]),
-                                        "llvm.masked.compressstore.v%d%s" % (LANES, vty.element.intrinsic_name))
-    builder.call(fn, [values, ptr, mask])
-
-
-def _mask_count(builder, mask):
-    """How many lanes of the ``LANES`` x i1 ``mask`` are set, as int64."""
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-    return builder.call(ctpop, [builder.zext(builder.bitcast(mask, ir.IntType(LANES)), _I64)])
-
-
-def _is_c(ty, ndim, dtype):
-    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.dtype == dtype and ty.layout == "C"
+from .ir import F32, I1, I32, I64, LANES, gather, is_c_array, lane_row, scatter, splat, vec
 
 
 def _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst):
@@ -178,28 +60,28 @@ def _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst):
     live = builder.icmp_signed("<", nxt, end)
     (cd_stride,) = cgutils.unpack_tuple(builder, a_cd.strides, 1)
     (cn_stride,) = cgutils.unpack_tuple(builder, a_cn.strides, 1)
-    row = builder.sext(nxt, _vec(_I64))
-    cd = _gather(builder, a_cd.data, builder.mul(row, _splat(builder, cd_stride)), live, _F32)
-    cn = _gather(builder, a_cn.data, builder.mul(row, _splat(builder, cn_stride)), live, _I32)
+    row = builder.sext(nxt, vec(I64))
+    cd = gather(builder, a_cd.data, builder.mul(row, splat(builder, cd_stride)), live, F32)
+    cn = gather(builder, a_cn.data, builder.mul(row, splat(builder, cn_stride)), live, I32)
 
     # stop test against the current k-th best (r2 until k nodes are in)
     gap = builder.fsub(cd, off)
-    beyond = builder.and_(builder.fcmp_ordered(">", gap, ir.Constant(_vec(_F32), [0.0] * LANES)),
+    beyond = builder.and_(builder.fcmp_ordered(">", gap, ir.Constant(vec(F32), [0.0] * LANES)),
                           builder.fcmp_ordered(">=", builder.fmul(gap, gap), worst))
     take = builder.and_(live, builder.not_(beyond))
-    nxt2 = builder.select(take, builder.add(nxt, ir.Constant(_vec(_I32), [1] * LANES)), end)
+    nxt2 = builder.select(take, builder.add(nxt, ir.Constant(vec(I32), [1] * LANES)), end)
 
     # squared distance from the query to node cn (node_pos by its strides)
     s0, s1 = cgutils.unpack_tuple(builder, a_np.strides, 2)
-    at = builder.mul(builder.sext(cn, _vec(_I64)), _splat(builder, s0))
+    at = builder.mul(builder.sext(cn, vec(I64)), splat(builder, s0))
     coords = []
     for col in range(3):
-        p = _gather(builder, a_np.data, builder.add(at, _splat(builder, builder.mul(s1, ir.Constant(_I64, col)))),
-                    take, _F32)
+        p = gather(builder, a_np.data, builder.add(at, splat(builder, builder.mul(s1, ir.Constant(I64, col)))),
+                    take, F32)
         coords.append(builder.fsub(p, q[col]))
     dx, dy, dz = coords
     d2 = builder.fadd(builder.fadd(builder.fmul(dx, dx), builder.fmul(dy, dy)), builder.fmul(dz, dz))
-    return nxt2, cn, builder.select(take, d2, ir.Constant(_vec(_F32), [float("inf")] * LANES))
+    return nxt2, cn, builder.select(take, d2, ir.Constant(vec(F32), [float("inf")] * LANES))
 
 
 def _inserted(builder, x, cn, b, b_prev, j, j_prev):
@@ -218,34 +100,34 @@ def _inserted(builder, x, cn, b, b_prev, j, j_prev):
 
 def _done_mask(builder, nxt, end):
     done = builder.icmp_signed(">=", nxt, end)
-    return builder.zext(builder.bitcast(done, ir.IntType(LANES)), _I64)
+    return builder.zext(builder.bitcast(done, ir.IntType(LANES)), I64)
 
 
 def _memory_step(builder, arrays, k64):
     """IR of one ``lock_step`` with the lane state in memory (any k); returns the int64 done mask."""
     a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
-    zero = ir.Constant(_I64, 0)
-    one = ir.Constant(_I64, 1)
-    nxt = builder.load(_lane_row(builder, a_li.data, zero, _I32), align=4)
-    end = builder.load(_lane_row(builder, a_li.data, one, _I32), align=4)
-    off = builder.load(_lane_row(builder, a_lf.data, zero, _F32), align=4)
-    q = [builder.load(_lane_row(builder, a_lf.data, ir.Constant(_I64, col + 1), _F32), align=4) for col in range(3)]
-    worst = builder.load(_lane_row(builder, a_bd.data, builder.sub(k64, one), _F32), align=4)
+    zero = ir.Constant(I64, 0)
+    one = ir.Constant(I64, 1)
+    nxt = builder.load(lane_row(builder, a_li.data, zero, I32), align=4)
+    end = builder.load(lane_row(builder, a_li.data, one, I32), align=4)
+    off = builder.load(lane_row(builder, a_lf.data, zero, F32), align=4)
+    q = [builder.load(lane_row(builder, a_lf.data, ir.Constant(I64, col + 1), F32), align=4) for col in range(3)]
+    worst = builder.load(lane_row(builder, a_bd.data, builder.sub(k64, one), F32), align=4)
     nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst)
-    builder.store(nxt2, _lane_row(builder, a_li.data, zero, _I32), align=4)
+    builder.store(nxt2, lane_row(builder, a_li.data, zero, I32), align=4)
     # from the last entry down, so that every entry reads old values
     with cgutils.for_range(builder, builder.sub(k64, one)) as loop:
         p = builder.sub(builder.sub(k64, one), loop.index)  # k - 1 .. 1
         pm1 = builder.sub(p, one)
-        bp = _lane_row(builder, a_bd.data, p, _F32)
-        jp = _lane_row(builder, a_bj.data, p, _I32)
+        bp = lane_row(builder, a_bd.data, p, F32)
+        jp = lane_row(builder, a_bj.data, p, I32)
         b2, j2 = _inserted(builder, x, cn, builder.load(bp, align=4),
-                           builder.load(_lane_row(builder, a_bd.data, pm1, _F32), align=4),
-                           builder.load(jp, align=4), builder.load(_lane_row(builder, a_bj.data, pm1, _I32), align=4))
+                           builder.load(lane_row(builder, a_bd.data, pm1, F32), align=4),
+                           builder.load(jp, align=4), builder.load(lane_row(builder, a_bj.data, pm1, I32), align=4))
         builder.store(b2, bp, align=4)
         builder.store(j2, jp, align=4)
-    b0p = _lane_row(builder, a_bd.data, zero, _F32)
-    j0p = _lane_row(builder, a_bj.data, zero, _I32)
+    b0p = lane_row(builder, a_bd.data, zero, F32)
+    j0p = lane_row(builder, a_bj.data, zero, I32)
     b2, j2 = _inserted(builder, x, cn, builder.load(b0p, align=4), None, builder.load(j0p, align=4), None)
     builder.store(b2, b0p, align=4)
     builder.store(j2, j0p, align=4)
@@ -256,8 +138,8 @@ def _lane_types_ok(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best
     return (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
             and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
             and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
-            and _is_c(lane_i, 2, types.int32) and _is_c(lane_f, 2, types.float32)
-            and _is_c(best_d2, 2, types.float32) and _is_c(best_j, 2, types.int32)
+            and is_c_array(lane_i, 2, types.int32) and is_c_array(lane_f, 2, types.float32)
+            and is_c_array(best_d2, 2, types.float32) and is_c_array(best_j, 2, types.int32)
             and isinstance(k, types.Integer))
 
 
@@ -331,7 +213,7 @@ K_REGISTERS = 10
 
 def _stop(builder, done, busy, stop_at):
     """Whether ``lock_steps`` returns: every busy lane done, or at least ``stop_at`` of them."""
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64]), "llvm.ctpop.i64")
     return builder.or_(builder.icmp_signed("==", done, busy),
                        builder.icmp_signed(">=", builder.call(ctpop, [done]), stop_at))
 
@@ -342,14 +224,14 @@ def _register_loop(builder, arrays, k, busy, stop_at):
     a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
 
     def row(ary, r, elem):
-        return _lane_row(builder, ary.data, ir.Constant(_I64, r), elem)
+        return lane_row(builder, ary.data, ir.Constant(I64, r), elem)
 
-    nxt0 = builder.load(row(a_li, 0, _I32), align=4)
-    end = builder.load(row(a_li, 1, _I32), align=4)
-    off = builder.load(row(a_lf, 0, _F32), align=4)
-    q = [builder.load(row(a_lf, col + 1, _F32), align=4) for col in range(3)]
-    bd0 = [builder.load(row(a_bd, p, _F32), align=4) for p in range(k)]
-    bj0 = [builder.load(row(a_bj, p, _I32), align=4) for p in range(k)]
+    nxt0 = builder.load(row(a_li, 0, I32), align=4)
+    end = builder.load(row(a_li, 1, I32), align=4)
+    off = builder.load(row(a_lf, 0, F32), align=4)
+    q = [builder.load(row(a_lf, col + 1, F32), align=4) for col in range(3)]
+    bd0 = [builder.load(row(a_bd, p, F32), align=4) for p in range(k)]
+    bj0 = [builder.load(row(a_bj, p, I32), align=4) for p in range(k)]
     pre = builder.block
     loop = builder.append_basic_block("lanes.k%d.loop" % k)
     out = builder.append_basic_block("lanes.k%d.out" % k)
@@ -370,10 +252,10 @@ def _register_loop(builder, arrays, k, busy, stop_at):
         phi.add_incoming(again, back)
     builder.cbranch(_stop(builder, done, busy, stop_at), out, loop)
     builder.position_at_end(out)
-    builder.store(nxt2, row(a_li, 0, _I32), align=4)
+    builder.store(nxt2, row(a_li, 0, I32), align=4)
     for p in range(k):
-        builder.store(bd2[p], row(a_bd, p, _F32), align=4)
-        builder.store(bj2[p], row(a_bj, p, _I32), align=4)
+        builder.store(bd2[p], row(a_bd, p, F32), align=4)
+        builder.store(bj2[p], row(a_bj, p, I32), align=4)
     return done
 
 
@@ -394,7 +276,7 @@ def _lock_steps_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, be
         results = []
         for kk in range(1, K_REGISTERS + 1):
             block = builder.append_basic_block("lanes.k%d" % kk)
-            switch.add_case(ir.Constant(_I64, kk), block)
+            switch.add_case(ir.Constant(I64, kk), block)
             builder.position_at_end(block)
             results.append((_register_loop(builder, arrays, kk, busy64, stop64), builder.block))
             builder.branch(merge)
@@ -409,7 +291,7 @@ def _lock_steps_ir(typingctx, cand_dist, cand_node, node_pos, lane_i, lane_f, be
         results.append((done, out))
         builder.branch(merge)
         builder.position_at_end(merge)
-        phi = builder.phi(_I64)
+        phi = builder.phi(I64)
         for value, block in results:
             phi.add_incoming(value, block)
         return phi
@@ -448,7 +330,7 @@ _MASK_T = ir.IntType(LANES)
 
 
 def _bits_to_mask(builder, bits):
-    return builder.bitcast(builder.trunc(bits, _MASK_T), _vec(_I1))
+    return builder.bitcast(builder.trunc(bits, _MASK_T), vec(I1))
 
 
 def _search_k(builder, A, K, n_search, r2, stop_at):
@@ -456,14 +338,14 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     once enough lanes have ended, writes their results with masked scatters and refills them from
     the query list (expand-load, then gathers of each new query's list and point)."""
     a_cd, a_cn, a_np, a_sp, a_so, a_hq, a_se, a_oj, a_om = A
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-    ctlz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, _I1]), "llvm.ctlz.i64")
-    vi32 = _vec(_I32); vf = _vec(_F32); vi64 = _vec(_I64)
-    r2v = _splat(builder, r2)
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64]), "llvm.ctpop.i64")
+    ctlz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64, I1]), "llvm.ctlz.i64")
+    vi32 = vec(I32); vf = vec(F32); vi64 = vec(I64)
+    r2v = splat(builder, r2)
     zero_i = ir.Constant(vi32, [0] * LANES)
     zero_f = ir.Constant(vf, [0.0] * LANES)
     init = {"nxt": zero_i, "end": zero_i, "off": zero_f, "qx": zero_f, "qy": zero_f, "qz": zero_f, "lq": zero_i,
-            "busy": ir.Constant(_I64, 0), "pos": ir.Constant(_I64, 0), "done": ir.Constant(_I64, (1 << LANES) - 1)}
+            "busy": ir.Constant(I64, 0), "pos": ir.Constant(I64, 0), "done": ir.Constant(I64, (1 << LANES) - 1)}
     for p in range(K):
         init["bd%d" % p] = r2v
         init["bj%d" % p] = ir.Constant(vi32, [-1] * LANES)
@@ -489,11 +371,11 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     mcount = ir.Constant(vi64, [0] * LANES)
     oj_s0 = cgutils.unpack_tuple(builder, a_oj.strides, 2)[0]
     for p in range(K):
-        off_b = builder.add(builder.mul(lq64, _splat(builder, ir.Constant(_I64, 4))),
-                            _splat(builder, builder.mul(oj_s0, ir.Constant(_I64, p))))
-        _scatter(builder, a_oj.data, off_b, S["bj%d" % p], dmask, _I32, 4)
+        off_b = builder.add(builder.mul(lq64, splat(builder, ir.Constant(I64, 4))),
+                            splat(builder, builder.mul(oj_s0, ir.Constant(I64, p))))
+        scatter(builder, a_oj.data, off_b, S["bj%d" % p], dmask, I32, 4)
         mcount = builder.add(mcount, builder.zext(builder.fcmp_ordered("<", S["bd%d" % p], r2v), vi64))
-    _scatter(builder, a_om.data, builder.mul(lq64, _splat(builder, ir.Constant(_I64, 8))), mcount, dmask, _I64, 8)
+    scatter(builder, a_om.data, builder.mul(lq64, splat(builder, ir.Constant(I64, 8))), mcount, dmask, I64, 8)
     left = builder.sub(n_search, S["pos"])
     have = builder.call(ctpop, [done])
     avail = builder.select(builder.icmp_signed("<", have, left), have, left)
@@ -501,33 +383,33 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     pre_trim = builder.block
     builder.branch(trim_head)
     builder.position_at_end(trim_head)
-    cur = builder.phi(_I64)
-    ex = builder.phi(_I64)
+    cur = builder.phi(I64)
+    ex = builder.phi(I64)
     cur.add_incoming(done, pre_trim)
     ex.add_incoming(excess, pre_trim)
-    builder.cbranch(builder.icmp_signed(">", ex, ir.Constant(_I64, 0)), trim_body, trim_end)
+    builder.cbranch(builder.icmp_signed(">", ex, ir.Constant(I64, 0)), trim_body, trim_end)
     builder.position_at_end(trim_body)
-    hb = builder.sub(ir.Constant(_I64, 63), builder.call(ctlz, [cur, ir.Constant(_I1, 0)]))
-    cur2 = builder.and_(cur, builder.not_(builder.shl(ir.Constant(_I64, 1), hb)))
+    hb = builder.sub(ir.Constant(I64, 63), builder.call(ctlz, [cur, ir.Constant(I1, 0)]))
+    cur2 = builder.and_(cur, builder.not_(builder.shl(ir.Constant(I64, 1), hb)))
     cur.add_incoming(cur2, trim_body)
-    ex.add_incoming(builder.sub(ex, ir.Constant(_I64, 1)), trim_body)
+    ex.add_incoming(builder.sub(ex, ir.Constant(I64, 1)), trim_body)
     builder.branch(trim_head)
     builder.position_at_end(trim_end)
     fill = cur
     fmask = _bits_to_mask(builder, fill)
-    exp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi64, [_I64.as_pointer(), _vec(_I1), vi64]),
+    exp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi64, [I64.as_pointer(), vec(I1), vi64]),
                                          "llvm.masked.expandload.v%di64" % LANES)
     sptr = builder.gep(a_se.data, [S["pos"]])
     qn = builder.trunc(builder.call(exp, [sptr, fmask, ir.Constant(vi64, [0] * LANES)]), vi32)
     qn64 = builder.sext(qn, vi64)
     sp_s0 = cgutils.unpack_tuple(builder, a_sp.strides, 2)[0]
     hq_s0 = cgutils.unpack_tuple(builder, a_hq.strides, 2)[0]
-    b4 = builder.mul(qn64, _splat(builder, ir.Constant(_I64, 4)))
-    s0 = _gather(builder, a_sp.data, b4, fmask, _I32, 4)
-    s1 = _gather(builder, a_sp.data, builder.add(b4, _splat(builder, sp_s0)), fmask, _I32, 4)
-    so = _gather(builder, a_so.data, b4, fmask, _F32, 4)
-    qs = [_gather(builder, a_hq.data, builder.add(b4, _splat(builder, builder.mul(hq_s0, ir.Constant(_I64, c)))),
-                    fmask, _F32, 4) for c in range(3)]
+    b4 = builder.mul(qn64, splat(builder, ir.Constant(I64, 4)))
+    s0 = gather(builder, a_sp.data, b4, fmask, I32, 4)
+    s1 = gather(builder, a_sp.data, builder.add(b4, splat(builder, sp_s0)), fmask, I32, 4)
+    so = gather(builder, a_so.data, b4, fmask, F32, 4)
+    qs = [gather(builder, a_hq.data, builder.add(b4, splat(builder, builder.mul(hq_s0, ir.Constant(I64, c)))),
+                    fmask, F32, 4) for c in range(3)]
     N = {}
     N["nxt"] = builder.select(fmask, s0, S["nxt"])
     N["end"] = builder.select(fmask, s1, S["end"])
@@ -540,9 +422,9 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
         N["bj%d" % p] = builder.select(fmask, ir.Constant(vi32, [-1] * LANES), S["bj%d" % p])
     N["busy"] = builder.or_(builder.and_(S["busy"], builder.not_(done)), fill)
     N["pos"] = builder.add(S["pos"], avail)
-    N["done"] = ir.Constant(_I64, 0)
+    N["done"] = ir.Constant(I64, 0)
     refill_end = builder.block
-    builder.cbranch(builder.icmp_signed("==", N["busy"], ir.Constant(_I64, 0)), out, loop)
+    builder.cbranch(builder.icmp_signed("==", N["busy"], ir.Constant(I64, 0)), out, loop)
 
     # the lock-step loop
     builder.position_at_end(loop)
@@ -579,9 +461,9 @@ def _search_lanes_ir(typingctx, cand_dist, cand_node, node_pos, span, span_off, 
     if not (isinstance(cand_dist, types.Array) and cand_dist.ndim == 1 and cand_dist.dtype == types.float32
             and isinstance(cand_node, types.Array) and cand_node.ndim == 1 and cand_node.dtype == types.int32
             and isinstance(node_pos, types.Array) and node_pos.ndim == 2 and node_pos.dtype == types.float32
-            and isinstance(k, types.Integer) and _is_c(span, 2, types.int32) and _is_c(span_off, 1, types.float32) and _is_c(qpos, 2, types.float32)
-            and _is_c(search, 1, types.int64) and isinstance(n_search, types.Integer) and r2 == types.float32
-            and _is_c(out_j, 2, types.int32) and _is_c(out_m, 1, types.int64) and isinstance(stop_at, types.Integer)):
+            and isinstance(k, types.Integer) and is_c_array(span, 2, types.int32) and is_c_array(span_off, 1, types.float32) and is_c_array(qpos, 2, types.float32)
+            and is_c_array(search, 1, types.int64) and isinstance(n_search, types.Integer) and r2 == types.float32
+            and is_c_array(out_j, 2, types.int32) and is_c_array(out_m, 1, types.int64) and isinstance(stop_at, types.Integer)):
         return None
     sig = types.void(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                      stop_at)
@@ -595,7 +477,7 @@ def _search_lanes_ir(typingctx, cand_dist, cand_node, node_pos, span, span_off, 
         switch = builder.switch(k64, merge)
         for kk in range(1, K_REGISTERS + 1):
             block = builder.append_basic_block("search.k%d" % kk)
-            switch.add_case(ir.Constant(_I64, kk), block)
+            switch.add_case(ir.Constant(I64, kk), block)
             builder.position_at_end(block)
             _search_k(builder, arrays, kk, n_search64, args[8], stop64)
             builder.branch(merge)
@@ -641,12 +523,55 @@ def _start_lane(l, i, span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best
         best_j[p, l] = -1
 
 
-@njit(cache=True, inline="always")
+#: Candidate lists of a lane search: ``dist`` float32 (C,) (each entry's stop offset
+#: bound, see ``lock_step``), ``node`` int32 (C,) (node rows), ``node_pos`` float32
+#: (N, 3) (node positions, any strides).
+Candidates = namedtuple("Candidates", ["dist", "node", "node_pos"])
+
+#: The queries of a lane search: ``span`` int32 (2, n) (query i walks candidate rows
+#: ``span[0, i]:span[1, i]``), ``span_off`` float32 (n,) (its stop offset), ``qpos``
+#: float32 (>= 3, n) (its point), ``search`` int64 (>= n_search,) (the queries to run,
+#: in order) and ``n_search`` int.
+LaneQueries = namedtuple("LaneQueries", ["span", "span_off", "qpos", "search", "n_search"])
+
+
 def drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                      stop_at):
     """``search_lanes``' walk for any ``k >= 1`` (same arguments, same results), driving
     ``lock_steps`` and refilling the ended lanes one by one in scalar code: the evidence
-    step's search for k above ``K_REGISTERS``, and ``search_lanes``' plain-Python body."""
+    step's search for k above ``K_REGISTERS``, and ``search_lanes``' plain-Python body.
+
+    ``drive_lanes(Candidates(cand_dist, cand_node, node_pos), LaneQueries(span, span_off,
+    qpos, search, n_search), r2, k, out_j, out_m, stop_at)``; callable from Python and,
+    by the same name and arguments, from ``@njit`` code (the overload below).
+    """
+    drive_lanes(Candidates(cand_dist, cand_node, node_pos), LaneQueries(span, span_off, qpos, search, n_search),
+                r2, k, out_j, out_m, stop_at)
+
+
+@overload(drive_lock_steps, inline="always")
+def _ol_drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j,
+                         out_m, stop_at):
+    def impl(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+        drive_lanes(Candidates(cand_dist, cand_node, node_pos), LaneQueries(span, span_off, qpos, search, n_search),
+                    r2, k, out_j, out_m, stop_at)
+    return impl
+
+
+@njit(cache=True, inline="always")
+def drive_lanes(cands, queries, r2, k, out_j, out_m, stop_at):
+    """``drive_lock_steps`` with grouped arguments: the k nearest candidates of every query
+    of ``queries.search[:queries.n_search]`` (``LaneQueries``) among their lists
+    (``Candidates``), ``LANES`` at a time, ended lanes refilled one by one.
+
+    r2 : float32 (only nodes strictly closer than ``sqrt(r2)`` count in ``out_m``);
+    k : int >= 1;  out_j : int32 (>= k, n), written: column i the best node rows of
+    query i, nearest first, -1 past the found ones;  out_m : int64 (n,), written: how
+    many were strictly closer than ``sqrt(r2)``;  stop_at : int, lanes that must have
+    ended before ``lock_steps`` returns (see ``lock_steps``).
+    """
+    cand_dist, cand_node, node_pos = cands
+    span, span_off, qpos, search, n_search = queries
     lane_i = np.zeros((2, LANES), np.int32)
     lane_f = np.zeros((4, LANES), np.float32)
     best_d2 = np.empty((k, LANES), np.float32)
@@ -693,7 +618,7 @@ def _popcount_ir(typingctx, mask):
         return None
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64]), "llvm.ctpop.i64")
         return builder.call(fn, [args[0]])
 
     return types.int64(types.int64), codegen
@@ -705,8 +630,8 @@ def _lowest_bit_ir(typingctx, mask):
         return None
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, _I1]), "llvm.cttz.i64")
-        return builder.call(fn, [args[0], ir.Constant(_I1, 0)])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64, I1]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(I1, 0)])
 
     return types.int64(types.int64), codegen
 
@@ -720,14 +645,14 @@ def _prefetch_ir(typingctx, a, i):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         (stride,) = cgutils.unpack_tuple(builder, ary.strides, 1)
         idx = context.cast(builder, args[1], signature.args[1], types.int64)
-        base = builder.ptrtoint(ary.data, _I64)
+        base = builder.ptrtoint(ary.data, I64)
         i8p = ir.IntType(8).as_pointer()
         ptr = builder.inttoptr(builder.add(base, builder.mul(idx, stride)), i8p)
         suffix = "p0" if _llvm.llvm_version_info[0] >= 17 else i8p.intrinsic_name
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]),
                                             "llvm.prefetch." + suffix)
         # read, high temporal locality, data cache
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
         return context.get_dummy_value()
 
     return types.void(a, i), codegen

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import K_REGISTERS, LANES, lock_step, lock_steps, lowest_bit, popcount, prefetch, search_lanes
+from kernels.lanes import (K_REGISTERS, LANES, Candidates, LaneQueries, drive_lanes, drive_lock_steps, lock_step,
+                           lock_steps, lowest_bit, popcount, prefetch, search_lanes)
 
 F32 = np.float32
 
@@ -190,6 +191,52 @@ def test_search_lanes_walks_every_listed_query(k, n_search, compiled):
             assert list(out_j[:, i]) == want_j and out_m[i] == want_m, (i, stop_at)
         if n_search >= LANES:
             assert (out_m[search[:n_search]] > 0).any()
+
+
+@njit
+def _drive(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+    drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                     stop_at)
+
+
+def _drive_grouped(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+                   stop_at):
+    drive_lanes(Candidates(cand_dist, cand_node, node_pos), LaneQueries(span, span_off, qpos, search, n_search),
+                r2, k, out_j, out_m, stop_at)
+
+
+@pytest.mark.parametrize("k", [1, 5, K_REGISTERS + 1, 16])
+@pytest.mark.parametrize("n_search", [0, 1, LANES + 1, 70])
+@pytest.mark.parametrize("run", ["njit", "python", "grouped"])
+def test_drive_lock_steps_walks_every_listed_query_for_any_k(k, n_search, run):
+    """``drive_lock_steps`` (from njit code and from Python) and ``drive_lanes`` (its grouped
+    arguments): every listed query gets the one-query reference walk of its list, for any k."""
+    fn = {"njit": _drive, "python": drive_lock_steps, "grouped": _drive_grouped}[run]
+    rng = np.random.default_rng(11 * k + n_search)
+    n, n_nodes, n_cand = 80, 60, 3000
+    node_pos = (rng.integers(-8, 8, (n_nodes, 3)) / 16).astype(F32)
+    cand_node = rng.integers(0, n_nodes, n_cand).astype(np.int32)
+    starts = rng.integers(0, n_cand - 50, n)
+    span = np.stack([starts, starts + rng.integers(1, 50, n)]).astype(np.int32)
+    cand_dist = np.zeros(n_cand, F32)
+    for c0, c1 in span.T:
+        cand_dist[c0:c1] = np.sort(rng.integers(0, 32, c1 - c0)) / 32
+    span_off = (rng.integers(-6, 20, n) / 32).astype(F32)
+    qpos = (rng.integers(-8, 8, (3, n)) / 16).astype(F32)
+    search = rng.permutation(n)[:max(n_search, 1)].astype(np.int64)
+    r2 = F32(0.25)
+    out_j = np.full((k, n), -7, np.int32)
+    out_m = np.full(n, -7, np.int64)
+    fn(cand_dist, cand_node, node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k), out_j,
+       out_m, np.int64(4))
+    listed = set(search[:n_search].tolist())
+    for i in range(n):
+        if i not in listed:
+            assert (out_j[:, i] == -7).all() and out_m[i] == -7
+            continue
+        want_j, want_m = _walk_one(cand_dist, cand_node, node_pos, span[0, i], span[1, i], span_off[i], qpos[:, i],
+                                   r2, k)
+        assert list(out_j[:, i]) == want_j and out_m[i] == want_m, i
 
 
 def test_lock_step_reads_nothing_for_idle_lanes():
