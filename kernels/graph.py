@@ -24,6 +24,7 @@ columns (hue) have range 1: distance ``min(|Δ|, 1 − |Δ|)``, mean via the ang
 """
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -457,24 +458,49 @@ def voxel_batch_means(keys, location, pose, pfd, features, circular):
     return ukeys, counts, mloc, mfeat, mpose, pose_valid, use_cds, mpfd
 
 
-@njit(cache=True)
+#: The stored voxels of one object's grid, in increasing key order (K voxels):
+#: ``keys`` int64 (K,), ``count`` int64 (K,), ``loc`` float32 (K, 3), ``feat``
+#: float32 (K, F), ``pose`` float32 (K, 9), ``pfd`` float32 (K,).
+VoxelGrid = namedtuple("VoxelGrid", ["keys", "count", "loc", "feat", "pose", "pfd"])
+
+#: A batch summary, what ``voxel_batch_means`` returns, in its order (U voxels,
+#: increasing keys): ``keys``, ``count``, ``loc``, ``feat``, ``pose`` as
+#: ``VoxelGrid``, ``pose_valid`` bool (U,), ``use_cds`` bool (U,), ``pfd`` float32 (U,).
+VoxelBatch = namedtuple("VoxelBatch", ["keys", "count", "loc", "feat", "pose", "pose_valid", "use_cds", "pfd"])
+
+
 def merge_voxels(okeys, ocount, oloc, ofeat, opose, opfd,
                  nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd):
     """Fold a batch summary into the stored voxels (spec §2.5 step 3, update side).
+
+    A plain Python function: ``merge_voxel_grids(VoxelGrid(okeys, ...),
+    VoxelBatch(nkeys, ...))``, the compiled kernel (call that from ``@njit`` code).
 
     Parameters: the stored grid ``okeys`` int64 (K,) increasing, ``ocount``
     int64 (K,), ``oloc`` float32 (K, 3), ``ofeat`` float32 (K, F), ``opose``
     float32 (K, 9), ``opfd`` float32 (K,); and a batch summary from
     ``voxel_batch_means`` (``nkeys`` increasing).
 
-    Returns the merged ``(keys, count, loc, feat, pose, pfd)``, keys increasing.
-    A voxel only in one input is copied. A voxel in both gets count old + new
-    and every value (new + old) / 2 — equal weighting, not count-weighted, and
-    arithmetic for circular columns too, as tbp.monty does. For the pose: no
-    valid new rows -> the old pose; new curvature directions not averaged
-    (``use_cds`` False) -> the old ĉ1, ĉ2 with the new normal; the result is not
-    re-normalised.
+    Returns the merged ``VoxelGrid`` (a tuple ``(keys, count, loc, feat, pose, pfd)``),
+    keys increasing; see ``merge_voxel_grids``.
     """
+    return merge_voxel_grids(VoxelGrid(okeys, ocount, oloc, ofeat, opose, opfd),
+                             VoxelBatch(nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd))
+
+
+@njit(cache=True)
+def merge_voxel_grids(grid, batch):
+    """Fold a batch summary (``VoxelBatch``) into the stored voxels (``VoxelGrid``).
+
+    Returns the merged ``VoxelGrid``, keys increasing. A voxel only in one input
+    is copied. A voxel in both gets count old + new and every value
+    (new + old) / 2 — equal weighting, not count-weighted, and arithmetic for
+    circular columns too, as tbp.monty does. For the pose: no valid new rows ->
+    the old pose; new curvature directions not averaged (``use_cds`` False) ->
+    the old ĉ1, ĉ2 with the new normal; the result is not re-normalised.
+    """
+    okeys, ocount, oloc, ofeat, opose, opfd = grid
+    nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd = batch
     n_o = okeys.shape[0]
     n_n = nkeys.shape[0]
     n_feat = ofeat.shape[1]
@@ -539,7 +565,7 @@ def merge_voxels(okeys, ocount, oloc, ofeat, opose, opfd,
             i += 1
             j += 1
         o += 1
-    return keys, count, loc, feat, pose, pfd
+    return VoxelGrid(keys, count, loc, feat, pose, pfd)
 
 
 @njit(cache=True)

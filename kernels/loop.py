@@ -19,15 +19,15 @@ ran out, possibly exactly at the step limit), ``STEP_LIMIT`` (stopped by
 ``max_steps`` with observations left). Done takes precedence over the other two.
 """
 
-import numpy as np
-from numba import njit
+from collections import namedtuple
 
-from numba import types
+import numpy as np
+from numba import njit, types
 from numba.extending import overload
 
 from .compact import from_f32
-from .matching import _batch_into, _scan_into, mean_similarity_at, update_confidence
-from .nearest import _nearest_into
+from .matching import batch_into, mean_similarity_at, scan_into, update_confidence
+from .nearest import nearest_into
 from .timing import add_time, ticks
 
 DONE = 0
@@ -38,6 +38,31 @@ REASON_NAMES = ("done", "data_exhausted", "step_limit")
 # Rows of the optional ``timers`` table (see ``kernels.timing``): the kernels a
 # fused run spends its time in.
 TIMED_KERNELS = ("train_episodes", "batch_similarity_at", "scan_segments")
+
+# The grouped arguments of the compiled loops (named tuples of arrays and scalars:
+# numba passes them as one argument each, fields by name, no bare indices).
+
+#: The observations episodes index: ``location`` float32 (T, 3), ``features`` float32 (T, F).
+Sensed = namedtuple("Sensed", ["location", "features"])
+
+#: Training epochs: episodes ``starts, stops`` int64 (E,) (rows of ``Sensed``),
+#: ``n_epochs`` int >= 0, ``max_steps`` int >= 0 (steps per episode at most).
+TrainPlan = namedtuple("TrainPlan", ["starts", "stops", "n_epochs", "max_steps"])
+
+#: What training writes, epoch-major (episode e of epoch p at ``p * E + e``): ``steps``
+#: int64, ``stored`` int64 (stored observations after the episode), ``reason`` int8
+#: (DATA_EXHAUSTED or STEP_LIMIT), each (n_epochs * E,).
+TrainOutputs = namedtuple("TrainOutputs", ["steps", "stored", "reason"])
+
+#: Evaluation epochs: ``starts, stops`` int64 (E,), ``n_epochs`` int >= 0 (all epochs'
+#: episodes run as one pool), ``max_steps`` int >= 0, ``threshold`` float32 (the
+#: confidence that ends an episode), ``chunk`` int >= 1 (steps per episode per round).
+EvalPlan = namedtuple("EvalPlan", ["starts", "stops", "n_epochs", "max_steps", "threshold", "chunk"])
+
+#: What evaluation writes, epoch-major, each (n_epochs * E,): ``steps`` int64 (steps
+#: consumed), ``confidence`` float32 (at the episode's end; each episode starts from 0),
+#: ``reason`` int8 (DONE, DATA_EXHAUSTED or STEP_LIMIT).
+EvalOutputs = namedtuple("EvalOutputs", ["steps", "confidence", "reason"])
 
 
 @njit(cache=True)
@@ -80,6 +105,7 @@ def train_episodes(store, n_stored, location, features, starts, stops, max_steps
     Parameters
     ----------
     store : float32 (3 + F, capacity), appended to from column ``n_stored``
+    location : float32 (T, 3);  features : float32 (T, F)
     starts, stops : int64 (E,);  max_steps : int >= 0
     out_steps : int64 (E,), written: steps taken per episode
     out_stored : int64 (E,), written: stored observations after each episode
@@ -87,14 +113,14 @@ def train_episodes(store, n_stored, location, features, starts, stops, max_steps
 
     Returns the new ``n_stored``. Raises ValueError if the store is too small.
     """
-    return _train_epochs(store, n_stored, location, features, starts, stops, 1, max_steps,
-                         out_steps, out_stored, out_reason, None)
+    return _train_epochs(store, n_stored, Sensed(location, features), TrainPlan(starts, stops, 1, max_steps),
+                         TrainOutputs(out_steps, out_stored, out_reason), None)
 
 
 @njit(inline="always")
-def _train_epochs(store, n_stored, location, features, starts, stops, n_epochs, max_steps,
-                  out_steps, out_stored, out_reason, timers):
-    """Body of training: ``n_epochs`` epochs over the episodes ``starts, stops``.
+def _train_epochs(store, n_stored, sensed, plan, out, timers):
+    """Body of training: ``plan.n_epochs`` epochs over the episodes of ``plan``
+    (``Sensed``, ``TrainPlan``, ``TrainOutputs``).
 
     Outputs are epoch-major (episode e of epoch p at ``p * E + e``, length
     ``n_epochs * E``). Inlined, and indexing the outputs instead of slicing
@@ -102,6 +128,15 @@ def _train_epochs(store, n_stored, location, features, starts, stops, n_epochs, 
     its copying (argument set-up and the slices' references), 10 times the
     copying itself on the 10 x 10 seed row. ``timers`` row 0 counts epochs.
     """
+    location = sensed.location
+    features = sensed.features
+    starts = plan.starts
+    stops = plan.stops
+    n_epochs = plan.n_epochs
+    max_steps = plan.max_steps
+    out_steps = out.steps
+    out_stored = out.stored
+    out_reason = out.reason
     need = training_steps_needed(starts, stops, max_steps, n_epochs)
     if n_stored + need > store.shape[1]:
         raise ValueError("store is too small for these training episodes")
@@ -130,10 +165,13 @@ def _train_epochs(store, n_stored, location, features, starts, stops, n_epochs, 
     return n
 
 
-@njit(cache=True, parallel=True)
 def eval_episodes(store, n_stored, location, features, starts, stops, max_steps, threshold, chunk,
                   out_steps, out_confidence, out_reason, timers=None):
     """Evaluation episodes against a fixed store, with early termination.
+
+    A plain Python function: it groups its arguments and calls the compiled
+    ``eval_episodes_grouped`` (``Sensed``, ``EvalPlan`` with one epoch,
+    ``EvalOutputs``); call that directly from ``@njit`` code.
 
     All E episodes are independent (the store does not change during
     evaluation), so they advance together in rounds: each round takes the next
@@ -157,8 +195,24 @@ def eval_episodes(store, n_stored, location, features, starts, stops, max_steps,
     timers : optional int64 (len(TIMED_KERNELS), 2), added to: calls and
         ticks of the batch matching and the termination scan
     """
-    _eval_rounds(store, n_stored, 0, 0.0, location, features, starts, stops, max_steps, threshold, chunk,
-                 out_steps, out_confidence, out_reason, timers)
+    eval_episodes_grouped(store, n_stored, Sensed(location, features),
+                          EvalPlan(starts, stops, 1, max_steps, threshold, chunk),
+                          EvalOutputs(out_steps, out_confidence, out_reason), timers)
+
+
+@njit(cache=True, parallel=True)
+def eval_episodes_grouped(store, n_stored, sensed, plan, out, timers=None):
+    """``eval_episodes`` with grouped arguments: evaluation of ``plan.n_epochs``
+    epochs of the episodes of ``plan`` against a fixed store.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity);  n_stored : int
+    sensed : ``Sensed``;  plan : ``EvalPlan``
+    out : ``EvalOutputs``, written (epoch-major, each (plan.n_epochs * E,))
+    timers : optional int64 (len(TIMED_KERNELS), 2), as ``eval_episodes``
+    """
+    _eval_rounds(store, n_stored, 0, 0.0, sensed, plan, out, timers)
 
 
 def _similarities_into(m0, m1, m2, m3, location, features, steps, out):
@@ -168,9 +222,9 @@ def _similarities_into(m0, m1, m2, m3, location, features, steps, out):
     compiled code uses the overload below, which does the same.
     """
     if isinstance(m0, np.ndarray):
-        _batch_into(m0, m1, location, features, steps, out)
+        batch_into(m0, m1, location, features, steps, out)
     else:
-        _nearest_into(m0, m1, m2, m3, location, features, steps, out)
+        nearest_into(m0, m1, m2, m3, location, features, steps, out)
 
 
 @overload(_similarities_into, inline="always")
@@ -180,26 +234,43 @@ def _ol_similarities_into(m0, m1, m2, m3, location, features, steps, out):
     ``tree, feats, k, max_distance`` for ``nearest`` (``m0`` a KDTree tuple)."""
     if isinstance(m0, types.Array):
         def impl(m0, m1, m2, m3, location, features, steps, out):
-            _batch_into(m0, m1, location, features, steps, out)
+            batch_into(m0, m1, location, features, steps, out)
         return impl
     if isinstance(m0, types.BaseTuple):
         def impl(m0, m1, m2, m3, location, features, steps, out):
-            _nearest_into(m0, m1, m2, m3, location, features, steps, out)
+            nearest_into(m0, m1, m2, m3, location, features, steps, out)
         return impl
     return None
 
 
 @njit(inline="always")
-def _eval_rounds(m0, m1, m2, m3, location, features, starts, stops, max_steps, threshold, chunk,
-                 out_steps, out_confidence, out_reason, timers):
-    """Body of ``eval_episodes``, inlined into each parallel kernel that evaluates.
+def _eval_rounds(m0, m1, m2, m3, sensed, plan, out, timers):
+    """Body of the evaluating kernels, inlined into each (``Sensed``, ``EvalPlan``,
+    ``EvalOutputs``; the model as in ``_similarities_into``).
 
-    Inlined rather than called: a cached kernel that calls a parallel kernel
-    crashes when loaded from numba's cache (see ``kernels.matching``). No
-    NumPy array expressions here: in a parallel kernel each would start the
-    thread pool.
+    The episodes of all ``plan.n_epochs`` epochs are independent: they run as
+    one pool, epoch-major. Inlined rather than called: a cached kernel that
+    calls a parallel kernel crashes when loaded from numba's cache (see
+    ``kernels.matching``). No NumPy array expressions here: in a parallel
+    kernel each would start the thread pool. The arrays are taken out of the
+    tuples before the parallel loops, which see plain arrays only.
     """
-    n_ep = starts.shape[0]
+    location = sensed.location
+    features = sensed.features
+    max_steps = plan.max_steps
+    threshold = plan.threshold
+    chunk = plan.chunk
+    out_steps = out.steps
+    out_confidence = out.confidence
+    out_reason = out.reason
+    e_ev = plan.starts.shape[0]
+    n_ep = plan.n_epochs * e_ev
+    starts = np.empty(n_ep, dtype=np.int64)
+    stops = np.empty(n_ep, dtype=np.int64)
+    for p in range(plan.n_epochs):
+        for e in range(e_ev):  # loops, not slice assignment: that would start threads
+            starts[p * e_ev + e] = plan.starts[e]
+            stops[p * e_ev + e] = plan.stops[e]
     limit = np.empty(n_ep, dtype=np.int64)
     active = np.empty(n_ep, dtype=np.bool_)
     longest = 0
@@ -249,7 +320,7 @@ def _eval_rounds(m0, m1, m2, m3, location, features, starts, stops, max_steps, t
         if timers is not None:
             add_time(timers, 1, t0)
             t0 = ticks()
-        _scan_into(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
+        scan_into(sims[:q], seg[:m + 1], conf[:m], threshold, consumed[:m], done[:m])
         if timers is not None:
             add_time(timers, 2, t0)
         for i in range(m):
@@ -264,13 +335,16 @@ def _eval_rounds(m0, m1, m2, m3, location, features, starts, stops, max_steps, t
                 out_reason[e] = DATA_EXHAUSTED if limit[e] == stops[e] - starts[e] else STEP_LIMIT
 
 
-@njit(cache=True, parallel=True)
 def run_experiment(store, n_stored, location, features,
                    train_starts, train_stops, n_train_epochs, max_train_steps,
                    eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
                    out_train_steps, out_train_stored, out_train_reason,
                    out_eval_steps, out_eval_confidence, out_eval_reason, timers=None):
     """A whole experiment in one call: all training epochs, then all evaluation epochs.
+
+    A plain Python function: it groups its arguments and calls the compiled
+    ``run_experiment_grouped``; ``run_experiment_packed`` is the same run with
+    its arguments packed into few arrays (the engine's call).
 
     Every epoch presents the same episodes (``train_*`` and ``eval_*`` int64
     (E_train,) / (E_eval,)). Outputs are laid out epoch-major: the entry of
@@ -282,19 +356,37 @@ def run_experiment(store, n_stored, location, features,
     Returns ``n_stored`` after training (the store keeps growing across
     training epochs; evaluation never changes it). ``timers`` (optional, int64
     (len(TIMED_KERNELS), 2)) collects calls and ticks per kernel.
-    ``run_experiment_packed`` is the same run with its arguments packed into
-    fewer arrays (the engine's call).
     """
-    return _experiment(store, n_stored, location, features, train_starts, train_stops, n_train_epochs,
-                       max_train_steps, eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
-                       out_train_steps, out_train_stored, out_train_reason,
-                       out_eval_steps, out_eval_confidence, out_eval_reason, timers)
+    return run_experiment_grouped(
+        store, n_stored, Sensed(location, features),
+        TrainPlan(train_starts, train_stops, n_train_epochs, max_train_steps),
+        EvalPlan(eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk),
+        TrainOutputs(out_train_steps, out_train_stored, out_train_reason),
+        EvalOutputs(out_eval_steps, out_eval_confidence, out_eval_reason), timers)
+
+
+@njit(cache=True, parallel=True)
+def run_experiment_grouped(store, n_stored, sensed, train, evaluation, train_out, eval_out, timers=None):
+    """``run_experiment`` with grouped arguments: all training epochs, then all evaluation epochs.
+
+    Parameters
+    ----------
+    store : float32 (3 + F, capacity), appended to from column ``n_stored``
+    sensed : ``Sensed``;  train : ``TrainPlan``;  evaluation : ``EvalPlan``
+    train_out : ``TrainOutputs``, written;  eval_out : ``EvalOutputs``, written
+    timers : optional int64 (len(TIMED_KERNELS), 2), added to
+
+    Returns ``n_stored`` after training.
+    """
+    return _experiment(store, n_stored, sensed, train, evaluation, train_out, eval_out, timers)
 
 
 # Header of a packed plan (``pack_plan``): its fields, in order, then the episodes.
 PLAN_FIELDS = ("n_stored", "n_train_episodes", "n_train_epochs", "max_train_steps",
                "n_eval_episodes", "n_eval_epochs", "max_eval_steps", "chunk")
 _PLAN_HEADER = len(PLAN_FIELDS)
+
+
 
 
 def pack_plan(train_starts, train_stops, n_train_epochs, max_train_steps,
@@ -356,43 +448,43 @@ def run_experiment_packed(store, location, features, plan, threshold, counts, co
     a = h + e_tr
     b = a + e_tr
     c = b + e_ev
-    return _experiment(store, plan[0], location, features, plan[h:a], plan[a:b], plan[2], plan[3],
-                       plan[b:c], plan[c:c + e_ev], plan[5], plan[6], threshold, plan[7],
-                       counts[:n_tr], counts[n_tr:2 * n_tr], reasons[:n_tr],
-                       counts[2 * n_tr:], confidence, reasons[n_tr:], timers)
+    return _experiment(store, plan[0], Sensed(location, features),
+                       TrainPlan(plan[h:a], plan[a:b], plan[2], plan[3]),
+                       EvalPlan(plan[b:c], plan[c:c + e_ev], plan[5], plan[6], threshold, plan[7]),
+                       TrainOutputs(counts[:n_tr], counts[n_tr:2 * n_tr], reasons[:n_tr]),
+                       EvalOutputs(counts[2 * n_tr:], confidence, reasons[n_tr:]), timers)
 
 
 @njit(inline="always")
-def _experiment(store, n_stored, location, features,
-                train_starts, train_stops, n_train_epochs, max_train_steps,
-                eval_starts, eval_stops, n_eval_epochs, max_eval_steps, threshold, chunk,
-                out_train_steps, out_train_stored, out_train_reason,
-                out_eval_steps, out_eval_confidence, out_eval_reason, timers):
-    """Body of ``run_experiment`` and ``run_experiment_packed`` (inlined: it holds parallel loops)."""
-    n = _train_epochs(store, n_stored, location, features, train_starts, train_stops, n_train_epochs,
-                      max_train_steps, out_train_steps, out_train_stored, out_train_reason, timers)
-    if n_eval_epochs > 0:
-        # Evaluation episodes of all epochs are independent: run them as one pool.
-        e_ev = eval_starts.shape[0]
-        starts = np.empty(n_eval_epochs * e_ev, dtype=np.int64)
-        stops = np.empty(n_eval_epochs * e_ev, dtype=np.int64)
-        for p in range(n_eval_epochs):
-            for e in range(e_ev):  # loops, not slice assignment: that would start threads
-                starts[p * e_ev + e] = eval_starts[e]
-                stops[p * e_ev + e] = eval_stops[e]
-        _eval_rounds(store, n, 0, 0.0, location, features, starts, stops, max_eval_steps, threshold, chunk,
-                     out_eval_steps, out_eval_confidence, out_eval_reason, timers)
+def _experiment(store, n_stored, sensed, train, evaluation, train_out, eval_out, timers):
+    """Body of ``run_experiment_grouped`` and ``run_experiment_packed`` (inlined: it holds
+    parallel loops). Evaluation episodes of all epochs are independent: one pool."""
+    n = _train_epochs(store, n_stored, sensed, train, train_out, timers)
+    if evaluation.n_epochs > 0:
+        _eval_rounds(store, n, 0, 0.0, sensed, evaluation, eval_out, timers)
     return n
 
 
-@njit(cache=True, parallel=True)
 def nearest_eval_episodes(tree, feats, k, max_distance, location, features, starts, stops, max_steps, threshold,
                           chunk, out_steps, out_confidence, out_reason, timers=None):
     """``eval_episodes`` for the ``nearest`` model: the same rounds and termination scan,
     each round's similarities from batched k-nearest queries (``kernels.nearest``).
 
+    A plain Python function: it groups its arguments and calls the compiled
+    ``nearest_eval_episodes_grouped``.
+
     tree : KDTree over the stored positions;  feats : (F, n) stored features
     k : int >= 1;  max_distance : float (inf: no bound). Other arguments as ``eval_episodes``.
     """
-    _eval_rounds(tree, feats, np.int64(k), np.float64(max_distance), location, features, starts, stops,
-                 max_steps, threshold, chunk, out_steps, out_confidence, out_reason, timers)
+    nearest_eval_episodes_grouped(tree, feats, k, max_distance, Sensed(location, features),
+                                  EvalPlan(starts, stops, 1, max_steps, threshold, chunk),
+                                  EvalOutputs(out_steps, out_confidence, out_reason), timers)
+
+
+@njit(cache=True, parallel=True)
+def nearest_eval_episodes_grouped(tree, feats, k, max_distance, sensed, plan, out, timers=None):
+    """``nearest_eval_episodes`` with grouped arguments (``Sensed``, ``EvalPlan``,
+    ``EvalOutputs``, as ``eval_episodes_grouped``); the model is ``tree`` (KDTree over
+    the stored positions), ``feats`` ((F, n) stored features, float32 or uint16
+    float16 bits), ``k`` int >= 1 and ``max_distance`` float (inf: no bound)."""
+    _eval_rounds(tree, feats, np.int64(k), np.float64(max_distance), sensed, plan, out, timers)

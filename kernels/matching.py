@@ -22,7 +22,7 @@ resolve when the caller is loaded from the cache in a later process, and that
 process segfaults (reproduced here: compile ``batch_similarity_at`` in one
 process, ``batch_similarity`` in a second, load it in a third). So each public
 parallel kernel is ``parallel=True`` itself and *inlines* the loop bodies that
-hold the ``prange`` (``_batch_into``, ``_scan_into``); the callees they keep
+hold the ``prange`` (``batch_into``, ``scan_into``); the callees they keep
 are serial. Kernels that compose these (``kernels.loop``) do the same.
 """
 
@@ -171,7 +171,7 @@ def _similarity_sum(store, n_stored, px, py, pz, features, t):
     The query is at ``(px, py, pz)`` with features ``features[t, :]``. A store
     of over ``BLOCKED_ABOVE`` observations is summed in blocks of
     ``STORE_BLOCK`` columns, block by block from the first, and the block sums
-    are added in that order. The batch loops (``_batch_into``) add the same
+    are added in that order. The batch loops (``batch_into``) add the same
     block sums in the same order, so every path (fused batch, tiled batch,
     stepwise step) computes bit-identical sums: the same loop, vectorised the
     same way, on the same blocks.
@@ -241,8 +241,14 @@ def _batch_similarity_parallel(store, n_stored, location, features, steps, out):
 
 
 @njit(inline="always")
-def _batch_into(store, n_stored, location, features, steps, out):
-    """Body of batch matching, inlined into every parallel kernel that matches (see module note).
+def batch_into(store, n_stored, location, features, steps, out):
+    """Similarities of the query rows ``steps`` into ``out``: the body of batch matching,
+    for ``@njit`` kernels that match (inlined; see the module note: a parallel
+    caller must be ``parallel=True`` itself, and then these loops run on all threads).
+
+    store : float32 or uint16 (3 + F, capacity);  n_stored : int
+    location : float32 (T, 3);  features : float32 (T, F)
+    steps : int64 (Q,), the query rows;  out : float32 (Q,), written
 
     Parallel over queries when Q > 1 and Q x n_stored >= PARALLEL_MIN_COMPARISONS,
     serial otherwise. A store of over ``BLOCKED_ABOVE`` observations is matched
@@ -313,7 +319,7 @@ def batch_similarity_at(store, n_stored, location, features, steps, out):
     function can crash a later process (see the module note): call it from
     Python, or inline the loop in a kernel of your own.
     """
-    _batch_into(store, n_stored, location, features, steps, out)
+    batch_into(store, n_stored, location, features, steps, out)
 
 
 @njit(cache=True, parallel=True)
@@ -335,7 +341,7 @@ def batch_similarity(store, n_stored, location, features):
     steps = np.empty(q, dtype=np.int64)
     for i in range(q):  # a loop, not np.arange: in a parallel kernel that would start threads
         steps[i] = i
-    _batch_into(store, n_stored, location, features, steps, out)
+    batch_into(store, n_stored, location, features, steps, out)
     return out
 
 
@@ -390,8 +396,9 @@ def _scan_segments_serial(similarities, offsets, confidence, threshold, out_cons
 
 
 @njit(inline="always")
-def _scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done):
-    """Body of the segment scan, inlined into every parallel kernel that scans (see module note)."""
+def scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done):
+    """The body of ``scan_segments`` (same arguments, same results), for ``@njit``
+    kernels that scan (inlined; see the module note)."""
     # Scanning is a few cycles per step: threads pay off only for many steps.
     if similarities.shape[0] >= _SCAN_PARALLEL_MIN_STEPS and offsets.shape[0] > 2:
         for e in prange(offsets.shape[0] - 1):
@@ -423,4 +430,4 @@ def scan_segments(similarities, offsets, confidence, threshold, out_consumed, ou
 
     Parallel over segments when there are many steps in all.
     """
-    _scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done)
+    scan_into(similarities, offsets, confidence, threshold, out_consumed, out_done)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ._flags import FASTMATH
 from .compact import as_f32
-from .kdtree import _knn_batch_body, _query_knn
+from .kdtree import query_knn, query_knn_batch
 
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
@@ -57,10 +57,14 @@ def nearest_similarity(idx_row, dist_row, feats, features, t):
 
 
 @njit(inline="always")
-def _nearest_into(tree, feats, k, max_distance, location, features, steps, out):
-    """Similarities of the query steps ``steps`` into ``out`` (parallel body; inline only).
+def nearest_into(tree, feats, k, max_distance, location, features, steps, out):
+    """Similarities of the query rows ``steps`` into ``out``: the body of
+    ``nearest_batch_similarity``, for ``@njit`` kernels that match (inlined: it
+    holds parallel loops, see ``kernels.matching``).
 
-    ``k`` int64, ``max_distance`` float64 (inf: no bound).
+    tree : KDTree;  feats : float32 or uint16 (F, n);  k : int64;  max_distance :
+    float64 (inf: no bound);  location : float32 (T, 3);  features : float32 (T, F);
+    steps : int64 (Q,);  out : float32 (Q,), written
     """
     q = steps.shape[0]
     points = np.empty((q, 3), dtype=np.float32)
@@ -69,7 +73,7 @@ def _nearest_into(tree, feats, k, max_distance, location, features, steps, out):
         points[i, 0] = location[t, 0]
         points[i, 1] = location[t, 1]
         points[i, 2] = location[t, 2]
-    idx, dist = _knn_batch_body(tree, points, k, max_distance)
+    idx, dist = query_knn_batch(tree, points, k, max_distance)
     if q >= _PARALLEL_MIN_QUERIES:
         for i in prange(q):
             out[i] = nearest_similarity(idx[i], dist[i], feats, features, steps[i])
@@ -95,7 +99,7 @@ def nearest_batch_similarity(tree, feats, k, max_distance, location, features):
     for i in range(q):
         steps[i] = i
     out = np.empty(q, dtype=np.float32)
-    _nearest_into(tree, feats, np.int64(k), np.float64(max_distance), location, features, steps, out)
+    nearest_into(tree, feats, np.int64(k), np.float64(max_distance), location, features, steps, out)
     return out
 
 
@@ -105,7 +109,7 @@ def nearest_match_step(tree, feats, k, max_distance, location, features, t, conf
 
     Same arithmetic as the batch: one k-nearest query, then ``nearest_similarity``.
     """
-    idx, dist = _query_knn(tree, location[t], np.int64(k), np.float64(max_distance))
+    idx, dist = query_knn(tree, location[t], np.int64(k), np.float64(max_distance))
     s = nearest_similarity(idx, dist, feats, features, t)
     return s, (np.float32(confidence) + s) * np.float32(0.5)
 
@@ -129,7 +133,7 @@ def dedup_keep(tree, feats, location, features, start, stop, dedup_distance, ded
     n_kept = 0
     for i in range(m):
         t = start + i
-        idx, dist = _query_knn(tree, location[t], np.int64(8), np.float64(dedup_distance))
+        idx, dist = query_knn(tree, location[t], np.int64(8), np.float64(dedup_distance))
         dup = False
         for j in range(idx.shape[0]):
             s = idx[j]

@@ -47,7 +47,7 @@ def main(argv=None):
     out = (np.zeros(a.episodes, np.int64), np.zeros(a.episodes, np.float32), np.zeros(a.episodes, np.int8))
 
     lp = LineProfiler()
-    for fn in (loop._eval_rounds, matching._batch_into, matching._similarity_sum_1, matching._scan_into,
+    for fn in (loop._eval_rounds, matching.batch_into, matching._similarity_sum_1, matching.scan_into,
                matching.termination_scan):
         lp.add_function(fn)
     lp.runcall(loop.eval_episodes, store, n, location, features, starts, stops, a.steps,
