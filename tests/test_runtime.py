@@ -43,7 +43,7 @@ def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_
     info = engine("info", "--json", "--cache-dir", str(cache), env=engine_env)
     data = json.loads(info.stdout)
     cached = {k["kernel"]: k["cached_signatures"] for k in data["kernels"]}
-    for name in ("kernels.loop.run_experiment_packed", "kernels.loop.eval_episodes", "kernels.loop.train_episodes",
+    for name in ("kernels.loop.run_experiment_packed", "kernels.loop.eval_episodes_grouped", "kernels.loop.train_episodes",
                  "kernels.loop.match_step", "kernels.loop.train_step"):
         assert cached[name] >= 1, name
     # A second process runs every path of the warmed-up config: nothing compiles, all loads hit the cache.
