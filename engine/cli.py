@@ -146,7 +146,7 @@ def cmd_run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output folder {out_dir} exists and is not a folder")
     model = registry.for_config(cfg)
-    first_run = not args.quiet and runtime.nothing_cached(model.KERNEL_MODULES)
+    first_run = not args.quiet and not runtime.is_cached(model.entry_kernel(cfg))
     if first_run:
         print("compiling kernels (first run only: later runs load them from the kernel cache)...",
               file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from engine.run import registry
 from engine.run.hooks import EVENTS, HookEvent, Hooks
 from engine.run.results import RunReport, shown_rows, write_report
 
-PROTOCOL = ("build", "describe_data", "warmup_config", "KERNEL_MODULES")
+PROTOCOL = ("build", "describe_data", "warmup_config", "KERNEL_MODULES", "entry_kernel")
 
 
 def test_every_model_type_implements_the_protocol():
@@ -105,3 +105,29 @@ def test_shown_rows(n, max_rows, shown):
         assert out[:2] == rows[:2] and out[2] is None and out[3:] == rows[-2:]
     else:
         assert out == rows
+
+
+def test_kernel_modules_name_modules_that_define_kernels():
+    """The first-run notice and `info` look at these modules: each must exist and hold kernels."""
+    import importlib
+
+    from numba.core.registry import CPUDispatcher
+
+    for mt in registry.MODEL_TYPES.values():
+        for name in mt.load().KERNEL_MODULES:
+            mod = importlib.import_module(name)
+            assert any(isinstance(v, CPUDispatcher) for v in vars(mod).values()), name
+
+
+@pytest.mark.parametrize("name", list(registry.MODEL_TYPES))
+def test_entry_kernel_is_a_cached_kernel(name):
+    """The first-run check looks this name up in the kernel cache: it must name a cached
+    (cache=True) kernel of one of the model's kernel modules."""
+    import importlib
+
+    cfg = from_dict({"model": {"type": name}, "data": {"source": "shapes" if name == "evidence" else "cube"}})
+    mod = registry.for_config(cfg)
+    module, fn = mod.entry_kernel(cfg).rsplit(".", 1)
+    assert module in mod.KERNEL_MODULES
+    disp = getattr(importlib.import_module(module), fn)
+    assert disp._cache.__class__.__name__ != "NullCache", "the entry kernel must be cache=True"

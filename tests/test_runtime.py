@@ -1,6 +1,7 @@
 """Kernel cache folder, warm-up, info, and the startup benchmark."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,19 @@ def engine(*args, env, cwd=None):
 
 
 def test_cache_dir_from_config(tmp_path, root, engine_env):
+    """Kernels compile into execution.cache_dir; the first run there says it compiles, and
+    how long it took; the next one, which loads them, says nothing of it."""
     cache = tmp_path / "kcache"
-    p = engine("-q", "run", str(root / "configs/demo.yaml"), "--out", str(tmp_path / "o"),
-               "--set", f"execution.cache_dir={cache}", env=engine_env)
+    args = ("run", str(root / "configs/demo.yaml"), "--out", str(tmp_path / "o"),
+            "--set", f"execution.cache_dir={cache}")
+    p = engine(*args, env=engine_env)
     assert p.returncode == 0, p.stderr
     assert list(cache.rglob("*.nbi")) and list(cache.rglob("*.nbc"))
+    first = [line for line in p.stderr.splitlines() if "kernels" in line]
+    assert first[0].startswith("compiling kernels (first run only") and len(first) == 2
+    assert re.fullmatch(r"compiled kernels in \d+\.\d s", first[1])
+    again = engine(*args, env=engine_env)
+    assert again.returncode == 0 and "compil" not in again.stderr, again.stderr
 
 
 def test_cache_dir_relative_to_config_file(tmp_path):
@@ -89,6 +98,9 @@ def test_info_text(engine_env, tmp_path):
     assert p.returncode == 0, p.stderr
     for word in ("numba", "llvmlite", "numpy", "threading", "kernel cache", str(tmp_path), "SIMD"):
         assert word in p.stdout
+    for name in ("similarity", "nearest", "evidence"):  # each model type's kernels in the cache
+        assert re.search(rf"^model {name}: \d+ of [1-9]\d* kernels cached \(kernels\.", p.stdout, re.M), p.stdout
+    assert "model evidence: 0 of" in p.stdout  # an empty cache (info runs one tiny similarity kernel)
 
 
 def test_warmup_bad_config_exit_2(tmp_path, engine_env):

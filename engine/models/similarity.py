@@ -558,9 +558,16 @@ def format_table(records: list[EpisodeRecord], summary_data: dict, max_rows: int
 # --------------------------------------------------------------------------- the model type's protocol
 # (engine.run.registry: what the CLI, warm-up, validate and profile ask of a model type)
 
-#: kernel modules this model calls (first-run compile notice, cache inventory)
-KERNEL_MODULES = ("kernels.loop", "kernels.matching", "kernels.distance", "kernels.store", "kernels.nearest",
-                  "kernels.kdtree")
+#: kernel modules this model calls (the cache inventory of ``python -m engine info``)
+KERNEL_MODULES = ("kernels.loop", "kernels.matching", "kernels.distance", "kernels.nearest",
+                  "kernels.compact", "kernels.kdtree", "kernels.timing")
+
+
+def entry_kernel(cfg: Config) -> str:
+    """The kernel a run of ``cfg`` spends its compile time on: not in the cache means a
+    first run, which compiles (the CLI says so)."""
+    return "kernels.loop.nearest_eval_episodes_grouped" if cfg.model.type == "nearest" else \
+        "kernels.loop.run_experiment_packed"
 
 
 def build(cfg: Config, *, progress: bool = False) -> Experiment:

@@ -9,8 +9,9 @@ A model type is a module that defines, at its top level:
   (``python -m engine validate``);
 - ``warmup_config(cfg) -> None``: compile (or load from the cache) every kernel
   signature the config can use, on every execution path (``python -m engine warmup``);
-- ``KERNEL_MODULES``: the kernel modules it calls (for the first-run compile notice
-  and the cache inventory);
+- ``KERNEL_MODULES``: the kernel modules it calls (the cache inventory of ``info``);
+- ``entry_kernel(cfg) -> str``: the kernel a run spends its compile time on; when the
+  kernel cache lacks it, the CLI says that this first run compiles, and how long it took;
 - ``profile_run(cfg, out_dir, top)`` only if it supports ``python -m engine profile``.
 
 The :class:`LearningModule` an experiment object implements: ``add_hook`` (one hook

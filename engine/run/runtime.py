@@ -92,10 +92,10 @@ def cached_kernels(modules=None) -> list[dict]:
     return rows
 
 
-def nothing_cached(modules) -> bool:
-    """True when no kernel of ``modules`` (names like "kernels.loop") has a compiled
-    signature in the kernel cache: the first run in this cache folder, which compiles."""
-    return not any(r["cached_signatures"] for r in cached_kernels(modules))
+def is_cached(kernel: str) -> bool:
+    """Whether ``kernel`` (a name like "kernels.loop.run_experiment_packed") has a compiled
+    signature in the kernel cache; False also for a name that is no kernel."""
+    return any(r["cached_signatures"] for r in cached_kernels((kernel.rsplit(".", 1)[0],)) if r["kernel"] == kernel)
 
 
 def warmup_configs(configs, progress=None) -> list[dict]:
@@ -172,9 +172,24 @@ def info() -> dict:
         "kernels_cached": sum(1 for k in kernels if k["cached_signatures"]),
         "kernels_total": len(kernels),
         "kernels": kernels,
+        "model_types": _model_type_cache(kernels),
         "cpu": ll.get_host_cpu_name(),
         "simd": simd,
     }
+
+
+def _model_type_cache(kernels: list[dict]) -> dict:
+    """Per registered model type: the kernel modules it calls and how many of their
+    kernels the cache holds."""
+    from engine.run import registry
+
+    out = {}
+    for name, mt in registry.MODEL_TYPES.items():
+        mods = mt.load().KERNEL_MODULES
+        rows = [k for k in kernels if k["kernel"].rsplit(".", 1)[0] in mods]
+        out[name] = {"kernel_modules": list(mods), "kernels_cached": sum(1 for k in rows if k["cached_signatures"]),
+                     "kernels_total": len(rows)}
+    return out
 
 
 def format_info(data: dict) -> str:
@@ -184,6 +199,9 @@ def format_info(data: dict) -> str:
                  f"OMP_WAIT_POLICY={data['omp_wait_policy'] or '(libgomp default)'}")
     where = data["cache_dir"] or "numba default (__pycache__ beside the kernels, or the user-wide folder)"
     lines.append(f"kernel cache: {where}; {data['kernels_cached']} of {data['kernels_total']} kernels cached")
+    for name, m in data["model_types"].items():
+        lines.append(f"model {name}: {m['kernels_cached']} of {m['kernels_total']} kernels cached "
+                     f"({', '.join(m['kernel_modules'])})")
     for k in data["kernels"]:
         lines.append(f"  {'cached' if k['cached_signatures'] else '-':>6} {k['cached_signatures']:>3}  {k['kernel']}")
     lines.append(f"cpu: {data['cpu']}; SIMD: {' '.join(data['simd'])}")

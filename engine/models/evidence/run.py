@@ -186,8 +186,15 @@ def report(cfg, result, data_s: float | None = None, data_compile_s: float | Non
 # --------------------------------------------------------------------------- the model type's protocol
 # (engine.run.registry: what the CLI, warm-up and validate ask of a model type)
 
-#: kernel modules this model calls (first-run compile notice, cache inventory)
-KERNEL_MODULES = ("kernels.evidence", "kernels.graph", "kernels.geometry", "kernels.kdtree")
+#: kernel modules this model calls (the cache inventory of ``python -m engine info``)
+KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.lane_cells", "kernels.lanes",
+                  "kernels.graph", "kernels.geometry", "kernels.kdtree", "kernels.select")
+
+
+def entry_kernel(cfg) -> str:
+    """The kernel a run spends most of its compile time on: not in the cache means a first
+    run, which compiles (the CLI says so)."""
+    return "kernels.evidence.evidence_episode"
 
 
 def build(cfg, *, progress: bool = False):
