@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from kernels.evidence_layout import EP_INV_KAPPA, EP_MMD, EP_POSE_DEFINED, EP_W_CURV, EP_W_NORMAL
 from kernels.lane_evidence import N_PAR, evidence_max
 from kernels.lanes import LANES
 
@@ -28,7 +29,8 @@ def _python_lanes(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, par, out):
 
 def _reference(node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq, par):
     """The docstring's formula, vectorised over (neighbour, hypothesis), float32 in the same order."""
-    inv_kappa, mmd, w_n, w_c, pdef = (F32(v) for v in par)
+    inv_kappa, mmd, w_n, w_c, pdef = (F32(par[r]) for r in (EP_INV_KAPPA, EP_MMD, EP_W_NORMAL, EP_W_CURV,
+                                                            EP_POSE_DEFINED))
     K, P = nbr.shape
     out = np.full(P, F32(-1.0), F32)
     if K == 0:
@@ -80,7 +82,10 @@ def _case(rng, n_nodes, P, K, strided=False):
 
 
 def _par(inv_kappa=0.8, mmd=0.01, w_n=1.0, w_c=1.0, pose_defined=True):
-    return np.array([inv_kappa, mmd, w_n, w_c, 1.0 if pose_defined else 0.0], F32)
+    par = np.zeros(N_PAR, F32)
+    par[EP_INV_KAPPA], par[EP_MMD], par[EP_W_NORMAL], par[EP_W_CURV] = inv_kappa, mmd, w_n, w_c
+    par[EP_POSE_DEFINED] = 1.0 if pose_defined else 0.0
+    return par
 
 
 @pytest.mark.parametrize("K", [1, 5, 10])
@@ -140,7 +145,7 @@ def test_the_radius_is_strict_and_nothing_in_radius_gives_minus_one():
 
 
 def test_undefined_curvature_directions_are_ignored():
-    """With par[4] == 0 the sensed curvature direction is never read: NaN there changes nothing."""
+    """With par[EP_POSE_DEFINED] == 0 the sensed curvature direction is never read: NaN there changes nothing."""
     rng = np.random.default_rng(11)
     node_pos, node_pose, node_pfd, phi, nbr, n_nbr, hq = _case(rng, 100, 2 * LANES, 5)
     par = _par(pose_defined=False)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from kernels.evidence_layout import PP_DELETING, PP_DIR1, PP_DISP, PP_MIN_AGE, PP_NORMAL, PP_SLOPE_MIN
 from kernels.lane_paths import N_PATH_PAR, integrate_rows
 from kernels.lanes import LANES
 
@@ -29,9 +30,12 @@ def _state(rng, cap):
 
 def _par(rng, deleting, min_age=3, slope_min=0.0):
     par = np.zeros(N_PATH_PAR, F32)
-    par[0:3] = rng.normal(size=3) * 0.01
-    par[3:9] = rng.normal(size=6)
-    par[9:12] = (1.0 if deleting else 0.0), min_age, slope_min
+    par[PP_DISP:PP_DISP + 3] = rng.normal(size=3) * 0.01
+    par[PP_NORMAL:PP_NORMAL + 3] = rng.normal(size=3)
+    par[PP_DIR1:PP_DIR1 + 3] = rng.normal(size=3)
+    par[PP_DELETING] = 1.0 if deleting else 0.0
+    par[PP_MIN_AGE] = min_age
+    par[PP_SLOPE_MIN] = slope_min
     return par
 
 
@@ -41,7 +45,7 @@ def _reference(state, lo, hi, par):
     h = np.arange(lo, hi)
     live = obj[h] >= 0
     with np.errstate(invalid="ignore"):
-        gone = live & bool(par[9]) & (age[h] >= int(par[10])) & ~(slope[h] >= par[11])
+        gone = live & bool(par[PP_DELETING]) & (age[h] >= int(par[PP_MIN_AGE])) & ~(slope[h] >= par[PP_SLOPE_MIN])
     obj[h[gone]] = -1
     possible[h[gone]] = 0
     surv = h[live & ~gone]
@@ -51,8 +55,8 @@ def _reference(state, lo, hi, par):
         out = R[:, :, 0] * v[0] if start is None else start + R[:, :, 0] * v[0]
         return (out + R[:, :, 1] * v[1]) + R[:, :, 2] * v[2]
 
-    loc[surv] = turn(par[0:3], loc[surv])
-    hq = np.concatenate([loc[surv].T, turn(par[3:6]).T, turn(par[6:9]).T]).astype(F32)
+    loc[surv] = turn(par[PP_DISP:PP_DISP + 3], loc[surv])
+    hq = np.concatenate([loc[surv].T, turn(par[PP_NORMAL:PP_NORMAL + 3]).T, turn(par[PP_DIR1:PP_DIR1 + 3]).T]).astype(F32)
     assert hq.dtype == F32
     return [obj, loc, rot, slope, age, possible], surv, obj[surv], hq, int(gone.sum())
 
@@ -96,8 +100,8 @@ def test_nan_slopes_are_deleted_only_when_old_enough_and_deleting():
     age = np.array([2] * 4 + [3] * 12, np.int32)
     possible = np.ones(cap, np.uint8)
     par = np.zeros(N_PATH_PAR, F32)
-    par[0:3] = 1, 2, 3
-    par[9:12] = 1, 3, 0
+    par[PP_DISP:PP_DISP + 3] = 1, 2, 3
+    par[PP_DELETING], par[PP_MIN_AGE], par[PP_SLOPE_MIN] = 1, 3, 0
     n_q, dead = _compiled(obj, loc, rot, slope, age, possible, 0, cap, par, np.empty(cap, np.int64),
                           np.empty(cap, np.int32), np.empty((9, cap), F32))
     gone = [False] * 4 + [True, True, False, False] * 3
