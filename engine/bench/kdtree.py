@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from engine.bench.seed import SuiteRows, _ratio, threads_note, write_json
+from engine.bench.seed import SuiteRows, ratio, threads_note, write_json
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ def run_kdtree_suite(n_points: int = 1_000_000, n_queries: int = 500_000, ks=(1,
                 "bytes_per_obs": nbytes / n_points if ours else None,
                 "neighbours_equal": bool(not mm.any()), "mismatched_rows": int(mm.sum()),
                 "excluded_rows": int(ex.sum()),
-                "speedup_vs_scipy": _ratio(med_q.get("scipy"), q) if ours else None,
-                "speedup_vs_pykdtree": _ratio(med_q.get("pykdtree"), q) if ours else None,
+                "speedup_vs_scipy": ratio(med_q.get("scipy"), q) if ours else None,
+                "speedup_vs_pykdtree": ratio(med_q.get("pykdtree"), q) if ours else None,
                 "compile_s": compile_s if ours else None,
             })
     if json_path is not None:

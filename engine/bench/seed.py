@@ -321,7 +321,8 @@ def describe_wait_policy(why: str = "") -> str:
 # The suite
 # ---------------------------------------------------------------------------
 
-def _ratio(a, b):
+def ratio(a, b):
+    """``a / b``, or None when either is None or ``b`` is 0 (a speed-up column)."""
     return None if a is None or b is None or b == 0 else a / b
 
 
@@ -461,10 +462,10 @@ def run_suite(suite: str = "seed", repeats: int = 5, json_path=None, rows=None,
                 "steps_per_s": sps[impl], "comparisons": comparisons, "final_confidence": fc,
                 "ns_per_comparison": med / comparisons * 1e9 if comparisons else None,
                 "compile_s": compile_s, "bytes_per_observation": bytes_per_obs,
-                "vs_rust": _ratio(sps[impl], ref["rust_steps_per_s"]) if ref else None,
-                "vs_numpy": _ratio(sps[impl], sps.get("numpy")),
-                "vs_python": _ratio(sps[impl], sps.get("python")),
-                "vs_rust_measured": _ratio(sps[impl], sps.get("rust")),
+                "vs_rust": ratio(sps[impl], ref["rust_steps_per_s"]) if ref else None,
+                "vs_numpy": ratio(sps[impl], sps.get("numpy")),
+                "vs_python": ratio(sps[impl], sps.get("python")),
+                "vs_rust_measured": ratio(sps[impl], sps.get("rust")),
                 "parity_expected": expected,
                 "parity_rel_error": (abs(fc - expected) / abs(expected)
                                      if expected is not None and fc is not None else None),
@@ -500,10 +501,12 @@ def _plain(v):
 
 
 def write_json(rows, path) -> None:
-    """Write ``rows`` as a JSON list of objects to ``path`` atomically (temp file, then rename)."""
-    from engine.run.results import atomic_write_text
+    """Write ``rows`` as a JSON list of objects to ``path`` atomically (temp file, then
+    rename), creating its folder if needed."""
+    from engine.files import atomic_write_text
 
     data = [{k: _plain(v) for k, v in row.items()} for row in rows]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 

@@ -43,7 +43,12 @@ Public API
 - :func:`validate_dataset`: every rule of the format; raises :class:`DatasetError`.
 - :func:`write_dataset` / :func:`read_dataset`: atomic write (either layout), validated
   read (memory-mapped where possible).
-- :func:`points_dataset`: build a dataset from per-object point sets (for generators).
+- :func:`points_dataset`: build a dataset from per-object point sets (for generators);
+  :func:`frames_from_normals`: pose frames from normals (for generators too).
+- :data:`ARRAY_FIELDS`, :func:`check_dataset_folder`: the field order, and whether an
+  npy-dir dataset may be written somewhere (for writers such as ``make_dataset``).
+- Files are written by ``engine.files`` (atomic) and ``.npz`` members read and mapped by
+  ``kernels.npzfile``.
 - ``engine.data.make_dataset``: large synthetic datasets written chunk by chunk.
 
 Every problem with a file or a dataset is a :class:`DatasetError` whose message names the
@@ -56,12 +61,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import shutil
-import struct
 import sys
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
@@ -69,8 +72,11 @@ import numpy as np
 
 from engine.errors import UserError
 from engine.data.rotations import quat_to_matrix
+from engine.files import atomic_write, atomic_write_dir, check_replaceable_folder
+from kernels import npzfile
 
 __all__ = [
+    "ARRAY_FIELDS",
     "EVAL",
     "FORMAT",
     "LAYOUTS",
@@ -78,6 +84,8 @@ __all__ = [
     "VALIDATION_CHUNK",
     "DatasetError",
     "EpisodeDataset",
+    "check_dataset_folder",
+    "frames_from_normals",
     "points_dataset",
     "read_dataset",
     "validate_dataset",
@@ -135,15 +143,16 @@ _ARRAY_KEYS: tuple[tuple[str, str, tuple], ...] = (
     ("episode_split", "|i1", ("E",)),
     ("object_names", "str", ("O",)),
 )
-_ARRAY_FIELDS = tuple(key for key, _, _ in _ARRAY_KEYS)
+#: The array fields of :class:`EpisodeDataset` (every required key but ``format``), in
+#: the order the format lists them and the writers store them.
+ARRAY_FIELDS = tuple(key for key, _, _ in _ARRAY_KEYS)
 # The per-step arrays: memory-mapped by the reader, validated chunk by chunk. The float
 # ones are checked for NaN/infinity in this order, then episode_rotation (the order of
 # the checks decides which of several problems is reported).
 _STEP_FIELDS = ("location", "pose_vectors", "pose_defined", "curvature", "features")
 # Every key the reader loads; anything else in a file is ignored (but checked for pickles).
-_KNOWN_KEYS = ("format", *_ARRAY_FIELDS, "meta")
+_KNOWN_KEYS = ("format", *ARRAY_FIELDS, "meta")
 
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 class DatasetError(UserError, ValueError):
@@ -217,7 +226,7 @@ class EpisodeDataset:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EpisodeDataset):
             return NotImplemented
-        for key in _ARRAY_FIELDS:
+        for key in ARRAY_FIELDS:
             a, b = getattr(self, key), getattr(other, key)
             if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
                 return False
@@ -802,7 +811,7 @@ def write_dataset(
         raise ValueError("compress=True needs layout='npz' (npy-dir files are not compressed)")
     validate_dataset(ds, source=f"writing {path}")
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT)}
-    for key in _ARRAY_FIELDS:
+    for key in ARRAY_FIELDS:
         arrays[key] = getattr(ds, key)
     arrays["meta"] = np.array(_meta_json(f"writing {path}", ds.meta))
 
@@ -815,183 +824,49 @@ def write_dataset(
                     f.flush()
                     os.fsync(f.fileno())
 
-        _write_dir_atomically(path, fill_dir)
+        with _writing(path):
+            atomic_write_dir(path, fill_dir, replaceable=check_dataset_folder)
     else:
         save = np.savez_compressed if compress else np.savez
-        _write_file_atomically(path, lambda f: save(f, allow_pickle=False, **arrays))
+        with _writing(path):
+            atomic_write(path, lambda f: save(f, allow_pickle=False, **arrays))
     logger.debug(
         "wrote %s (%s): %d steps, %d episodes, %d objects, %d features",
         path, layout, ds.n_steps, ds.n_episodes, ds.n_objects, ds.n_features,
     )
 
 
-def _tmp_name(path: str, suffix: str) -> str:
-    """A hidden name next to ``path`` that no other writer uses."""
-    folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(os.path.normpath(path))
-    return os.path.join(folder, f".{base}.{secrets.token_hex(6)}.{suffix}")
-
-
-def _write_file_atomically(path: str, fill, check=None) -> None:
-    """Write a file through ``fill(open binary file)`` under a temporary name, run
-    ``check(temporary path)`` if given (it may raise), then move it onto ``path``.
-
-    Any failure removes the temporary file and leaves ``path`` as it was; an ``OSError``
-    becomes a :class:`DatasetError` naming ``path``.
-    """
-    tmp = _tmp_name(path, "tmp")
+@contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Report a file-system error while writing ``path`` as a :class:`DatasetError`
+    naming it (the atomic writers of ``engine.files`` raise ``OSError`` as it is)."""
     try:
-        # "xb" creates the file (honouring the umask, unlike tempfile.mkstemp's 0600) and
-        # never clobbers another writer's temporary file.
-        with open(tmp, "xb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename makes it visible
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
-        raise
-
-
-def _check_replaceable_folder(path: str) -> None:
-    """Refuse to put an npy-dir dataset where something else than an npy-dir dataset
-    (or an empty folder) is: replacing it would delete the user's files."""
-    if not os.path.lexists(path):
-        return
-    if os.path.islink(path) or not os.path.isdir(path):
-        raise DatasetError(
-            f"{path}: exists and is not a folder; an npy-dir dataset is a folder "
-            "(remove the file or choose another name)"
-        )
-    try:
-        names = os.listdir(path)
+        yield
     except OSError as exc:
         raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
-    if names and "format.npy" not in names:
-        raise DatasetError(
-            f"{path}: folder exists and is not an npy-dir dataset (no format.npy); not "
-            "replacing it (remove it or choose another name)"
-        )
 
 
-def _write_dir_atomically(path: str, fill, check=None) -> None:
-    """Write a folder through ``fill(temporary folder)``, run ``check(temporary
-    folder)`` if given, then rename it onto ``path``.
-
-    An existing npy-dir dataset (or empty folder) at ``path`` is replaced: renamed
-    aside, the new folder renamed in, the old one deleted (``path`` is briefly missing
-    in between: POSIX has no atomic exchange of folders). Anything else at ``path`` is
-    refused. Any failure removes the temporary folder and leaves ``path`` as it was; an
-    ``OSError`` becomes a :class:`DatasetError` naming ``path``.
-    """
-    _check_replaceable_folder(path)
-    tmp = _tmp_name(path, "tmp")
-    try:
-        os.mkdir(tmp)
-        fill(tmp)
-        if check is not None:
-            check(tmp)
-        _fsync_folder(tmp)
-        if os.path.lexists(path):
-            _check_replaceable_folder(path)
-            old = _tmp_name(path, "old")
-            os.rename(path, old)
-            try:
-                os.rename(tmp, path)
-            except BaseException:
-                os.rename(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise DatasetError(f"{path}: cannot write dataset ({exc})") from exc
-        raise
-
-
-def _fsync_folder(folder: str) -> None:
-    """Flush a folder's entries to disk (where the platform allows opening folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def check_dataset_folder(path: str | os.PathLike) -> None:
+    """Raise :class:`DatasetError` unless an npy-dir dataset may be written at ``path``:
+    nothing is there, an empty folder, or an npy-dir dataset (a folder holding
+    ``format.npy``), which is replaced. Replacing anything else would delete the user's
+    files."""
+    check_replaceable_folder(path, "format.npy", "an npy-dir dataset", DatasetError)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _member_is_object_array(zf: Any, member: str) -> bool:
-    """Whether a ``.npy`` member of an open zip holds an object (pickled) array.
-
-    Reads only the member's header, so unknown keys are checked without being loaded.
-    Members that are not ``.npy`` data are not arrays and return False.
-    """
-    with zf.open(member) as f:
-        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-            return False
-        f.seek(0)
-        version = np.lib.format.read_magic(f)
-        # Header versions 2.0 and 3.0 differ only in the text encoding (latin-1 / utf-8)
-        # of the header, which does not matter for telling whether the dtype holds objects.
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        _, _, dtype = read_header(f)
-    return bool(dtype.hasobject)
-
-
-def _read_npy_header(f: Any) -> tuple[tuple, bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` of the ``.npy`` header at ``f``'s position;
-    leaves ``f`` at the start of the array data."""
-    version = np.lib.format.read_magic(f)
-    # Versions 2.0 and 3.0 differ only in the header's text encoding (latin-1 / utf-8).
-    read_header = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
-    return read_header(f)
-
-
-def _nbytes(shape: tuple, dtype: np.dtype) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n * dtype.itemsize
-
-
 def _map(path: str, dtype: np.dtype, shape: tuple, offset: int, fortran: bool) -> np.ndarray:
     """A read-only memory map of an array at ``offset`` in ``path`` (an empty array,
     which has nothing to map, is a read-only in-memory array)."""
-    order = "F" if fortran else "C"
-    if _nbytes(shape, dtype) == 0:
-        a = np.empty(shape, dtype=dtype, order=order)
-        a.flags.writeable = False
-        return a
     if offset % max(dtype.alignment, 1):
         # Kernels run fine on misaligned data (x86-64 and AArch64 allow misaligned loads);
         # numpy.savez places member data wherever the zip headers end, so this is usual
         # for archives it writes. engine.data.make_dataset aligns member data to 64 bytes.
         logger.debug("%s: array data at offset %d is not %d-byte aligned", path, offset,
                      dtype.alignment)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    return npzfile.map_array(path, dtype, shape, offset, fortran, mode="r")
 
 
 def _load_arrays(path: str, mmap: bool = False) -> tuple[dict[str, Any], dict[str, _Region]]:
@@ -1035,7 +910,7 @@ def _check_leading_bytes(path: str, head: bytes) -> None:
     take a text file for pickled data)."""
     if not head:
         raise DatasetError(f"{path}: empty file; expected a numpy .npz archive ({FORMAT})")
-    if head.startswith(_NPY_MAGIC):
+    if head.startswith(npzfile.NPY_MAGIC):
         raise DatasetError(
             f"{path}: a single-array .npy file, not an .npz archive; a {FORMAT} dataset is "
             "a numpy .npz archive (write it with engine.data.dataset.write_dataset)"
@@ -1065,7 +940,8 @@ def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, 
         with zipfile.ZipFile(f) as zf:
             infos = zf.infolist()
             for info in infos:
-                if _member_is_object_array(zf, info.filename):
+                dtype = npzfile.member_dtype(zf, info)
+                if dtype is not None and dtype.hasobject:
                     name = info.filename
                     raise _pickled(path, name[:-4] if name.endswith(".npy") else name)
             by_name = {info.filename: info for info in infos}
@@ -1077,14 +953,14 @@ def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, 
                 if info is None:
                     continue
                 if mmap and key in _STEP_FIELDS:
-                    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+                    if npzfile.is_stored(info):
                         mapped = _map_member(path, f, info)
                         if mapped is not None:
                             arrays[key], regions[key] = mapped
                             continue
                     else:
                         compressed.append(info.filename)
-                arrays[key] = _read_member(zf, info)
+                arrays[key] = npzfile.read_member(zf, info)
             if compressed:
                 logger.info(
                     "%s: compressed members (%s) cannot be memory-mapped; reading them "
@@ -1102,51 +978,23 @@ def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, 
         raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
-    """A member read into memory as ``numpy.load`` reads it (zipfile checks its CRC)."""
-    with zf.open(info) as m:
-        if m.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-            return zf.read(info)
-    with zf.open(info) as m:
-        return np.lib.format.read_array(m, allow_pickle=False)
-
-
 def _map_member(
     path: str, f: Any, info: zipfile.ZipInfo
 ) -> tuple[np.ndarray, _Region] | None:
     """Memory-map a stored ``.npy`` member of the archive open as ``f``; None if the
-    member is not ``.npy`` data.
-
-    The member's data starts after its local file header (30 bytes, the name and an
-    extra field whose lengths that header gives; they may differ from the central
-    directory's) and the ``.npy`` header.
-    """
-    f.seek(info.header_offset)
-    local = f.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise _corrupt(path, f"no local file header for member {info.filename!r}")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    f.seek(start)
-    if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+    member is not ``.npy`` data (``kernels.npzfile.member_header`` finds its data and
+    checks it against the zip directory and the file's size)."""
+    try:
+        h = npzfile.member_header(f, info)
+    except npzfile.NpzError as exc:
+        raise _corrupt(path, str(exc)) from None
+    if h is None:
         return None
-    f.seek(start)
-    shape, fortran, dtype = _read_npy_header(f)
-    data = f.tell()
-    f.seek(start)
-    header = f.read(data - start)
-    nbytes = _nbytes(shape, dtype)
-    if len(header) + nbytes != info.file_size:
-        raise _corrupt(
-            path,
-            f"member {info.filename!r} holds {info.file_size} bytes, its .npy header "
-            f"says {len(header) + nbytes}",
-        )
-    size = os.fstat(f.fileno()).st_size
-    if data + nbytes > size:
-        raise _corrupt(path, f"the file ends inside member {info.filename!r}")
-    region = _Region(path, data, (zlib.crc32(header), info.CRC, info.filename))
-    return _map(path, dtype, shape, data, fortran), region
+    f.seek(h.npy_offset)
+    header = f.read(h.data_offset - h.npy_offset)
+    # the member's CRC covers its .npy header too: start from that header's CRC
+    region = _Region(path, h.data_offset, (zlib.crc32(header), info.CRC, info.filename))
+    return _map(path, h.dtype, h.shape, h.data_offset, h.fortran_order), region
 
 
 def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Region]]:
@@ -1169,7 +1017,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
         known = key in _KNOWN_KEYS
         try:
             with open(file, "rb") as f:
-                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                if f.read(len(npzfile.NPY_MAGIC)) != npzfile.NPY_MAGIC:
                     if known:
                         raise DatasetError(
                             f"{path}: key '{key}': {name} is not a .npy file (no .npy "
@@ -1177,13 +1025,13 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
                         )
                     continue
                 f.seek(0)
-                shape, fortran, dtype = _read_npy_header(f)
+                shape, fortran, dtype = npzfile.read_npy_header(f)
                 if dtype.hasobject:
                     raise _pickled(path, key)
                 if not known:
                     continue
                 data = f.tell()
-                need = data + _nbytes(shape, dtype)
+                need = data + npzfile.nbytes(shape, dtype)
                 size = os.fstat(f.fileno()).st_size
                 if size < need:
                     raise DatasetError(
@@ -1258,7 +1106,7 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
                 f"{source}: key 'meta': JSON {type(meta).__name__} instead of an object; "
                 "allowed: a JSON object string"
             )
-    return EpisodeDataset(**{key: arrays[key] for key in _ARRAY_FIELDS}, meta=meta)
+    return EpisodeDataset(**{key: arrays[key] for key in ARRAY_FIELDS}, meta=meta)
 
 
 def read_dataset(path: str | os.PathLike, mmap: bool = True) -> EpisodeDataset:
@@ -1308,12 +1156,17 @@ def _unit_rows(v: np.ndarray, what: str) -> np.ndarray:
     return v / norm
 
 
-def _frames(normals: np.ndarray, direction: np.ndarray | None, what: str) -> np.ndarray:
-    """Right-handed orthonormal frames (N, 3, 3) float64: rows normal, dir1, normal x dir1.
+def frames_from_normals(
+    normals: np.ndarray, direction: np.ndarray | None = None, what: str = "frames"
+) -> np.ndarray:
+    """Right-handed orthonormal frames (N, 3, 3) float64: rows normal, dir1, normal x dir1
+    (the format's ``pose_vectors``, before the cast to float32).
 
-    ``direction`` (N, 3) or None: the first principal direction, made orthogonal to the
-    normal; without it, any unit vector orthogonal to the normal (from the coordinate axis
-    least aligned with it, which keeps the construction well conditioned).
+    ``normals`` (N, 3) float: surface normals, any length but not zero. ``direction``
+    (N, 3) or None: the first principal direction, made orthogonal to the normal; without
+    it, any unit vector orthogonal to the normal (from the coordinate axis least aligned
+    with it, which keeps the construction well conditioned). ``what`` names the input in
+    the ValueError raised for a zero or non-finite vector.
     """
     n = _unit_rows(normals, f"{what} normals")
     if direction is None:
@@ -1425,7 +1278,7 @@ def points_dataset(
             if a.shape != shape:
                 raise ValueError(f"{what}: {label} must have shape {shape}, got {a.shape}")
         direction = arrays["direction1"][0] if "direction1" in arrays else None
-        frames = _frames(arrays["normals"][0], direction, what)
+        frames = frames_from_normals(arrays["normals"][0], direction, what)
         names.append(str(name))
         per_object.append((loc, frames, arrays["curvature"][0], arrays["features"][0]))
 

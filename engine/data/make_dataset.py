@@ -43,7 +43,7 @@ Writing is atomic (temporary name, validated with ``read_dataset``, then renamed
 
 The ``shapes`` source (:func:`make_shapes_dataset`) is different: it writes the simulated
 evidence dataset that a config with ``data.source: shapes`` generates on the fly (the
-same ``engine.models.evidence.run.build_dataset`` call, so the same options give the same
+same ``engine.data.episodes.build_dataset`` call, so the same options give the same
 arrays): surface walks over built-in objects and/or the meshes of a folder, 14 training
 episodes per object and ``eval_rotations`` evaluation episodes per object under random
 rotations (see ``engine.data.sensor.simulate``). It is built in memory (about 60 bytes per step)
@@ -66,9 +66,7 @@ import json
 import logging
 import os
 import shutil
-import struct
 import time
-import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -76,19 +74,19 @@ import numpy as np
 
 from engine import __version__
 from engine.data.dataset import (
-    _ARRAY_FIELDS,
+    ARRAY_FIELDS,
     EVAL,
     FORMAT,
     LAYOUTS,
     TRAIN,
-    _check_replaceable_folder,
-    _frames,
-    _write_dir_atomically,
-    _write_file_atomically,
+    check_dataset_folder,
+    frames_from_normals,
     read_dataset,
     write_dataset,
 )
 from engine.errors import UserError
+from engine.files import atomic_write, atomic_write_dir
+from kernels.npzfile import AlignedNpzWriter, write_npy
 
 __all__ = [
     "MAX_FEATURES",
@@ -114,9 +112,6 @@ MAX_FEATURES = 64
 #: vectors, so memory stays small whatever the size.
 WRITE_CHUNK = 1 << 18
 
-_ALIGN = 64  # array data starts at a multiple of this in every file written
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same arguments, same bytes
 # Bytes per step of the step arrays, without features: location 12, pose 36, flag 1,
 # curvature 8 (for the free-space check).
 _STEP_BYTES = 12 + 36 + 1 + 8
@@ -172,7 +167,7 @@ def _pose_from_normals(normals: np.ndarray) -> np.ndarray:
     """(k, 3, 3) float32 right-handed frames with row 0 the (normalised) normal."""
     if normals.shape[0] == 0:
         return np.zeros((0, 3, 3), f32)
-    return _frames(np.asarray(normals, np.float64), None, "normals").astype(f32)
+    return frames_from_normals(np.asarray(normals, np.float64), None, "normals").astype(f32)
 
 
 def _constant_rows(k: int, row, dtype=f32) -> np.ndarray:
@@ -357,47 +352,12 @@ _GENERATORS: dict[str, Callable[[int, int, int], _Generator]] = {
 # --------------------------------------------------------------------------- writing
 
 
-def _npy_header(dtype: np.dtype, shape: tuple, data_start: int) -> bytes:
-    """A ``.npy`` header (version 1.0, or 2.0 if long) for a C-order array, padded with
-    spaces so that the data after it starts at a multiple of 64 bytes in the file when
-    the header starts at ``data_start``. numpy pads to 64 from the header's own start;
-    readers do not depend on either."""
-    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    text = ("{" + "".join(f"'{k}': {d[k]!r}, " for k in sorted(d)) + "}").encode("latin1")
-    for version, fmt in (((1, 0), "<H"), ((2, 0), "<I")):
-        prefix = len(_NPY_MAGIC) + 2 + struct.calcsize(fmt)
-        pad = (-(data_start + prefix + len(text) + 1)) % _ALIGN
-        length = len(text) + pad + 1
-        if length < 256 ** struct.calcsize(fmt):
-            break
-    return _NPY_MAGIC + bytes(version) + struct.pack(fmt, length) + text + b" " * pad + b"\n"
-
-
-def _as_bytes(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous array as a flat uint8 view (what file and zip writers take)."""
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
 @dataclass
 class _Member:
     key: str
     dtype: np.dtype
     shape: tuple
     chunks: Callable[[], Iterator[np.ndarray]]
-
-
-def _write_member(out: Any, position: int, m: _Member) -> None:
-    """Header and data of one array to ``out`` (a file or a zip member writer), the
-    header starting at byte ``position`` of the file."""
-    out.write(_npy_header(m.dtype, m.shape, position))
-    rows = 0
-    for c in m.chunks():
-        if c.dtype != m.dtype or c.shape[1:] != m.shape[1:]:
-            raise AssertionError(f"{m.key}: chunk {c.dtype} {c.shape} for {m.dtype} {m.shape}")
-        rows += c.shape[0] if m.shape else 1
-        out.write(_as_bytes(c))
-    if rows != (m.shape[0] if m.shape else 1):
-        raise AssertionError(f"{m.key}: generated {rows} rows, header says {m.shape}")
 
 
 def _members(gen: _Generator, meta: dict) -> list[_Member]:
@@ -431,7 +391,7 @@ def _members(gen: _Generator, meta: dict) -> list[_Member]:
         return chunks
 
     members = []
-    for key in ("format", *_ARRAY_FIELDS, "meta"):
+    for key in ("format", *ARRAY_FIELDS, "meta"):
         if key in step_specs:
             dtype, shape = step_specs[key]
             members.append(_Member(key, np.dtype(dtype), shape, step_chunks(key)))
@@ -442,24 +402,19 @@ def _members(gen: _Generator, meta: dict) -> list[_Member]:
 
 
 def _write_npz(f: Any, members: list[_Member], compress: bool) -> None:
-    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
+    # Each stored member's .npy header is padded so that its data starts 64-byte
+    # aligned in the file, every timestamp is 1980-01-01: same arguments, same bytes.
+    with AlignedNpzWriter(f, compress=compress, pad="npy") as npz:
         for m in members:
-            info = zipfile.ZipInfo(m.key + ".npy", date_time=_ZIP_DATE)
-            info.compress_type = method
-            info.external_attr = 0o644 << 16
             logger.debug("writing %s %s %s", m.key, m.dtype, m.shape)
-            # Opening the member writes its local header: f.tell() is then where the
-            # member's data (our .npy header first) starts in the file.
-            with zf.open(info, "w", force_zip64=True) as w:
-                _write_member(w, f.tell() if not compress else 0, m)
+            npz.add_chunks(m.key, m.dtype, m.shape, m.chunks())
 
 
 def _write_folder(folder: str, members: list[_Member]) -> None:
     for m in members:
         with open(os.path.join(folder, m.key + ".npy"), "xb") as f:
             logger.debug("writing %s %s %s", m.key, m.dtype, m.shape)
-            _write_member(f, 0, m)
+            write_npy(f, m.dtype, m.shape, m.chunks(), 0, m.key)
             f.flush()
             os.fsync(f.fileno())
 
@@ -493,7 +448,7 @@ def _check_output(out: str, layout: str, needed: int | None) -> None:
     if layout == "npz" and os.path.isdir(out):
         raise UserError(f"{out}: is a folder; an npz dataset is a file (or use --layout npy-dir)")
     if layout == "npy-dir":
-        _check_replaceable_folder(out)  # a DatasetError, which is a UserError
+        check_dataset_folder(out)  # a DatasetError, which is a UserError
     if needed is not None:
         free = shutil.disk_usage(parent).free
         if needed > free:
@@ -590,10 +545,11 @@ def make_dataset(
 
     try:
         if layout == "npz":
-            _write_file_atomically(out, lambda f: _write_npz(f, members, compress), check)
+            atomic_write(out, lambda f: _write_npz(f, members, compress), check)
         else:
-            _write_dir_atomically(out, lambda d: _write_folder(d, members), check)
-    except OSError as exc:  # (the writers turn their own OSErrors into DatasetErrors)
+            atomic_write_dir(out, lambda d: _write_folder(d, members), check,
+                             replaceable=check_dataset_folder)
+    except OSError as exc:
         raise UserError(f"{out}: cannot write dataset ({exc})") from exc
     made = MadeDataset(
         path=out,
@@ -646,7 +602,7 @@ def make_shapes_dataset(
 ) -> MadeDataset:
     """Write the simulated evidence dataset of ``data.source: shapes`` as a dataset.
 
-    The arrays are those ``engine.models.evidence.run.build_dataset`` gives a config with
+    The arrays are those ``engine.data.episodes.build_dataset`` gives a config with
     ``data.source: shapes`` and the same settings (it is called here), so a config with
     ``data.source: dataset`` on the file replays exactly what the ``shapes`` config
     simulates. Defaults are the config's.
@@ -688,7 +644,7 @@ def make_shapes_dataset(
         unreadable mesh file (named), a mesh named like a chosen built-in, no objects at
         all, an output that cannot be written. Nothing is written then.
     """
-    from engine.models.evidence.run import build_dataset
+    from engine.data.episodes import build_dataset
 
     t0 = time.perf_counter()
     settings = _shapes_settings()
@@ -757,7 +713,7 @@ def make_shapes_dataset(
 
 
 class _ShapesConfig:
-    """What ``engine.models.evidence.run.build_dataset`` reads of a config."""
+    """What ``engine.data.episodes.build_dataset`` reads of a config."""
 
     source_file = "make-dataset"
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.errors import UserError
+from engine.files import atomic_write, atomic_write_text
 
 LPROF_NAME = "lines.lprof"
 JSON_NAME = "profile.json"
@@ -174,9 +175,9 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
         lp.disable_by_count()
     out_dir.mkdir(parents=True, exist_ok=True)
     lprof = out_dir / LPROF_NAME
-    tmp = out_dir / f".{LPROF_NAME}.tmp"
-    lp.dump_stats(str(tmp))
-    tmp.replace(lprof)
+    # line_profiler writes by file name: it rewrites the (empty) temporary file that
+    # atomic_write holds open, which then fsyncs and renames it like any other result
+    atomic_write(lprof, lambda f: lp.dump_stats(f.name))
 
     report = {
         "experiment": config.experiment.name,
@@ -193,7 +194,6 @@ def profile_run(config: Config, out_dir: str | Path, top: int = 15, observations
         "lines": _line_table(lp, top, step_result.run_s),
         "lprof": str(lprof),
     }
-    from engine.run.results import atomic_write_text
     import json
 
     atomic_write_text(out_dir / JSON_NAME, json.dumps(report, indent=2) + "\n")
