@@ -15,7 +15,7 @@ import pytest
 
 from engine.cli import main
 from engine.data.example_data import make_example_dataset
-from engine.run.results import atomic_write_text
+from engine.files import atomic_write_text
 
 SUMMARY_KEYS = {"experiment", "model", "data_source", "path", "n_train_episodes", "n_eval_episodes", "train_steps",
                 "eval_steps", "stored_observations", "bytes_per_observation", "final_confidence", "eval_done",
