@@ -179,7 +179,8 @@ def cmd_validate(args) -> int:
 
 def cmd_profile(args) -> int:
     from engine.config import load_config
-    from engine.run import profile, registry
+    from engine.models import profile
+    from engine.run import registry
 
     cfg = load_config(args.config, args.overrides)
     model = registry.for_config(cfg)

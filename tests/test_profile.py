@@ -8,7 +8,7 @@ import pytest
 
 from engine.cli import main
 from engine.config import load_config
-from engine.run.profile import CompileRecorder, profile_run
+from engine.models.profile import CompileRecorder, profile_run
 
 pytest.importorskip("line_profiler")
 

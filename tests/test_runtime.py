@@ -57,7 +57,7 @@ def test_warmup_then_second_process_finds_kernels_cached(tmp_path, root, engine_
         assert cached[name] >= 1, name
     # A second process runs every path of the warmed-up config: nothing compiles, all loads hit the cache.
     code = (
-        "from engine.run.profile import CompileRecorder\n"
+        "from engine.models.profile import CompileRecorder\n"
         "from engine.run.runtime import warmup_configs\n"
         "from engine.config import load_config\n"
         "import json\n"

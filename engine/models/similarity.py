@@ -250,7 +250,7 @@ class Experiment:
 
         ``timers`` (int64 (len(kernels.loop.TIMED_KERNELS), 2), see
         ``kernels.timing``) collects per-kernel calls and cycle counts on the
-        fused single-call path (used by ``engine.run.profile``).
+        fused single-call path (used by ``engine.models.profile``).
         """
         t0 = time.perf_counter()
         out = self._new_result()
@@ -602,7 +602,7 @@ def warmup_config(cfg: Config) -> None:
 
 
 def profile_run(cfg: Config, out_dir, top: int = 10) -> dict:
-    """``python -m engine profile``: see :mod:`engine.run.profile`."""
-    from engine.run import profile
+    """``python -m engine profile``: see :mod:`engine.models.profile`."""
+    from engine.models import profile
 
     return profile.profile_run(cfg, out_dir, top=top)
