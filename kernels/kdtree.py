@@ -121,6 +121,7 @@ __all__ = [
     "query_knn_batch",
     "query_radius",
     "query_radius_batch",
+    "radius_lists",
     "save_tree",
 ]
 
@@ -947,6 +948,33 @@ def _radius_batch_body(tree, queries, r):
 def _query_radius_batch(tree, queries, r):
     """``_radius_batch_body`` as a parallel kernel, for Python callers."""
     return _radius_batch_body(tree, queries, r)
+
+
+@njit(cache=True, nogil=True)
+def radius_lists(tree, queries, r):
+    """Points within ``r`` of each query, on one thread, in the queries' own order;
+    callable from njit and from Python, no validation.
+
+    The same results as ``query_radius_batch`` (``indices`` int64 (c,), ``offsets``
+    int64 (m + 1,); the neighbours of query ``i`` are ``indices[offsets[i]:offsets[i + 1]]``,
+    ascending) from a serial kernel: ``tree`` a KDTree, ``queries`` float32 (m, 3),
+    ``r`` a float (negative or NaN finds nothing). It compiles in a fraction of the
+    parallel batch's time (no parallel regions, no leaf ordering), and it releases the
+    GIL, so a Python caller can run parts of a batch on several threads at once
+    (``kernels.geometry.fit_surface`` does).
+    """
+    m = queries.shape[0]
+    r2 = _radius2(r)
+    counts = np.empty(m, dtype=np.int64)
+    offsets = np.empty(m + 1, dtype=np.int64)
+    offsets[0] = 0
+    no_rows = np.empty(0, dtype=np.int64)
+    _radius_rows(tree, queries, _ZERO, m, r2, _FALSE, counts, offsets, counts, no_rows)
+    for i in range(m):
+        offsets[i + 1] = offsets[i] + counts[i]
+    out = np.empty(offsets[m], dtype=np.int64)
+    _radius_rows(tree, queries, _ZERO, m, r2, _TRUE, counts, offsets, out, no_rows)
+    return out, offsets
 
 
 # ---------------------------------------------------------------------------

@@ -108,6 +108,26 @@ def sphere_points(rng, n, r):
     return (p * r).astype(F32), p.astype(F32)
 
 
+def test_fit_in_parts_on_threads_equals_the_reference_and_one_part(monkeypatch):
+    """``fit_surface`` splits many centres into parts on threads and puts them back in the
+    caller's order: each centre's fit is the reference's, and the result does not depend
+    on the split (one part, several, centres in any order)."""
+    import kernels.geometry as geo
+    rng = np.random.default_rng(5)
+    pts, rough = sphere_points(rng, 6000, 0.05)
+    centers = rng.permutation(6000)[:5000].astype(np.int64)
+    monkeypatch.setattr(geo, "_FIT_PART_MIN", 1000)
+    many = fit_surface(pts, rough, centers, 0.01)
+    monkeypatch.setattr(geo, "_FIT_PART_MIN", 10 ** 9)
+    one = fit_surface(pts, rough, centers, 0.01)
+    for a, b in zip(many, one):
+        assert a.tobytes() == b.tobytes()
+    for i in rng.integers(0, 5000, 8):
+        n_ref, k_ref, _ = reference_fit(pts, rough, centers[i], 0.01)
+        assert many[0][i] @ n_ref > 1 - 1e-5
+        np.testing.assert_allclose(many[1][i], k_ref, atol=2e-4 * max(1.0, np.abs(k_ref).max()))
+
+
 def test_sphere_convex_negative():
     rng = np.random.default_rng(1)
     points, normals = sphere_points(rng, 8000, 0.05)

@@ -30,6 +30,7 @@ from kernels.kdtree import (
     query_knn_batch,
     query_radius,
     query_radius_batch,
+    radius_lists,
     save_tree,
 )
 from naive.kdtree import brute_knn, brute_radius
@@ -130,6 +131,18 @@ def test_radius_equals_brute_force(cases, kind):
             got = query_radius(tree, q, r)
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, brute_radius(points, q, r))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_radius_lists_equals_brute_force(cases, kind):
+    """The serial batch (``radius_lists``): every query's list is the brute force's."""
+    points, tree, queries = cases[kind]
+    r0 = typical_radius(points)
+    for r in (0.0, r0, 3 * r0, np.inf):
+        idx, off = radius_lists(tree, queries, r)
+        assert idx.dtype == np.int64 and off.shape == (len(queries) + 1,) and off[0] == 0
+        for i, q in enumerate(queries):
+            np.testing.assert_array_equal(idx[off[i]:off[i + 1]], brute_radius(points, q, r))
 
 
 def test_radius_edge_is_inclusive_in_float32():
