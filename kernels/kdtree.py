@@ -70,7 +70,9 @@ searches themselves are parallel (two regions for a radius batch, one for a
 k-nearest batch); the leaf ordering of a batch is serial (``_spatial_order``),
 and ``build_tree`` from Python runs the serial kernel ``_build_serial`` below
 ``_PARALLEL_KERNEL_MIN_BUILD`` points (the sensor simulation's 2e4-point
-surfaces), where the parallel one measured no faster.
+surfaces), where the parallel one measured no faster. ``radius_lists`` is the
+radius batch as a serial, GIL-releasing kernel (no parallel region to compile):
+the sensor simulation's surface fit runs it on Python threads.
 
 Performance notes
 -----------------
