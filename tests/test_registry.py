@@ -131,3 +131,81 @@ def test_entry_kernel_is_a_cached_kernel(name):
     assert module in mod.KERNEL_MODULES
     disp = getattr(importlib.import_module(module), fn)
     assert disp._cache.__class__.__name__ != "NullCache", "the entry kernel must be cache=True"
+
+
+# --------------------------------------------------------------------------- a new model type: one module + one line
+# This test module is itself the toy model type's module: the protocol's names below.
+
+KERNEL_MODULES = ("kernels.distance",)
+
+
+def entry_kernel(cfg):
+    return "kernels.distance.pairwise_distances"
+
+
+class _CountingExperiment:
+    """A toy learning module: 'recognises' an episode by its number of steps."""
+
+    HOOK_EVENTS = EVENTS
+
+    def __init__(self, cfg):
+        from engine.data import sources
+
+        self.config, self.obs = cfg, sources.build(cfg.data.source, cfg.data.params)
+        self.hooks, self.trained = Hooks(EVENTS), None
+
+    def add_hook(self, event, fn):
+        self.hooks.add(event, fn)
+
+    def warmup(self):
+        return 0.0
+
+    def train(self):
+        self.trained = int((self.obs.train_stops - self.obs.train_starts).sum())
+        return 0.0
+
+    def evaluate_episode(self, epoch, episode):
+        rec = (epoch, episode, int(self.obs.eval_stops[episode] - self.obs.eval_starts[episode]))
+        self.hooks.emit("after_episode", self, mode="eval", epoch=epoch, episode=episode, record=rec)
+        return rec
+
+    def run(self):
+        self.train()
+        return [self.evaluate_episode(0, e) for e in range(self.obs.eval_starts.shape[0])]
+
+    def report(self, result):
+        summary = {"model": self.config.model.type, "trained_steps": self.trained, "compile_s": 0.0}
+        return RunReport(summary, ("epoch", "episode", "steps"), [list(r) for r in result], "counted")
+
+    def write_extras(self, out_dir, result):
+        return []
+
+
+def build(cfg, *, progress=False):
+    return _CountingExperiment(cfg)
+
+
+def describe_data(cfg):
+    return f"{cfg.data.source} data, counted"
+
+
+def warmup_config(cfg):
+    pass
+
+
+def test_a_new_model_type_is_one_module_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    monkeypatch.setitem(registry.MODEL_TYPES, "counting", registry.ModelType("counting", __name__, "a toy"))
+    # the config's allowed model types are the registry's (taken when engine.config is imported)
+    monkeypatch.setattr(config_mod.SCHEMA["model"]["type"], "choices", tuple(registry.MODEL_TYPES))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  type: counting\ndata:\n  source: cube\n")
+    assert main(["validate", str(cfg)]) == 0
+    assert "ok (counting model, cube data, counted)" in capsys.readouterr().out
+    assert main(["-q", "run", str(cfg), "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.startswith("counted\n")
+    assert json.loads((tmp_path / "o/summary.json").read_text())["model"] == "counting"
+    assert (tmp_path / "o/episodes.csv").read_text().splitlines()[0] == "epoch,episode,steps"
+    assert main(["profile", str(cfg)]) == 2  # no profile_run: a clear error, not a traceback
+    assert "profile covers the similarity and nearest models" in capsys.readouterr().err
