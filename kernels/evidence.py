@@ -32,7 +32,7 @@ distance is below ``max_match_distance`` (the custom distance is never smaller),
 so the K nearest nodes *among those closer than the radius* give exactly the
 evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
 note), up to ties in distance. The step searches its hypotheses ``lanes.LANES`` at a
-time in lock-step (``_k_nearest_lanes``, vector gathers instead of a branch per
+time in lock-step (``evidence_phases.search``, vector gathers instead of a branch per
 candidate); ``_k_nearest`` is the same search for one query. The deletion test and
 path integration before it (``lane_paths.integrate_rows``), the cell lookup
 (``lane_cells.cell_spans``) and the scoring of the found nodes

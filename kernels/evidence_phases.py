@@ -255,16 +255,18 @@ _REFILL_AT = LANES // 4
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _k_nearest_lanes(model, mmd, k, qobj, qpos, n, out_j, out_m):
-    """``_k_nearest`` for the queries ``i < n``, ``LANES`` at a time in lock-step.
+def search(model, mmd, k, q, n_q):
+    """Phase 4b: the ``k`` nearest nodes closer than ``mmd`` (float32) of the queries ``i <
+    n_q`` of ``q`` (``Queries``), ``LANES`` at a time in lock-step: ``_k_nearest`` for many
+    queries.
 
-    Query ``i`` asks for the nodes of object ``qobj[i]`` (int32, C-contiguous)
-    nearest to ``qpos[:3, i]`` (float32 (>= 3, >= n), C-contiguous: the step's
-    ``Queries.hq``) and closer than ``mmd`` (float32). Writes ``out_m[i]`` (int64, at
-    most ``k``) and ``out_j[:out_m[i], i]`` (int32 node rows, nearest first; of equal
-    distances the one earlier in the cell's candidate list first): ``out_j`` is (>= k,
-    >= n), one column per query, the layout ``lane_evidence.evidence_max`` reads.
+    Query ``i`` asks for the nodes of object ``q.qobj[i]`` nearest to ``q.hq[:3, i]``.
+    Writes ``q.n_nbr[i]`` (at most ``k``) and ``q.nbr[:q.n_nbr[i], i]`` (node rows, nearest
+    first; of equal distances the one earlier in the cell's candidate list first), the
+    layout ``lane_evidence.evidence_max`` reads.
     """
+    qobj, qpos, out_j, out_m = q.qobj, q.hq, q.nbr, q.n_nbr
+    n = n_q
     cell = mmd / np.float32(CELLS_PER_RADIUS)
     inv_cell = np.float32(1.0) / cell
     r2 = mmd * mmd
@@ -288,6 +290,14 @@ def _k_nearest_lanes(model, mmd, k, qobj, qpos, n, out_j, out_m):
         # 2. (larger k) lock_steps, the ended lanes refilled one by one
         drive_lock_steps(model.cand_dist, model.cand_node, model.node_pos, span, span_off, qpos, search_at, n_search,
                          r2, k, out_j, out_m, _REFILL_AT)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _k_nearest_lanes(model, mmd, k, qobj, qpos, n, out_j, out_m):
+    """:func:`search` on plain arrays: the queries ``i < n`` of objects ``qobj[i]`` (int32,
+    C-contiguous) at ``qpos[:3, i]`` (float32 (>= 3, >= n), C-contiguous); writes ``out_m``
+    (int64 (>= n,)) and ``out_j`` (int32 (>= k, >= n)) as ``Queries.n_nbr`` and ``nbr``."""
+    search(model, mmd, k, Queries(np.empty(0, np.int64), qobj, out_j, out_m, qpos, np.empty(0, np.float32)), n)
 
 
 # --------------------------------------------------------------------------- sampling helpers
@@ -664,13 +674,6 @@ def path_integration(hyp, lo, hi, path_par, q):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def search(model, mmd, k, q, n_q):
-    """Phase 4b: the ``k`` nearest nodes (closer than ``mmd``) of the queries ``q[:n_q]``,
-    ``LANES`` queries at a time, into ``q.nbr`` and ``q.n_nbr``."""
-    _k_nearest_lanes(model, mmd, k, q.qobj, q.hq, n_q, q.nbr, q.n_nbr)
-
-
-@njit(cache=True, fastmath=FASTMATH)
 def pose_feature_evidence(model, phi, q, n_q, ev_par):
     """Phase 4c: evidence change of the queries ``q[:n_q]`` (sections 4.5-4.8: the best of
     pose plus feature evidence ``phi`` over the neighbours in radius, -1 without one),
@@ -804,7 +807,9 @@ def _sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step):
     for o in prange(n_obj):
         kn = k_nodes[o]
         if kn > 0:
-            new_rows(model, hyp, phi, frames, o, kn, offsets[o], step)
+            # (the parallel loop's index is unsigned in the compiled loop body: as int64, new_rows
+            # compiles for one signature, not two)
+            new_rows(model, hyp, phi, frames, np.int64(o), kn, offsets[o], step)
 
 
 @njit(cache=True, fastmath=FASTMATH)
