@@ -255,8 +255,10 @@ def kernel_experiment(location, features, train_episodes, n_train, max_train, ev
         reasons = np.full(n_tr + n_ev, -1, np.int8)
         out = dict(train_steps=counts[:n_tr], train_stored=counts[n_tr:2 * n_tr], train_reason=reasons[:n_tr],
                    eval_steps=counts[2 * n_tr:], eval_confidence=confidence, eval_reason=reasons[n_tr:])
+        # timers=None passed as the engine passes it (engine.models.similarity): the specialisation that runs,
+        # rather than a second whole-loop compile for an omitted argument.
         out["n_stored"] = loop.run_experiment_packed(store, location, features, plan, np.float32(threshold),
-                                                     counts, confidence, reasons)
+                                                     counts, confidence, reasons, None)
         out["store"] = store
         return out
     out = dict(
@@ -380,10 +382,10 @@ def test_run_experiment_packed_rejects_outputs_that_do_not_match_the_plan():
         bad = list(good)
         bad[k] = bad[k][:-1]
         with pytest.raises(ValueError, match="plan and outputs do not match"):
-            loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *bad)
+            loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *bad, None)
     with pytest.raises(ValueError, match="plan and outputs do not match"):
-        loop.run_experiment_packed(store, location, features, plan[:-1], np.float32(0.5), *good)
-    assert loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *good) == 20
+        loop.run_experiment_packed(store, location, features, plan[:-1], np.float32(0.5), *good, None)
+    assert loop.run_experiment_packed(store, location, features, plan, np.float32(0.5), *good, None) == 20
 
 
 SEED_PARITY = {  # (size, epochs): final confidence, from the external Rust reference implementation
