@@ -734,7 +734,9 @@ def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)
     # items (see below) then hold the same number of rows
     n_chunks = 2 * ((n_old + 2 * _CHUNK - 1) // (2 * _CHUNK))
     csize = (n_old + n_chunks - 1) // n_chunks if n_chunks > 0 else 0
-    # (plain arrays across the parallel loop's boundary, the named tuple built on each side)
+    # Plain arrays across the parallel loop's boundary, the named tuple built on each side: with
+    # a named tuple of these freshly allocated arrays used inside the prange body, numba 0.68's
+    # parfor lost the loop's writes to them (the slope maximum stayed -inf).
     b_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
     b_arg = np.full((n_chunks, n_obj), -1, np.int64)
     b_cnt = np.zeros((n_chunks, n_obj), np.int64)
