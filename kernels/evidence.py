@@ -54,10 +54,8 @@ from .evidence_layout import *  # noqa: F401,F403  (the layout's public names, r
 from .evidence_layout import (
     CELLS_PER_RADIUS, IS_N_HYP, NEED_CAPACITY, RUNNING, Hypotheses, ObjectModels, Observations, Params, State,
 )
-from .lane_cells import cell_span as _cell_span  # noqa: F401  (re-exported for the tests)
-from .evidence_phases import (  # noqa: F401  (re-exported: tests and profiling use them)
-    _compact, _k_nearest, _k_nearest_lanes, _k_nearest_span, _possible_objects, _step, _terminal_check, _top_nodes,
-    candidate_frames, feature_evidence_into,
+from .evidence_phases import (  # noqa: F401  (candidate_frames, feature_evidence_into re-exported)
+    candidate_frames, feature_evidence_into, one_step,
 )
 
 _NEG_INF = np.float32(-np.inf)
@@ -97,7 +95,7 @@ def evidence_episode(model, prm, st, hyp, obs, first_step, trace):
     code = RUNNING
     t = first_step
     while t < n_steps:
-        code = _step(model, prm, st, hyp, obs, t)
+        code = one_step(model, prm, st, hyp, obs, t)
         if code == NEED_CAPACITY:
             return code, t
         for o in range(n_obj):

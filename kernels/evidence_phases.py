@@ -17,11 +17,11 @@ phase is a small compiled function over the named tuples of ``kernels.evidence_l
 6. :func:`end_step`              counters, per-object maxima, counts and the MLH
 7. :func:`terminal`              possible objects and terminal conditions
 
-:func:`_step` strings them together; ``kernels.evidence.evidence_episode`` runs it.
+:func:`one_step` strings them together; ``kernels.evidence.evidence_episode`` runs it.
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in the
 ``inline="always"`` bodies (``_node_feature_evidence``, ``_update_existing``,
-``_sample_new`` and ``_step`` that calls them), inlined into the one parallel entry
+``_sample_new`` and ``one_step`` that calls them), inlined into the one parallel entry
 point; every function they call is serial. A cached kernel must not call the entry
 point. The serial phases compile with ``FASTMATH`` like the entry point they came out
 of, so the step's arithmetic is the same instruction for instruction.
@@ -906,7 +906,7 @@ def terminal(prm, st, hyp, o_best, mlh):
 
 
 @njit(inline="always")
-def _step(model, prm, st, hyp, obs, t):
+def one_step(model, prm, st, hyp, obs, t):
     """One feature step, observation row ``t`` of ``obs`` (section 4.12).
 
     Returns the outcome code after the step (``RUNNING``, ``MATCH``, ``NO_MATCH``,

@@ -19,9 +19,11 @@ from kernels.evidence import (
     FP_X_PERCENT, FS_MLH_EV, FS_SLOPE_MAX, FS_X_LAST, IP_BURST_DURATION, IP_K, IP_MAX_STEPS,
     IP_MIN_AGE, IP_MIN_STEPS, IP_SYMMETRY, IP_UMBILICAL, IP_UPDATER, IS_BURST_LEFT, IS_DETECTED,
     IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, IS_N_NEW, IS_N_POSSIBLE, IS_NEED, IS_OUTCOME, IS_STEP,
-    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC, _k_nearest, _k_nearest_lanes,
-    _k_nearest_span, _possible_objects,
+    MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC,
 )
+from kernels import evidence_phases as ph
+from kernels.evidence_phases import _k_nearest, _k_nearest_lanes, _k_nearest_span, _possible_objects
+from kernels.lane_cells import cell_span
 
 F32 = np.float32
 MMD = 0.01
@@ -511,7 +513,7 @@ def test_k_nearest_lanes_keeps_the_first_of_equal_distances():
     m, j = _lanes_batch(grid_model(dict(pos=pos, obj_start=np.array([0, 4]), origin=origin, index=index, cstart=cstart,
                                             cnode=cnode, cdist=cdist)), np.zeros(1, np.int32), q, 2,
                         np.zeros(1, np.int64))
-    c = ev._cell_span(origin, index, cstart, 0, F32(1) / cell, cell, *q[0])
+    c = cell_span(origin, index, cstart, 0, F32(1) / cell, cell, *q[0])
     listed = [n for n in cnode[c[0]:c[1]] if np.all(pos[n] == 0)]
     assert m[0] == 2 and list(j[0]) == listed[:2]
 
@@ -1199,7 +1201,7 @@ def test_top_nodes_with_ties():
         phi[lo:lo + n] = rng.choice([0.0, 0.25, 0.5, 1.0], n) if trial % 2 else rng.uniform(0, 1, n)
         for k in range(0, n + 2):
             out = np.full(max(k, 1), -1, np.int64)
-            ev._top_nodes(phi, lo, lo + n, k, trial, out)
+            ph._top_nodes(phi, lo, lo + n, k, trial, out)
             kk = min(k, n)
             chosen = out[:kk]
             assert er.is_valid_burst_selection(phi[lo:lo + n], chosen - lo, kk), (trial, k, chosen)
@@ -1218,8 +1220,9 @@ def test_terminal_check_vs_reference():
     """Pose candidates, uniqueness and the symmetry counter of one check (sections 5.3, 5.4)."""
     from kernels.evidence import (
         FP_OBJECT_THRESHOLD, FP_PATH_SIMILARITY, FP_POSE_SIMILARITY, IP_SYMMETRY, IS_SYMMETRIC, IS_SYMMETRY,
-        N_FPARAMS, N_IPARAMS, N_ISTATE, _terminal_check,
+        N_FPARAMS, N_IPARAMS, N_ISTATE,
     )
+    from kernels.evidence_phases import _terminal_check
 
     rng = np.random.default_rng(77)
     for trial in range(200):
@@ -1288,7 +1291,7 @@ def test_compact_moves_live_rows_down_in_order():
         hy["hyp_obj"][:n][dead] = -1
         before = {k: v[:n].copy() for k, v in hy.items()}
         live = np.flatnonzero(~dead)
-        got = ev._compact(n, hyp_tuple(hy))
+        got = ph._compact(n, hyp_tuple(hy))
         assert got == len(live)
         for key in hy:
             np.testing.assert_array_equal(hy[key][:got], before[key][live], err_msg=key)
