@@ -809,9 +809,10 @@ def _sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step):
     for o in prange(n_obj):
         kn = k_nodes[o]
         if kn > 0:
-            # (the parallel loop's index is unsigned in the compiled loop body: as int64, new_rows
-            # compiles for one signature, not two)
-            new_rows(model, hyp, phi, frames, np.int64(o), kn, offsets[o], step)
+            # o stays the parallel loop's own (unsigned) index: passed as np.int64(o) (one
+            # signature of new_rows less) the detected rotations of some shapes_10 episodes changed
+            # in their last digits (not pinned down yet), breaking bit-identity with earlier versions
+            new_rows(model, hyp, phi, frames, o, kn, offsets[o], step)
 
 
 @njit(cache=True, fastmath=FASTMATH)
