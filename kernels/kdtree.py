@@ -918,31 +918,25 @@ def _radius_batch_body(tree, queries, r):
     kernel).
     """
     m = queries.shape[0]
+    if m < _PARALLEL_MIN_QUERIES:
+        return radius_lists(tree, queries, r)
     r2 = _radius2(r)
     counts = np.empty(m, dtype=np.int64)
     offsets = np.empty(m + 1, dtype=np.int64)
     offsets[0] = 0
-    if m >= _PARALLEL_MIN_QUERIES:
-        order, sorted_queries = _spatial_order(tree, queries)
-        n_blocks = (m + _BLOCK - 1) // _BLOCK
-        # Both passes run the one parallel loop (one region to compile, not two):
-        # pass 0 counts, pass 1 fills ``out``, sized from the counts in between.
-        out = counts
-        for fill in (_FALSE, _TRUE):
-            if fill:
-                for i in range(m):
-                    offsets[i + 1] = offsets[i] + counts[i]
-                out = np.empty(offsets[m], dtype=np.int64)
-            for b in prange(n_blocks):
-                _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, fill,
-                             counts, offsets, out, order)
-    else:
-        no_rows = np.empty(0, dtype=np.int64)
-        _radius_rows(tree, queries, _ZERO, m, r2, _FALSE, counts, offsets, counts, no_rows)
-        for i in range(m):
-            offsets[i + 1] = offsets[i] + counts[i]
-        out = np.empty(offsets[m], dtype=np.int64)
-        _radius_rows(tree, queries, _ZERO, m, r2, _TRUE, counts, offsets, out, no_rows)
+    order, sorted_queries = _spatial_order(tree, queries)
+    n_blocks = (m + _BLOCK - 1) // _BLOCK
+    # Both passes run the one parallel loop (one region to compile, not two):
+    # pass 0 counts, pass 1 fills ``out``, sized from the counts in between.
+    out = counts
+    for fill in (_FALSE, _TRUE):
+        if fill:
+            for i in range(m):
+                offsets[i + 1] = offsets[i] + counts[i]
+            out = np.empty(offsets[m], dtype=np.int64)
+        for b in prange(n_blocks):
+            _radius_rows(tree, sorted_queries, b * _BLOCK, min(m, (b + 1) * _BLOCK), r2, fill,
+                         counts, offsets, out, order)
     return out, offsets
 
 
