@@ -229,7 +229,7 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     cand_dist : float32 (total candidates,)
         Their distances to the cell centre, rounded down a little (a lower bound).
     """
-    from .kdtree import build_tree, query_knn_batch, query_radius_batch  # sibling kernel module
+    from .kdtree import build_tree  # sibling kernel module
 
     node_pos = _finite("node_pos", node_pos, 2, 3)
     obj_start = np.asarray(obj_start, np.int64).reshape(-1)
@@ -266,8 +266,7 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
         srt = np.argsort(cid, kind="stable")
         order[lo:hi] = lo + srt
         counts, nodes, dists = _cell_candidates(node_pos[lo + srt], lo, origin[o], dims, cell, half_diag,
-                                                float(max_match_distance), int(k), build_tree, query_knn_batch,
-                                                query_radius_batch)
+                                                float(max_match_distance), int(k), build_tree)
         counts_all.append(counts)
         nodes_all.append(nodes)
         dists_all.append(dists)
@@ -283,8 +282,15 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     return order, origin, index, cand_start, cand_node, cand_dist
 
 
-def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree, query_knn_batch, query_radius_batch):
-    """Candidate lists of one object's cells (see ``build_node_grid``): counts, nodes, distances."""
+def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree):
+    """Candidate lists of one object's cells (see ``build_node_grid``): counts, nodes, distances.
+
+    The KD-tree searches are the serial ``knn_rows`` and ``radius_lists``, the ones the
+    sensor simulation uses too: a model is built once per run, and the parallel batch
+    queries cost ~5 s more to compile on a first run than they save here.
+    """
+    from .kdtree import knn_rows, radius_lists  # sibling kernel module
+
     n_cells = int(np.prod(dims))
     if len(p) == 0:
         return np.zeros(n_cells, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -294,13 +300,16 @@ def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree, q
     centres = (origin + (ijk.astype(np.float32) + np.float32(0.5)) * cell).astype(np.float32)
     tree = build_tree(np.ascontiguousarray(p))
     kk = min(k, len(p))
-    _, kth = query_knn_batch(tree, centres, kk)
+    # the argument types are the sensor walk's call of knn_rows (one compiled signature)
+    nb_idx = np.empty((n_cells, kk), np.int64)
+    kth = np.empty((n_cells, kk), np.float32)
+    knn_rows(tree, centres, 0, n_cells, kk, np.float32(np.inf), nb_idx, kth, np.empty(0, np.int64))
     kth = kth[:, kk - 1].astype(np.float64)
     if kk < k:  # fewer nodes than k: every node within reach is a candidate
         kth[:] = np.inf
     # margins for float32 rounding of the distances compared in the kernel
     reach = np.minimum(mmd + half_diag, kth + 2 * half_diag) * (1 + 1e-5) + 1e-7
-    idx, off = query_radius_batch(tree, centres, np.float32((mmd + half_diag) * (1 + 1e-5) + 1e-7))
+    idx, off = radius_lists(tree, centres, float(np.float32((mmd + half_diag) * (1 + 1e-5) + 1e-7)))
     cell_of = np.repeat(np.arange(n_cells), np.diff(off))
     d = np.linalg.norm(p[idx].astype(np.float64) - centres[cell_of], axis=1)
     keep = d <= reach[cell_of]
