@@ -664,6 +664,19 @@ def new_queries(n_rows, k):
                    np.zeros(n_pad, np.int64), np.zeros((9, n_pad), np.float32), np.empty(n_pad, np.float32))
 
 
+@njit(cache=True)
+def new_blocks(n_chunks, n_obj):
+    """Per-block outputs of phase 4 for ``n_chunks`` blocks and ``n_obj`` objects, as a
+    plain tuple: maxima float32 (n_chunks, n_obj) -inf, their rows int64 -1, counts int64 0,
+    slope maxima float32 (n_chunks,) -inf, dead rows int64 (n_chunks,) 0."""
+    b_max = np.full((n_chunks, n_obj), _NEG_INF, np.float32)
+    b_arg = np.full((n_chunks, n_obj), -1, np.int64)
+    b_cnt = np.zeros((n_chunks, n_obj), np.int64)
+    b_slope = np.full(n_chunks, _NEG_INF, np.float32)
+    b_dead = np.zeros(n_chunks, np.int64)
+    return b_max, b_arg, b_cnt, b_slope, b_dead
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def path_integration(hyp, lo, hi, path_par, q):
     """Phase 4a: deletion test and path integration of rows ``lo .. hi``, ``LANES`` rows
@@ -736,12 +749,10 @@ def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)
     csize = (n_old + n_chunks - 1) // n_chunks if n_chunks > 0 else 0
     # Plain arrays across the parallel loop's boundary, the named tuple built on each side: with
     # a named tuple of these freshly allocated arrays used inside the prange body, numba 0.68's
-    # parfor lost the loop's writes to them (the slope maximum stayed -inf).
-    b_max = np.full((n_chunks, n_obj), -np.inf, np.float32)
-    b_arg = np.full((n_chunks, n_obj), -1, np.int64)
-    b_cnt = np.zeros((n_chunks, n_obj), np.int64)
-    b_slope = np.full(n_chunks, -np.inf, np.float32)
-    b_dead = np.zeros(n_chunks, np.int64)
+    # parfor lost the loop's writes to them (the slope maximum stayed -inf). Allocated by a
+    # serial function: np.full / np.zeros written here would each become a parallel loop
+    # of its own, compiled on a first run for nothing.
+    b_max, b_arg, b_cnt, b_slope, b_dead = new_blocks(n_chunks, n_obj)
     # Hypotheses differ a lot in cost (off the surface: no search at all; the newest,
     # at nodes: a full one) and sit in batches, and prange hands each thread one
     # contiguous range of work items: so work item c takes block 2c or 2c + 1 (the
