@@ -293,6 +293,13 @@ def _normalise(v):
         v[j] = v[j] / norm
 
 
+@njit(inline="always")
+def _copy_row(dst, i, src, j):
+    """``dst[i, :] = src[j, :]`` for 2-D arrays of equal width, element by element."""
+    for c in range(dst.shape[1]):
+        dst[i, c] = src[j, c]
+
+
 @njit(cache=True)
 def pose_vector_mean(pose, pfd, out):
     """tbp.monty's ``pose_vector_mean`` for the observations of one voxel (spec §2.5).
@@ -342,10 +349,14 @@ def pose_vector_mean(pose, pfd, out):
     n_def = _ZERO
     for i in range(m):
         n_def += pfd[i]
-    out[0:3] = nbar
+    # element by element: a slice assignment compiles numba's shape-mismatch error
+    # message (string formatting, ~2 s on a first run) into the kernel
+    for j in range(3):
+        out[j] = nbar[j]
     if n_def < np.float32(m // 2):
-        out[3:6] = c1_first
-        out[6:9] = c2_first
+        for j in range(3):
+            out[3 + j] = c1_first[j]
+            out[6 + j] = c2_first[j]
         return True, False
     # Curvature directions are sign-ambiguous: flip each ĉ1 to agree with the
     # first ĉ2 about n̄ before averaging.
@@ -363,8 +374,9 @@ def pose_vector_mean(pose, pfd, out):
     if _right_hand_angle(c1bar, c2_raw, nbar, tmp) < 0:
         for j in range(3):
             c2bar[j] = -c2bar[j]
-    out[3:6] = c1bar
-    out[6:9] = c2bar
+    for j in range(3):
+        out[3 + j] = c1bar[j]
+        out[6 + j] = c2bar[j]
     return True, True
 
 
@@ -448,7 +460,8 @@ def voxel_batch_means(keys, location, pose, pfd, features, circular):
         sub_pose = np.empty((m, 9), np.float32)
         sub_pfd = np.empty(m, np.float32)
         for r in range(m):
-            sub_pose[r] = pose[idx[r]]
+            for j in range(9):  # not a row assignment: see pose_vector_mean
+                sub_pose[r, j] = pose[idx[r], j]
             sub_pfd[r] = pfd[idx[r]]
         ok, cds = pose_vector_mean(sub_pose, sub_pfd, mpose[u])
         pose_valid[u] = ok
@@ -530,20 +543,22 @@ def merge_voxel_grids(grid, batch):
     while i < n_o or j < n_n:
         take_old = j >= n_n or (i < n_o and okeys[i] < nkeys[j])
         take_new = i >= n_o or (j < n_n and nkeys[j] < okeys[i])
+        # rows copied element by element (_copy_row): a row assignment compiles numba's
+        # shape-mismatch error message (string formatting, ~2 s on a first run) into the kernel
         if take_old:
             keys[o] = okeys[i]
             count[o] = ocount[i]
-            loc[o] = oloc[i]
-            feat[o] = ofeat[i]
-            pose[o] = opose[i]
+            _copy_row(loc, o, oloc, i)
+            _copy_row(feat, o, ofeat, i)
+            _copy_row(pose, o, opose, i)
             pfd[o] = opfd[i]
             i += 1
         elif take_new:
             keys[o] = nkeys[j]
             count[o] = ncount[j]
-            loc[o] = nloc[j]
-            feat[o] = nfeat[j]
-            pose[o] = npose[j]
+            _copy_row(loc, o, nloc, j)
+            _copy_row(feat, o, nfeat, j)
+            _copy_row(pose, o, npose, j)
             pfd[o] = npfd[j]
             j += 1
         else:
@@ -553,12 +568,11 @@ def merge_voxel_grids(grid, batch):
                 loc[o, c] = (nloc[j, c] + oloc[i, c]) * _HALF
             for c in range(n_feat):
                 feat[o, c] = (nfeat[j, c] + ofeat[i, c]) * _HALF
-            if npose_valid[j]:
-                newpose[:] = npose[j]
-                if not nuse_cds[j]:
-                    newpose[3:9] = opose[i, 3:9]
-            else:
-                newpose[:] = opose[i]
+            for c in range(9):
+                if npose_valid[j]:
+                    newpose[c] = opose[i, c] if (c >= 3 and not nuse_cds[j]) else npose[j, c]
+                else:
+                    newpose[c] = opose[i, c]
             for c in range(9):
                 pose[o, c] = (newpose[c] + opose[i, c]) * _HALF
             pfd[o] = (npfd[j] + opfd[i]) * _HALF
