@@ -171,12 +171,27 @@ class EvidenceModel:
         self.iparams[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
         self.iparams[kev.IP_MAX_STEPS] = max_eval_steps
         self._model = None
+        self._names = None  # set by from_arrays: a model not learned here
         self._hyp = None
+
+    @classmethod
+    def from_arrays(cls, settings: EvidenceSettings, feature_names: tuple[str, ...], models: kev.ObjectModels,
+                    names: tuple[str, ...], max_eval_steps: int = 500) -> "EvidenceModel":
+        """A model over object models built elsewhere (``kev.ObjectModels``, nodes already
+        sorted into their search grid) for objects ``names``; it evaluates, it does not learn."""
+        m = cls(settings, feature_names, max_eval_steps=max_eval_steps)
+        if len(names) != models.obj_start.shape[0] - 1:
+            raise ValueError(f"{len(names)} names for {models.obj_start.shape[0] - 1} object models")
+        m._model = models
+        m._names = tuple(names)
+        return m
 
     # ------------------------------------------------------------------ training
 
     def learn(self, label: str, location, pose_vectors, pose_defined, features, rotation_quaternion) -> int:
         """Add one supervised training episode; returns the object's node count."""
+        if self._names is not None:
+            raise RuntimeError("a model built from arrays (from_arrays) does not learn")
         self._model = None
         q = quat_to_matrix(np.asarray(rotation_quaternion, np.float32)).astype(np.float32)
         return self.memory.add_episode(label, np.ascontiguousarray(location, np.float32),
@@ -186,7 +201,7 @@ class EvidenceModel:
 
     @property
     def object_names(self) -> tuple[str, ...]:
-        return self.memory.labels
+        return self._names if self._names is not None else self.memory.labels
 
     def model_arrays(self):
         """The flat model (nodes sorted into the search grid); built once after training."""
@@ -203,6 +218,8 @@ class EvidenceModel:
 
     @property
     def nodes_per_object(self) -> list[int]:
+        if self._names is not None:
+            return [int(n) for n in np.diff(self._model.obj_start)]
         return [self.memory.n_nodes(label) for label in self.memory.labels]
 
     # ------------------------------------------------------------------ hypotheses
@@ -373,6 +390,8 @@ class EvidenceExperiment:
                                    max_eval_steps=config.experiment.max_eval_steps)
         self.hooks = Hooks(HOOK_EVENTS)
         self.compile_s: float | None = None  # warmup()'s seconds
+        # a second process compiling the episode kernel meanwhile (engine.run.background), set by build
+        self.episode_kernel_ahead = None
 
     def add_hook(self, event: str, fn) -> None:
         """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
@@ -413,7 +432,13 @@ class EvidenceExperiment:
         hold compile time (on a cold cache compiling the learning kernels alone takes
         ~10 s, over 10x the training).
         """
-        self.compile_s = warmup_kernels(self.model.settings, paths=(self._stepwise(),))
+        ahead, self.episode_kernel_ahead = self.episode_kernel_ahead, None
+        wait = {"before_episode_kernel": ahead.wait} if ahead is not None else {}
+        try:
+            self.compile_s = warmup_kernels(self.model.settings, paths=(self._stepwise(),), **wait)
+        finally:
+            if ahead is not None:
+                ahead.stop()
         return self.compile_s
 
     def _warm_real_model(self) -> float:
@@ -542,7 +567,41 @@ def warmup_sensor_kernels() -> float:
     return time.perf_counter() - t0
 
 
-def warmup_kernels(settings: EvidenceSettings, simulate: bool = False, paths=(False, True)) -> float:
+def _toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectModels:
+    """Two toy objects (the points ``loc`` and ``loc / 2``) with a one-cell search grid each,
+    built in NumPy: arrays of the real models' types, so the episode kernel compiles for them
+    without the graph and KD-tree kernels a real model is built with."""
+    node_pos = np.concatenate([loc, loc * np.float32(0.5)])
+    n = len(loc)
+    cell = np.float32(max_match_distance) / np.float32(kev.CELLS_PER_RADIUS)
+    origin = np.stack([node_pos[:n].min(axis=0), node_pos[n:].min(axis=0)]) - cell
+    return kev.object_models(
+        node_pos, np.concatenate([pose, pose]).reshape(2 * n, 9), np.concatenate([pfd, pfd]).astype(np.float32),
+        np.concatenate([logk, logk]), np.array([0, n, 2 * n]), origin, np.array([[1, 1, 1, 0], [1, 1, 1, 1]]),
+        np.array([0, n, 2 * n]), np.arange(2 * n), np.zeros(2 * n))
+
+
+def compile_episode_kernel(paths=(False,)) -> float:
+    """Compile (or load) the evidence episode kernel alone, on toy models; seconds.
+
+    What a second process runs while a first run's main process compiles the sensor and
+    learning kernels (``engine.models.evidence.run.build``); the episode kernel's
+    signature depends on array types only, which the toy models share with real ones.
+    """
+    t0 = time.perf_counter()
+    settings = EvidenceSettings()
+    loc, pose, pfd, curv = _toy_observations()
+    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
+    model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
+                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
+                                      max_eval_steps=4)
+    for stepwise in paths:
+        model.run_episode(loc[:4], pose[:4], pfd[:4], logk[:4], stepwise=bool(stepwise))
+    return time.perf_counter() - t0
+
+
+def warmup_kernels(settings: EvidenceSettings, simulate: bool = False, paths=(False, True),
+                   before_episode_kernel=None) -> float:
     """Compile (or load from the cache) every kernel the evidence model runs, on a toy model.
 
     Kernel signatures depend on array types only, so a two-object toy model compiles
@@ -560,6 +619,9 @@ def warmup_kernels(settings: EvidenceSettings, simulate: bool = False, paths=(Fa
     identity = np.array([1, 0, 0, 0], np.float32)
     model.learn("a", loc, pose, pfd, logk, identity)
     model.learn("b", loc * np.float32(0.5), pose, pfd, logk, identity)
+    model.model_arrays()
+    if before_episode_kernel is not None:  # e.g. wait for another process compiling the episode kernel
+        before_episode_kernel()
     for stepwise in paths:
         model.run_episode(loc[:4], pose[:4], pfd[:4], logk[:4], stepwise=bool(stepwise))
     return time.perf_counter() - t0

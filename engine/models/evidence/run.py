@@ -201,18 +201,33 @@ def build(cfg, *, progress: bool = False):
     """The config's observations (simulated or read) and its experiment, ready to run.
 
     The sensor's kernels are compiled (or loaded) apart first, so that ``data_s`` is
-    the simulation itself and a cold cache shows up in ``data_compile_s``.
+    the simulation itself and a cold cache shows up in ``data_compile_s``. When the
+    episode kernel is not in the kernel cache (a first run), a second process compiles
+    it meanwhile (``engine.run.background``); the experiment's ``warmup`` waits for it.
     """
     from engine.data.episodes import build_dataset
     from engine.models.evidence.model import EvidenceExperiment, warmup_sensor_kernels
+    from engine.run import background
+    from engine.run.runtime import is_cached
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
-    data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
-    t0 = time.perf_counter()
-    ds = build_dataset(cfg)
-    return EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
-                              data_compile_s=data_compile_s)
+    ahead = None
+    if not is_cached(entry_kernel(cfg)):
+        ahead = background.start("from engine.models.evidence.model import compile_episode_kernel; "
+                                 "compile_episode_kernel()")
+    try:
+        data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
+        t0 = time.perf_counter()
+        ds = build_dataset(cfg)
+        ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
+                                data_compile_s=data_compile_s)
+    except BaseException:
+        if ahead is not None:
+            ahead.stop()
+        raise
+    ex.episode_kernel_ahead = ahead
+    return ex
 
 
 def describe_data(cfg) -> str:
