@@ -220,6 +220,7 @@ class ResultFolder:
                 self._stage = None
                 raise UserError(f"cannot write results to {out}: {_reason(exc)}; "
                                 "earlier results there are unchanged") from None
+            self._stage = None  # the journal's now: only a commit or a recovery removes it
             try:
                 for i, name in enumerate(names):
                     os.replace(stage / name, out / name)
@@ -234,7 +235,6 @@ class ResultFolder:
                                     f"partly moved in: the next run into {out} completes it "
                                     f"(from {JOURNAL_NAME})") from None
             self.committed = True
-            self._stage = None
         return out / SUMMARY_NAME, out / EPISODES_NAME
 
 
