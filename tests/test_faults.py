@@ -390,3 +390,22 @@ cp "$MNT/out/summary.json" "$MNT/out/episodes.csv" "$RES/"
     assert not (res / "pause").exists()  # refused before the run's first phase
     assert (res / "listing").read_text().split() == PAIR
     assert pair(res) == (s, e)
+
+
+def test_plots_follow_the_pair(tmp_path, setup, env):
+    """Extra files (the evidence model's plots) are staged and committed with the pair."""
+    pytest.importorskip("matplotlib")
+    out = folder_with_earlier_result(tmp_path, setup, "evidence")
+    plots = ["--set", "experiment.plot_evidence=true"]
+    proc, _flag = start_paused(setup["configs"]["evidence"], out, "writing", env, tmp_path, *plots)
+    stage = [n for n in os.listdir(out) if n.startswith(results.STAGE_PREFIX)]
+    assert len(stage) == 1 and any(n.endswith(".png") for n in os.listdir(out / stage[0]))  # staged
+    assert sorted(os.listdir(out)) == sorted(PAIR + [results.LOCK_NAME] + stage)  # none moved in yet
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert sorted(os.listdir(out)) == PAIR and pair(out) == setup["earlier"]["evidence"]
+    p = engine("run", setup["configs"]["evidence"], "--out", str(out), *plots, env=env)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(out)) == ["episodes.csv", "evidence_0_0.png", "evidence_0_1.png", "summary.json"]
+    assert eval_rows(out) == CASES["evidence"][3]
