@@ -19,8 +19,9 @@ one run beside the episodes of another. How (see also the README's "Result writi
    SIGINT, SIGTERM and SIGHUP are held back during steps 3-4 and delivered after them.
 5. **Recovery.** Taking the lock first completes a journal left by a killed run (the
    renames not yet done are done: roll forward) and deletes what a killed run left
-   before its journal existed (staging folders, the engine's ``.NAME.<hex>.tmp``
-   temporaries): under the lock no other run writes there, so they are stale.
+   before its journal existed (staging folders, the journal's or the pair's
+   ``.NAME.<hex>.tmp`` temporaries): under the lock no other run writes there, so they
+   are stale.
 
 Only a SIGKILL or a power loss in the microseconds between the renames of step 4 can
 leave the two files from different runs; the journal then says so, and the next run into
@@ -53,9 +54,12 @@ EPISODES_NAME = "episodes.csv"
 LOCK_NAME = ".engine.lock"
 JOURNAL_NAME = ".engine.pending"
 STAGE_PREFIX = ".engine-stage."
-#: temporaries of ``engine.files`` (``.NAME.<12 hex>.tmp``) and staging folders: what a
-#: killed run can leave in an output folder
-_STALE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$|^" + re.escape(STAGE_PREFIX) + r"\d+\.[0-9a-f]+$")
+#: what a killed run can leave in an output folder: staging folders, the journal's
+#: temporary, and the temporaries of the earlier writer (which wrote the pair in place);
+#: other ``.NAME.<hex>.tmp`` files may be another command's work in progress (a dataset
+#: written into the folder) and are left alone
+_STALE = re.compile(r"^\.(summary\.json|episodes\.csv|engine\.pending)\.[0-9a-f]{12}\.tmp$|^"
+                    + re.escape(STAGE_PREFIX) + r"\d+\.[0-9a-f]+$")
 #: the signals held back while a result is moved into place
 DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
