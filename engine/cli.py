@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     installed = {}
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
-                sig = getattr(signal, name)
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:  # nohup's SIG_IGN stays
                 installed[sig] = signal.signal(sig, _raise_terminated)
     _RUN_STATE.clear()
     try:

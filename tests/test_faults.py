@@ -126,12 +126,12 @@ def folder_with_earlier_result(tmp_path: Path, setup, name: str) -> Path:
     return out
 
 
-def start_paused(config: str, out: Path, phase: str, env, tmp_path: Path, *extra):
+def start_paused(config: str, out: Path, phase: str, env, tmp_path: Path, *extra, preexec_fn=None):
     """A run into ``out`` stopped at the start of ``phase``: (process, pause file)."""
     flag = tmp_path / f"pause_{phase}_{time.monotonic_ns()}"
     penv = dict(env, ENGINE_TEST_PAUSE_AT=phase, ENGINE_TEST_PAUSE_FILE=str(flag))
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", config, "--out", str(out), *extra], env=penv,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     deadline = time.monotonic() + 120
     while not flag.exists():
         if proc.poll() is not None:
@@ -190,6 +190,26 @@ def test_signal_during_the_commit_is_delivered_after_it(tmp_path, setup, env, si
     assert err.strip().splitlines()[-1] == f"{word}: the results were written to {out} before the signal arrived"
     assert eval_rows(out) == CASES["demo"][3]  # the new result, whole
     assert sorted(os.listdir(out)) == PAIR
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_sighup_cleans_up_unless_ignored(tmp_path, setup, env, ignored):
+    """SIGHUP ends a run as SIGTERM does (exit 129); under nohup (SIGHUP ignored) the run goes on."""
+    out = folder_with_earlier_result(tmp_path, setup, "demo")
+    ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None
+    proc, flag = start_paused(DEMO, out, "training", env, tmp_path, preexec_fn=ignore)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    flag.unlink()
+    _, err = proc.communicate(timeout=60)
+    assert sorted(os.listdir(out)) == PAIR
+    if ignored:
+        assert proc.returncode == 0, err
+        assert eval_rows(out) == CASES["demo"][3]
+    else:
+        assert proc.returncode == 129, err
+        assert err.strip().splitlines()[-1].startswith("terminated (SIGHUP): no result files were written")
+        assert pair(out) == setup["earlier"]["demo"]
 
 
 def test_sigkill_during_the_commit_is_completed_by_recovery(tmp_path, setup, env):
