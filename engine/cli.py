@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
     v.add_argument("config")
+    v.add_argument("--out", metavar="DIR", help="output folder to check (overrides output_dir in the config)")
     v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
 
     pr = sub.add_parser("profile", parents=[common],
@@ -143,36 +144,59 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output folder {out_dir} exists and is not a folder")
     model = registry.for_config(cfg)
-    first_run = not args.quiet and not runtime.is_cached(model.entry_kernel(cfg))
-    if first_run:
-        print("compiling kernels (first run only: later runs load them from the kernel cache)...",
-              file=sys.stderr, flush=True)
-    ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
-    compile_s = ex.warmup()
-    if first_run:  # the sensor simulation's kernels (evidence model) compile while its data is built
-        total = compile_s + (getattr(ex, "data_compile_s", None) or 0.0)
-        print(f"compiled kernels in {total:.1f} s", file=sys.stderr, flush=True)
-    log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
-    result = ex.run()
-    report = ex.report(result)
-    try:
-        ex.write_extras(out_dir, result)
-        s_path, e_path = results.write_report(out_dir, report)
-    except OSError as exc:
-        raise UserError(f"cannot write results to {out_dir}: {exc}") from None
+    # the folder is checked and held (lock) before anything runs: see engine/run/results.py
+    with results.ResultFolder(out_dir) as held:
+        _RUN_STATE["results"] = held
+        for line in held.recovered:
+            log.warning("%s: %s", out_dir, line)
+        first_run = not args.quiet and not runtime.is_cached(model.entry_kernel(cfg))
+        if first_run:
+            print("compiling kernels (first run only: later runs load them from the kernel cache)...",
+                  file=sys.stderr, flush=True)
+        results.pause_point("simulation")
+        ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
+        results.pause_point("compile")
+        compile_s = ex.warmup()
+        if first_run:  # the sensor simulation's kernels (evidence model) compile while its data is built
+            total = compile_s + (getattr(ex, "data_compile_s", None) or 0.0)
+            print(f"compiled kernels in {total:.1f} s", file=sys.stderr, flush=True)
+        log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
+        _test_phase_hooks(ex, results.pause_point)
+        result = ex.run()
+        report = ex.report(result)
+        try:
+            ex.write_extras(held.stage, result)
+        except OSError as exc:
+            raise UserError(f"cannot write results to {out_dir}: {exc.strerror or exc}; "
+                            "earlier results there are unchanged") from None
+        s_path, e_path = held.commit(report)
     print(report.table)
     print(f"compile/cache load {report.summary['compile_s']:.3f} s; results: {s_path}, {e_path}")
     return 0
 
 
+def _test_phase_hooks(ex, pause) -> None:
+    """Test-only (ENGINE_TEST_PAUSE_AT, see engine.run.results.pause_point): hooks that
+    pause at the start of training and of the first evaluation epoch. Registered only
+    when a test asks for one of these phases (an epoch hook changes how the fused path
+    crosses into compiled code), after the warm-up so it never pauses there."""
+    import os
+
+    phase = os.environ.get("ENGINE_TEST_PAUSE_AT")
+    if phase == "training":
+        ex.add_hook("before_experiment", lambda ev: pause("training"))
+    elif phase == "evaluation":
+        ex.add_hook("before_epoch", lambda ev: pause("evaluation") if ev.mode == "eval" and ev.epoch == 0 else None)
+
+
 def cmd_validate(args) -> int:
     from engine.config import load_config
-    from engine.run import registry
+    from engine.run import registry, results
 
     cfg = load_config(args.config, args.overrides)
+    out_dir = Path(args.out if args.out else cfg.output_dir)
+    results.check_output_folder(out_dir)
     print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
@@ -252,20 +276,65 @@ def _cmd_make_dataset(args) -> int:
     return 0
 
 
+#: what the running ``run`` command holds (its ResultFolder), for the message an
+#: interrupted run prints
+_RUN_STATE: dict = {}
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM / SIGHUP handler ``main`` installs, so that clean-up
+    (``finally`` blocks, the result folder's) runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
+def _interrupted_note(command: str) -> str:
+    """The truth about the result files after a signal."""
+    held = _RUN_STATE.get("results")
+    if command != "run" or held is None:
+        return "no result files were written"
+    if held.committed:
+        return f"the results were written to {held.out} before the signal arrived"
+    return f"no result files were written; earlier results in {held.out}, if any, are unchanged"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:  # nohup's SIG_IGN stays
+                installed[sig] = signal.signal(sig, _raise_terminated)
+    _RUN_STATE.clear()
     try:
         return handlers[args.command](args)
     except UserError as exc:  # engine.data.dataset.DatasetError is one too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no result files were written", file=sys.stderr)
+        print(f"interrupted: {_interrupted_note(args.command)}", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"terminated ({signal.Signals(exc.signum).name}): {_interrupted_note(args.command)}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:  # output piped into e.g. `head`: not an error of ours
         sys.stderr.close()
         return 0
+    finally:
+        for sig, old in installed.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        _RUN_STATE.clear()

@@ -10,6 +10,11 @@ behind.
 - :func:`atomic_write_text`: a text file (UTF-8, newlines as given).
 - :func:`atomic_write_dir`: a folder through ``fill(temporary folder)``.
 - :func:`check_replaceable_folder`: whether a folder may be replaced by a new one.
+- :func:`write_new_file`: create a file that must not exist yet, write it, fsync it
+  (a file inside a private staging folder, committed by the caller's own renames).
+- :func:`unwritable_folder`: why files cannot be created in a folder (or None), without
+  creating anything.
+- :func:`fsync_folder`: flush a folder's entries (renames, unlinks) to disk.
 
 New files get the mode any file the user creates gets (0666 less the umask: 0644
 under umask 022), unlike ``tempfile.mkstemp``'s 0600, which would leave results
@@ -33,7 +38,10 @@ __all__ = [
     "atomic_write_dir",
     "atomic_write_text",
     "check_replaceable_folder",
+    "fsync_folder",
     "temporary_name",
+    "unwritable_folder",
+    "write_new_file",
 ]
 
 
@@ -147,7 +155,7 @@ def atomic_write_dir(
         fill(tmp)
         if check is not None:
             check(tmp)
-        _fsync_folder(tmp)
+        fsync_folder(tmp)
         if os.path.lexists(path):
             replaceable(path)  # something may have appeared since the first check
             old = temporary_name(path, "old")
@@ -165,10 +173,60 @@ def atomic_write_dir(
         raise
 
 
-def _fsync_folder(folder: str) -> None:
+def write_new_file(path: str | os.PathLike, data: bytes) -> None:
+    """Create the file ``path`` (which must not exist), write ``data`` and fsync it.
+
+    Not atomic by itself: for a file in a folder nobody else reads (a staging folder)
+    that the caller renames into place. A failure removes the partly written file and
+    propagates.
+    """
+    path = os.fspath(path)
+    f = open(path, "xb")  # our file from here on (the umask's mode, as atomic_write)
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def unwritable_folder(path: str | os.PathLike) -> str | None:
+    """Why files cannot be created in the folder ``path`` (or, when it does not exist
+    yet, why it cannot be created), or None when they can. Creates nothing.
+
+    Looks at ``path`` or its nearest existing parent: not a folder; a read-only file
+    system; no write or search permission (``os.access``: the real user's rights, which
+    for root on a writable file system are all rights). Returns a short reason such as
+    ``"read-only file system"``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return "exists and is not a folder" if probe == path else f"{probe} is not a folder"
+    if os.access(probe, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    where = "" if probe == path else f" ({probe})"
+    return ("read-only file system" if read_only else "permission denied") + where
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
     """Flush a folder's entries to disk (where the platform allows opening folders)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(os.fspath(folder), os.O_RDONLY)
     except OSError:
         return
     try:

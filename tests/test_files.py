@@ -14,7 +14,10 @@ from engine.files import (
     atomic_write_dir,
     atomic_write_text,
     check_replaceable_folder,
+    fsync_folder,
     temporary_name,
+    unwritable_folder,
+    write_new_file,
 )
 
 
@@ -192,6 +195,42 @@ def test_replaceable_folder_rules(tmp_path):
     with pytest.raises(FileExistsError):
         atomic_write_dir(tmp_path / "theirs", _fill(["x"]))
     assert (tmp_path / "theirs" / "thesis.tex").read_text() == "precious"
+
+
+# --------------------------------------------------------------------------- staged files, writable folders
+
+
+def test_write_new_file_never_replaces(tmp_path, umask022):
+    target = tmp_path / "n.csv"
+    write_new_file(target, b"a,b\n")
+    assert target.read_bytes() == b"a,b\n" and _mode(target) == 0o644
+    with pytest.raises(FileExistsError):
+        write_new_file(target, b"other")
+    assert target.read_bytes() == b"a,b\n"
+
+
+def test_write_new_file_removes_a_partial_file(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError):
+        write_new_file(tmp_path / "n.csv", b"data")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_folder(tmp_path, monkeypatch):
+    assert unwritable_folder(tmp_path) is None
+    assert unwritable_folder(tmp_path / "not" / "yet") is None  # would be created in tmp_path
+    (tmp_path / "f").write_text("")
+    assert unwritable_folder(tmp_path / "f") == "exists and is not a folder"
+    assert unwritable_folder(tmp_path / "f" / "x") == f"{tmp_path / 'f'} is not a folder"
+    asked = []
+    monkeypatch.setattr(os, "access", lambda p, mode: asked.append((p, mode)) and False)
+    assert unwritable_folder(tmp_path / "new") == f"permission denied ({tmp_path})"
+    assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]
+    fsync_folder(tmp_path)  # no error on a folder
+    assert os.listdir(tmp_path) == ["f"]  # the checks created nothing
 
 
 # --------------------------------------------------------------------------- the engine's files
