@@ -40,14 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the stepwise path: a Python loop with one kernel call per step")
 
     v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
-    v.add_argument("config")
-    v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+    v.add_argument("config", help="YAML config file")
+    v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a config value before checking it, as for run (repeatable)")
 
     pr = sub.add_parser("profile", parents=[common],
                         help="profile a run: compile time, per-kernel times, hot orchestrator lines")
-    pr.add_argument("config")
+    pr.add_argument("config", help="YAML config file (similarity or nearest model)")
     pr.add_argument("--out", metavar="DIR", help="report folder (default: OUTPUT_DIR/profile)")
-    pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+    pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                    help="override a config value, as for run (repeatable)")
     pr.add_argument("--top", type=int, default=10, metavar="N", help="rows shown per table (default 10)")
 
     w = sub.add_parser("warmup", parents=[common],
@@ -137,10 +139,12 @@ def cmd_info(args) -> int:
 
 def cmd_run(args) -> int:
     from engine.config import load_config
+    from engine import memory
     from engine.run import registry, results, runtime
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     cfg = load_config(args.config, overrides)
+    memory.check(cfg)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -170,9 +174,12 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     from engine.config import load_config
+    from engine import memory
     from engine.run import registry
 
     cfg = load_config(args.config, args.overrides)
+    est = memory.check(cfg)
+    log.info("estimated peak memory %s (%s)", memory.format_bytes(est.total), est.describe())
     print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
@@ -180,9 +187,11 @@ def cmd_validate(args) -> int:
 def cmd_profile(args) -> int:
     from engine.config import load_config
     from engine.models import profile
+    from engine import memory
     from engine.run import registry
 
     cfg = load_config(args.config, args.overrides)
+    memory.check(cfg)
     model = registry.for_config(cfg)
     if not hasattr(model, "profile_run"):
         raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the "
@@ -252,6 +261,35 @@ def _cmd_make_dataset(args) -> int:
     return 0
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, a KeyboardInterrupt: Ctrl-C while a compiled
+    kernel runs surfaces as numba's ``SystemError(... returned a result with an exception
+    set)`` with the KeyboardInterrupt as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _internal_error(exc: BaseException, verbose: bool) -> int:
+    """A bug, not bad input: one line saying so and how to report it; the traceback only
+    with ``-v``."""
+    import traceback
+
+    from engine.config import clip
+
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    hint = "" if verbose else "; run again with -v for the traceback"
+    print(f"internal error: {type(exc).__name__}: {clip(str(exc), 200)} (a bug in engine {__version__}, not in "
+          f"your input: please report it to the engine's issue tracker with the command, the config and "
+          f"the command's output with -v{hint})", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -269,3 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: not an error of ours
         sys.stderr.close()
         return 0
+    except MemoryError:
+        # past the memory check (engine.memory): its estimate was low, or other
+        # processes took the memory meanwhile
+        print("error: out of memory: this run needs more memory than is available (the estimate "
+              "`validate -v` prints was too low, or other processes took the memory): make the data or "
+              "the model smaller", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if _interrupted(exc):
+            print("interrupted: no result files were written", file=sys.stderr)
+            return 130
+        return _internal_error(exc, args.verbose > 0)

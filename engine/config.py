@@ -64,7 +64,9 @@ class _Setting:
         self.exclusive_min = exclusive_min
         self.doc = doc
 
-    def allowed(self) -> str:
+    def allowed(self, full: bool = False) -> str:
+        """What the setting allows, in words; the default ceilings (INT_MAX, +-FLOAT_MAX) only
+        with ``full`` (the message of a value beyond them)."""
         if self.kind is list:
             text = "a list of names" + (" from " + ", ".join(repr(c) for c in self.choices) if self.choices else "")
         elif self.choices:
@@ -73,8 +75,11 @@ class _Setting:
             text = "true or false"
         else:
             text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
-            lo = None if self.minimum is None else (("> " if self.exclusive_min else ">= ") + _bound(self.minimum))
-            hi = None if self.maximum is None else "<= " + _bound(self.maximum)
+            lo = hi = None
+            if self.minimum is not None and (full or self.minimum != -FLOAT_MAX):
+                lo = ("> " if self.exclusive_min else ">= ") + _bound(self.minimum)
+            if self.maximum is not None and (full or self.maximum not in (INT_MAX, FLOAT_MAX)):
+                hi = "<= " + _bound(self.maximum)
             bounds = " and ".join(b for b in (lo, hi) if b)
             if bounds:
                 text += " " + bounds
@@ -109,14 +114,32 @@ class _Setting:
         elif self.kind is str:
             ok = isinstance(value, str) and value != ""
         if not ok:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}{_number_hint(self.kind, value)}")
         if self.choices and value not in self.choices:
             raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
         if self.minimum is not None and (value < self.minimum or (self.exclusive_min and value == self.minimum)):
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed(full=self.minimum == -FLOAT_MAX)}, "
+                              f"got {_show(value)}")
         if self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed(full=self.maximum in (INT_MAX, FLOAT_MAX))}, "
+                              f"got {_show(value)}")
         return value
+
+
+def _number_hint(kind, value) -> str:
+    """For a number YAML read as a string (YAML 1.1 wants ``1.0e+23``, not ``1e23``): how to
+    write it."""
+    if kind not in (int, float) or not isinstance(value, str) or len(value) > 40:
+        return ""
+    try:
+        x = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(x):
+        return ""
+    if kind is int:
+        return f" (write an integer as digits: {int(x)})" if x.is_integer() and abs(x) < 1e30 else ""
+    return f" (YAML reads {value} as text; write a number as e.g. {x:.1e})".replace("e+0", "e+").replace("e-0", "e-")
 
 
 def _bound(x) -> str:
@@ -412,14 +435,20 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
                           f"expected one of {', '.join(repr(s) for s in EVIDENCE_SOURCES)}, got {source!r}")
     if source == "shapes" and model["type"] != "evidence":
         raise ConfigError(f"{prefix}data.source: 'shapes' feeds the evidence model only (model.type is {model['type']!r})")
+    if source == "shapes":
+        _check_object_size(evidence, prefix)
     if source == "shapes" and params["mesh_dir"] is not None:
         params["mesh_dir"] = str(_resolve_relative(params["mesh_dir"], source_file))
         if not Path(params["mesh_dir"]).is_dir():
             raise ConfigError(f"{prefix}data.mesh_dir: folder not found: {params['mesh_dir']}")
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
-        if not Path(params["path"]).exists():
+        data_path = Path(params["path"])
+        if not data_path.exists():
             raise ConfigError(f"{prefix}data.path: file not found: {params['path']} "
+                              "(a dataset .npz file or npy-dir folder)")
+        if not (data_path.is_file() or data_path.is_dir()):
+            raise ConfigError(f"{prefix}data.path: {params['path']} is not a regular file or a folder "
                               "(a dataset .npz file or npy-dir folder)")
     top = {key: setting.check(raw[key], f"{prefix}{key}") if key in raw else setting.default
            for key, setting in TOP_LEVEL.items()}
@@ -432,6 +461,36 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         source_file=source_file,
         evidence=evidence,
     )
+
+
+#: Largest side of every simulated object (built-ins and meshes are scaled to it), metres;
+#: engine.data.shapes.SIZE (not imported: reading a config does not import trimesh).
+OBJECT_SIZE = 0.1
+
+
+def _check_object_size(s, prefix: str) -> None:
+    """The evidence model must be able to hold a simulated object (OBJECT_SIZE on its
+    largest side): a grid model is placed around the first sensed point, so it needs a side
+    of twice the object's (else the updates of episodes that start near one end fall
+    outside and are skipped: the object is never learned), and voxels (or graph node
+    spacing) under half the object's size (else the object is a handful of nodes)."""
+    if s is None:
+        return
+    if s.graph == "grid":
+        if s.max_graph_size < 2 * OBJECT_SIZE:
+            raise ConfigError(f"{prefix}evidence.max_graph_size: a grid of {s.max_graph_size:g} m cannot hold the "
+                              f"objects, which are {OBJECT_SIZE:g} m on their largest side (built-ins and meshes "
+                              f"are scaled to that) from wherever the first step lands: use at least "
+                              f"{2 * OBJECT_SIZE:g}")
+        voxel = s.max_graph_size / s.voxels_per_dim
+        if voxel > OBJECT_SIZE / 2:
+            raise ConfigError(f"{prefix}evidence.voxels_per_dim: {s.voxels_per_dim} voxels over "
+                              f"{s.max_graph_size:g} m are {voxel:.3g} m wide, more than half the objects' "
+                              f"{OBJECT_SIZE:g} m: each object would be a few nodes; use at least "
+                              f"{math.ceil(2 * s.max_graph_size / OBJECT_SIZE)}")
+    elif s.graph_distance > OBJECT_SIZE / 2:
+        raise ConfigError(f"{prefix}evidence.graph_distance: nodes {s.graph_distance:g} m apart on objects "
+                          f"of {OBJECT_SIZE:g} m would be a few nodes per object: use at most {OBJECT_SIZE / 2:g}")
 
 
 def _resolve_relative(path: str, source_file: str) -> Path:
