@@ -261,13 +261,13 @@ def _cmd_make_dataset(args) -> int:
     return 0
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was caused by, a KeyboardInterrupt: Ctrl-C while a compiled
-    kernel runs surfaces as numba's ``SystemError(... returned a result with an exception
-    set)`` with the KeyboardInterrupt as its cause."""
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    """Whether ``exc`` is, or was caused by, a ``kind``: Ctrl-C, or an allocation that
+    failed, while a compiled kernel runs surfaces as numba's ``SystemError(... returned a
+    result with an exception set)`` with the KeyboardInterrupt or MemoryError as its cause."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, kind):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -308,14 +308,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except MemoryError:
-        # past the memory check (engine.memory): its estimate was low, or other
-        # processes took the memory meanwhile
-        print("error: out of memory: this run needs more memory than is available (the estimate "
-              "`validate -v` prints was too low, or other processes took the memory): make the data or "
-              "the model smaller", file=sys.stderr)
-        return 2
+        return _out_of_memory()
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
-        if _interrupted(exc):
+        if _caused_by(exc, KeyboardInterrupt):
             print("interrupted: no result files were written", file=sys.stderr)
             return 130
+        if _caused_by(exc, MemoryError):
+            return _out_of_memory()
         return _internal_error(exc, args.verbose > 0)
+
+
+def _out_of_memory() -> int:
+    # past the memory check (engine.memory): its estimate was low, or other processes took
+    # the memory meanwhile
+    print("error: out of memory: this run needs more memory than is available (the estimate that "
+          "`validate -v` prints was too low, or other processes took the memory): make the data or "
+          "the model smaller", file=sys.stderr)
+    return 2
