@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -131,7 +132,10 @@ def cmd_info(args) -> int:
     from engine.run import runtime
 
     if args.cache_dir:
-        runtime.configure_cache(args.cache_dir)
+        try:
+            runtime.configure_cache(args.cache_dir)
+        except OSError as exc:
+            raise UserError(f"--cache-dir {args.cache_dir}: {exc}") from None
     data = runtime.info()
     print(json.dumps(data, indent=2) if args.json else runtime.format_info(data))
     return 0
@@ -198,6 +202,8 @@ def cmd_profile(args) -> int:
                         f"{cfg.model.type} model see summary.json's matching_step_s and profiling/README.md")
     _apply_cache(cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"report folder {out_dir} exists and is not a folder")
     report = model.profile_run(cfg, out_dir, top=max(args.top, 1))
     print(profile.format_report(report, top=max(args.top, 1)))
     print(f"\nreports: {out_dir / profile.JSON_NAME}, {report['lprof']}")
@@ -214,6 +220,9 @@ def cmd_bench(args) -> int:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
+        if os.path.lexists(args.json) and not os.path.isfile(args.json):
+            # the atomic write would replace a folder, a device (/dev/null) or a FIFO
+            raise UserError(f"--json {args.json}: exists and is not a regular file")
     from engine.bench import seed as bench
 
     if args.suite == "scale":

@@ -471,3 +471,24 @@ def test_cli_ctrl_c_while_simulating(engine_env, tmp_path):
     assert "Traceback" not in err and "SystemError" not in err
     assert err.strip().splitlines()[-1] == "interrupted: no result files were written"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["make-dataset", "--source", "seed_spiral", "--size", "10", "--out", "{fifo}"], "is not a regular file"),
+    (["make-dataset", "--source", "cube", "--size", "100000000000", "--out", "{tmp}/c.npz"], "size: expected an integer 1..100000"),
+    (["make-dataset", "--source", "random", "--size", "10", "--seed", str(2**64), "--out", "{tmp}/r.npz"], "seed: expected"),
+    (["bench", "--suite", "startup", "--json", "{fifo}"], "exists and is not a regular file"),
+    (["info", "--cache-dir", "{file}"], "--cache-dir"),
+    (["profile", "configs/demo.yaml", "--out", "{file}"], "exists and is not a folder"),
+])
+def test_command_line_outputs_that_are_not_files(tmp_path, capsys, argv, text):
+    # a FIFO stands for any non-regular file (a device such as /dev/null would be replaced by
+    # the atomic rename when the engine runs as root)
+    fifo, afile = tmp_path / "fifo", tmp_path / "afile"
+    os.mkfifo(fifo)
+    afile.write_text("x")
+    argv = [a.format(fifo=fifo, tmp=tmp_path, file=afile) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and text in err and err.count("\n") == 1, err
+    assert fifo.exists() and not fifo.is_file()  # still the FIFO
