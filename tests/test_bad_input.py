@@ -492,3 +492,24 @@ def test_command_line_outputs_that_are_not_files(tmp_path, capsys, argv, text):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and text in err and err.count("\n") == 1, err
     assert fifo.exists() and not fifo.is_file()  # still the FIFO
+
+
+@pytest.mark.parametrize("scale, text", [(1e6, "holds at most 0.15 m"), (1e-6, "less than one voxel")])
+def test_recorded_objects_the_model_cannot_hold(tmp_path, root, capsys, scale, text):
+    from engine.data.episodes import build_dataset
+
+    with np.load(root / "configs/data/evidence_example.npz") as d:
+        a = {k: d[k] for k in d.files}
+    a["location"] = (a["location"].astype(np.float64) * scale).astype(np.float32)
+    np.savez(tmp_path / "d.npz", **a)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("model: {type: evidence}\ndata: {source: dataset, path: d.npz}\n")
+    assert cli.main(["validate", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "object 'box' is" in err and text in err and err.count("\n") == 1, err
+    with pytest.raises(UserError, match=text):
+        build_dataset(load_config(cfg_path))
+    # at its own size it is accepted
+    a["location"] = (a["location"].astype(np.float64) / scale).astype(np.float32)
+    np.savez(tmp_path / "d.npz", **a)
+    assert cli.main(["validate", str(cfg_path)]) == 0
