@@ -216,8 +216,8 @@ def cmd_profile(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.repeats < 1:
-        raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    if not 1 <= args.repeats <= 1000:
+        raise UserError(f"--repeats: expected an integer 1..1000, got {args.repeats}")
     if args.suite != "seed" and (args.rust or not args.warm_up):
         flag = "--rust" if args.rust else "--no-warm-up"
         raise UserError(f"{flag}: only for --suite seed (got --suite {args.suite})")

@@ -36,6 +36,8 @@ FLOAT_MAX = 3.4028234663852886e38
 #: number of values it holds once every YAML alias is expanded (a config has ~100).
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_DOCUMENT_NODES = 10_000
+#: Longest string setting (a name or a path; PATH_MAX on Linux).
+MAX_STRING = 4096
 #: Longest shown value in an error message (characters).
 MAX_SHOWN = 80
 
@@ -113,6 +115,9 @@ class _Setting:
                 ok = math.isfinite(value)
         elif self.kind is str:
             ok = isinstance(value, str) and value != ""
+            if ok and len(value) > MAX_STRING:
+                raise ConfigError(f"{where}: expected at most {MAX_STRING} characters (the longest a path may "
+                                  f"be), got {len(value):,}")
         if not ok:
             raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}{_number_hint(self.kind, value)}")
         if self.choices and value not in self.choices:

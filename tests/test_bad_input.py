@@ -112,6 +112,17 @@ def test_overrides_out_of_range(text, expected):
     assert expected in str(e.value) and len(str(e.value)) < 400
 
 
+def test_strings_are_bounded():
+    with pytest.raises(ConfigError, match="experiment.name: expected at most 4096 characters"):
+        from_dict({"data": {"source": "cube"}, "experiment": {"name": "n" * 5000}})
+    assert from_dict({"data": {"source": "cube"}, "experiment": {"name": "n" * 4096}}).experiment.name
+
+
+def test_bench_repeats_bounded(capsys):
+    assert cli.main(["bench", "--repeats", str(10**20)]) == 2
+    assert "--repeats: expected an integer 1..1000" in capsys.readouterr().err
+
+
 def test_values_at_their_bounds_are_accepted():
     c = from_dict(_raw_for("evidence", "max_nneighbors", 1000))
     assert c.evidence.max_nneighbors == 1000
