@@ -109,6 +109,10 @@ def cmd_warmup(args) -> int:
     if not paths:
         raise UserError(f"no configs given and none bundled in {BUNDLED_CONFIGS}")
     configs = [load_config(p) for p in paths]
+    from engine import memory
+
+    for cfg in configs:  # warm-up builds a similarity config's observations
+        memory.check(cfg)
     if args.cache_dir:
         try:
             runtime.configure_cache(args.cache_dir)

@@ -524,3 +524,11 @@ def test_recorded_objects_the_model_cannot_hold(tmp_path, root, capsys, scale, t
     a["location"] = (a["location"].astype(np.float64) / scale).astype(np.float32)
     np.savez(tmp_path / "d.npz", **a)
     assert cli.main(["validate", str(cfg_path)]) == 0
+
+
+def test_warmup_checks_memory(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: random, n_points: 2000000000}\n")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10**9)
+    assert cli.main(["warmup", str(cfg)]) == 2
+    assert "more than the 1.0 GB of memory available" in capsys.readouterr().err
