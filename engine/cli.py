@@ -20,7 +20,8 @@ log = logging.getLogger("engine")
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-vv for debug), and the traceback of an internal error")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
