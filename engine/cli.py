@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ log = logging.getLogger("engine")
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output (-vv for debug), and the traceback of an internal error")
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -40,15 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the stepwise path: a Python loop with one kernel call per step")
 
     v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
-    v.add_argument("config")
+    v.add_argument("config", help="YAML config file")
     v.add_argument("--out", metavar="DIR", help="output folder to check (overrides output_dir in the config)")
-    v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+    v.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a config value before checking it, as for run (repeatable)")
 
     pr = sub.add_parser("profile", parents=[common],
                         help="profile a run: compile time, per-kernel times, hot orchestrator lines")
-    pr.add_argument("config")
+    pr.add_argument("config", help="YAML config file (similarity or nearest model)")
     pr.add_argument("--out", metavar="DIR", help="report folder (default: OUTPUT_DIR/profile)")
-    pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides")
+    pr.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                    help="override a config value, as for run (repeatable)")
     pr.add_argument("--top", type=int, default=10, metavar="N", help="rows shown per table (default 10)")
 
     w = sub.add_parser("warmup", parents=[common],
@@ -107,6 +111,10 @@ def cmd_warmup(args) -> int:
     if not paths:
         raise UserError(f"no configs given and none bundled in {BUNDLED_CONFIGS}")
     configs = [load_config(p) for p in paths]
+    from engine import memory
+
+    for cfg in configs:  # warm-up builds a similarity config's observations
+        memory.check(cfg)
     if args.cache_dir:
         try:
             runtime.configure_cache(args.cache_dir)
@@ -130,7 +138,10 @@ def cmd_info(args) -> int:
     from engine.run import runtime
 
     if args.cache_dir:
-        runtime.configure_cache(args.cache_dir)
+        try:
+            runtime.configure_cache(args.cache_dir)
+        except OSError as exc:
+            raise UserError(f"--cache-dir {args.cache_dir}: {exc}") from None
     data = runtime.info()
     print(json.dumps(data, indent=2) if args.json else runtime.format_info(data))
     return 0
@@ -138,10 +149,12 @@ def cmd_info(args) -> int:
 
 def cmd_run(args) -> int:
     from engine.config import load_config
+    from engine import memory
     from engine.run import registry, results, runtime
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     cfg = load_config(args.config, overrides)
+    memory.check(cfg)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     model = registry.for_config(cfg)
@@ -192,11 +205,19 @@ def _test_phase_hooks(ex, pause) -> None:
 
 def cmd_validate(args) -> int:
     from engine.config import load_config
+    from engine import memory
     from engine.run import registry, results
 
     cfg = load_config(args.config, args.overrides)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     results.check_output_folder(out_dir)
+    est = memory.check(cfg)
+    log.info("estimated peak memory %s (%s)", memory.format_bytes(est.total), est.describe())
+    if cfg.model.type == "evidence" and cfg.data.source == "dataset":  # objects the model cannot hold
+        from engine.data.dataset import read_dataset
+        from engine.data.episodes import check_objects_fit
+
+        check_objects_fit(cfg, read_dataset(cfg.data.params["path"]))
     print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
@@ -204,15 +225,19 @@ def cmd_validate(args) -> int:
 def cmd_profile(args) -> int:
     from engine.config import load_config
     from engine.models import profile
+    from engine import memory
     from engine.run import registry
 
     cfg = load_config(args.config, args.overrides)
+    memory.check(cfg)
     model = registry.for_config(cfg)
     if not hasattr(model, "profile_run"):
         raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the "
                         f"{cfg.model.type} model see summary.json's matching_step_s and profiling/README.md")
     _apply_cache(cfg)
     out_dir = Path(args.out) if args.out else Path(cfg.output_dir) / "profile"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"report folder {out_dir} exists and is not a folder")
     report = model.profile_run(cfg, out_dir, top=max(args.top, 1))
     print(profile.format_report(report, top=max(args.top, 1)))
     print(f"\nreports: {out_dir / profile.JSON_NAME}, {report['lprof']}")
@@ -220,8 +245,8 @@ def cmd_profile(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    if args.repeats < 1:
-        raise UserError(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    if not 1 <= args.repeats <= 1000:
+        raise UserError(f"--repeats: expected an integer 1..1000, got {args.repeats}")
     if args.suite != "seed" and (args.rust or not args.warm_up):
         flag = "--rust" if args.rust else "--no-warm-up"
         raise UserError(f"{flag}: only for --suite seed (got --suite {args.suite})")
@@ -229,6 +254,9 @@ def cmd_bench(args) -> int:
         parent = Path(args.json).resolve().parent
         if not parent.is_dir():
             raise UserError(f"--json {args.json}: folder {parent} does not exist")
+        if os.path.lexists(args.json) and not os.path.isfile(args.json):
+            # the atomic write would replace a folder, a device (/dev/null) or a FIFO
+            raise UserError(f"--json {args.json}: exists and is not a regular file")
     from engine.bench import seed as bench
 
     if args.suite == "scale":
@@ -304,6 +332,35 @@ def _interrupted_note(command: str) -> str:
     return f"no result files were written; earlier results in {held.out}, if any, are unchanged"
 
 
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    """Whether ``exc`` is, or was caused by, a ``kind``: Ctrl-C, or an allocation that
+    failed, while a compiled kernel runs surfaces as numba's ``SystemError(... returned a
+    result with an exception set)`` with the KeyboardInterrupt or MemoryError as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _internal_error(exc: BaseException, verbose: bool) -> int:
+    """A bug, not bad input: one line saying so and how to report it; the traceback only
+    with ``-v``."""
+    import traceback
+
+    from engine.config import clip
+
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    hint = "" if verbose else "; run again with -v for the traceback"
+    print(f"internal error: {type(exc).__name__}: {clip(str(exc), 200)} (a bug in engine {__version__}, not in "
+          f"your input: please report it to the engine's issue tracker with the command, the config and "
+          f"the command's output with -v{hint})", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
@@ -334,7 +391,25 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: not an error of ours
         sys.stderr.close()
         return 0
+    except MemoryError:
+        return _out_of_memory()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if _caused_by(exc, KeyboardInterrupt):
+            print(f"interrupted: {_interrupted_note(args.command)}", file=sys.stderr)
+            return 130
+        if _caused_by(exc, MemoryError):
+            return _out_of_memory()
+        return _internal_error(exc, args.verbose > 0)
     finally:
         for sig, old in installed.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
         _RUN_STATE.clear()
+
+
+def _out_of_memory() -> int:
+    # past the memory check (engine.memory): its estimate was low, or other processes took
+    # the memory meanwhile
+    print("error: out of memory: this run needs more memory than is available (the estimate that "
+          "`validate -v` prints was too low, or other processes took the memory): make the data or "
+          "the model smaller", file=sys.stderr)
+    return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,40 @@ from engine.errors import ConfigError
 from engine.run.registry import MODEL_TYPES as REGISTERED_MODEL_TYPES
 
 
+#: Largest value of an integer setting unless it says otherwise: sizes and counts reach
+#: the kernels as int32 or int64 and are multiplied together, so nothing beyond int32.
+INT_MAX = 2**31 - 1
+#: Largest seed (numpy seeds take any non-negative integer; int64 keeps it one machine word).
+SEED_MAX = 2**63 - 1
+#: Largest magnitude of a number setting: the kernels compute in float32, where anything
+#: larger is infinity.
+FLOAT_MAX = 3.4028234663852886e38
+#: Bounds on a config document (file or ``--set`` value): its size in bytes, and the
+#: number of values it holds once every YAML alias is expanded (a config has ~100).
+MAX_DOCUMENT_BYTES = 1 << 20
+MAX_DOCUMENT_NODES = 10_000
+#: Longest string setting (a name or a path; PATH_MAX on Linux).
+MAX_STRING = 4096
+#: Longest shown value in an error message (characters).
+MAX_SHOWN = 80
+
+
 class _Setting:
-    """One config value: its kind, default and allowed range (for messages and checks)."""
+    """One config value: its kind, default and allowed range (for messages and checks).
+
+    Every integer and number has both bounds: ``INT_MAX`` (``SEED_MAX`` for seeds) and
+    ``+-FLOAT_MAX`` where the setting names none, so no value can overflow where it is used.
+    """
 
     def __init__(self, kind, default=None, *, minimum=None, maximum=None, choices=None,
                  nullable=False, required=False, exclusive_min=False, doc=""):
         self.kind = kind
         self.default = default
+        if kind is int and maximum is None:
+            maximum = INT_MAX
+        if kind is float:
+            minimum = -FLOAT_MAX if minimum is None else minimum
+            maximum = FLOAT_MAX if maximum is None else maximum
         self.minimum = minimum
         self.maximum = maximum
         self.choices = choices
@@ -38,7 +66,9 @@ class _Setting:
         self.exclusive_min = exclusive_min
         self.doc = doc
 
-    def allowed(self) -> str:
+    def allowed(self, full: bool = False) -> str:
+        """What the setting allows, in words; the default ceilings (INT_MAX, +-FLOAT_MAX) only
+        with ``full`` (the message of a value beyond them)."""
         if self.kind is list:
             text = "a list of names" + (" from " + ", ".join(repr(c) for c in self.choices) if self.choices else "")
         elif self.choices:
@@ -47,8 +77,11 @@ class _Setting:
             text = "true or false"
         else:
             text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
-            lo = None if self.minimum is None else (("> " if self.exclusive_min else ">= ") + str(self.minimum))
-            hi = None if self.maximum is None else "<= " + str(self.maximum)
+            lo = hi = None
+            if self.minimum is not None and (full or self.minimum != -FLOAT_MAX):
+                lo = ("> " if self.exclusive_min else ">= ") + _bound(self.minimum)
+            if self.maximum is not None and (full or self.maximum not in (INT_MAX, FLOAT_MAX)):
+                hi = "<= " + _bound(self.maximum)
             bounds = " and ".join(b for b in (lo, hi) if b)
             if bounds:
                 text += " " + bounds
@@ -82,23 +115,74 @@ class _Setting:
                 ok = math.isfinite(value)
         elif self.kind is str:
             ok = isinstance(value, str) and value != ""
+            if ok and len(value) > MAX_STRING:
+                raise ConfigError(f"{where}: expected at most {MAX_STRING} characters (the longest a path may "
+                                  f"be), got {len(value):,}")
         if not ok:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}{_number_hint(self.kind, value)}")
         if self.choices and value not in self.choices:
             raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
         if self.minimum is not None and (value < self.minimum or (self.exclusive_min and value == self.minimum)):
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed(full=self.minimum == -FLOAT_MAX)}, "
+                              f"got {_show(value)}")
         if self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed(full=self.maximum in (INT_MAX, FLOAT_MAX))}, "
+                              f"got {_show(value)}")
         return value
 
 
+def _number_hint(kind, value) -> str:
+    """For a number YAML read as a string (YAML 1.1 wants ``1.0e+23``, not ``1e23``): how to
+    write it."""
+    if kind not in (int, float) or not isinstance(value, str) or len(value) > 40:
+        return ""
+    try:
+        x = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(x):
+        return ""
+    if kind is int:
+        return f" (write an integer as digits: {int(x)})" if x.is_integer() and abs(x) < 1e30 else ""
+    return f" (YAML reads {value} as text; write a number as e.g. {x:.1e})".replace("e+0", "e+").replace("e-0", "e-")
+
+
+def _bound(x) -> str:
+    """A bound as the README's table shows it: 2**31 - 1 and float32's largest in full
+    would be unreadable."""
+    if x == INT_MAX:
+        return "2147483647 (2**31 - 1)"
+    if x == SEED_MAX:
+        return "2**63 - 1"
+    if abs(x) == FLOAT_MAX:
+        return f"{'-' if x < 0 else ''}3.4e38 (float32's largest)"
+    return str(x)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict, _REPR.maxset = 3, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = MAX_SHOWN, 40, MAX_SHOWN
+
+
+def clip(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis and the full length when cut)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _show(value) -> str:
+    """A value for an error message, never longer than ~MAX_SHOWN characters: reprlib
+    stops at a few items and levels, so a huge or deeply aliased value costs nothing."""
     if isinstance(value, str):
-        return repr(value)
+        return clip(repr(value)) if len(value) <= 4 * MAX_SHOWN else clip(_REPR.repr(value))
     if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'} ({value!r})"
-    return f"{value!r} ({type(value).__name__})" if not isinstance(value, bool) else repr(value).lower()
+        kind = "mapping" if isinstance(value, dict) else "list"
+        return f"a {kind} of {len(value)} item{'s' * (len(value) != 1)} ({clip(_REPR.repr(value))})"
+    if isinstance(value, bool):
+        return repr(value).lower()
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of a huge int is slow, or refused
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return clip(f"{_REPR.repr(value)} ({type(value).__name__})")
 
 
 MODEL_TYPES = tuple(REGISTERED_MODEL_TYPES)  # the registry names the model types (engine.run.registry)
@@ -113,8 +197,9 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
         "name": _Setting(str, "experiment", doc="name shown in the summary"),
         "do_train": _Setting(bool, True, doc="run the training epochs"),
         "do_eval": _Setting(bool, True, doc="run the evaluation epochs"),
-        "n_train_epochs": _Setting(int, 1, minimum=0, doc="training epochs (each presents every training episode)"),
-        "n_eval_epochs": _Setting(int, 1, minimum=0, doc="evaluation epochs"),
+        "n_train_epochs": _Setting(int, 1, minimum=0, maximum=1_000_000,
+                                   doc="training epochs (each presents every training episode)"),
+        "n_eval_epochs": _Setting(int, 1, minimum=0, maximum=1_000_000, doc="evaluation epochs"),
         "max_train_steps": _Setting(int, 10000, minimum=1, doc="step limit of a training episode"),
         "max_eval_steps": _Setting(int, 10000, minimum=1, doc="step limit of an evaluation episode "
                                                                "(evidence model: matching steps)"),
@@ -126,7 +211,7 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
                          doc="similarity: linear scan over every stored observation; "
                              "nearest: the same similarity over the k nearest (KD-tree); "
                              "evidence: tbp.monty's object and pose recognition (settings in `evidence`)"),
-        "k": _Setting(int, 10, minimum=1, doc="nearest: neighbours per matching step"),
+        "k": _Setting(int, 10, minimum=1, maximum=100_000, doc="nearest: neighbours per matching step"),
         "max_distance": _Setting(float, None, minimum=0.0, exclusive_min=True, nullable=True,
                                  doc="nearest: only neighbours this close count (null: no bound)"),
         "dedup_distance": _Setting(float, None, minimum=0.0, nullable=True,
@@ -148,7 +233,7 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
     },
     "execution": {
         "stepwise": _Setting(bool, False, doc="Python loop with one kernel call per step (debugging, profiling)"),
-        "chunk_size": _Setting(int, 64, minimum=1, doc="evaluation steps per batch between termination checks"),
+        "chunk_size": _Setting(int, 64, minimum=1, maximum=1_000_000, doc="evaluation steps per batch between termination checks"),
         "cache_dir": _Setting(str, None, nullable=True,
                               doc="folder for compiled kernels (relative to the config file's folder); "
                                   "null: NUMBA_CACHE_DIR or numba's default"),
@@ -158,13 +243,13 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
 # Settings of each data source, beside ``data.source``.
 SOURCES: dict[str, dict[str, _Setting]] = {
     "seed_spiral": {"size": _Setting(int, 100, minimum=1, doc="observations per episode (the seed benchmark's size)")},
-    "cube": {"points_per_edge": _Setting(int, 4, minimum=2, doc="surface grid points along each edge"),
+    "cube": {"points_per_edge": _Setting(int, 4, minimum=2, maximum=100_000, doc="surface grid points along each edge"),
              "side": _Setting(float, 0.1, minimum=0.0, exclusive_min=True, doc="edge length (m)")},
     "sphere": {"n_points": _Setting(int, 64, minimum=1, doc="points on the sphere (Fibonacci lattice)"),
                "radius": _Setting(float, 0.05, minimum=0.0, exclusive_min=True, doc="sphere radius (m)")},
     "random": {"n_points": _Setting(int, 100, minimum=1, doc="observations per episode"),
                "n_features": _Setting(int, 1, minimum=0, maximum=64, doc="feature columns"),
-               "seed": _Setting(int, 0, minimum=0, doc="random seed")},
+               "seed": _Setting(int, 0, minimum=0, maximum=SEED_MAX, doc="random seed")},
     "dataset": {"path": _Setting(str, None, required=True,
                                  doc="recorded episode file (.npz) or npy-dir folder, relative to the config file's folder")},
     "shapes": {
@@ -180,9 +265,15 @@ SOURCES: dict[str, dict[str, _Setting]] = {
         "noise": _Setting(bool, False, doc="tbp.monty's sensor noise on evaluation steps (2 mm location, "
                                           "2 deg pose, 0.1 log curvature, 0.1 hue, 1% pose_defined flips)"),
         "hue": _Setting(bool, False, doc="sense a hue per object (a distinct colour each) as a feature"),
-        "seed": _Setting(int, 0, minimum=0, doc="seed of surface sampling, walks, rotations and noise"),
+        "seed": _Setting(int, 0, minimum=0, maximum=SEED_MAX, doc="seed of surface sampling, walks, rotations and noise"),
     },
 }
+
+
+# Sensible ceilings of evidence integers (the rest: INT_MAX): neighbours beyond a model's
+# nodes add nothing, rotations about an undefined curvature direction beyond one per degree
+# add nothing either, and voxels_per_dim ** 3 must fit an int64 voxel key.
+_EVIDENCE_MAXIMA = {"max_nneighbors": 1000, "umbilical_num_poses": 360, "voxels_per_dim": 100_000}
 
 
 def _evidence_schema() -> dict[str, _Setting]:
@@ -199,6 +290,7 @@ def _evidence_schema() -> dict[str, _Setting]:
             extra["choices"] = ("graph", "grid")
         elif kind is int:
             extra["minimum"] = 1
+            extra["maximum"] = _EVIDENCE_MAXIMA.get(f.name)
         elif f.name in ("past_weight", "x_percent_threshold", "object_evidence_threshold"):
             extra["minimum"] = 0.0
         elif kind is float and f.name not in ("deletion_trigger_slope", "burst_trigger_slope"):
@@ -276,10 +368,12 @@ class Config:
         return out
 
 
-def _unknown(key: str, where: str, allowed) -> ConfigError:
-    hint = difflib.get_close_matches(key, list(allowed), n=1)
+def _unknown(key: str, prefix: str, allowed) -> ConfigError:
+    """``prefix + key: unknown key``; the key cut to MAX_SHOWN characters."""
+    key = str(key)
+    hint = difflib.get_close_matches(key, list(allowed), n=1) if len(key) <= MAX_SHOWN else []
     did = f"; did you mean {hint[0]!r}?" if hint else ""
-    return ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))}){did}")
+    return ConfigError(f"{prefix}{clip(key)}: unknown key (allowed: {', '.join(sorted(allowed))}){did}")
 
 
 def _section(raw: dict, name: str, settings: dict[str, _Setting], prefix: str, extra_ok=()) -> dict:
@@ -291,9 +385,9 @@ def _section(raw: dict, name: str, settings: dict[str, _Setting], prefix: str, e
         raise ConfigError(f"{where}: expected a mapping of settings, got {_show(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+            raise ConfigError(f"{where}: keys must be strings, got {_show(key)}")
         if key not in settings and key not in extra_ok:
-            raise _unknown(key, f"{where}.{key}", list(settings) + list(extra_ok))
+            raise _unknown(key, f"{where}.", list(settings) + list(extra_ok))
     out = {}
     for key, setting in settings.items():
         if key in value:
@@ -315,7 +409,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     allowed_top = list(SCHEMA) + list(TOP_LEVEL)
     for key in raw:
         if key not in allowed_top:
-            raise _unknown(str(key), f"{prefix}{key}", allowed_top)
+            raise _unknown(str(key) if isinstance(key, str) else _show(key), prefix, allowed_top)
     if "data" not in raw:
         raise ConfigError(f"{prefix}data: required section (data.source: {SCHEMA['data']['source'].allowed()})")
     exp = _section(raw, "experiment", SCHEMA["experiment"], prefix)
@@ -346,14 +440,20 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
                           f"expected one of {', '.join(repr(s) for s in EVIDENCE_SOURCES)}, got {source!r}")
     if source == "shapes" and model["type"] != "evidence":
         raise ConfigError(f"{prefix}data.source: 'shapes' feeds the evidence model only (model.type is {model['type']!r})")
+    if source == "shapes":
+        _check_object_size(evidence, prefix)
     if source == "shapes" and params["mesh_dir"] is not None:
         params["mesh_dir"] = str(_resolve_relative(params["mesh_dir"], source_file))
         if not Path(params["mesh_dir"]).is_dir():
             raise ConfigError(f"{prefix}data.mesh_dir: folder not found: {params['mesh_dir']}")
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
-        if not Path(params["path"]).exists():
+        data_path = Path(params["path"])
+        if not data_path.exists():
             raise ConfigError(f"{prefix}data.path: file not found: {params['path']} "
+                              "(a dataset .npz file or npy-dir folder)")
+        if not (data_path.is_file() or data_path.is_dir()):
+            raise ConfigError(f"{prefix}data.path: {params['path']} is not a regular file or a folder "
                               "(a dataset .npz file or npy-dir folder)")
     top = {key: setting.check(raw[key], f"{prefix}{key}") if key in raw else setting.default
            for key, setting in TOP_LEVEL.items()}
@@ -368,6 +468,36 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     )
 
 
+#: Largest side of every simulated object (built-ins and meshes are scaled to it), metres;
+#: engine.data.shapes.SIZE (not imported: reading a config does not import trimesh).
+OBJECT_SIZE = 0.1
+
+
+def _check_object_size(s, prefix: str) -> None:
+    """The evidence model must be able to hold a simulated object (OBJECT_SIZE on its
+    largest side): a grid model is placed around the first sensed point, so it needs a side
+    of twice the object's (else the updates of episodes that start near one end fall
+    outside and are skipped: the object is never learned), and voxels (or graph node
+    spacing) under half the object's size (else the object is a handful of nodes)."""
+    if s is None:
+        return
+    if s.graph == "grid":
+        if s.max_graph_size < 2 * OBJECT_SIZE:
+            raise ConfigError(f"{prefix}evidence.max_graph_size: a grid of {s.max_graph_size:g} m cannot hold the "
+                              f"objects, which are {OBJECT_SIZE:g} m on their largest side (built-ins and meshes "
+                              f"are scaled to that) from wherever the first step lands: use at least "
+                              f"{2 * OBJECT_SIZE:g}")
+        voxel = s.max_graph_size / s.voxels_per_dim
+        if voxel > OBJECT_SIZE / 2:
+            raise ConfigError(f"{prefix}evidence.voxels_per_dim: {s.voxels_per_dim} voxels over "
+                              f"{s.max_graph_size:g} m are {voxel:.3g} m wide, more than half the objects' "
+                              f"{OBJECT_SIZE:g} m: each object would be a few nodes; use at least "
+                              f"{math.ceil(2 * s.max_graph_size / OBJECT_SIZE)}")
+    elif s.graph_distance > OBJECT_SIZE / 2:
+        raise ConfigError(f"{prefix}evidence.graph_distance: nodes {s.graph_distance:g} m apart on objects "
+                          f"of {OBJECT_SIZE:g} m would be a few nodes per object: use at most {OBJECT_SIZE / 2:g}")
+
+
 def _resolve_relative(path: str, source_file: str) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute() or source_file.startswith("<"):
@@ -375,18 +505,107 @@ def _resolve_relative(path: str, source_file: str) -> Path:
     return Path(source_file).resolve().parent / p
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses documents nested deeper than ``MAX_DEPTH`` (its
+    composer recurses once per level) or holding more than ``MAX_DOCUMENT_NODES`` values;
+    :func:`parse_yaml` also counts what aliases expand to."""
+
+    MAX_DEPTH = 50
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise _DocumentTooLarge(f"nested more than {self.MAX_DEPTH} levels deep")
+            if self._nodes > MAX_DOCUMENT_NODES:
+                raise _DocumentTooLarge(f"more than {MAX_DOCUMENT_NODES:,} values")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _DocumentTooLarge(Exception):
+    pass
+
+
+def _expanded_size(node, limit: int) -> int:
+    """Values in the document rooted at ``node`` with every alias expanded (an alias shares
+    its anchor's node, so ``&a [1, 2]`` used 3 times counts 3 times), stopping past ``limit``.
+    Shared nodes are measured once (memo), so a "billion laughs" document costs its node
+    count, not its expansion."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n) -> int:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise _DocumentTooLarge("an alias refers to itself (a recursive value)")
+        active.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child)
+                if total > limit:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > limit:
+                    break
+        active.discard(key)
+        memo[key] = total
+        return total
+
+    return size(node)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document, bounded: at most ``MAX_DOCUMENT_BYTES`` of text and
+    ``MAX_DOCUMENT_NODES`` values once aliases are expanded, at most 50 levels deep. Any
+    problem is a ConfigError starting with ``where``."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} characters; a config may hold at most "
+                          f"{MAX_DOCUMENT_BYTES:,}")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_DOCUMENT_NODES) > MAX_DOCUMENT_NODES:
+            raise _DocumentTooLarge(f"more than {MAX_DOCUMENT_NODES:,} values once its aliases are expanded")
+        return loader.construct_document(node)
+    except _DocumentTooLarge as exc:
+        raise ConfigError(f"{where}: the document is too large: {exc} (a config may hold at most "
+                          f"{MAX_DOCUMENT_NODES:,} values, {_BoundedLoader.MAX_DEPTH} levels deep)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: malformed YAML{at}: {clip(problem, 200)}") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of over 4300 digits
+        raise ConfigError(f"{where}: malformed YAML: {clip(exc, 200)}") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``key.path=value`` into its key path and its YAML-parsed value."""
+    shown = clip(text)
     if "=" not in text:
-        raise ConfigError(f"--set {text}: expected key.path=value, e.g. --set model.confidence_threshold=0.7")
+        raise ConfigError(f"--set {shown}: expected key.path=value, e.g. --set model.confidence_threshold=0.7")
     key, _, value_text = text.partition("=")
     path = key.strip().split(".")
     if not all(path):
-        raise ConfigError(f"--set {text}: empty key in the key path")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: the value is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {shown}: empty key in the key path")
+    value = parse_yaml(value_text, f"--set {clip(key, 60)}") if value_text.strip() else None
     return path, value
 
 
@@ -400,30 +619,31 @@ def apply_overrides(raw: Any, overrides: list[str]) -> Any:
         node = doc
         for i, part in enumerate(path[:-1]):
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(path[:i])} is not a section")
+                raise ConfigError(f"--set {clip(text)}: {clip('.'.join(path[:i]))} is not a section")
             node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {text}: {'.'.join(path[:-1])} is not a section")
+            raise ConfigError(f"--set {clip(text)}: {clip('.'.join(path[:-1]))} is not a section")
         node[path[-1]] = value
     return doc
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; a missing file or a syntax error is a ConfigError naming the file."""
+    """Parse a YAML file (bounded, see :func:`parse_yaml`); a missing or unreadable file or a
+    syntax error is a ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        what = "is not a regular file" if p.exists() else "config file not found"
+        raise ConfigError(f"{path}: {what}")
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise ConfigError(f"{path}: the file is larger than {MAX_DOCUMENT_BYTES:,} bytes, the most a "
+                              "config may hold")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: cannot read the config file ({clip(exc, 200)})") from None
+    return parse_yaml(text, str(path))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -112,7 +112,7 @@ BAD_CONFIGS = {
     "malformed": ("experiment:\n  name: [unclosed\n", "malformed YAML at line"),
     "unknown_key": ("experiment:\n  n_epochs: 2\ndata:\n  source: cube\n", "experiment.n_epochs: unknown key"),
     "wrong_type": ("experiment:\n  n_train_epochs: two\ndata:\n  source: cube\n",
-                   "experiment.n_train_epochs: expected an integer >= 0, got 'two'"),
+                   "experiment.n_train_epochs: expected an integer >= 0 and <= 1000000, got 'two'"),
     "out_of_range": ("model:\n  confidence_threshold: 2\ndata:\n  source: cube\n",
                      "model.confidence_threshold: expected a number > 0.0 and <= 1.0"),
     "missing_dataset": ("data:\n  source: dataset\n  path: nothere.npz\n", "data.path: file not found"),

@@ -226,7 +226,7 @@ SHAPES_BASE = "model:\n  type: evidence\ndata:\n  source: shapes\n  n_points: 50
 BAD_CONFIGS = {
     "bad_updater": (EVIDENCE_BASE + "evidence:\n  updater: fast\n", "evidence.updater: expected one of 'burst'"),
     "zero_neighbors": (EVIDENCE_BASE + "evidence:\n  max_nneighbors: 0\n",
-                       "evidence.max_nneighbors: expected an integer >= 1, got 0"),
+                       "evidence.max_nneighbors: expected an integer >= 1 and <= 1000, got 0"),
     "string_nodes": (EVIDENCE_BASE + "evidence:\n  max_nodes: many\n", "evidence.max_nodes: expected an integer"),
     "unknown_key": (EVIDENCE_BASE + "evidence:\n  foo: 1\n", "evidence.foo: unknown key"),
     "evidence_section_similarity": ("model:\n  type: similarity\ndata:\n  source: cube\nevidence:\n  updater: burst\n",

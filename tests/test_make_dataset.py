@@ -190,8 +190,11 @@ def test_replaces_existing_output(tmp_path):
     "kwargs,text",
     [
         ({"source": "spiral"}, "unknown source 'spiral'"),
-        ({"size": 0}, "size: expected an integer >= 1, got 0"),
+        ({"size": 0}, "size: expected an integer 1..2147483647, got 0"),
         ({"size": -5}, "size"),
+        ({"size": 2**31}, "size: expected an integer 1..2147483647, got 2147483648"),
+        ({"source": "cube", "size": 100_001}, "size: expected an integer 1..100000"),
+        ({"seed": 2**63}, "seed: expected an integer 0..9223372036854775807"),
         ({"size": 2.5}, "size: expected an integer"),
         ({"size": True}, "size: expected an integer"),
         ({"n_features": 2}, "features: expected an integer 0..1"),

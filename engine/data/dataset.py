@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import zipfile
 import zlib
@@ -698,6 +699,22 @@ def _check_values(
             f"range; allowed: 0 <= index < O = {n_objects} (the number of object_names)"
         )
 
+    names = [str(n) for n in ds.object_names]
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise DatasetError(
+                f"{src}: key 'object_names': object_names[{i}] is {name!r}; allowed: non-empty names"
+            )
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise DatasetError(
+                f"{src}: key 'object_names': object_names[{seen[name]}] and object_names[{i}] are both "
+                f"{shown!r}; allowed: distinct names (episodes of one object share its index)"
+            )
+        seen[name] = i
+
     split = ds.episode_split
     bad = (split != TRAIN) & (split != EVAL)
     if bad.any():
@@ -886,8 +903,11 @@ def _load_arrays(path: str, mmap: bool = False) -> tuple[dict[str, Any], dict[st
         data.
     """
     try:
-        if os.path.isdir(path):
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
             return _load_folder(path, mmap)
+        if not stat.S_ISREG(mode):  # a FIFO would block the read, a device never end
+            raise DatasetError(f"{path}: is not a regular file (a dataset is an .npz file or an npy-dir folder)")
         # One open file for the sniffing and for zipfile: np.load(path) leaks its own file
         # handle when the zip turns out to be broken (ResourceWarning), a handle we close
         # cannot leak.

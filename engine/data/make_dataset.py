@@ -434,7 +434,8 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     value = int(value)
     if value < low or (high is not None and value > high):
         allowed = f">= {low}" if high is None else f"{low}..{high}"
-        raise UserError(f"{name}: expected an integer {allowed}, got {value}")
+        shown = str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        raise UserError(f"{name}: expected an integer {allowed}, got {shown}")
     return value
 
 
@@ -445,6 +446,9 @@ def _check_output(out: str, layout: str, needed: int | None) -> None:
         raise UserError(f"{out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{out}: folder {parent} is not writable")
+    if os.path.lexists(out) and not (os.path.isfile(out) or os.path.isdir(out)):
+        # replacing it would replace a device (/dev/null) or a FIFO with a regular file
+        raise UserError(f"{out}: exists and is not a regular file or a folder; write the dataset elsewhere")
     if layout == "npz" and os.path.isdir(out):
         raise UserError(f"{out}: is a folder; an npz dataset is a file (or use --layout npy-dir)")
     if layout == "npy-dir":
@@ -508,8 +512,10 @@ def make_dataset(
     if source not in _GENERATORS:
         raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)} "
                         f"(or {SHAPES!r}, see make_shapes_dataset)")
-    size = _check_int("size", size, 1)
-    seed = _check_int("seed", seed, 0)
+    # the bounds of the config settings the sizes stand for (engine.config: data.size,
+    # data.points_per_edge, data.n_points, data.seed)
+    size = _check_int("size", size, 1, 100_000 if source == "cube" else 2**31 - 1)
+    seed = _check_int("seed", seed, 0, 2**63 - 1)
     n_features = _check_int(
         "features", n_features, 0, MAX_FEATURES if source == "random" else 1
     )

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,6 +37,7 @@ __all__ = [
     "Surface",
     "apply_noise",
     "builtin_surfaces",
+    "deferred_interrupts",
     "euler_xyz_to_quaternion",
     "sample_surface",
     "simulate",
@@ -54,6 +58,54 @@ TRAINING_ROTATIONS_EULER = np.array(
     dtype=np.float64,
 )
 TRAINING_ROTATIONS_EULER.flags.writeable = False
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+# Set by deferred_interrupts' SIGINT handler; checked between kernel calls.
+_INTERRUPTED = threading.Event()
+
+
+def _check_interrupt() -> None:
+    """Raise the KeyboardInterrupt that :func:`deferred_interrupts` held back, here, between
+    two kernel calls."""
+    if _INTERRUPTED.is_set():
+        _INTERRUPTED.clear()
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred_interrupts():
+    """Ctrl-C during the simulation, delivered between kernel calls.
+
+    The simulation spends its time in compiled kernels, some in worker threads
+    (``kernels.geometry.fit_surface``). Python raises a KeyboardInterrupt at whatever
+    bytecode the main thread runs next, and inside a numba call that comes out as a
+    ``SystemError`` (the kernel "returned a result with an exception set"). Within this
+    context SIGINT only sets a flag, which the simulation checks between objects, fits and
+    walks (every few milliseconds to seconds) and turns into a plain KeyboardInterrupt; a
+    second Ctrl-C interrupts at once. Outside the main thread, or when SIGINT has a handler
+    of the caller's, it changes nothing.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def handler(signum, frame):
+        if _INTERRUPTED.is_set():  # the second Ctrl-C: now
+            _INTERRUPTED.clear()
+            raise KeyboardInterrupt
+        _INTERRUPTED.set()
+
+    _INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+        _check_interrupt()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPTED.clear()
 
 
 # --------------------------------------------------------------------------- surfaces
@@ -128,6 +180,7 @@ def sample_surface(mesh: trimesh.Trimesh, n_points: int = 20000, seed: int = 0,
     n_points = int(n_points)
     if n_points < 1:
         raise ValueError(f"n_points must be >= 1, got {n_points}")
+    _check_interrupt()
     composite = bool(isinstance(mesh.metadata, dict) and mesh.metadata.get("parts"))
     count = 2 * n_points if composite else n_points
     pts, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
@@ -137,9 +190,11 @@ def sample_surface(mesh: trimesh.Trimesh, n_points: int = 20000, seed: int = 0,
     points = np.ascontiguousarray(pts, dtype=np.float32)
     rough = np.ascontiguousarray(np.asarray(mesh.face_normals)[face_index], dtype=np.float32)
     tree = build_tree(points)
+    _check_interrupt()
     normal, curvature, directions = fit_surface(
         points, rough, np.arange(len(points), dtype=np.int64), radius, tree=tree
     )
+    _check_interrupt()
     pose_defined = np.abs(curvature[:, 0] - curvature[:, 1]) >= np.float32(POSE_DEFINED_MIN_DIFFERENCE)
     return Surface(points, normal, curvature, directions, pose_defined, tree)
 
@@ -182,6 +237,7 @@ def walk(surface: Surface, n_steps: int, rng, step_size: float = 0.01,
         raise ValueError(f"step_size must be finite and > 0, got {step_size!r}")
     if not (turn_sd_deg >= 0 and math.isfinite(turn_sd_deg)):
         raise ValueError(f"turn_sd_deg must be finite and >= 0, got {turn_sd_deg!r}")
+    _check_interrupt()
     start = np.int64(rng.integers(surface.n_points))
     heading = rng.standard_normal(3).astype(np.float32)
     turns = rng.normal(0.0, math.radians(turn_sd_deg), n_steps).astype(np.float32)
@@ -381,6 +437,7 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
 
     locs, poses, curvs, defs, hues = [], [], [], [], []
     for o, q, split, rows in episodes:
+        _check_interrupt()
         surf = objects[o][1]
         r = quat_to_matrix(q, dtype=np.float64)
         loc = (surf.points[rows].astype(np.float64) @ r.T).astype(np.float32)

@@ -32,6 +32,8 @@ __all__ = [
     "load_mesh",
     "load_mesh_folder",
     "make_shape",
+    "mesh_files",
+    "normalise_mesh",
     "perturbed_shape",
     "visible_samples",
 ]
@@ -362,23 +364,71 @@ def load_mesh(path) -> trimesh.Trimesh:
     return mesh
 
 
-def load_mesh_folder(folder) -> list[tuple[str, trimesh.Trimesh]]:
-    """Every mesh file (by extension: obj, ply, stl, glb, gltf, off) directly in
-    ``folder``, sorted by file name, as ``(stem, mesh)`` pairs.
+def mesh_files(folder) -> list[Path]:
+    """The mesh files (by extension: obj, ply, stl, glb, gltf, off) directly in ``folder``,
+    sorted by file name; each is one object named by its file stem.
 
     Raises
     ------
     UserError
-        The folder is missing or holds no mesh file, or a file cannot be read.
+        The folder is missing or holds no mesh file, or two files would give two objects the
+        same name (``cup.obj`` and ``cup.stl``).
     """
     d = Path(folder)
     if not d.is_dir():
         raise UserError(f"{d}: mesh folder not found")
-    files = sorted(
-        (f for f in d.iterdir() if f.is_file() and f.suffix.lower() in MESH_EXTENSIONS),
-        key=lambda f: f.name,
-    )
+    try:
+        files = sorted((f for f in d.iterdir() if f.suffix.lower() in MESH_EXTENSIONS and f.is_file()),
+                       key=lambda f: f.name)
+    except OSError as exc:
+        raise UserError(f"{d}: cannot list the mesh folder ({exc.strerror or exc})") from None
     if not files:
         raise UserError(f"{d}: no mesh files ({', '.join(MESH_EXTENSIONS)}) in the folder")
-    return [(f.stem, load_mesh(f)) for f in files]
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise UserError(f"{d}: {seen[f.stem].name} and {f.name} would both be object {f.stem!r}; "
+                            "rename or remove one (each mesh file is one object, named by its file)")
+        seen[f.stem] = f
+    return files
 
+
+def normalise_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:
+    """``mesh`` (modified) centred at its bounding box's centre and scaled so that the largest
+    side of its bounding box is :data:`SIZE` (0.1 m), as every built-in object: the sensor
+    (1 cm steps, 7.5 mm curvature fit) and the evidence model's defaults are made for
+    objects of that size.
+
+    Raises
+    ------
+    UserError
+        The mesh is flat in every direction (largest side 0), or too small or too large for
+        float64 to scale (largest side outside 1e-150 .. 1e150 m): the message gives its size.
+    """
+    lo, hi = mesh.bounds
+    side = float(np.max(hi - lo))
+    if not (1e-150 <= side <= 1e150):
+        raise UserError(f"{name}: the mesh's largest side is {side:.3g} (in the file's units); meshes are scaled "
+                        f"to a largest side of {SIZE} m, which needs a side between 1e-150 and 1e150")
+    mesh.metadata.pop("build_to_mesh", None)
+    return _normalise(mesh)
+
+
+def load_mesh_folder(folder) -> list[tuple[str, trimesh.Trimesh]]:
+    """Every mesh file of :func:`mesh_files` as ``(stem, mesh)`` pairs, each centred and
+    scaled to a largest side of :data:`SIZE` (0.1 m) like the built-in objects
+    (:func:`normalise_mesh`).
+
+    Raises
+    ------
+    UserError
+        The folder is missing or holds no mesh file, two files have one name, or a file
+        cannot be read or scaled.
+    """
+    out = []
+    for f in mesh_files(folder):
+        mesh = normalise_mesh(load_mesh(f), str(f))
+        if not float(np.sum(mesh.area_faces)) > 0.0:
+            raise UserError(f"{f}: mesh has zero surface area")
+        out.append((f.stem, mesh))
+    return out
