@@ -28,6 +28,7 @@ sits below every other engine module and imports nothing from the engine.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -66,9 +67,16 @@ def atomic_write(
     The data is fsynced before the rename, so that after a crash ``path`` holds the old
     file or the new one, not an empty one. Any failure (an exception from ``fill`` or
     ``check``, a KeyboardInterrupt, an ``OSError``) removes the temporary file, leaves
-    ``path`` as it was and propagates. The parent folder must exist.
+    ``path`` as it was and propagates. The parent folder must exist. A ``path`` that
+    exists and is not a regular file (a folder, a device such as ``/dev/null``, a FIFO, a
+    socket) is refused with ``IsADirectoryError`` / ``FileExistsError`` before anything is
+    written: the rename would replace it (as root, even ``/dev/null``).
     """
     path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        err = IsADirectoryError if os.path.isdir(path) else FileExistsError
+        raise err(errno.EISDIR if err is IsADirectoryError else errno.EEXIST,
+                  "exists and is not a regular file", path)
     tmp = temporary_name(path)
     # "xb" creates the file with the umask's mode (mkstemp's would be 0600) and fails
     # rather than clobber a file of that name; that failure is outside the try below,

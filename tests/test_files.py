@@ -280,3 +280,21 @@ def test_datasets_are_readable(tmp_path, root, umask022):
     for folder in ("d", "md"):
         assert _mode(tmp_path / folder) == 0o755
         assert {_mode(p) for p in (tmp_path / folder).iterdir()} == {0o644}
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "symlink-to-fifo"])
+def test_atomic_write_refuses_a_target_that_is_not_a_regular_file(tmp_path, kind):
+    """The rename would replace a folder, a FIFO or a device (as root even /dev/null): refused,
+    nothing written, the target untouched."""
+    target = tmp_path / "t"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.mkfifo(tmp_path / "f")
+        target.symlink_to(tmp_path / "f")
+    with pytest.raises(OSError, match="not a regular file"):
+        atomic_write_text(target, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t"] + (["f"] if kind == "symlink-to-fifo" else []))
+    assert not target.is_file()
