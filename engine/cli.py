@@ -103,14 +103,28 @@ def _apply_cache(cfg) -> None:
         raise UserError(f"{cfg.source_file}: execution.cache_dir: cannot use {cfg.execution.cache_dir}: {exc}") from None
 
 
+def default_warmup_configs() -> list:
+    """One default config per registered model type (the evidence model's on simulated
+    shapes, which compiles the sensor's kernels too): what ``warmup`` compiles where no
+    configs are bundled, e.g. in a container that installed the package without the checkout."""
+    from engine.config import validate
+    from engine.run import registry
+
+    source = {"evidence": "shapes"}
+    return [validate({"model": {"type": name}, "data": {"source": source.get(name, "cube")}},
+                     f"<default {name} config>") for name in registry.MODEL_TYPES]
+
+
 def cmd_warmup(args) -> int:
     from engine.run import runtime
     from engine.config import load_config
 
     paths = [Path(p) for p in args.configs] or sorted(BUNDLED_CONFIGS.glob("*.yaml"))
-    if not paths:
-        raise UserError(f"no configs given and none bundled in {BUNDLED_CONFIGS}")
-    configs = [load_config(p) for p in paths]
+    if paths:
+        configs = [load_config(p) for p in paths]
+    else:  # an installed package (no checkout, no bundled configs): every model type's defaults
+        configs = default_warmup_configs()
+        log.info("no configs bundled in %s: warming up every model type's default config", BUNDLED_CONFIGS)
     from engine import memory
 
     for cfg in configs:  # warm-up builds a similarity config's observations

@@ -93,6 +93,27 @@ def test_warmup_default_is_every_bundled_config(root, monkeypatch, capsys):
     assert all(p.name in out for p in bundled) and "kernels cached" in out
 
 
+def test_warmup_outside_a_checkout_warms_every_model_types_defaults(tmp_path, monkeypatch, capsys):
+    """An installed package has no bundled configs: warmup then compiles each registered model
+    type's default config (the evidence model's on simulated shapes: the sensor's kernels too)."""
+    from engine import cli
+    from engine.run import registry, runtime
+
+    warmed = []
+
+    def record(configs, progress=None):
+        warmed.extend(configs)
+        return [{"config": c.source_file, "seconds": 0.0} for c in configs]
+
+    monkeypatch.setattr(runtime, "warmup_configs", record)
+    monkeypatch.setattr(cli, "BUNDLED_CONFIGS", tmp_path / "configs")  # no such folder
+    assert cli.main(["-q", "warmup"]) == 0
+    assert [c.model.type for c in warmed] == list(registry.MODEL_TYPES)
+    assert next(c for c in warmed if c.model.type == "evidence").data.source == "shapes"
+    out = capsys.readouterr().out
+    assert "<default evidence config>" in out and "kernels cached" in out
+
+
 def test_info_text(engine_env, tmp_path):
     p = engine("info", "--cache-dir", str(tmp_path), env=engine_env)
     assert p.returncode == 0, p.stderr
