@@ -137,6 +137,9 @@ def cmd_warmup(args) -> int:
     else:
         for cfg in configs:
             _apply_cache(cfg)
+    if runtime.READ_ONLY_CACHE:
+        raise UserError(f"kernel cache {runtime.READ_ONLY_CACHE} is read-only: warmup cannot save kernels there "
+                        "(choose a writable folder with --cache-dir or NUMBA_CACHE_DIR)")
     rows = runtime.warmup_configs(configs, progress=lambda r: log.info("warmed up %s in %.2f s", r["config"], r["seconds"]))
     data = runtime.info()
     for r in rows:
@@ -151,11 +154,10 @@ def cmd_info(args) -> int:
 
     from engine.run import runtime
 
-    if args.cache_dir:
-        try:
-            runtime.configure_cache(args.cache_dir)
-        except OSError as exc:
-            raise UserError(f"--cache-dir {args.cache_dir}: {exc}") from None
+    try:
+        runtime.configure_cache(args.cache_dir or None)
+    except OSError as exc:
+        raise UserError(f"--cache-dir {args.cache_dir}: {exc}") from None
     data = runtime.info()
     print(json.dumps(data, indent=2) if args.json else runtime.format_info(data))
     return 0

@@ -41,9 +41,13 @@ def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
     caching is enabled, so it is enabled again). Returns the folder in use.
     """
     if cache_dir is None:
-        return os.environ.get("NUMBA_CACHE_DIR") or None
+        path = os.environ.get("NUMBA_CACHE_DIR") or None
+        if path:
+            _read_only_if_needed(path)
+        return path
     path = str(Path(cache_dir).expanduser().resolve())
-    Path(path).mkdir(parents=True, exist_ok=True)
+    if not Path(path).is_dir():
+        Path(path).mkdir(parents=True, exist_ok=True)
     os.environ["NUMBA_CACHE_DIR"] = path
     if "numba" in sys.modules:
         from numba.core import config
@@ -51,7 +55,32 @@ def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
         config.CACHE_DIR = path
         for disp in kernel_dispatchers(import_missing=False):
             disp.enable_caching()
+    _read_only_if_needed(path)
     return path
+
+
+#: the kernel cache folder in use when it is read-only (``engine.run.readonly_cache``), else None
+READ_ONLY_CACHE: str | None = None
+
+
+def _read_only_if_needed(path: str) -> None:
+    """A cache folder that exists but cannot be written (a container image's) is used for
+    loading (numba alone would ignore it and compile everything again elsewhere)."""
+    global READ_ONLY_CACHE
+    from engine.run import readonly_cache
+
+    if not os.path.isdir(path) or readonly_cache.writable(path):
+        READ_ONLY_CACHE = None
+        return
+    from numba.core import config
+
+    config.CACHE_DIR = path
+    n = readonly_cache.use_read_only(kernel_dispatchers())
+    READ_ONLY_CACHE = path
+    import logging
+
+    logging.getLogger(__name__).info("kernel cache %s is read-only: %d kernels load from it; a kernel it lacks "
+                                     "compiles on every run (nothing is saved)", path, n)
 
 
 def kernel_dispatchers(import_missing: bool = True, modules=None) -> list:
@@ -169,6 +198,7 @@ def info() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "openmp_wait_policy_source": threading["openmp_wait_policy_source"],
         "cache_dir": numba.config.CACHE_DIR or None,
+        "cache_read_only": READ_ONLY_CACHE is not None,
         "kernels_cached": sum(1 for k in kernels if k["cached_signatures"]),
         "kernels_total": len(kernels),
         "kernels": kernels,
@@ -198,6 +228,8 @@ def format_info(data: dict) -> str:
     lines.append(f"threading: numba layer {data['threading_layer']}, {data['threads']} threads, "
                  f"OMP_WAIT_POLICY={data['omp_wait_policy'] or '(libgomp default)'}")
     where = data["cache_dir"] or "numba default (__pycache__ beside the kernels, or the user-wide folder)"
+    if data.get("cache_read_only"):
+        where += " (read-only: loaded from, never written)"
     lines.append(f"kernel cache: {where}; {data['kernels_cached']} of {data['kernels_total']} kernels cached")
     for name, m in data["model_types"].items():
         lines.append(f"model {name}: {m['kernels_cached']} of {m['kernels_total']} kernels cached "

@@ -208,12 +208,13 @@ def build(cfg, *, progress: bool = False):
     from engine.data.episodes import build_dataset
     from engine.models.evidence.model import EvidenceExperiment, warmup_sensor_kernels
     from engine.run import background
-    from engine.run.runtime import is_cached
+    from engine.run import runtime
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
     ahead = None
-    if not is_cached(entry_kernel(cfg)):
+    # (a read-only kernel cache could not take what the second process compiles)
+    if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE:
         ahead = background.start("from engine.models.evidence.model import compile_episode_kernel; "
                                  "compile_episode_kernel()")
     try:
