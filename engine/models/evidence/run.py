@@ -232,12 +232,15 @@ def build(cfg, *, progress: bool = False):
 
 
 def describe_data(cfg) -> str:
-    """What an evidence config's data is, checked without simulating anything."""
+    """What an evidence config's data is, checked without simulating anything (a recorded
+    dataset: also that the model can hold each of its objects)."""
     p = cfg.data.params
     if cfg.data.source == "dataset":
         from engine.data.dataset import read_dataset
+        from engine.data.episodes import check_objects_fit
 
         ds = read_dataset(p["path"])
+        check_objects_fit(cfg, ds)
         return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
                 f"features {list(ds.feature_names)}")
     from engine.data import shapes
