@@ -194,6 +194,15 @@ class ResultFolder:
         return self._stage
 
     # -- writing --------------------------------------------------------------------
+    def _abandon_stage(self, exc: OSError):
+        """A write before the journal failed: delete the staged files and say the earlier
+        result is unchanged (raises :class:`UserError`)."""
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+        self._stage = None
+        raise UserError(f"cannot write results to {self.out}: {_reason(exc)}; "
+                        "earlier results there are unchanged") from None
+
     def commit(self, report: RunReport) -> tuple[Path, Path]:
         """Write ``summary.json`` and ``episodes.csv`` (and everything already in
         :attr:`stage`) into the output folder as one unit; returns the two paths.
@@ -208,10 +217,7 @@ class ResultFolder:
             write_new_file(stage / SUMMARY_NAME, (json.dumps(report.summary, indent=2) + "\n").encode())
             fsync_folder(stage)
         except OSError as exc:
-            shutil.rmtree(stage, ignore_errors=True)
-            self._stage = None
-            raise UserError(f"cannot write results to {out}: {_reason(exc)}; "
-                            "earlier results there are unchanged") from None
+            self._abandon_stage(exc)
         pause_point("writing")
         names = sorted(n for n in os.listdir(stage) if n not in (EPISODES_NAME, SUMMARY_NAME))
         names += [EPISODES_NAME, SUMMARY_NAME]  # summary.json last: it completes the unit
@@ -220,10 +226,7 @@ class ResultFolder:
                 atomic_write_text(out / JOURNAL_NAME, json.dumps({"stage": stage.name, "files": names}) + "\n")
                 fsync_folder(out)
             except OSError as exc:
-                shutil.rmtree(stage, ignore_errors=True)
-                self._stage = None
-                raise UserError(f"cannot write results to {out}: {_reason(exc)}; "
-                                "earlier results there are unchanged") from None
+                self._abandon_stage(exc)
             self._stage = None  # the journal's now: only a commit or a recovery removes it
             try:
                 for i, name in enumerate(names):
