@@ -46,6 +46,9 @@ inlined into this entry point; every function they call is serial. A cached kern
 must not call it).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit
 
@@ -247,7 +250,7 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     order = np.empty(len(node_pos), np.int64)
     origin = np.zeros((n_obj, 3), np.float32)
     index = np.zeros((n_obj, 4), np.int64)
-    counts_all, nodes_all, dists_all = [], [], []
+    jobs = []
     base = 0
     for o in range(n_obj):
         lo, hi = int(obj_start[o]), int(obj_start[o + 1])
@@ -265,12 +268,22 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
         index[o, 3] = base
         srt = np.argsort(cid, kind="stable")
         order[lo:hi] = lo + srt
-        counts, nodes, dists = _cell_candidates(node_pos[lo + srt], lo, origin[o], dims, cell, half_diag,
-                                                float(max_match_distance), int(k), build_tree)
-        counts_all.append(counts)
-        nodes_all.append(nodes)
-        dists_all.append(dists)
+        jobs.append((node_pos[lo + srt], lo, origin[o], dims))
         base += n_cells
+
+    def candidates(job):
+        return _cell_candidates(*job, cell, half_diag, float(max_match_distance), int(k), build_tree)
+
+    # objects on Python threads: the searches release the GIL (as kernels.geometry.fit_surface's)
+    n_threads = min(numba.get_num_threads(), len(jobs))
+    if n_threads > 1:
+        with ThreadPoolExecutor(n_threads) as pool:
+            found = list(pool.map(candidates, jobs))
+    else:
+        found = [candidates(job) for job in jobs]
+    counts_all = [f[0] for f in found]
+    nodes_all = [f[1] for f in found]
+    dists_all = [f[2] for f in found]
     n_cand = int(sum(int(c.sum()) for c in counts_all))
     if n_cand >= 2 ** 31:  # the step's search lanes hold candidate rows as int32
         raise ValueError(f"the node grid would hold {n_cand} candidates; at most 2**31 - 1 are supported "
