@@ -96,8 +96,9 @@ def patch_step_source(layout: str, src: str) -> tuple[str, str]:
     # the update loop's passes, per block of rows
     s = rep(s, "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):",
             "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st):")
-    s = rep(s, "    b_dead = np.zeros(n_chunks, np.int64)\n",
-            "    b_dead = np.zeros(n_chunks, np.int64)\n    _tch = np.zeros((n_chunks, 4), np.int64)\n")
+    s = rep(s, "    b_max, b_arg, b_cnt, b_slope, b_dead = new_blocks(n_chunks, n_obj)\n",
+            "    b_max, b_arg, b_cnt, b_slope, b_dead = new_blocks(n_chunks, n_obj)\n"
+            "    _tch = np.zeros((n_chunks, 4), np.int64)\n")
     s = rep(s, "        # 4a. deletion and path integration\n", "        _ta = ticks()\n")
     s = rep(s, "        # 4b. their K nearest nodes\n", "        _tb = ticks()\n        _tch[c, 0] = _tb - _ta\n")
     s = rep(s, "        # 4c. evidence change\n", "        _tc = ticks()\n        _tch[c, 1] = _tc - _tb\n")
