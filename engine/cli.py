@@ -7,6 +7,7 @@ says what and where, and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set model.confidence_threshold=0.7 (repeatable)")
     r.add_argument("--stepwise", action="store_true",
                    help="use the stepwise path: a Python loop with one kernel call per step")
+    r.add_argument("--model", metavar="MODEL",
+                   help="evaluate this saved model (python -m engine train --save) instead of training "
+                        "(overrides model.path in the config)")
+
+    t = sub.add_parser("train", parents=[common], help="train a model from a YAML config and save it (no evaluation)")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--save", metavar="MODEL", required=True, help="model file to write (.npz; replaced atomically)")
+    t.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a config value (repeatable)")
 
     v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
     v.add_argument("config")
@@ -141,10 +151,14 @@ def cmd_run(args) -> int:
     from engine.run import registry, results, runtime
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
+    if args.model:  # a path relative to the working directory; quoted (JSON is YAML) so it stays a string
+        overrides.append(f"model.path={json.dumps(str(Path(args.model).absolute()))}")
     cfg = load_config(args.config, overrides)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     model = registry.for_config(cfg)
+    if cfg.model.path is not None:
+        log.info("evaluating the saved model %s (no training)", cfg.model.path)
     # the folder is checked and held (lock) before anything runs: see engine/run/results.py
     with results.ResultFolder(out_dir) as held:
         _RUN_STATE["results"] = held
@@ -155,7 +169,11 @@ def cmd_run(args) -> int:
             print("compiling kernels (first run only: later runs load them from the kernel cache)...",
                   file=sys.stderr, flush=True)
         results.pause_point("simulation")
-        ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
+        progress = sys.stderr.isatty() and not args.quiet
+        if cfg.model.path is not None:
+            ex = registry.load_experiment(cfg, progress=progress)
+        else:
+            ex = model.build(cfg, progress=progress)
         results.pause_point("compile")
         compile_s = ex.warmup()
         if first_run:  # the sensor simulation's kernels (evidence model) compile while its data is built
@@ -173,6 +191,34 @@ def cmd_run(args) -> int:
         s_path, e_path = held.commit(report)
     print(report.table)
     print(f"compile/cache load {report.summary['compile_s']:.3f} s; results: {s_path}, {e_path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from engine.config import load_config
+    from engine.run import registry
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.model.path is not None:
+        raise UserError(f"{args.config}: model.path is set ({cfg.model.path}): train learns a new model "
+                        "(use run to evaluate a saved one, or --set model.path=null)")
+    if not cfg.experiment.do_train:
+        raise UserError(f"{args.config}: experiment.do_train is false: there is nothing to train")
+    model = registry.for_config(cfg)
+    if not registry.saves_models(model):
+        raise UserError(f"{args.config}: the {cfg.model.type} model cannot be saved")
+    save = Path(args.save)
+    if save.is_dir():
+        raise UserError(f"--save {save}: is a directory; a model is saved as one file")
+    if not save.absolute().parent.is_dir():
+        raise UserError(f"--save {save}: folder {save.absolute().parent} does not exist")
+    _apply_cache(cfg)
+    ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
+    compile_s = ex.warmup()
+    train_s = ex.train()
+    digest = registry.save_model(cfg, ex, save)
+    print(f"trained the {cfg.model.type} model in {train_s:.2f} s (compile/cache load {compile_s:.2f} s); "
+          f"saved {save} ({digest})")
     return 0
 
 
@@ -197,6 +243,11 @@ def cmd_validate(args) -> int:
     cfg = load_config(args.config, args.overrides)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     results.check_output_folder(out_dir)
+    if cfg.model.path is not None:
+        from engine.run import model_file
+
+        saved = model_file.read_model(cfg.model.path)
+        model_file.check_model_type(saved, cfg.model.type, args.config)
     print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
@@ -311,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
+    handlers = {"run": cmd_run, "train": cmd_train, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     installed = {}
     if threading.current_thread() is threading.main_thread():
