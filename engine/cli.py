@@ -259,6 +259,9 @@ def cmd_profile(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     model = registry.for_config(cfg)
+    if cfg.model.path is not None:
+        raise UserError(f"{args.config}: profile measures a run that trains; model.path is set "
+                        "(--set model.path=null)")
     if not hasattr(model, "profile_run"):
         raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the "
                         f"{cfg.model.type} model see summary.json's matching_step_s and profiling/README.md")
