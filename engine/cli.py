@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", metavar="MODEL",
                    help="evaluate this saved model (python -m engine train --save) instead of training "
                         "(overrides model.path in the config)")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="evaluate the saved model over N worker processes (overrides execution.workers; "
+                        "needs --model and the dask extra)")
 
     t = sub.add_parser("train", parents=[common], help="train a model from a YAML config and save it (no evaluation)")
     t.add_argument("config", help="YAML config file")
@@ -153,7 +156,12 @@ def cmd_run(args) -> int:
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     if args.model:  # a path relative to the working directory; quoted (JSON is YAML) so it stays a string
         overrides.append(f"model.path={json.dumps(str(Path(args.model).absolute()))}")
+    if args.workers is not None:
+        overrides.append(f"execution.workers={args.workers}")
     cfg = load_config(args.config, overrides)
+    from engine.run import workers
+
+    workers.check_workers(cfg)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     model = registry.for_config(cfg)
@@ -181,8 +189,9 @@ def cmd_run(args) -> int:
             print(f"compiled kernels in {total:.1f} s", file=sys.stderr, flush=True)
         log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
         _test_phase_hooks(ex, results.pause_point)
-        result = ex.run()
+        result, execution = workers.run(ex, cfg)
         report = ex.report(result)
+        report.summary.update(execution)
         try:
             ex.write_extras(held.stage, result)
         except OSError as exc:

@@ -152,6 +152,8 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
     "execution": {
         "stepwise": _Setting(bool, False, doc="Python loop with one kernel call per step (debugging, profiling)"),
         "chunk_size": _Setting(int, 64, minimum=1, doc="evaluation steps per batch between termination checks"),
+        "workers": _Setting(int, 1, minimum=1, doc="worker processes the evaluation of a saved model (model.path) "
+                                                   "is spread over (Dask; the dask extra); 1: this process"),
         "cache_dir": _Setting(str, None, nullable=True,
                               doc="folder for compiled kernels (relative to the config file's folder); "
                                   "null: NUMBA_CACHE_DIR or numba's default"),
@@ -253,6 +255,7 @@ class ExecutionConfig:
     stepwise: bool
     chunk_size: int
     cache_dir: str | None = None
+    workers: int = 1
 
 
 @dataclass(frozen=True)

@@ -405,6 +405,32 @@ class Experiment:
             self._episodes(out, "eval", o.eval_starts[episode:episode + 1], o.eval_stops[episode:episode + 1], at)
         return self._record(out, "eval", epoch, episode)
 
+    def evaluation_pairs(self) -> list[tuple[int, int]]:
+        """(epoch, episode) of every evaluation episode, epoch-major (the results' order)."""
+        n = self.obs.eval_starts.shape[0]
+        return [(p, e) for p in range(self.n_eval_epochs) for e in range(n)]
+
+    def result_from_records(self, records, *, compile_s: float | None = None, run_s: float = 0.0) -> RunResult:
+        """The result of a run whose evaluation episodes ``records`` (in ``evaluation_pairs``
+        order) were evaluated elsewhere (``engine.run.workers``), after ``train``: the
+        training entries are this experiment's (a saved model's record), the evaluation
+        entries the records'. ``kernel_calls``: the calls the records took (one per episode,
+        one per step on the stepwise path)."""
+        out = self._new_result() if self._saved_state is not None else self._trained
+        if out is None:
+            raise RuntimeError("result_from_records needs a trained store: call train() first")
+        records = list(records)
+        if len(records) != out.eval_confidence.shape[0]:
+            raise ValueError(f"{len(records)} records for {out.eval_confidence.shape[0]} evaluation episodes")
+        for i, r in enumerate(records):
+            out.eval_steps[i], out.eval_confidence[i] = r.steps, r.confidence
+            out.eval_reason[i] = REASONS.index(r.reason)
+        stepwise = self.granularity() == "step"
+        out.path = "stepwise" if stepwise else "fused"
+        out.kernel_calls = sum(r.steps for r in records) if stepwise else len(records)
+        out.run_s = run_s
+        return out
+
     def _episodes(self, out: RunResult, mode: str, starts, stops, at: int) -> None:
         """Run episodes ``starts/stops`` in one kernel call; outputs go to entries ``at...``."""
         o = self.obs

@@ -561,13 +561,30 @@ class EvidenceExperiment:
             self._emit("after_epoch", mode="eval", epoch=epoch)
         if bar is not None:
             bar.close()
+        result = self._result(episodes, train_s, compile_s, time.perf_counter() - t_all)
+        self._emit("after_experiment", result=result)
+        return result
+
+    def evaluation_pairs(self) -> list[tuple[int, int]]:
+        """(epoch, episode) of every evaluation episode, in the order ``run`` evaluates them."""
+        exp = self.config.experiment
+        n = len(self._episode_rows(EVAL))
+        return [(p, i) for p in range(exp.n_eval_epochs if exp.do_eval else 0) for i in range(n)]
+
+    def result_from_records(self, records, *, compile_s: float, run_s: float) -> EvidenceRunResult:
+        """The result of a run whose evaluation episodes ``records`` (in ``evaluation_pairs``
+        order) were evaluated elsewhere (``engine.run.workers``), after ``train``."""
+        return self._result(list(records), 0.0 if self.saved is not None else None, compile_s, run_s)
+
+    def _result(self, episodes, train_s, compile_s, run_s) -> EvidenceRunResult:
+        cfg = self.config
         saved = self.saved
         if saved is not None:
             n_train = int(saved.training["n_train_episodes"])
         else:
             n_train = len(self._episode_rows(TRAIN)) if cfg.experiment.do_train else 0
-        result = EvidenceRunResult(episodes=episodes, train_s=train_s, compile_s=compile_s,
-                                   run_s=time.perf_counter() - t_all,
+        return EvidenceRunResult(episodes=episodes, train_s=train_s, compile_s=compile_s,
+                                   run_s=run_s,
                                    n_train_episodes=n_train,
                                    nodes_per_object=self.model.nodes_per_object,
                                    object_names=self.model.object_names,
@@ -575,8 +592,6 @@ class EvidenceExperiment:
                                    model_path=saved.path if saved is not None else None,
                                    model_digest=saved.digest if saved is not None else None,
                                    trained_on=saved.trained_on if saved is not None else None)
-        self._emit("after_experiment", result=result)
-        return result
 
     def report(self, result: EvidenceRunResult):
         """summary.json, episodes.csv rows and the printed table (``engine.run.results.RunReport``)."""
