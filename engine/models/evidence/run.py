@@ -308,7 +308,6 @@ def training_digest(ex) -> str:
 
 def save_state(ex) -> dict:
     """What a model file keeps of a trained evidence experiment (``engine.run.model_file``)."""
-    from engine.models.evidence.model import CURVATURE_FEATURES
     from engine.run.model_file import settings_of
 
     model = ex.model
@@ -320,7 +319,7 @@ def save_state(ex) -> dict:
     arrays["object_names"] = np.array(model.object_names)
     return {
         "arrays": arrays,
-        "feature_columns": [n for n in ex.feature_names if n not in CURVATURE_FEATURES],
+        "feature_columns": [str(n) for n in ex.dataset.feature_names],
         "settings": settings_of(ex.config.evidence, LEARNING_SETTINGS + GRID_SETTINGS),
         "training": {"n_train_episodes": len(ex._episode_rows(0)) if ex.config.experiment.do_train else 0,
                      "n_train_epochs": ex.config.experiment.n_train_epochs,
@@ -370,15 +369,14 @@ def load_state(ex, saved) -> None:
     The data's feature columns and the learning settings (:data:`LEARNING_SETTINGS`) must
     be the ones the model was learned with; the grid settings (:data:`GRID_SETTINGS`) may
     differ (the node grid is rebuilt from the nodes); every other setting may differ."""
-    from engine.models.evidence.model import CURVATURE_FEATURES, EvidenceModel
+    from engine.models.evidence.model import EvidenceModel
     from engine.run import model_file
     from kernels import evidence_layout as layout
 
     try:
         cfg = ex.config
         where = cfg.source_file
-        model_file.check_feature_columns(saved, [n for n in ex.feature_names if n not in CURVATURE_FEATURES],
-                                         where)
+        model_file.check_feature_columns(saved, [str(n) for n in ex.dataset.feature_names], where)
         model_file.check_settings(saved, model_file.settings_of(cfg.evidence, LEARNING_SETTINGS), where,
                                   "evidence")
         settings = saved.settings
