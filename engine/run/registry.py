@@ -21,7 +21,11 @@ A model type is a module that defines, at its top level:
   checks a :class:`engine.run.model_file.SavedModel` against the experiment's config and
   data (one-line :class:`engine.errors.UserError` otherwise) and makes the experiment
   evaluate it instead of training. :func:`save_model` and :func:`load_experiment` are
-  the CLI's side.
+  the CLI's side. Its experiment then also offers ``evaluation_pairs()`` (every
+  evaluation episode's (epoch, episode), in result order) and
+  ``result_from_records(records, compile_s=, run_s=)`` (the run's result from records
+  evaluated elsewhere), which :mod:`engine.run.workers` uses to spread the evaluation
+  over worker processes.
 
 The :class:`LearningModule` an experiment object implements: ``add_hook`` (one hook
 API, :mod:`engine.run.hooks`), ``warmup`` (compile or load the run's kernels, seconds),
