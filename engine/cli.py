@@ -7,6 +7,7 @@ says what and where, and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set model.confidence_threshold=0.7 (repeatable)")
     r.add_argument("--stepwise", action="store_true",
                    help="use the stepwise path: a Python loop with one kernel call per step")
+    r.add_argument("--model", metavar="MODEL",
+                   help="evaluate this saved model (python -m engine train --save) instead of training "
+                        "(overrides model.path in the config)")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="evaluate the saved model over N worker processes (overrides execution.workers; "
+                        "needs --model and the dask extra)")
+
+    t = sub.add_parser("train", parents=[common], help="train a model from a YAML config and save it (no evaluation)")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--save", metavar="MODEL", required=True, help="model file to write (.npz; replaced atomically)")
+    t.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a config value (repeatable)")
 
     v = sub.add_parser("validate", parents=[common], help="check a config (and its data) without running")
     v.add_argument("config", help="YAML config file")
@@ -169,11 +182,20 @@ def cmd_run(args) -> int:
     from engine.run import registry, results, runtime
 
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
+    if args.model:  # a path relative to the working directory; quoted (JSON is YAML) so it stays a string
+        overrides.append(f"model.path={json.dumps(str(Path(args.model).absolute()))}")
+    if args.workers is not None:
+        overrides.append(f"execution.workers={args.workers}")
     cfg = load_config(args.config, overrides)
     memory.check(cfg)
+    from engine.run import workers
+
+    workers.check_workers(cfg)
     _apply_cache(cfg)
     out_dir = Path(args.out if args.out else cfg.output_dir)
     model = registry.for_config(cfg)
+    if cfg.model.path is not None:
+        log.info("evaluating the saved model %s (no training)", cfg.model.path)
     # the folder is checked and held (lock) before anything runs: see engine/run/results.py
     with results.ResultFolder(out_dir) as held:
         _RUN_STATE["results"] = held
@@ -184,7 +206,11 @@ def cmd_run(args) -> int:
             print("compiling kernels (first run only: later runs load them from the kernel cache)...",
                   file=sys.stderr, flush=True)
         results.pause_point("simulation")
-        ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
+        progress = sys.stderr.isatty() and not args.quiet
+        if cfg.model.path is not None:
+            ex = registry.load_experiment(cfg, progress=progress)
+        else:
+            ex = model.build(cfg, progress=progress)
         results.pause_point("compile")
         compile_s = ex.warmup()
         if first_run:  # the sensor simulation's kernels (evidence model) compile while its data is built
@@ -192,8 +218,9 @@ def cmd_run(args) -> int:
             print(f"compiled kernels in {total:.1f} s", file=sys.stderr, flush=True)
         log.info("compiled (or loaded from cache) in %.3f s; running %s", compile_s, cfg.experiment.name)
         _test_phase_hooks(ex, results.pause_point)
-        result = ex.run()
+        result, execution = workers.run(ex, cfg)
         report = ex.report(result)
+        report.summary.update(execution)
         try:
             ex.write_extras(held.stage, result)
         except OSError as exc:
@@ -202,6 +229,36 @@ def cmd_run(args) -> int:
         s_path, e_path = held.commit(report)
     print(report.table)
     print(f"compile/cache load {report.summary['compile_s']:.3f} s; results: {s_path}, {e_path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from engine.config import load_config
+    from engine import memory
+    from engine.run import registry
+
+    cfg = load_config(args.config, args.overrides)
+    memory.check(cfg)
+    if cfg.model.path is not None:
+        raise UserError(f"{args.config}: model.path is set ({cfg.model.path}): train learns a new model "
+                        "(use run to evaluate a saved one, or --set model.path=null)")
+    if not cfg.experiment.do_train:
+        raise UserError(f"{args.config}: experiment.do_train is false: there is nothing to train")
+    model = registry.for_config(cfg)
+    if not registry.saves_models(model):
+        raise UserError(f"{args.config}: the {cfg.model.type} model cannot be saved")
+    save = Path(args.save)
+    if save.is_dir():
+        raise UserError(f"--save {save}: is a directory; a model is saved as one file")
+    if not save.absolute().parent.is_dir():
+        raise UserError(f"--save {save}: folder {save.absolute().parent} does not exist")
+    _apply_cache(cfg)
+    ex = model.build(cfg, progress=sys.stderr.isatty() and not args.quiet)
+    compile_s = ex.warmup()
+    train_s = ex.train()
+    digest = registry.save_model(cfg, ex, save)
+    print(f"trained the {cfg.model.type} model in {train_s:.2f} s (compile/cache load {compile_s:.2f} s); "
+          f"saved {save} ({digest})")
     return 0
 
 
@@ -229,6 +286,11 @@ def cmd_validate(args) -> int:
     results.check_output_folder(out_dir)
     est = memory.check(cfg)
     log.info("estimated peak memory %s (%s)", memory.format_bytes(est.total), est.describe())
+    if cfg.model.path is not None:
+        from engine.run import model_file
+
+        saved = model_file.read_model(cfg.model.path)
+        model_file.check_model_type(saved, cfg.model.type, args.config)
     print(f"{args.config}: ok ({cfg.model.type} model, {registry.for_config(cfg).describe_data(cfg)})")
     return 0
 
@@ -242,6 +304,9 @@ def cmd_profile(args) -> int:
     cfg = load_config(args.config, args.overrides)
     memory.check(cfg)
     model = registry.for_config(cfg)
+    if cfg.model.path is not None:
+        raise UserError(f"{args.config}: profile measures a run that trains; model.path is set "
+                        "(--set model.path=null)")
     if not hasattr(model, "profile_run"):
         raise UserError(f"{args.config}: profile covers the similarity and nearest models; for the "
                         f"{cfg.model.type} model see summary.json's matching_step_s and profiling/README.md")
@@ -379,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
+    handlers = {"run": cmd_run, "train": cmd_train, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     installed = {}
     if threading.current_thread() is threading.main_thread():

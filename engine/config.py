@@ -225,6 +225,9 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
         "confidence_threshold": _Setting(float, None, minimum=0.0, maximum=1.0, exclusive_min=True, nullable=True,
                                          doc="an evaluation episode is done when the confidence reaches this; "
                                              "null: never done early"),
+        "path": _Setting(str, None, nullable=True,
+                         doc="a saved model (`python -m engine train --save`) to evaluate instead of training, "
+                             "relative to the config file's folder; null: train"),
     },
     "data": {
         "source": _Setting(str, None, required=True,
@@ -234,6 +237,8 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
     "execution": {
         "stepwise": _Setting(bool, False, doc="Python loop with one kernel call per step (debugging, profiling)"),
         "chunk_size": _Setting(int, 64, minimum=1, maximum=1_000_000, doc="evaluation steps per batch between termination checks"),
+        "workers": _Setting(int, 1, minimum=1, maximum=1024, doc="worker processes the evaluation of a saved model (model.path) "
+                                                   "is spread over (Dask; the dask extra); 1: this process"),
         "cache_dir": _Setting(str, None, nullable=True,
                               doc="folder for compiled kernels (relative to the config file's folder); "
                                   "null: NUMBA_CACHE_DIR or numba's default"),
@@ -328,6 +333,7 @@ class ModelConfig:
     max_distance: float | None = None
     dedup_distance: float | None = None
     dedup_feature: float | None = None
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +347,7 @@ class ExecutionConfig:
     stepwise: bool
     chunk_size: int
     cache_dir: str | None = None
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -435,6 +442,8 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     params.pop("source", None)
     if execution["cache_dir"] is not None:
         execution["cache_dir"] = str(_resolve_relative(execution["cache_dir"], source_file))
+    if model["path"] is not None:
+        model["path"] = str(_resolve_relative(model["path"], source_file))
     if model["type"] == "evidence" and source not in EVIDENCE_SOURCES:
         raise ConfigError(f"{prefix}data.source: the evidence model needs pose vectors and curvatures: "
                           f"expected one of {', '.join(repr(s) for s in EVIDENCE_SOURCES)}, got {source!r}")

@@ -35,6 +35,15 @@ class NearestIndex:
         self.tree = self._compact(kdtree.build_tree(np.zeros((0, 3), np.float32), LEAF_SIZE))
         self.features = self._store_features(np.zeros((n_features, 0), np.float32))
 
+    @classmethod
+    def from_arrays(cls, tree, features, storage: str = "float32") -> "NearestIndex":
+        """An index over a tree and features built elsewhere (a saved model's)."""
+        index = cls.__new__(cls)
+        index.storage = storage
+        index.n_features = int(features.shape[0])
+        index.tree, index.features = tree, features
+        return index
+
     @property
     def n(self) -> int:
         return int(self.tree.points.shape[0])

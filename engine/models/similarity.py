@@ -157,6 +157,10 @@ class Experiment:
         self._hooks = self.hooks.by_event  # the lists themselves: run() looks at two of them each time
         self.compile_s: float | None = None  # set by warmup()
         self._trained: RunResult | None = None  # set by train(), for evaluate_episode()
+        #: the saved model this experiment evaluates (engine.run.model_file.SavedModel), set by
+        #: use_saved_model; None: it trains
+        self.saved = None
+        self._saved_state = None  # (store, index, n_stored, training record) of the saved model
         exp = config.experiment
         self.n_train_epochs = exp.n_train_epochs if exp.do_train else 0
         self.n_eval_epochs = exp.n_eval_epochs if exp.do_eval else 0
@@ -179,6 +183,34 @@ class Experiment:
                                      o.eval_starts, o.eval_stops, self.n_eval_epochs, exp.max_eval_steps,
                                      config.execution.chunk_size)
         self._n_train, self._n_eval = kloop.packed_sizes(self._plan)
+
+    def use_saved_model(self, saved, store: np.ndarray, index, n_stored: int, record: dict) -> None:
+        """Evaluate a saved store (``store``, or for ``nearest`` the ``index`` with an empty
+        ``store``) of ``n_stored`` observations instead of training. ``record``: the
+        training that built it (``train_steps``, ``train_stored``, ``train_reason`` arrays,
+        ``n_train_epochs``, ``n_train_episodes``, ``train_objects``), which the results
+        report as this run's training rows (no training runs)."""
+        o, exp = self.obs, self.config.experiment
+        self.saved = saved
+        self._saved_state = (store, index, int(n_stored), record)
+        self.n_train_epochs = 0
+        self._capacity = int(n_stored)
+        self._store_shape, self._store_dtype = store.shape, store.dtype
+        empty = np.zeros(0, np.int64)
+        self._plan = kloop.pack_plan(empty, empty, 0, exp.max_train_steps, o.eval_starts, o.eval_stops,
+                                     self.n_eval_epochs, exp.max_eval_steps, self.config.execution.chunk_size,
+                                     n_stored=int(n_stored))
+        self._n_train = int(record["train_steps"].shape[0])
+        self._n_eval = kloop.packed_sizes(self._plan)[1]
+
+    def _train_layout(self) -> tuple[int, int, tuple]:
+        """(training epochs, training episodes per epoch, their objects) of the results' training
+        rows: this run's, or the saved model's training."""
+        if self._saved_state is not None:
+            r = self._saved_state[3]
+            return int(r["n_train_epochs"]), int(r["n_train_episodes"]), tuple(r["train_objects"])
+        o = self.obs
+        return self.n_train_epochs, o.train_starts.shape[0], o.train_objects
 
     def _check_float16_range(self) -> None:
         from kernels.compact import FLOAT16_MAX
@@ -261,8 +293,14 @@ class Experiment:
             mode = "epoch"  # the index is rebuilt after each training episode, in Python
         if mode == "run":
             o = self.obs
-            out.n_stored = kloop.run_experiment_packed(out.store, o.location, o.features, self._plan, self.threshold,
-                                                       out.counts, out.confidence, out.reasons, timers)
+            if self._saved_state is None:
+                out.n_stored = kloop.run_experiment_packed(out.store, o.location, o.features, self._plan,
+                                                           self.threshold, out.counts, out.confidence, out.reasons,
+                                                           timers)
+            else:  # the plan trains nothing: its outputs are the evaluation entries
+                n_tr = out.n_train
+                kloop.run_experiment_packed(out.store, o.location, o.features, self._plan, self.threshold,
+                                            out.counts[2 * n_tr:], out.confidence, out.reasons[n_tr:], timers)
             out.kernel_calls = 1
         else:
             if timers is not None:
@@ -277,6 +315,13 @@ class Experiment:
     def _new_result(self) -> RunResult:
         """Empty outputs of a run (np.empty: every entry is written by whichever path runs)."""
         n_tr, n_ev = self._n_train, self._n_eval
+        if self._saved_state is not None:
+            store, index, n_stored, r = self._saved_state
+            out = RunResult(np.empty(2 * n_tr + n_ev, np.int64), np.empty(n_ev, np.float32),
+                            np.empty(n_tr + n_ev, np.int8), n_tr, store, n_stored, index=index)
+            out.counts[:n_tr], out.counts[n_tr:2 * n_tr] = r["train_steps"], r["train_stored"]
+            out.reasons[:n_tr] = r["train_reason"]
+            return out
         out = RunResult(np.empty(2 * n_tr + n_ev, np.int64), np.empty(n_ev, np.float32),
                         np.empty(n_tr + n_ev, np.int8), n_tr, np.zeros(self._store_shape, self._store_dtype))
         if self._nearest:
@@ -359,6 +404,32 @@ class Experiment:
         else:
             self._episodes(out, "eval", o.eval_starts[episode:episode + 1], o.eval_stops[episode:episode + 1], at)
         return self._record(out, "eval", epoch, episode)
+
+    def evaluation_pairs(self) -> list[tuple[int, int]]:
+        """(epoch, episode) of every evaluation episode, epoch-major (the results' order)."""
+        n = self.obs.eval_starts.shape[0]
+        return [(p, e) for p in range(self.n_eval_epochs) for e in range(n)]
+
+    def result_from_records(self, records, *, compile_s: float | None = None, run_s: float = 0.0) -> RunResult:
+        """The result of a run whose evaluation episodes ``records`` (in ``evaluation_pairs``
+        order) were evaluated elsewhere (``engine.run.workers``), after ``train``: the
+        training entries are this experiment's (a saved model's record), the evaluation
+        entries the records'. ``kernel_calls``: the calls the records took (one per episode,
+        one per step on the stepwise path)."""
+        out = self._new_result() if self._saved_state is not None else self._trained
+        if out is None:
+            raise RuntimeError("result_from_records needs a trained store: call train() first")
+        records = list(records)
+        if len(records) != out.eval_confidence.shape[0]:
+            raise ValueError(f"{len(records)} records for {out.eval_confidence.shape[0]} evaluation episodes")
+        for i, r in enumerate(records):
+            out.eval_steps[i], out.eval_confidence[i] = r.steps, r.confidence
+            out.eval_reason[i] = REASONS.index(r.reason)
+        stepwise = self.granularity() == "step"
+        out.path = "stepwise" if stepwise else "fused"
+        out.kernel_calls = sum(r.steps for r in records) if stepwise else len(records)
+        out.run_s = run_s
+        return out
 
     def _episodes(self, out: RunResult, mode: str, starts, stops, at: int) -> None:
         """Run episodes ``starts/stops`` in one kernel call; outputs go to entries ``at...``."""
@@ -464,8 +535,9 @@ class Experiment:
     def _record(self, out: RunResult, mode: str, epoch: int, e: int) -> EpisodeRecord:
         o = self.obs
         if mode == "train":
-            i = epoch * o.train_starts.shape[0] + e
-            return EpisodeRecord("train", epoch, e, o.train_objects[e] if o.train_objects else "",
+            _, n_ep, objects = self._train_layout()
+            i = epoch * n_ep + e
+            return EpisodeRecord("train", epoch, e, objects[e] if objects else "",
                                  int(out.train_steps[i]), int(out.train_stored[i]), 0.0,
                                  REASONS[out.train_reason[i]])
         i = epoch * o.eval_starts.shape[0] + e
@@ -477,8 +549,9 @@ class Experiment:
         """Every episode of a finished run, in the order they ran."""
         o = self.obs
         rows = []
-        for epoch in range(self.n_train_epochs):
-            rows += [self._record(out, "train", epoch, e) for e in range(o.train_starts.shape[0])]
+        n_epochs, n_ep, _ = self._train_layout()
+        for epoch in range(n_epochs):
+            rows += [self._record(out, "train", epoch, e) for e in range(n_ep)]
         for epoch in range(self.n_eval_epochs):
             rows += [self._record(out, "eval", epoch, e) for e in range(o.eval_starts.shape[0])]
         return rows
@@ -530,6 +603,9 @@ def summary(experiment: Experiment, result: RunResult, records: list[EpisodeReco
         "reasons": {"train": dict(Counter(r.reason for r in trains)), "eval": dict(Counter(r.reason for r in evals))},
         "run_s": result.run_s,
         "kernel_calls": result.kernel_calls,
+        "model_path": experiment.saved.path if experiment.saved is not None else None,
+        "model_digest": experiment.saved.digest if experiment.saved is not None else None,
+        "trained_on": experiment.saved.trained_on if experiment.saved is not None else None,
         "config": cfg.to_dict(),
     }
 
@@ -606,3 +682,132 @@ def profile_run(cfg: Config, out_dir, top: int = 10) -> dict:
     from engine.models import profile
 
     return profile.profile_run(cfg, out_dir, top=top)
+
+
+# --------------------------------------------------------------------------- saved models
+# (engine.run.model_file; the registry's optional save_state / load_state)
+
+#: the settings a store is learned with, per model type: a saved model is evaluated only with
+#: the same (k, max_distance, confidence_threshold, chunk_size and the step limits may differ)
+LEARNING_SETTINGS = {"similarity": ("storage",), "nearest": ("storage", "dedup_distance", "dedup_feature")}
+#: the KD-tree's arrays in a nearest model file (``tree_`` + the ``kernels.kdtree.KDTree`` field)
+_TREE_FIELDS = ("points", "indices", "boxes", "leaf_start", "split_dim", "split_val")
+_TRAINING_ARRAYS = (("train_steps", np.int64, ("R",)), ("train_stored", np.int64, ("R",)),
+                    ("train_reason", np.int8, ("R",)))
+
+
+def model_arrays_spec(model_type: str, storage: str) -> tuple:
+    """``(name, dtype, shape)`` of the arrays of a similarity or nearest model file (F feature
+    columns, n stored observations, R training episodes over all epochs, L KD-tree leaves)."""
+    bits = STORAGE_DTYPES[storage]
+    if model_type == "similarity":
+        store = (("store", bits, ("F+3", "n")),)
+    else:
+        store = (("tree_points", bits, ("n", 3)), ("tree_indices", np.int32, ("n",)),
+                 ("tree_boxes", np.float32, ("B", 6)), ("tree_leaf_start", np.int64, ("L+1",)),
+                 ("tree_split_dim", np.int64, ("S",)), ("tree_split_val", np.float32, ("S",)),
+                 ("features", bits, ("F", "n")))
+    return store + _TRAINING_ARRAYS
+
+
+def training_digest(experiment: Experiment) -> str:
+    """The digest of what training consumed: the feature names and each training episode's
+    observations (up to max_train_steps), in order."""
+    from engine.run.model_file import digest_arrays
+
+    o, exp = experiment.obs, experiment.config.experiment
+
+    def parts():
+        yield np.array([str(n) for n in o.feature_names])
+        if experiment.n_train_epochs == 0:
+            return
+        for s0, s1 in zip(o.train_starts, o.train_stops):
+            s1 = min(int(s1), int(s0) + exp.max_train_steps)
+            yield o.location[int(s0):s1]
+            yield o.features[int(s0):s1]
+
+    return digest_arrays(parts())
+
+
+def save_state(experiment: Experiment) -> dict:
+    """What a model file keeps of a trained similarity or nearest experiment
+    (``engine.run.model_file``): the store (or KD-tree and features) and the training's
+    per-episode record."""
+    from engine.run.model_file import settings_of
+
+    out = experiment._trained
+    if out is None:
+        raise RuntimeError("save_state needs a trained experiment: call train() first")
+    cfg = experiment.config
+    if out.index is not None:
+        arrays = {f"tree_{name}": getattr(out.index.tree, name) for name in _TREE_FIELDS}
+        arrays["features"] = out.index.features
+    else:
+        arrays = {"store": np.ascontiguousarray(out.store[:, :out.n_stored])}
+    arrays.update(train_steps=out.train_steps.copy(), train_stored=out.train_stored.copy(),
+                  train_reason=out.train_reason.copy())
+    n_epochs, n_ep, objects = experiment._train_layout()
+    return {
+        "arrays": arrays,
+        "feature_columns": [str(n) for n in experiment.obs.feature_names],
+        "settings": settings_of(cfg.model, LEARNING_SETTINGS[cfg.model.type]),
+        "training": {"n_train_epochs": n_epochs, "n_train_episodes": n_ep, "train_objects": list(objects),
+                     "max_train_steps": cfg.experiment.max_train_steps, "n_stored": int(out.n_stored)},
+        "trained_on": training_digest(experiment),
+    }
+
+
+def load_state(experiment: Experiment, saved) -> None:
+    """Make ``experiment`` evaluate the saved store instead of training: the data's feature
+    columns and :data:`LEARNING_SETTINGS` must be the ones it was learned with."""
+    from engine.run import model_file
+
+    cfg = experiment.config
+    where = cfg.source_file
+    model_file.check_feature_columns(saved, experiment.obs.feature_names, where)
+    model_file.check_settings(saved, model_file.settings_of(cfg.model, LEARNING_SETTINGS[cfg.model.type]), where,
+                              "model")
+    training = saved.training
+    try:
+        n_epochs, n_ep = int(training["n_train_epochs"]), int(training["n_train_episodes"])
+        objects = [str(x) for x in training["train_objects"]]
+        n_stored = int(training["n_stored"])
+    except (KeyError, TypeError, ValueError):
+        raise saved.error("member 'meta': 'training' lacks n_train_epochs, n_train_episodes, train_objects "
+                          "or n_stored") from None
+    if n_epochs < 0 or n_ep < 0 or (objects and len(objects) != n_ep):
+        raise saved.error("member 'meta': 'training' has inconsistent episode counts")
+    spec = model_arrays_spec(cfg.model.type, cfg.model.storage)
+    sizes = model_file.check_arrays(saved, spec, {"F": experiment.obs.n_features, "R": n_epochs * n_ep,
+                                                  "n": n_stored})
+    a = saved.arrays
+    reasons = a["train_reason"]
+    if reasons.size and (reasons.min() < 0 or reasons.max() >= len(REASONS)):
+        raise saved.error(f"member 'train_reason': reasons must lie in 0..{len(REASONS) - 1}")
+    if np.any(a["train_steps"] < 0) or np.any(a["train_stored"] < 0) or np.any(a["train_stored"] > n_stored):
+        raise saved.error("member 'train_steps' or 'train_stored': counts must lie in 0..n_stored")
+    values = [a["store"]] if "store" in a else [a["tree_points"], a["features"]]
+    for name, v in zip(("store",) if "store" in a else ("tree_points", "features"), values):
+        f = v.view(np.float16) if v.dtype == np.uint16 else v
+        if not np.isfinite(f).all():
+            raise saved.error(f"member '{name}' holds infinite values")
+    if "store" in a:
+        store, index = a["store"], None
+    else:
+        from kernels import kdtree
+
+        from engine.models.nearest_index import NearestIndex
+
+        tree = kdtree.KDTree(*(a[f"tree_{name}"] for name in _TREE_FIELDS))
+        try:
+            kdtree._check_tree(tree)
+            kdtree._check_tree_contents(tree, saved.path)
+        except ValueError as exc:
+            raise saved.error(f"the KD-tree is corrupt ({str(exc).split(': ')[-1]})") from None
+        if sizes["B"] != 2 * (sizes["L"]) - 1 or sizes["S"] != sizes["L"] - 1:
+            raise saved.error("the KD-tree's arrays have inconsistent shapes")
+        index = NearestIndex.from_arrays(tree, a["features"], cfg.model.storage)
+        store = np.zeros((3 + experiment.obs.n_features, 0), STORAGE_DTYPES[cfg.model.storage])
+    record = {"train_steps": a["train_steps"], "train_stored": a["train_stored"], "train_reason": a["train_reason"],
+              "n_train_epochs": n_epochs, "n_train_episodes": n_ep, "train_objects": objects}
+    experiment.use_saved_model(saved, store, index, n_stored, record)

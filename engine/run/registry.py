@@ -12,7 +12,20 @@ A model type is a module that defines, at its top level:
 - ``KERNEL_MODULES``: the kernel modules it calls (the cache inventory of ``info``);
 - ``entry_kernel(cfg) -> str``: the kernel a run spends its compile time on; when the
   kernel cache lacks it, the CLI says that this first run compiles, and how long it took;
-- ``profile_run(cfg, out_dir, top)`` only if it supports ``python -m engine profile``.
+- ``profile_run(cfg, out_dir, top)`` only if it supports ``python -m engine profile``;
+- ``save_state(experiment) -> dict`` and ``load_state(experiment, saved)`` only if its
+  models can be saved (``python -m engine train --save``, ``run --model``): ``save_state``
+  gives what a model file keeps of a trained experiment (``arrays``: name -> array,
+  ``feature_columns``, ``settings``: the learning settings, ``training``: a JSON object
+  describing the training, ``trained_on``: the training data's digest); ``load_state``
+  checks a :class:`engine.run.model_file.SavedModel` against the experiment's config and
+  data (one-line :class:`engine.errors.UserError` otherwise) and makes the experiment
+  evaluate it instead of training. :func:`save_model` and :func:`load_experiment` are
+  the CLI's side. Its experiment then also offers ``evaluation_pairs()`` (every
+  evaluation episode's (epoch, episode), in result order) and
+  ``result_from_records(records, compile_s=, run_s=)`` (the run's result from records
+  evaluated elsewhere), which :mod:`engine.run.workers` uses to spread the evaluation
+  over worker processes.
 
 The :class:`LearningModule` an experiment object implements: ``add_hook`` (one hook
 API, :mod:`engine.run.hooks`), ``warmup`` (compile or load the run's kernels, seconds),
@@ -95,3 +108,39 @@ def model_type(name: str) -> ModelType:
 def for_config(cfg) -> ModuleType:
     """The module implementing ``cfg.model.type``."""
     return model_type(cfg.model.type).load()
+
+
+def saves_models(module: ModuleType) -> bool:
+    """Whether the model type's models can be saved and loaded."""
+    return hasattr(module, "save_state") and hasattr(module, "load_state")
+
+
+def _need_saving(cfg, module: ModuleType) -> None:
+    if not saves_models(module):
+        raise UserError(f"{cfg.source_file}: the {cfg.model.type} model cannot be saved or loaded")
+
+
+def save_model(cfg, experiment, path) -> str:
+    """Write the trained ``experiment``'s model to ``path`` (atomically); its content digest."""
+    from engine.run import model_file
+
+    module = for_config(cfg)
+    _need_saving(cfg, module)
+    state = module.save_state(experiment)
+    return model_file.write_model(path, cfg.model.type, state["arrays"], config=cfg.to_dict(),
+                                  trained_on=state["trained_on"], feature_columns=state["feature_columns"],
+                                  settings=state["settings"], training=state["training"])
+
+
+def load_experiment(cfg, *, progress: bool = False):
+    """The experiment of ``cfg`` evaluating the saved model ``cfg.model.path`` (read and
+    checked before the data is built; checked against the data after)."""
+    from engine.run import model_file
+
+    module = for_config(cfg)
+    _need_saving(cfg, module)
+    saved = model_file.read_model(cfg.model.path)
+    model_file.check_model_type(saved, cfg.model.type, cfg.source_file)
+    experiment = module.build(cfg, progress=progress)
+    module.load_state(experiment, saved)
+    return experiment

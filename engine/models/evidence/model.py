@@ -171,6 +171,7 @@ class EvidenceModel:
         self.iparams[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
         self.iparams[kev.IP_MAX_STEPS] = max_eval_steps
         self._model = None
+        self._order = None  # model_arrays' node order (row i of the sorted arrays is memory row order[i])
         self._names = None  # set by from_arrays: a model not learned here
         self._hyp = None
 
@@ -184,6 +185,33 @@ class EvidenceModel:
             raise ValueError(f"{len(names)} names for {models.obj_start.shape[0] - 1} object models")
         m._model = models
         m._names = tuple(names)
+        return m
+
+    @classmethod
+    def from_saved(cls, settings: EvidenceSettings, feature_names: tuple[str, ...], models: kev.ObjectModels,
+                   order: np.ndarray, names: tuple[str, ...], saved_grid: tuple[float, int],
+                   max_eval_steps: int = 500) -> "EvidenceModel":
+        """A model over saved object models (``models`` sorted into the node grid of
+        ``saved_grid`` = (max_match_distance, max_nneighbors), ``order`` the sort from
+        the learned node order). When ``settings`` asks for another match radius or
+        neighbour count, the grid is rebuilt from the learned order, exactly as training
+        with those settings would have built it."""
+        mmd, k = saved_grid
+        if (np.float32(settings.max_match_distance) == np.float32(mmd)
+                and int(settings.max_nneighbors) == int(k)):
+            m = cls.from_arrays(settings, feature_names, models, names, max_eval_steps=max_eval_steps)
+            m._order = order
+            return m
+        learned = [np.empty_like(a) for a in (models.node_pos, models.node_pose, models.node_pfd, models.node_feat)]
+        for out, a in zip(learned, (models.node_pos, models.node_pose, models.node_pfd, models.node_feat)):
+            out[order] = a
+        pos, pose, pfd, feat = learned
+        new_order, origin, index, cand_start, cand_node, cand_dist = kev.build_node_grid(
+            pos, models.obj_start, settings.max_match_distance, settings.max_nneighbors)
+        rebuilt = kev.object_models(pos[new_order], pose[new_order], pfd[new_order], feat[new_order],
+                                    models.obj_start, origin, index, cand_start, cand_node, cand_dist)
+        m = cls.from_arrays(settings, feature_names, rebuilt, names, max_eval_steps=max_eval_steps)
+        m._order = new_order
         return m
 
     # ------------------------------------------------------------------ training
@@ -209,12 +237,19 @@ class EvidenceModel:
             g = self.memory.arrays()
             order, origin, index, cand_start, cand_node, cand_dist = kev.build_node_grid(
                 g.node_pos, g.obj_start, self.settings.max_match_distance, self.settings.max_nneighbors)
+            self._order = order
             self._model = kev.object_models(
                 g.node_pos[order], g.node_pose[order], g.node_pfd[order],
                 np.asarray(g.node_feat[order], np.float32).reshape(len(order), -1), g.obj_start,
                 origin, index, cand_start, cand_node, cand_dist,
             )
         return self._model
+
+    def node_order(self) -> np.ndarray:
+        """int64 (N,): row i of ``model_arrays()``'s nodes is row ``order[i]`` of the learned
+        (memory) order; what a saved model keeps so that its grid can be rebuilt."""
+        self.model_arrays()
+        return self._order
 
     @property
     def nodes_per_object(self) -> list[int]:
@@ -362,6 +397,9 @@ class EvidenceRunResult:
     nodes_per_object: list[int]
     object_names: tuple[str, ...]
     path: str
+    model_path: str | None = None     # the saved model evaluated (None: trained in this run)
+    model_digest: str | None = None   # its content digest
+    trained_on: str | None = None     # the digest of the data it was trained on
 
 
 class EvidenceExperiment:
@@ -392,6 +430,15 @@ class EvidenceExperiment:
         self.compile_s: float | None = None  # warmup()'s seconds
         # a second process compiling the episode kernel meanwhile (engine.run.background), set by build
         self.episode_kernel_ahead = None
+        #: the saved model this experiment evaluates (engine.run.model_file.SavedModel), set by
+        #: use_saved_model; None: it trains
+        self.saved = None
+
+    def use_saved_model(self, saved, model: "EvidenceModel") -> None:
+        """Evaluate ``model`` (built from the model file ``saved``) instead of training:
+        ``train`` then learns nothing and takes 0 s."""
+        self.saved = saved
+        self.model = model
 
     def add_hook(self, event: str, fn) -> None:
         """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
@@ -409,6 +456,8 @@ class EvidenceExperiment:
     def train(self) -> float:
         """All training epochs; returns the wall time (s)."""
         ds, cfg = self.dataset, self.config
+        if self.saved is not None:
+            return 0.0  # the model was learned when it was saved
         t0 = time.perf_counter()
         if cfg.experiment.do_train:
             rows = self._episode_rows(TRAIN)
@@ -435,7 +484,12 @@ class EvidenceExperiment:
         ahead, self.episode_kernel_ahead = self.episode_kernel_ahead, None
         wait = {"before_episode_kernel": ahead.wait} if ahead is not None else {}
         try:
-            self.compile_s = warmup_kernels(self.model.settings, paths=(self._stepwise(),), **wait)
+            if self.saved is not None:  # nothing is learned: the episode kernel is all this run calls
+                if ahead is not None:
+                    ahead.wait()
+                self.compile_s = compile_episode_kernel(paths=(self._stepwise(),))
+            else:
+                self.compile_s = warmup_kernels(self.model.settings, paths=(self._stepwise(),), **wait)
         finally:
             if ahead is not None:
                 ahead.stop()
@@ -507,14 +561,37 @@ class EvidenceExperiment:
             self._emit("after_epoch", mode="eval", epoch=epoch)
         if bar is not None:
             bar.close()
-        result = EvidenceRunResult(episodes=episodes, train_s=train_s, compile_s=compile_s,
-                                   run_s=time.perf_counter() - t_all,
-                                   n_train_episodes=len(self._episode_rows(TRAIN)) if cfg.experiment.do_train else 0,
-                                   nodes_per_object=self.model.nodes_per_object,
-                                   object_names=self.model.object_names,
-                                   path="stepwise" if cfg.execution.stepwise else "fused")
+        result = self._result(episodes, train_s, compile_s, time.perf_counter() - t_all)
         self._emit("after_experiment", result=result)
         return result
+
+    def evaluation_pairs(self) -> list[tuple[int, int]]:
+        """(epoch, episode) of every evaluation episode, in the order ``run`` evaluates them."""
+        exp = self.config.experiment
+        n = len(self._episode_rows(EVAL))
+        return [(p, i) for p in range(exp.n_eval_epochs if exp.do_eval else 0) for i in range(n)]
+
+    def result_from_records(self, records, *, compile_s: float, run_s: float) -> EvidenceRunResult:
+        """The result of a run whose evaluation episodes ``records`` (in ``evaluation_pairs``
+        order) were evaluated elsewhere (``engine.run.workers``), after ``train``."""
+        return self._result(list(records), 0.0 if self.saved is not None else None, compile_s, run_s)
+
+    def _result(self, episodes, train_s, compile_s, run_s) -> EvidenceRunResult:
+        cfg = self.config
+        saved = self.saved
+        if saved is not None:
+            n_train = int(saved.training["n_train_episodes"])
+        else:
+            n_train = len(self._episode_rows(TRAIN)) if cfg.experiment.do_train else 0
+        return EvidenceRunResult(episodes=episodes, train_s=train_s, compile_s=compile_s,
+                                   run_s=run_s,
+                                   n_train_episodes=n_train,
+                                   nodes_per_object=self.model.nodes_per_object,
+                                   object_names=self.model.object_names,
+                                   path="stepwise" if cfg.execution.stepwise else "fused",
+                                   model_path=saved.path if saved is not None else None,
+                                   model_digest=saved.digest if saved is not None else None,
+                                   trained_on=saved.trained_on if saved is not None else None)
 
     def report(self, result: EvidenceRunResult):
         """summary.json, episodes.csv rows and the printed table (``engine.run.results.RunReport``)."""

@@ -29,6 +29,7 @@ from engine.errors import UserError
 from engine.files import atomic_write
 from engine.run.results import RunReport, shown_rows
 from engine.run.runtime import threading_info
+from kernels.evidence_layout import MODEL_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "run_s": result.run_s,
         "data_s": data_s,
         "data_compile_s": data_compile_s,
+        "model_path": result.model_path,
+        "model_digest": result.model_digest,
+        "trained_on": result.trained_on,
         **threading_info(),
         "config": cfg.to_dict(),
     }
@@ -155,11 +159,17 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
             f"accuracy {s['accuracy']:.3f} ({s['accuracy_incl_mlh']:.3f} incl. MLH), outcomes {s['outcomes']}, "
             f"mean rotation error {'-' if err is None else f'{err:.2f} deg'}, mean steps {s['mean_steps']:.1f}, "
             f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}"
-            f"{_busy_note(s)}), training {s['train_s']:.2f} s{_compile_note(s)}")
+            f"{_busy_note(s)}), {_training_note(s)}{_compile_note(s)}")
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
     return "\n".join(lines)
+
+
+def _training_note(s: dict) -> str:
+    if s.get("model_path"):
+        return f"saved model {s['model_path']}"
+    return f"training {s['train_s']:.2f} s"
 
 
 def _busy_note(s: dict) -> str:
@@ -257,3 +267,136 @@ def warmup_config(cfg) -> None:
     from engine.models.evidence.model import warmup_kernels
 
     warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
+
+
+# --------------------------------------------------------------------------- saved models
+# (engine.run.model_file; the registry's optional save_state / load_state)
+
+#: settings the object models are learned with: a saved model is evaluated only with the same
+LEARNING_SETTINGS = ("graph", "graph_distance", "graph_normal_angle", "graph_curvature_threshold",
+                     "graph_hue_threshold", "max_graph_size", "voxels_per_dim", "max_nodes")
+#: settings the node grid is built for: a config that differs gets the grid rebuilt from the nodes
+GRID_SETTINGS = ("max_match_distance", "max_nneighbors")
+
+#: the arrays of an evidence model file: ``kernels.evidence_layout.MODEL_FIELDS`` (the object
+#: models sorted into their node grid), ``order`` (row i of them is row order[i] of the learned
+#: order: what a rebuilt grid starts from) and ``object_names``
+MODEL_ARRAYS = tuple(MODEL_FIELDS) + (
+    ("order", np.int64, ("N",)),
+    ("object_names", "str", ("O",)),
+)
+
+
+def training_digest(ex) -> str:
+    """The digest of what training consumed: the dataset's feature names and, per training
+    episode, its object name, rotation and steps (up to max_train_steps)."""
+    from engine.data.dataset import TRAIN
+    from engine.run.model_file import digest_arrays
+
+    ds, cfg = ex.dataset, ex.config
+
+    def parts():
+        yield np.asarray(ds.feature_names)
+        if not cfg.experiment.do_train:
+            return
+        for e in np.flatnonzero(np.asarray(ds.episode_split) == TRAIN):
+            s0, s1 = int(ds.episode_offsets[e]), int(ds.episode_offsets[e + 1])
+            s1 = min(s1, s0 + cfg.experiment.max_train_steps)
+            yield np.asarray(str(ds.object_names[int(ds.episode_object[e])]))
+            yield ds.episode_rotation[e]
+            for a in (ds.location, ds.pose_vectors, ds.pose_defined, ds.curvature, ds.features):
+                yield a[s0:s1]
+
+    return digest_arrays(parts())
+
+
+def save_state(ex) -> dict:
+    """What a model file keeps of a trained evidence experiment (``engine.run.model_file``)."""
+    from engine.run.model_file import settings_of
+
+    model = ex.model
+    if not model.object_names:
+        raise UserError(f"{ex.config.source_file}: nothing was learned (no training episodes, or do_train is "
+                        "false): there is no model to save")
+    arrays = dict(model.model_arrays()._asdict())
+    arrays["order"] = model.node_order()
+    arrays["object_names"] = np.array(model.object_names)
+    return {
+        "arrays": arrays,
+        "feature_columns": [str(n) for n in ex.dataset.feature_names],
+        "settings": settings_of(ex.config.evidence, LEARNING_SETTINGS + GRID_SETTINGS),
+        "training": {"n_train_episodes": len(ex._episode_rows(0)) if ex.config.experiment.do_train else 0,
+                     "n_train_epochs": ex.config.experiment.n_train_epochs,
+                     "max_train_steps": ex.config.experiment.max_train_steps,
+                     "nodes_per_object": model.nodes_per_object},
+        "trained_on": training_digest(ex),
+    }
+
+
+def _check_model_contents(saved, sizes: dict) -> None:
+    """The integer arrays index others without bounds checks in the kernels: check them."""
+    a = saved.arrays
+    n, n_obj = sizes["N"], sizes["O"]
+    bad = saved.error
+    obj_start = a["obj_start"]
+    if n_obj < 1:
+        raise bad("member 'obj_start': no objects")
+    if obj_start[0] != 0 or obj_start[-1] != n or np.any(np.diff(obj_start) < 0):
+        raise bad(f"member 'obj_start': must rise from 0 to {n} (the node count)")
+    cand_start = a["cand_start"]
+    if cand_start[0] != 0 or cand_start[-1] != sizes["M"] or np.any(np.diff(cand_start) < 0):
+        raise bad(f"member 'cand_start': must rise from 0 to {sizes['M']} (the candidate count)")
+    if sizes["M"] and (a["cand_node"].min() < 0 or a["cand_node"].max() >= n):
+        raise bad(f"member 'cand_node': node rows must lie in 0..{n - 1}")
+    index = a["grid_index"]
+    cells = index[:, 0] * index[:, 1] * index[:, 2]
+    if np.any(index[:, :3] < 1) or np.any(index[:, 3] != np.concatenate([[0], np.cumsum(cells)[:-1]])) \
+            or int(cells.sum()) != sizes["C"]:
+        raise bad("member 'grid_index': cells per axis must be >= 1 and each object's first cell the sum "
+                  "of the cells before it, adding up to the candidate lists")
+    order = a["order"]
+    owner = np.repeat(np.arange(n_obj), np.diff(obj_start))
+    if n and (order.min() < 0 or order.max() >= n or np.any(np.bincount(order, minlength=n) != 1)
+              or np.any(order < obj_start[owner]) or np.any(order >= obj_start[owner + 1])):
+        raise bad("member 'order': must be a permutation of the nodes within each object's range")
+    for name in ("node_pos", "node_pose", "node_pfd", "node_feat", "grid_origin", "cand_dist"):
+        if not np.isfinite(a[name]).all():
+            raise bad(f"member '{name}' holds infinite values")
+    names = [str(x) for x in a["object_names"]]
+    if len(set(names)) != len(names) or not all(names):
+        raise bad("member 'object_names': names must be distinct and not empty")
+
+
+def load_state(ex, saved) -> None:
+    """Make ``ex`` (built by :func:`build`) evaluate the saved model instead of training.
+
+    The data's feature columns and the learning settings (:data:`LEARNING_SETTINGS`) must
+    be the ones the model was learned with; the grid settings (:data:`GRID_SETTINGS`) may
+    differ (the node grid is rebuilt from the nodes); every other setting may differ."""
+    from engine.models.evidence.model import EvidenceModel
+    from engine.run import model_file
+    from kernels import evidence_layout as layout
+
+    try:
+        cfg = ex.config
+        where = cfg.source_file
+        model_file.check_feature_columns(saved, [str(n) for n in ex.dataset.feature_names], where)
+        model_file.check_settings(saved, model_file.settings_of(cfg.evidence, LEARNING_SETTINGS), where,
+                                  "evidence")
+        settings = saved.settings
+        for key in GRID_SETTINGS:
+            if key not in settings:
+                raise saved.error(f"setting '{key}' is missing from the model's meta")
+        sizes = model_file.check_arrays(saved, MODEL_ARRAYS, {"F": len(ex.feature_names)})
+        _check_model_contents(saved, sizes)
+        arrays = saved.arrays
+        models = layout.object_models(*(arrays[name] for name, _, _ in layout.MODEL_FIELDS))
+        names = tuple(str(x) for x in arrays["object_names"])
+        model = EvidenceModel.from_saved(cfg.evidence, ex.feature_names, models, arrays["order"], names,
+                                         (settings["max_match_distance"], settings["max_nneighbors"]),
+                                         max_eval_steps=cfg.experiment.max_eval_steps)
+    except BaseException:
+        if ex.episode_kernel_ahead is not None:
+            ex.episode_kernel_ahead.stop()
+        raise
+    ex.use_saved_model(saved, model)
