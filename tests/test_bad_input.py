@@ -471,7 +471,9 @@ def test_cli_ctrl_c_while_simulating(engine_env, tmp_path):
     cfg.write_text("model: {type: evidence}\ndata: {source: shapes, objects: [box, sphere, cylinder, cone], "
                    "n_points: 20000, train_steps: 400, eval_rotations: 50, eval_steps: 100}\n")
     p = subprocess.Popen([sys.executable, "-m", "engine", "run", str(cfg), "-v", "--out", str(tmp_path / "o")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=engine_env,
+                         # SIGINT's default even when pytest runs with it ignored (a background job)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in p.stderr:
         if "sampling" in line:  # the simulation starts
             break

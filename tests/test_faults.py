@@ -130,8 +130,16 @@ def start_paused(config: str, out: Path, phase: str, env, tmp_path: Path, *extra
     """A run into ``out`` stopped at the start of ``phase``: (process, pause file)."""
     flag = tmp_path / f"pause_{phase}_{time.monotonic_ns()}"
     penv = dict(env, ENGINE_TEST_PAUSE_AT=phase, ENGINE_TEST_PAUSE_FILE=str(flag))
+
+    def child_signals():
+        # the run gets SIGINT's default even when pytest itself runs with it ignored (a job started
+        # in the background by a non-interactive shell, nohup): Python then raises KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", config, "--out", str(out), *extra], env=penv,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=child_signals)
     deadline = time.monotonic() + 120
     while not flag.exists():
         if proc.poll() is not None:
