@@ -179,39 +179,24 @@ State = namedtuple("State", [f[0] for f in STATE_FIELDS])
 Observations = namedtuple("Observations", [f[0] for f in OBSERVATION_FIELDS])
 
 
-def read_only(a: np.ndarray) -> np.ndarray:
-    """``a`` itself when it is read-only, else a read-only view of it (no copy).
-
-    numba compiles a kernel once per argument type, and a read-only array is another type
-    than a writable one: a memory-mapped file's arrays are read-only, arrays in memory are
-    not. The constructors of the kernels' inputs (:func:`object_models`,
-    :func:`observations`) hand out read-only views always, so one compiled signature
-    serves data from memory and from a memory-mapped file."""
-    if not a.flags.writeable:
-        return a
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
-def _as(fields, cls, arrays, readonly=False):
+def _as(fields, cls, arrays):
     """``cls`` of ``arrays`` as C-contiguous arrays of each field's dtype, checking each rank
-    (and each fixed size); with ``readonly`` as read-only views (:func:`read_only`)."""
+    (and each fixed size)."""
     out = []
     for (name, dtype, shape), a in zip(fields, arrays, strict=True):
         a = np.ascontiguousarray(a, dtype)
         if a.ndim != len(shape) or any(not isinstance(d, str) and d != n for d, n in zip(shape, a.shape)):
             raise ValueError(f"{cls.__name__}.{name} must have shape {shape}, got {a.shape}")
-        out.append(read_only(a) if readonly else a)
+        out.append(a)
     return cls(*out)
 
 
 def object_models(*arrays, **named) -> ObjectModels:
-    """An :class:`ObjectModels` of read-only, C-contiguous arrays of the declared dtypes
-    (positional in ``MODEL_FIELDS`` order, or by name)."""
+    """An :class:`ObjectModels` of C-contiguous arrays of the declared dtypes (positional in
+    ``MODEL_FIELDS`` order, or by name)."""
     if named:
         arrays = tuple(arrays) + tuple(named[f[0]] for f in MODEL_FIELDS[len(arrays):])
-    return _as(MODEL_FIELDS, ObjectModels, arrays, readonly=True)
+    return _as(MODEL_FIELDS, ObjectModels, arrays)
 
 
 def params(feat_spec, fparams, iparams) -> Params:
@@ -220,11 +205,11 @@ def params(feat_spec, fparams, iparams) -> Params:
 
 
 def observations(location, pose, pose_defined, features, kappa) -> Observations:
-    """An :class:`Observations` of read-only, C-contiguous arrays of the declared dtypes;
-    ``pose`` may be (T, 3, 3)."""
+    """An :class:`Observations` of C-contiguous arrays of the declared dtypes; ``pose`` may be
+    (T, 3, 3)."""
     location = np.asarray(location)
     pose = np.asarray(pose, np.float32).reshape(location.shape[0], 9)
-    return _as(OBSERVATION_FIELDS, Observations, (location, pose, pose_defined, features, kappa), readonly=True)
+    return _as(OBSERVATION_FIELDS, Observations, (location, pose, pose_defined, features, kappa))
 
 
 def new_hypotheses(cap: int, window: int = SLOPE_WINDOW) -> Hypotheses:

@@ -23,9 +23,12 @@ Memory mapping
 ``pose_defined``, ``curvature``, ``features``) from the file instead of reading them,
 when it can: the members of an uncompressed ``.npz`` (each member's data is found
 from its zip local header and ``.npy`` header) and the files of an ``npy-dir`` folder.
-Those fields are then read-only ``numpy.memmap`` arrays (C-contiguous, the file's
+Those fields are then copy-on-write ``numpy.memmap`` arrays (C-contiguous, the file's
 dtype), handed to kernels without a copy; pages are read from the file as kernels touch
-them. Members of a compressed archive cannot be mapped and are read into memory (logged
+them. Copy-on-write, not read-only: numba compiles a kernel once per argument type, and a
+read-only array is another type than a writable one, so read-only maps compiled every
+kernel a second time (the evidence model's: 9 s) beside the same data loaded into memory;
+a write (no kernel writes its inputs) would change this process's copy, never the file. Members of a compressed archive cannot be mapped and are read into memory (logged
 at INFO). The small arrays (episode tables, names, ``format``, ``meta``) are always read
 into memory. ``read_dataset(path, mmap=False)`` reads everything into memory.
 
@@ -875,15 +878,15 @@ def check_dataset_folder(path: str | os.PathLike) -> None:
 
 
 def _map(path: str, dtype: np.dtype, shape: tuple, offset: int, fortran: bool) -> np.ndarray:
-    """A read-only memory map of an array at ``offset`` in ``path`` (an empty array,
-    which has nothing to map, is a read-only in-memory array)."""
+    """A copy-on-write memory map of an array at ``offset`` in ``path`` (an empty array,
+    which has nothing to map, is an in-memory array)."""
     if offset % max(dtype.alignment, 1):
         # Kernels run fine on misaligned data (x86-64 and AArch64 allow misaligned loads);
         # numpy.savez places member data wherever the zip headers end, so this is usual
         # for archives it writes. engine.data.make_dataset aligns member data to 64 bytes.
         logger.debug("%s: array data at offset %d is not %d-byte aligned", path, offset,
                      dtype.alignment)
-    return npzfile.map_array(path, dtype, shape, offset, fortran, mode="r")
+    return npzfile.map_array(path, dtype, shape, offset, fortran, mode="c")
 
 
 def _load_arrays(path: str, mmap: bool = False) -> tuple[dict[str, Any], dict[str, _Region]]:
@@ -892,7 +895,7 @@ def _load_arrays(path: str, mmap: bool = False) -> tuple[dict[str, Any], dict[st
 
     The one place that touches the file. With ``mmap``, the step arrays
     (``_STEP_FIELDS``) of stored (uncompressed) members or of ``.npy`` files are
-    read-only memory maps, described by a :class:`_Region` each; every other array is
+    copy-on-write memory maps, described by a :class:`_Region` each; every other array is
     read into memory. Unknown keys are not loaded, but every ``.npy`` member's header is
     read so that a file holding pickled data anywhere is rejected.
 
@@ -1060,7 +1063,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
                     )
                 if mmap and key in _STEP_FIELDS:
                     if need > data:
-                        arrays[key] = np.load(file, mmap_mode="r", allow_pickle=False)
+                        arrays[key] = np.load(file, mmap_mode="c", allow_pickle=False)
                     else:
                         arrays[key] = _map(file, dtype, shape, data, fortran)
                     regions[key] = _Region(file, data)
@@ -1144,8 +1147,9 @@ def read_dataset(path: str | os.PathLike, mmap: bool = True) -> EpisodeDataset:
     -------
     EpisodeDataset
         Arrays exactly as stored (little-endian, C-contiguous). Mapped step arrays are
-        read-only ``numpy.memmap`` views of the file (empty ones are read-only in-memory
-        arrays); the other arrays are in memory. Unknown keys are ignored.
+        copy-on-write ``numpy.memmap`` views of the file (writeable: a write stays in this
+        process, the file never changes; empty ones are in-memory arrays); the other arrays
+        are in memory. Unknown keys are ignored.
 
     Raises
     ------

@@ -38,17 +38,6 @@ class Observations:
     train_objects: tuple = ()     # object name per training episode ("" when unknown)
     eval_objects: tuple = ()      # object name per evaluation episode
 
-    def __post_init__(self):
-        # Read-only views (no copy): numba compiles a kernel once per argument type, and a
-        # memory-mapped dataset's arrays are read-only; with every source's arrays read-only
-        # one compiled signature serves them all.
-        for name in ("location", "features"):
-            a = getattr(self, name)
-            if isinstance(a, np.ndarray) and a.flags.writeable:
-                v = a.view()
-                v.flags.writeable = False
-                object.__setattr__(self, name, v)
-
     @property
     def n_features(self) -> int:
         return self.features.shape[1]

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels import graph as kg
-from kernels.evidence_layout import read_only
 
 #: Minimum fraction of an update's observations that must fall inside the grid.
 MIN_IN_BOUNDS = 0.9
@@ -113,8 +112,7 @@ def _check_array(name: str, a, dtype, shape) -> np.ndarray:
         raise ValueError(f"{name} must have shape {want}, got {a.shape}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinity")
-    # read-only always: the graph kernels compile once for data in memory and memory-mapped
-    return read_only(np.ascontiguousarray(a))
+    return np.ascontiguousarray(a)
 
 
 class GraphMemory:
