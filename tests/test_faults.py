@@ -337,18 +337,26 @@ def _in_namespace(script: str, tmp_path: Path, env, what: str) -> Path:
     return res
 
 
-def test_full_disk_on_a_small_tmpfs(tmp_path, setup, env):
-    """A disk with room for one more small file (two 4 KiB pages): the run fails with
-    exit 2, the earlier pair stays whole, nothing is left behind."""
+def _earlier_pair_on_a_tmpfs(tmp_path: Path, setup) -> tuple[bytes, bytes, str]:
+    """The demo's earlier pair, and the start of a namespace script that mounts a 256 KiB tmpfs
+    at $MNT and puts that pair in $MNT/out."""
     s, e = setup["earlier"]["demo"]
     (tmp_path / "summary.json").write_bytes(s)
     (tmp_path / "episodes.csv").write_bytes(e)
-    script = f"""
+    prelude = f"""
 set -e
 mount -t tmpfs -o size=256k tmpfs "$MNT"
 mkdir "$MNT/out"
 cp "{tmp_path}/summary.json" "{tmp_path}/episodes.csv" "$MNT/out/"
-avail=$(df -k --output=avail "$MNT" | tail -1)
+"""
+    return s, e, prelude
+
+
+def test_full_disk_on_a_small_tmpfs(tmp_path, setup, env):
+    """A disk with room for one more small file (two 4 KiB pages): the run fails with
+    exit 2, the earlier pair stays whole, nothing is left behind."""
+    s, e, prelude = _earlier_pair_on_a_tmpfs(tmp_path, setup)
+    script = prelude + f"""avail=$(df -k --output=avail "$MNT" | tail -1)
 dd if=/dev/zero of="$MNT/fill" bs=1k count=$((avail - 8)) 2>/dev/null
 df -k --output=avail "$MNT" | tail -1 > "$RES/avail"
 set +e
@@ -391,15 +399,8 @@ def test_read_only_output_folder_is_refused_before_the_run(tmp_path, setup, env)
             out.chmod(0o755)
         return
     # root writes through permissions: a read-only mount instead
-    s, e = setup["earlier"]["demo"]
-    (tmp_path / "summary.json").write_bytes(s)
-    (tmp_path / "episodes.csv").write_bytes(e)
-    script = f"""
-set -e
-mount -t tmpfs -o size=256k tmpfs "$MNT"
-mkdir "$MNT/out"
-cp "{tmp_path}/summary.json" "{tmp_path}/episodes.csv" "$MNT/out/"
-mount -o remount,ro "$MNT"
+    s, e, prelude = _earlier_pair_on_a_tmpfs(tmp_path, setup)
+    script = prelude + f"""mount -o remount,ro "$MNT"
 set +e
 for cmd in run validate; do
   ENGINE_TEST_PAUSE_AT=simulation ENGINE_TEST_PAUSE_FILE="$RES/pause" timeout 60 \\
