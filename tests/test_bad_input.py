@@ -426,7 +426,7 @@ def test_kernel_errors_caused_by_ctrl_c_or_memory(monkeypatch, capsys, cause, rc
     assert err.startswith(text) and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_ctrl_c_in_the_simulation_waits_for_the_kernel():
+def test_ctrl_c_in_the_simulation_waits_for_the_kernel(sigint_default):
     from engine.data import sensor
 
     class Stub:

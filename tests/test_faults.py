@@ -132,9 +132,11 @@ def start_paused(config: str, out: Path, phase: str, env, tmp_path: Path, *extra
     penv = dict(env, ENGINE_TEST_PAUSE_AT=phase, ENGINE_TEST_PAUSE_FILE=str(flag))
 
     def child_signals():
-        # the run gets SIGINT's default even when pytest itself runs with it ignored (a job started
-        # in the background by a non-interactive shell, nohup): Python then raises KeyboardInterrupt
+        # the run gets SIGINT's and SIGHUP's defaults even when pytest itself runs with them ignored
+        # (a job a non-interactive shell started in the background, nohup): Python then raises
+        # KeyboardInterrupt, and the engine's SIGHUP handler is installed
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         if preexec_fn is not None:
             preexec_fn()
 

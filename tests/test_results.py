@@ -208,7 +208,7 @@ def test_check_output_folder(tmp_path, monkeypatch):
         results.check_output_folder(tmp_path)
 
 
-def test_signals_are_deferred_to_the_end_of_the_block():
+def test_signals_are_deferred_to_the_end_of_the_block(sigint_default):
     seen = []
     with pytest.raises(KeyboardInterrupt):
         with results.deferred_signals():
