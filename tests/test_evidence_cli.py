@@ -20,7 +20,8 @@ from engine.cli import main
 from engine.data.dataset import EVAL, TRAIN, read_dataset
 from engine.models.evidence.run import EPISODE_COLUMNS
 
-CONTRACT_KEYS = {"accuracy", "accuracy_incl_mlh", "outcomes", "mean_rotation_error_deg", "mean_steps",
+CONTRACT_KEYS = {"accuracy", "accuracy_incl_mlh", "outcomes", "mean_rotation_error_deg", "median_rotation_error_deg",
+                 "p90_rotation_error_deg", "mean_steps",
                  "matching_step_s", "train_s"}
 OUTCOMES = {"correct", "confused", "no_match", "time_out"}
 EVIDENCE_CONFIGS = ["recorded_evidence.yaml", "my_meshes.yaml", "shapes_10.yaml"]
@@ -72,6 +73,11 @@ def _check_summary(out):
     assert all(r["outcome"] in OUTCOMES for r in rows)
     assert {k: sum(r["outcome"] == k for r in rows) for k in OUTCOMES} == s["outcomes"]
     assert np.isclose(np.mean([int(r["steps"]) for r in rows]), s["mean_steps"])
+    # mean, median and 90th percentile of the correct episodes' errors, from episodes.csv (4 decimals)
+    errs = [float(r["rotation_error_deg"]) for r in rows if r["outcome"] == "correct" and r["rotation_error_deg"]]
+    if errs:
+        for key, value in (("mean", np.mean(errs)), ("median", np.median(errs)), ("p90", np.percentile(errs, 90))):
+            assert abs(s[f"{key}_rotation_error_deg"] - value) < 1e-3, key
     return s, rows
 
 

@@ -6,7 +6,8 @@ Results (written by ``engine.run.results``, atomically, like every result file):
 - ``summary.json``: ``accuracy`` (correct / evaluation episodes), ``accuracy_incl_mlh``
   (time-outs whose most likely hypothesis names the right object count as correct,
   as tbp.monty does), ``outcomes`` (counts of correct, confused, no_match, time_out),
-  ``mean_rotation_error_deg`` (over correct episodes), ``mean_steps``,
+  ``mean_rotation_error_deg`` (over correct episodes; ``median_rotation_error_deg`` and
+  ``p90_rotation_error_deg`` beside it), ``mean_steps``,
   ``matching_step_s`` (mean wall time of one matching step, compile excluded),
   ``train_s``, and more (see :func:`summary`);
 - ``episodes.csv``: one row per evaluation episode (:data:`EPISODE_COLUMNS`);
@@ -70,6 +71,8 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "time_out_mlh_correct": mlh_right,
         "mean_rotation_error_deg": float(np.mean(errs)) if errs else None,
         "median_rotation_error_deg": float(np.median(errs)) if errs else None,
+        # one outlier (a flip of ~180 degrees) moves the mean: the 90th percentile shows it as one
+        "p90_rotation_error_deg": float(np.percentile(errs, 90)) if errs else None,
         "mean_steps": steps / n if n else None,
         "matching_step_s": secs / steps if steps else None,
         "train_s": result.train_s,
@@ -137,6 +140,14 @@ def write_plots(out_dir: Path, result) -> list[Path]:
     return paths
 
 
+def _rotation_errors(s: dict) -> str:
+    """The table's rotation error: mean, median and 90th percentile over correct episodes."""
+    if s["mean_rotation_error_deg"] is None:
+        return "-"
+    return (f"mean {s['mean_rotation_error_deg']:.2f} deg (median {s['median_rotation_error_deg']:.2f}, "
+            f"90th percentile {s['p90_rotation_error_deg']:.2f})")
+
+
 def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
     head = (f"{'ep':>4} {'object':<12} {'detected':<12} {'outcome':<9} {'steps':>5} {'rot err':>8} "
             f"{'sym':>3} {'hyps':>7}")
@@ -153,11 +164,10 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
     s = summary_data
     lines.append("")
     if s["n_eval_episodes"]:
-        err = s["mean_rotation_error_deg"]
         lines.append(
             f"{s['experiment']}: {s['n_objects']} objects, {s['n_eval_episodes']} evaluation episodes: "
             f"accuracy {s['accuracy']:.3f} ({s['accuracy_incl_mlh']:.3f} incl. MLH), outcomes {s['outcomes']}, "
-            f"mean rotation error {'-' if err is None else f'{err:.2f} deg'}, mean steps {s['mean_steps']:.1f}, "
+            f"rotation error {_rotation_errors(s)}, mean steps {s['mean_steps']:.1f}, "
             f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}"
             f"{_busy_note(s)}), {_training_note(s)}{_compile_note(s)}")
     else:
