@@ -279,6 +279,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from engine.run import sweep
+
+    return sweep.run_sweep(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                           quiet=args.quiet, state=_RUN_STATE)
+
+
 def _test_phase_hooks(ex, pause) -> None:
     """Test-only (ENGINE_TEST_PAUSE_AT, see engine.run.results.pause_point): hooks that
     pause at the start of training and of the first evaluation epoch. Registered only
@@ -417,6 +424,9 @@ def _raise_terminated(signum, _frame):
 
 def _interrupted_note(command: str) -> str:
     """The truth about the result files after a signal."""
+    if command == "sweep" and _RUN_STATE.get("sweep") is not None:
+        return (f"the points completed so far keep their results in {_RUN_STATE['sweep']} (sweep.csv lists "
+                "them); run the sweep again to resume")
     held = _RUN_STATE.get("results")
     if command != "run" or held is None:
         return "no result files were written"
@@ -461,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "train": cmd_train, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
+    handlers = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     installed = {}
     if threading.current_thread() is threading.main_thread():
