@@ -116,8 +116,8 @@ def test_workers_rows(tmp_path):
     """The workers rows on a small version of shapes_10_noise (2 objects, small surfaces and
     walks): one row per worker count, the same accuracy and episodes, eval_s for each."""
     pytest.importorskip("distributed")
-    rows = bench_evidence.run_workers_rows(eval_rotations=2, data_overrides={
-        "objects": ["box", "mug"], "n_points": 600, "train_steps": 40, "eval_steps": 20})
+    rows = bench_evidence.run_workers_rows(data_overrides={
+        "objects": ["box", "mug"], "n_points": 600, "train_steps": 40, "eval_rotations": 2, "eval_steps": 20})
     assert [r["implementation"] for r in rows] == ["engine-workers-1", "engine-workers-2"]
     one, two = rows
     for r in rows:

@@ -31,8 +31,8 @@ arrays grow); a row whose estimate exceeds ``MEMORY_FRACTION`` of ``MemAvailable
 (/proc/meminfo) is skipped: it has ``skipped`` (the reason) and no measurements.
 
 Then two ``workers`` rows (:func:`run_workers_rows`): ``configs/shapes_10_noise.yaml`` (ten
-built-in objects, sensor noise) recorded as a dataset with ``WORKERS_EVAL_ROTATIONS`` rotations
-per object, trained once and saved, then its evaluation from the saved model in this process
+built-in objects, sensor noise, 10 rotations per object: 100 evaluation episodes) recorded as
+a dataset, trained once and saved, then its evaluation from the saved model in this process
 (``--workers 1``) and over 2 Dask worker processes (``--workers 2``): ``eval_s`` side by side
 (with workers it includes each worker's data and model loading; ``cluster_start_s`` apart).
 Without Dask's ``distributed`` (the ``dask`` extra) both rows are skipped with that reason.
@@ -83,10 +83,9 @@ EVAL_ROTATIONS_ABOVE = 1
 # evenly), for the suite's runtime: the classic updater's 100-object row takes ~9 s per episode
 # and pass on 2 cores. Rows of up to 10 objects run every episode.
 MAX_EVAL_EPISODES = 10
-# The workers rows: this bundled config, this many evaluation rotations per object (the config's
-# 10 would take the suite ~10 s more per row on 2 cores), these worker counts.
+# The workers rows: this bundled config as it is (its 100 evaluation episodes; recording, training
+# and both evaluations add ~13 s to the suite on 2 cores), these worker counts.
 WORKERS_CONFIG = "shapes_10_noise.yaml"
-WORKERS_EVAL_ROTATIONS = 2
 WORKER_COUNTS = (1, 2)
 # A fused pass over a row's episodes slower than this gets at most SLOW_REPEATS repeats.
 SLOW_PASS_S = 3.0
@@ -368,11 +367,9 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
     return out
 
 
-def run_workers_rows(config=None, eval_rotations: int = WORKERS_EVAL_ROTATIONS, counts=WORKER_COUNTS,
-                     data_overrides: dict | None = None) -> list[dict]:
+def run_workers_rows(config=None, counts=WORKER_COUNTS, data_overrides: dict | None = None) -> list[dict]:
     """The ``workers`` rows: ``config`` (default: the bundled ``WORKERS_CONFIG``, a ``shapes``
-    config) with ``eval_rotations`` rotations per object (and ``data_overrides``: other
-    ``shapes`` settings) recorded as an uncompressed dataset in a temporary folder (so that
+    config; ``data_overrides``: other values of its ``data`` settings) recorded as an uncompressed dataset in a temporary folder (so that
     workers map it), trained once, saved, and evaluated from the saved model with each worker
     count in ``counts`` (1: in this process). One row per count (keys ``ROW_KEYS``;
     ``case`` "workers", ``implementation`` "engine-workers-N") with ``eval_s`` (the
@@ -406,7 +403,7 @@ def run_workers_rows(config=None, eval_rotations: int = WORKERS_EVAL_ROTATIONS, 
         return rows
     raw = read_yaml(path)
     params = dict(validate(copy.deepcopy(raw), str(path)).data.params)
-    params.update(data_overrides or {}, eval_rotations=int(eval_rotations))
+    params.update(data_overrides or {})
     with tempfile.TemporaryDirectory(prefix="engine-bench-workers-") as tmp:
         data_path = Path(tmp) / "shapes.npz"
         t0 = time.perf_counter()
