@@ -227,6 +227,29 @@ def test_killed_sweep_resumes_to_the_same_csv(tmp_path, capsys, demo_sweep, engi
         assert not [n for n in os.listdir(out / name) if n.startswith(".engine")]
 
 
+def test_interrupted_sweep_says_how_to_resume(tmp_path, engine_env):
+    """Ctrl-C (SIGINT) after the first point: exit 130, one line that says what is kept."""
+    sweep = _write_sweep(tmp_path, DEMO_SWEEP)
+    out = tmp_path / "out"
+    flag = tmp_path / "pause"
+    env = dict(engine_env, ENGINE_TEST_PAUSE_AT="sweep_point", ENGINE_TEST_PAUSE_FILE=str(flag))
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "sweep", str(sweep), "--out", str(out), "-q"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the sweep did not complete a point"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: the points completed so far keep their results in {out} "
+                                            "(sweep.csv lists them); run the sweep again to resume")
+    assert "Traceback" not in err and len(_table(out / "sweep.csv")) == 1
+    assert not [n for n in os.listdir(out) if n.startswith(".engine")]
+
+
 def test_sweep_over_workers_same_results(evidence_sweep, capsys, tmp_path):
     pytest.importorskip("distributed")
     sweep = _evidence_sweep_file(tmp_path / "sweep")
