@@ -44,9 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", metavar="MODEL",
                    help="evaluate this saved model (python -m engine train --save) instead of training "
                         "(overrides model.path in the config)")
-    r.add_argument("--workers", type=int, metavar="N",
-                   help="evaluate the saved model over N worker processes (overrides execution.workers; "
-                        "needs --model and the dask extra)")
+    rw = r.add_mutually_exclusive_group()
+    rw.add_argument("--workers", type=int, metavar="N",
+                    help="evaluate the saved model over N worker processes (overrides execution.workers; "
+                         "needs --model and the dask extra)")
+    rw.add_argument("--scheduler", metavar="ADDRESS",
+                    help="evaluate the saved model on the workers of the running Dask scheduler at ADDRESS, e.g. "
+                         "tcp://10.0.0.5:8786 (overrides execution.scheduler; needs --model and the dask extra)")
+
+    sw = sub.add_parser("sweep", parents=[common],
+                        help="run a grid (or list) of config overrides, one result folder per point, training "
+                             "shared between points, and summarize them in sweep.csv")
+    sw.add_argument("sweep", metavar="SWEEP", help="sweep file (YAML: base, grid or list, optional set)")
+    sw.add_argument("--out", metavar="DIR", help="sweep folder (overrides output_dir in the sweep file)")
+    sww = sw.add_mutually_exclusive_group()
+    sww.add_argument("--workers", type=int, metavar="N",
+                     help="evaluate every point over N worker processes of one local Dask cluster (the dask extra)")
+    sww.add_argument("--scheduler", metavar="ADDRESS",
+                     help="evaluate every point on the workers of the running Dask scheduler at ADDRESS")
 
     t = sub.add_parser("train", parents=[common], help="train a model from a YAML config and save it (no evaluation)")
     t.add_argument("config", help="YAML config file")
@@ -184,8 +199,10 @@ def cmd_run(args) -> int:
     overrides = list(args.overrides) + (["execution.stepwise=true"] if args.stepwise else [])
     if args.model:  # a path relative to the working directory; quoted (JSON is YAML) so it stays a string
         overrides.append(f"model.path={json.dumps(str(Path(args.model).absolute()))}")
-    if args.workers is not None:
-        overrides.append(f"execution.workers={args.workers}")
+    if args.workers is not None:  # and not the config's scheduler
+        overrides += [f"execution.workers={args.workers}", "execution.scheduler=null"]
+    if args.scheduler is not None:  # the scheduler's workers, not the config's local ones
+        overrides += [f"execution.scheduler={json.dumps(args.scheduler)}", "execution.workers=1"]
     cfg = load_config(args.config, overrides)
     memory.check(cfg)
     from engine.run import workers
@@ -260,6 +277,13 @@ def cmd_train(args) -> int:
     print(f"trained the {cfg.model.type} model in {train_s:.2f} s (compile/cache load {compile_s:.2f} s); "
           f"saved {save} ({digest})")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from engine.run import sweep
+
+    return sweep.run_sweep(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                           quiet=args.quiet, state=_RUN_STATE)
 
 
 def _test_phase_hooks(ex, pause) -> None:
@@ -400,6 +424,9 @@ def _raise_terminated(signum, _frame):
 
 def _interrupted_note(command: str) -> str:
     """The truth about the result files after a signal."""
+    if command == "sweep" and _RUN_STATE.get("sweep") is not None:
+        return (f"the points completed so far keep their results in {_RUN_STATE['sweep']} (sweep.csv lists "
+                "them); run the sweep again to resume")
     held = _RUN_STATE.get("results")
     if command != "run" or held is None:
         return "no result files were written"
@@ -444,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    handlers = {"run": cmd_run, "train": cmd_train, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
+    handlers = {"run": cmd_run, "train": cmd_train, "sweep": cmd_sweep, "validate": cmd_validate, "profile": cmd_profile, "warmup": cmd_warmup,
                 "info": cmd_info, "bench": cmd_bench, "make-dataset": _cmd_make_dataset}
     installed = {}
     if threading.current_thread() is threading.main_thread():

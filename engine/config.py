@@ -239,6 +239,10 @@ SCHEMA: dict[str, dict[str, _Setting]] = {
         "chunk_size": _Setting(int, 64, minimum=1, maximum=1_000_000, doc="evaluation steps per batch between termination checks"),
         "workers": _Setting(int, 1, minimum=1, maximum=1024, doc="worker processes the evaluation of a saved model (model.path) "
                                                    "is spread over (Dask; the dask extra); 1: this process"),
+        "scheduler": _Setting(str, None, nullable=True,
+                              doc="address of a running Dask scheduler (tcp://HOST:8786) whose workers evaluate a "
+                                  "saved model (model.path) instead of a local cluster (the dask extra); "
+                                  "null: execution.workers decides"),
         "cache_dir": _Setting(str, None, nullable=True,
                               doc="folder for compiled kernels (relative to the config file's folder); "
                                   "null: NUMBA_CACHE_DIR or numba's default"),
@@ -348,6 +352,7 @@ class ExecutionConfig:
     chunk_size: int
     cache_dir: str | None = None
     workers: int = 1
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +439,10 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     elif "evidence" in raw:
         raise ConfigError(f"{prefix}evidence: only the evidence model reads it (model.type is {model['type']!r})")
     execution = _section(raw, "execution", SCHEMA["execution"], prefix)
+    if execution["scheduler"] is not None and execution["workers"] > 1:
+        raise ConfigError(f"{prefix}execution.scheduler: set together with execution.workers = "
+                          f"{execution['workers']}: the scheduler's workers evaluate; leave execution.workers at 1 "
+                          "(or set execution.scheduler: null for a local cluster)")
     data_raw = raw.get("data")
     if not isinstance(data_raw, dict):
         raise ConfigError(f"{prefix}data: expected a mapping of settings, got {_show(data_raw)}")
@@ -664,6 +673,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def from_dict(raw: dict, overrides: list[str] | None = None) -> Config:
     """Validate a config given as a Python mapping (for tests, benchmarks and user code)."""
     return validate(apply_overrides(raw, overrides or []), "<config>")
+
+
+def key_paths() -> list[str]:
+    """Every config key as a dotted path (``evidence.max_nneighbors``, ``data.path``,
+    ``output_dir``): what ``--set`` and a sweep may set."""
+    keys = [f"{section}.{key}" for section, settings in SCHEMA.items() for key in settings]
+    keys += [f"data.{key}" for settings in SOURCES.values() for key in settings]
+    keys += list(TOP_LEVEL)
+    return list(dict.fromkeys(keys))
 
 
 def reference_rows() -> list[tuple[str, str, str, str]]:

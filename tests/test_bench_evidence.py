@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "evidence.json"
     rows = bench_evidence.run_evidence_suite(sizes=SIZES, repeats=2, json_path=path, n_points=800,
-                                             eval_rotations=1, train_steps=60, eval_steps=30)
+                                             eval_rotations=1, train_steps=60, eval_steps=30,
+                                             workers_rows=False)
     return rows, json.loads(path.read_text())
 
 
@@ -76,7 +77,7 @@ def test_rows_over_the_memory_limit_are_skipped_with_a_reason(tmp_path):
     path = tmp_path / "skip.json"
     rows = bench_evidence.run_evidence_suite(sizes=(1,), repeats=1, json_path=path, n_points=400,
                                              eval_rotations=1, train_steps=20, eval_steps=10,
-                                             updaters=("classic",), memory_fraction=1e-9)
+                                             updaters=("classic",), memory_fraction=1e-9, workers_rows=False)
     data = json.loads(path.read_text())
     assert len(data) == 1 and len(rows) == 1
     r = data[0]
@@ -109,3 +110,23 @@ def test_cli_lists_the_suite():
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "evidence" in out.stdout
+
+
+def test_workers_rows(tmp_path):
+    """The workers rows on a small version of shapes_10_noise (2 objects, small surfaces and
+    walks): one row per worker count, the same accuracy and episodes, eval_s for each."""
+    pytest.importorskip("distributed")
+    rows = bench_evidence.run_workers_rows(data_overrides={
+        "objects": ["box", "mug"], "n_points": 600, "train_steps": 40, "eval_rotations": 2, "eval_steps": 20})
+    assert [r["implementation"] for r in rows] == ["engine-workers-1", "engine-workers-2"]
+    one, two = rows
+    for r in rows:
+        assert tuple(r) == bench_evidence.ROW_KEYS and r["case"] == "workers" and r["skipped"] is None
+        assert r["n_objects"] == 2 and r["n_eval_episodes"] == 4 and r["eval_rotations"] == 2
+        assert r["eval_s"] > 0 and r["matching_step_s"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+    assert one["workers"] == 1 and one["cluster_start_s"] is None
+    assert two["workers"] == 2 and two["cluster_start_s"] > 0
+    assert (one["accuracy"], one["mean_steps"]) == (two["accuracy"], two["mean_steps"])
+    text = bench_evidence.format_evidence(rows)
+    assert "Evaluation over workers (shapes_10_noise.yaml from a saved model: 2 objects, 4 episodes" in text
+    assert "1 worker: eval_s" in text and "2 workers: eval_s" in text and "cluster start" in text

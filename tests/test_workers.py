@@ -6,6 +6,10 @@ map the model file; the runs call ``engine.cli.main`` in this process.
 """
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,8 @@ pytest.importorskip("distributed")
 ROOT = Path(__file__).resolve().parents[1]
 #: fields that measure time or the machine, or how the evaluation was spread
 VOLATILE = {"compile_s", "run_s", "train_s", "data_s", "data_compile_s", "matching_step_s", "openmp_wait_policy",
-            "openmp_wait_policy_source", "workers", "eval_s", "cluster_start_s", "kernel_calls"}
+            "openmp_wait_policy_source", "workers", "scheduler", "eval_s", "cluster_start_s", "kernel_calls"}
+EVIDENCE = ROOT / "configs" / "recorded_evidence.yaml"
 
 
 def _run(capsys, *args):
@@ -71,3 +76,88 @@ def test_workers_need_a_saved_model(tmp_path, capsys):
     rc, out, err = _run(capsys, "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "o", "--workers", 0)
     assert rc == 2 and "execution.workers: expected an integer >= 1 and <= 1024, got 0" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.fixture(scope="module")
+def evidence_model(tmp_path_factory):
+    """recorded_evidence.yaml's saved model, and its evaluation in one process (8 episodes)."""
+    tmp = tmp_path_factory.mktemp("workers")
+    assert main(["train", str(EVIDENCE), "--save", str(tmp / "m.npz"), "-q"]) == 0
+    assert main(["run", str(EVIDENCE), "--model", str(tmp / "m.npz"), "--out", str(tmp / "w1"), "-q"]) == 0
+    return tmp / "m.npz", tmp / "w1"
+
+
+def test_scheduler_of_a_running_cluster(evidence_model, tmp_path, capsys):
+    """--scheduler sends the tasks to a cluster started elsewhere (here by the test)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    model, one = evidence_model
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        address = cluster.scheduler_address
+        rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "s", "-q",
+                            "--scheduler", address)
+        assert rc == 0, err
+        assert len(cluster.workers) == 2  # the run left the cluster running
+    assert _episodes(tmp_path / "s") == _episodes(one)
+    s, fields = _summary(tmp_path / "s")
+    assert fields == _summary(one)[1]
+    assert s["scheduler"] == address and s["workers"] == 2 and s["config"]["execution"]["scheduler"] == address
+    assert s["cluster_start_s"] > 0 and s["eval_s"] > 0
+
+
+def test_killed_worker_episodes_run_elsewhere(evidence_model, tmp_path, capsys, monkeypatch):
+    """A worker killed (SIGKILL) after evaluating its first task's episodes, before returning
+    them (ENGINE_TEST_PAUSE_AT=worker_task): the episodes are evaluated again elsewhere, each
+    counted once, and the results are those of one process."""
+    model, one = evidence_model
+    flag = tmp_path / "pause"
+    monkeypatch.setenv("ENGINE_TEST_PAUSE_AT", "worker_task")
+    monkeypatch.setenv("ENGINE_TEST_PAUSE_FILE", str(flag))
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                pid, phase = flag.read_text().split()
+            except (OSError, ValueError):  # not there yet, or half written
+                time.sleep(0.01)
+                continue
+            assert phase == "worker_task"
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+            time.sleep(0.2)
+            flag.unlink()
+            return
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "k", "-q", "--workers", 2)
+    t.join(5)
+    assert rc == 0, err
+    assert len(killed) == 1 and killed[0] != os.getpid()
+    assert (tmp_path / "pause.once").exists()  # the pause was reached, in a worker
+    episodes = _episodes(tmp_path / "k")
+    assert len(episodes) == 1 + 8 and len({tuple(r[:2]) for r in episodes[1:]}) == 8  # each episode once
+    assert episodes == _episodes(one)
+    assert _summary(tmp_path / "k")[1] == _summary(one)[1]
+
+
+def test_scheduler_errors_exit_2(evidence_model, tmp_path, capsys, monkeypatch):
+    from engine.config import ConfigError, from_dict
+    from engine.run import workers
+
+    model, _ = evidence_model
+    monkeypatch.setattr(workers, "CONNECT_TIMEOUT_S", 2)
+    rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "o", "--scheduler",
+                        "tcp://127.0.0.1:9")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "execution.scheduler: cannot reach the Dask scheduler at tcp://127.0.0.1:9 within 2 s" in err
+    rc, out, err = _run(capsys, "run", EVIDENCE, "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9")
+    assert rc == 2 and "execution.scheduler = tcp://127.0.0.1:9 evaluates a saved model" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    with pytest.raises(ConfigError, match="execution.scheduler: set together with execution.workers = 2"):
+        from_dict({"data": {"source": "cube"}, "execution": {"workers": 2, "scheduler": "tcp://127.0.0.1:9"}})

@@ -30,6 +30,13 @@ max_nodes`` (classic: ``max(2, umbilical_num_poses)`` rows per node, twice over 
 arrays grow); a row whose estimate exceeds ``MEMORY_FRACTION`` of ``MemAvailable``
 (/proc/meminfo) is skipped: it has ``skipped`` (the reason) and no measurements.
 
+Then two ``workers`` rows (:func:`run_workers_rows`): ``configs/shapes_10_noise.yaml`` (ten
+built-in objects, sensor noise, 10 rotations per object: 100 evaluation episodes) recorded as
+a dataset, trained once and saved, then its evaluation from the saved model in this process
+(``--workers 1``) and over 2 Dask worker processes (``--workers 2``): ``eval_s`` side by side
+(with workers it includes each worker's data and model loading; ``cluster_start_s`` apart).
+Without Dask's ``distributed`` (the ``dask`` extra) both rows are skipped with that reason.
+
 Library code prints nothing: progress goes to ``logging``; ``format_evidence`` returns the
 text.
 """
@@ -55,7 +62,8 @@ SIZES = (1, 10, 50, 100)
 ROW_KEYS = ("suite", "case", "implementation", "n_objects", "n_hypotheses", "matching_step_s", "train_s",
             "accuracy", "skipped", "updater", "nodes_per_object", "n_nodes", "n_points", "train_steps",
             "eval_rotations", "eval_steps", "n_eval_episodes", "mean_steps", "matching_steps", "repeats",
-            "ns_per_hypothesis_step", "vs_tbp_monty", "compile_s", "est_memory_mb", "peak_rss_mb")
+            "ns_per_hypothesis_step", "vs_tbp_monty", "compile_s", "est_memory_mb", "peak_rss_mb", "workers",
+            "eval_s", "cluster_start_s")
 
 # ../shared/reference/tbp-monty.md: tbp.monty 0.55.0, 6 shapes of ~2,000 nodes (grid model), burst
 # sampling, clean, 2 vCPU: 14.0 ms per matching step (mean; median 10.6 ms), training 70 s.
@@ -75,6 +83,10 @@ EVAL_ROTATIONS_ABOVE = 1
 # evenly), for the suite's runtime: the classic updater's 100-object row takes ~9 s per episode
 # and pass on 2 cores. Rows of up to 10 objects run every episode.
 MAX_EVAL_EPISODES = 10
+# The workers rows: this bundled config as it is (its 100 evaluation episodes; recording, training
+# and both evaluations add ~13 s to the suite on 2 cores), these worker counts.
+WORKERS_CONFIG = "shapes_10_noise.yaml"
+WORKER_COUNTS = (1, 2)
 # A fused pass over a row's episodes slower than this gets at most SLOW_REPEATS repeats.
 SLOW_PASS_S = 3.0
 SLOW_REPEATS = 1
@@ -271,7 +283,7 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
 def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=None, eval_rotations=None,
                        train_steps: int = 400, eval_steps: int = 100, updaters=UPDATERS,
                        max_eval_episodes="auto", memory_fraction: float = MEMORY_FRACTION,
-                       seed: int = 0) -> SuiteRows:
+                       seed: int = 0, workers_rows: bool = True) -> SuiteRows:
     """Run the evidence suite; returns one row per (size, updater) (keys ``ROW_KEYS``).
 
     Parameters
@@ -290,6 +302,7 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
     memory_fraction : skip a row whose estimated hypothesis memory exceeds this fraction of
         MemAvailable
     seed : of the simulated walks and rotations
+    workers_rows : add the ``workers`` rows (:func:`run_workers_rows`)
     """
     from engine.models.evidence.model import warmup_kernels
     from engine.models.evidence.settings import EvidenceSettings
@@ -347,9 +360,103 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
                      (row["matching_step_s"] or 0) * 1e3, row["n_hypotheses"], row["train_s"])
         del ds
     out.info["surface_s"] = surfaces.seconds
+    if workers_rows:
+        out.extend(run_workers_rows())
     if json_path is not None:
         write_json(out, json_path)
     return out
+
+
+def run_workers_rows(config=None, counts=WORKER_COUNTS, data_overrides: dict | None = None) -> list[dict]:
+    """The ``workers`` rows: ``config`` (default: the bundled ``WORKERS_CONFIG``, a ``shapes``
+    config; ``data_overrides``: other values of its ``data`` settings) recorded as an uncompressed dataset in a temporary folder (so that
+    workers map it), trained once, saved, and evaluated from the saved model with each worker
+    count in ``counts`` (1: in this process). One row per count (keys ``ROW_KEYS``;
+    ``case`` "workers", ``implementation`` "engine-workers-N") with ``eval_s`` (the
+    evaluation's wall time), ``cluster_start_s``, ``accuracy``, ``matching_step_s``; skipped
+    rows (with the reason) when Dask's ``distributed`` is missing or the config is not there."""
+    import copy
+    import dataclasses
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from engine.config import read_yaml, validate
+    from engine.data.make_dataset import make_shapes_dataset
+    from engine.run import registry, workers
+
+    path = Path(config) if config is not None else Path(__file__).resolve().parents[2] / "configs" / WORKERS_CONFIG
+    rows = []
+    for n in counts:
+        row = {k: None for k in ROW_KEYS}
+        row.update({"suite": SUITE, "case": "workers", "implementation": f"engine-workers-{n}", "workers": n,
+                    "updater": "burst"})
+        rows.append(row)
+    skip = None
+    if any(n > 1 for n in counts) and importlib.util.find_spec("distributed") is None:
+        skip = "needs Dask's distributed package (pip install '.[dask]')"
+    elif not path.is_file():
+        skip = f"{path} not found (run from a checkout)"
+    if skip is not None:
+        for row in rows:
+            row["skipped"] = skip
+        return rows
+    raw = read_yaml(path)
+    params = dict(validate(copy.deepcopy(raw), str(path)).data.params)
+    params.update(data_overrides or {})
+    with tempfile.TemporaryDirectory(prefix="engine-bench-workers-") as tmp:
+        data_path = Path(tmp) / "shapes.npz"
+        t0 = time.perf_counter()
+        make_shapes_dataset(data_path, **params)
+        log.info("workers rows: %s recorded in %.1f s", path.name, time.perf_counter() - t0)
+        doc = copy.deepcopy(raw)
+        doc["data"] = {"source": "dataset", "path": str(data_path)}
+        doc.pop("output_dir", None)
+        cfg = validate(doc, str(path))
+        ex = registry.for_config(cfg).build(cfg)
+        compile_s = ex.warmup()
+        train_s = ex.train()
+        model = Path(tmp) / "model.npz"
+        registry.save_model(cfg, ex, model)
+        del ex
+        gc.collect()
+        for row in rows:
+            n = row["workers"]
+            c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)),
+                                    execution=dataclasses.replace(cfg.execution, workers=n))
+            ex = registry.load_experiment(c)
+            ex.warmup()
+            result, info = workers.run(ex, c)
+            s = ex.report(result).summary
+            row.update({"n_objects": s["n_objects"], "nodes_per_object": s["nodes_per_object"],
+                        "n_points": params["n_points"], "train_steps": params["train_steps"],
+                        "eval_rotations": params["eval_rotations"], "eval_steps": params["eval_steps"],
+                        "n_eval_episodes": s["n_eval_episodes"], "mean_steps": s["mean_steps"],
+                        "matching_step_s": s["matching_step_s"], "accuracy": s["accuracy"], "train_s": train_s,
+                        "compile_s": compile_s, "eval_s": info["eval_s"], "cluster_start_s": info["cluster_start_s"],
+                        "repeats": 1, "peak_rss_mb": peak_rss_mb()})
+            log.info("workers rows: %d worker(s): eval %.2f s", n, info["eval_s"])
+            del ex
+            gc.collect()
+    return rows
+
+
+def format_workers(rows) -> list[str]:
+    """The lines the table gives the ``workers`` rows (none without such rows)."""
+    rows = [r for r in rows if r.get("case") == "workers"]
+    if not rows:
+        return []
+    if any(r.get("skipped") for r in rows):
+        return [f"Workers rows skipped: {rows[0]['skipped']}."]
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        start = "" if r["cluster_start_s"] is None else f" (+ cluster start {r['cluster_start_s']:.2f} s)"
+        parts.append(f"{r['workers']} worker{'s' * (r['workers'] != 1)}: eval_s {r['eval_s']:.2f} s{start}, "
+                     f"accuracy {_f(r['accuracy'], '.3f')}")
+    return [f"Evaluation over workers ({WORKERS_CONFIG} from a saved model: {r0['n_objects']} objects, "
+            f"{r0['n_eval_episodes']} episodes of up to {r0['eval_steps']} steps, burst updater): " + "; ".join(parts)
+            + ". eval_s with workers includes each worker's data and model loading; 1 worker runs in this process."]
 
 
 # ---------------------------------------------------------------------------
@@ -364,8 +471,9 @@ def format_evidence(rows) -> str:
     """The suite as readable text: one line per (size, updater), then the reference figure,
     the speed-up of the 10-object burst row, the classic updater's linearity check and notes.
     Takes ``run_evidence_suite``'s result or the rows read back from its JSON."""
-    rows = list(rows) if not isinstance(rows, SuiteRows) else rows
     info = getattr(rows, "info", {})
+    all_rows = list(rows)
+    rows = [r for r in all_rows if r.get("case") != "workers"]
     head = (f"{'case':<7} {'implementation':<15} {'nodes/obj':>9} {'points':>6} {'episodes':>8} {'steps':>6} "
             f"{'hypotheses':>10} {'ms/step':>8} {'ns/hyp-step':>11} {'train s':>8} {'accuracy':>8} {'x tbp':>6}")
     lines = [head, "-" * len(head)]
@@ -430,4 +538,5 @@ def format_evidence(rows) -> str:
     if info.get("threads"):
         timing += f"; {info['threads']}"
     lines.append(timing + ".")
+    lines.extend(format_workers(all_rows))
     return "\n".join(lines)

@@ -690,6 +690,16 @@ def profile_run(cfg: Config, out_dir, top: int = 10) -> dict:
 #: the settings a store is learned with, per model type: a saved model is evaluated only with
 #: the same (k, max_distance, confidence_threshold, chunk_size and the step limits may differ)
 LEARNING_SETTINGS = {"similarity": ("storage",), "nearest": ("storage", "dedup_distance", "dedup_feature")}
+
+
+def evaluation_settings(cfg) -> tuple[str, ...]:
+    """Config keys (dotted) that a saved store may be evaluated with other values of than it
+    was trained with, beside the ones every model type has (``registry.EVALUATION_KEYS``):
+    ``model.confidence_threshold``, and for ``nearest`` ``model.k`` and ``model.max_distance``.
+    ``python -m engine sweep`` trains once for points that differ only in these."""
+    return ("model.confidence_threshold",) + (("model.k", "model.max_distance") if cfg.model.type == "nearest" else ())
+
+
 #: the KD-tree's arrays in a nearest model file (``tree_`` + the ``kernels.kdtree.KDTree`` field)
 _TREE_FIELDS = ("points", "indices", "boxes", "leaf_start", "split_dim", "split_val")
 _TRAINING_ARRAYS = (("train_steps", np.int64, ("R",)), ("train_stored", np.int64, ("R",)),

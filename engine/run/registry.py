@@ -25,7 +25,9 @@ A model type is a module that defines, at its top level:
   evaluation episode's (epoch, episode), in result order) and
   ``result_from_records(records, compile_s=, run_s=)`` (the run's result from records
   evaluated elsewhere), which :mod:`engine.run.workers` uses to spread the evaluation
-  over worker processes.
+  over worker processes. ``evaluation_settings(cfg)`` (dotted config keys a saved model may
+  be evaluated with other values of, beyond :data:`EVALUATION_KEYS`) lets
+  :func:`training_settings` tell which sweep points can share one training.
 
 The :class:`LearningModule` an experiment object implements: ``add_hook`` (one hook
 API, :mod:`engine.run.hooks`), ``warmup`` (compile or load the run's kernels, seconds),
@@ -144,3 +146,29 @@ def load_experiment(cfg, *, progress: bool = False):
     experiment = module.build(cfg, progress=progress)
     module.load_state(experiment, saved)
     return experiment
+
+
+#: config keys (dotted; a section name covers the section) that never change what training
+#: learns, for every model type: the evaluation's, the run's name, where it runs and writes
+EVALUATION_KEYS = ("experiment.name", "experiment.do_eval", "experiment.n_eval_epochs", "experiment.max_eval_steps",
+                   "experiment.plot_evidence", "model.path", "execution", "output_dir")
+
+
+def training_settings(cfg) -> dict | None:
+    """The part of ``cfg``'s resolved config that the model it trains depends on: the
+    config less :data:`EVALUATION_KEYS` and the model type's ``evaluation_settings(cfg)``.
+    Two configs with equal training settings train the same model, so one saved model
+    serves both (``python -m engine sweep``). None when the model type cannot save models."""
+    module = for_config(cfg)
+    if not saves_models(module):
+        return None
+    doc = cfg.to_dict()
+    free = EVALUATION_KEYS + tuple(getattr(module, "evaluation_settings", lambda c: ())(cfg))
+    for key in free:
+        *parents, last = key.split(".")
+        node = doc
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return doc

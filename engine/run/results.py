@@ -381,7 +381,9 @@ def pause_point(phase: str) -> None:
     second run at that moment. Phases: ``simulation`` (before the data is built),
     ``compile``, ``training``, ``evaluation`` (first evaluation epoch), ``writing`` (the
     staged result files are complete, nothing is moved in yet), ``commit`` (between the
-    first and the later renames). Without those variables it does nothing.
+    first and the later renames), ``sweep_point`` (a sweep, after each point's result and
+    sweep.csv are written: ``engine.run.sweep``); ``worker_task`` is a Dask worker's
+    (``engine.run.workers``). Without those variables it does nothing.
     """
     if os.environ.get("ENGINE_TEST_PAUSE_AT") != phase:
         return

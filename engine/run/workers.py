@@ -1,18 +1,29 @@
-"""Evaluation over worker processes (``execution.workers: N``, ``run --workers N``).
+"""Evaluation over worker processes (``execution.workers: N``, ``run --workers N``) or the
+workers of a running Dask cluster (``execution.scheduler: ADDRESS``, ``run --scheduler``).
 
 The evaluation episodes of a saved model (``model.path``) are spread over N worker
-processes of a Dask ``distributed.LocalCluster`` (the optional extra ``dask``:
-``pip install ".[dask]"``; imported only here, only when N > 1). Each worker builds the
+processes of a Dask ``distributed.LocalCluster``, or over the workers of the scheduler at
+ADDRESS (on any number of machines), as tasks of a few episodes each (the optional extra
+``dask``: ``pip install ".[dask]"``; imported only here, only when used). Each worker builds the
 config's experiment once (its data, and the saved model memory-mapped from the file: the
 workers share its pages; its kernels loaded from the kernel cache), runs its kernels on one thread (``numba.set_num_threads(1)``:
 N processes of one thread each instead of one process of several) and evaluates the
 episodes it is sent with ``evaluate_episode``, the model type's per-episode entry, which
-gives the record a run in one process gives. The records come back in epoch-major order
-and the experiment builds its usual result from them (``result_from_records``), so the
-results are the same whatever N (``tests/test_workers.py``).
+gives the record a run in one process gives. Each task returns its episodes' records with
+their (epoch, episode); they are collected by that index, each episode exactly once, and the
+experiment builds its usual result from them in epoch-major order (``result_from_records``),
+so the results are the same whatever N (``tests/test_workers.py``).
 
-What ``summary.json`` gains (:func:`execution_info`): ``workers``; ``cluster_start_s``
-(starting the cluster and its workers; null in one process); ``eval_s`` (wall time of the
+A worker that dies mid-run (its process killed, its machine gone) loses its tasks, running
+or finished but not yet collected: the scheduler sends them to other workers (Dask's
+``distributed.scheduler.allowed-failures``, 3 by default, bounds how often one task may see
+its worker die). A task that raises is tried again ``TASK_RETRIES`` times; a user error in a
+worker (a model or data file it cannot read) is not retried: it ends the run with its one
+line, naming the worker.
+
+What ``summary.json`` gains (:func:`execution_info`): ``workers`` (with a scheduler: its
+workers when the evaluation started); ``scheduler`` (the address, or null); ``cluster_start_s``
+(starting the cluster and its workers, or connecting to the scheduler; null in one process); ``eval_s`` (wall time of the
 evaluation: with workers from sending the first episodes to receiving the last, each
 worker's data and model loading included; in one process the run's wall time when it
 evaluates a saved model; null when the run trains).
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from engine.errors import UserError
@@ -32,22 +44,44 @@ log = logging.getLogger(__name__)
 _WORKER_EXPERIMENTS: dict = {}
 #: episodes per task: enough tasks per worker that a slow chunk does not hold up the end
 TASKS_PER_WORKER = 4
+#: a task that raises (not a worker that dies: that is Dask's allowed-failures) is tried this
+#: many more times, for a transient failure on one machine
+TASK_RETRIES = 2
+#: seconds to connect to a scheduler, and to wait for its first worker
+CONNECT_TIMEOUT_S = 20
+WORKER_WAIT_S = 60
+
+
+def distributed(cfg) -> bool:
+    """Whether ``cfg`` evaluates over Dask workers (``execution.workers > 1`` or
+    ``execution.scheduler``)."""
+    return cfg.execution.workers > 1 or cfg.execution.scheduler is not None
+
+
+def _what(cfg) -> str:
+    ex = cfg.execution
+    return f"execution.scheduler = {ex.scheduler}" if ex.scheduler is not None else f"execution.workers = {ex.workers}"
 
 
 def check_workers(cfg) -> None:
-    """``execution.workers > 1`` needs a saved model and the ``distributed`` package."""
-    n = cfg.execution.workers
-    if n <= 1:
+    """Dask workers (``execution.workers > 1`` or ``execution.scheduler``) need a saved model
+    and the ``distributed`` package."""
+    if not distributed(cfg):
         return
+    what = _what(cfg)
     if cfg.model.path is None:
-        raise UserError(f"{cfg.source_file}: execution.workers = {n} evaluates a saved model over worker "
+        raise UserError(f"{cfg.source_file}: {what} evaluates a saved model over worker "
                         "processes: train it first (python -m engine train CONFIG --save MODEL) and run with "
                         "--model MODEL (or model.path)")
+    check_dask(f"{cfg.source_file}: {what}")
+
+
+def check_dask(what: str) -> None:
+    """A one-line UserError when Dask's ``distributed`` package is missing."""
     import importlib.util
 
     if importlib.util.find_spec("distributed") is None:
-        raise UserError(f"{cfg.source_file}: execution.workers = {n} needs Dask's distributed package: "
-                        "pip install '.[dask]' (or pip install distributed)")
+        raise UserError(f"{what} needs Dask's distributed package: pip install '.[dask]' (or pip install distributed)")
 
 
 def _experiment_in_worker(cfg):
@@ -60,21 +94,48 @@ def _experiment_in_worker(cfg):
         from engine.run import registry
 
         numba.set_num_threads(1)
+        _WORKER_EXPERIMENTS.clear()  # one experiment per worker: a sweep's next point replaces it
         ex = registry.load_experiment(cfg)
         ex.warmup()  # load the kernels from the cache, so that no episode's time holds it
         ex.train()  # a saved model: learns nothing, readies evaluate_episode
-        _WORKER_EXPERIMENTS.clear()
         _WORKER_EXPERIMENTS[key] = ex
     return ex
 
 
+def _test_pause_in_worker() -> None:
+    """Test-only (``tests/test_workers.py``): with ``ENGINE_TEST_PAUSE_AT=worker_task`` and
+    ``ENGINE_TEST_PAUSE_FILE=PATH``, the first task to finish its episodes in any worker (of
+    any process: it claims ``PATH.once``) writes ``"<pid> worker_task"`` to PATH and waits
+    until PATH is deleted before it returns their records, so that a test can kill that
+    worker mid-task, its records computed but not delivered."""
+    if os.environ.get("ENGINE_TEST_PAUSE_AT") != "worker_task" or not os.environ.get("ENGINE_TEST_PAUSE_FILE"):
+        return
+    try:
+        os.close(os.open(os.environ["ENGINE_TEST_PAUSE_FILE"] + ".once", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    from engine.run.results import pause_point
+
+    pause_point("worker_task")
+
+
 def evaluate_chunk(cfg, pairs) -> list:
-    """Run in a worker: the records of evaluation episodes ``pairs`` ((epoch, episode), ...)."""
+    """Run in a worker: ``[(epoch, episode, record), ...]`` of evaluation episodes ``pairs``
+    ((epoch, episode), ...); a user error (a model or data file this worker cannot read) comes
+    back as ``("error", message, worker)`` instead of raising (it would fail the same way on
+    every try)."""
     import numba
 
-    ex = _experiment_in_worker(cfg)
-    numba.set_num_threads(1)
-    return [ex.evaluate_episode(int(p), int(e)) for p, e in pairs]
+    try:
+        ex = _experiment_in_worker(cfg)
+        numba.set_num_threads(1)
+        records = [(int(p), int(e), ex.evaluate_episode(int(p), int(e))) for p, e in pairs]
+        _test_pause_in_worker()
+        return records
+    except UserError as exc:
+        import socket
+
+        return ("error", str(exc), f"{socket.gethostname()} (pid {os.getpid()})")
 
 
 def _chunks(pairs: list, n: int) -> list:
@@ -82,55 +143,153 @@ def _chunks(pairs: list, n: int) -> list:
     return [pairs[i:i + size] for i in range(0, len(pairs), size)]
 
 
-def evaluate_distributed(cfg, pairs: list) -> tuple[list, dict]:
-    """Evaluate ``pairs`` over ``cfg.execution.workers`` worker processes; the records in
-    the order of ``pairs`` and :func:`execution_info`'s fields."""
-    check_workers(cfg)
-    n = cfg.execution.workers
-    from distributed import Client, LocalCluster
-
+def _quiet_dask() -> None:
     if not log.isEnabledFor(logging.DEBUG):  # the scheduler's INFO lines, unless -vv
         for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                     "distributed.http.proxy", "distributed.worker"):
+                     "distributed.http.proxy", "distributed.worker", "distributed.client", "distributed.comm"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
-    try:
-        client = Client(cluster)
+
+
+class Cluster:
+    """Where evaluation tasks go: a ``LocalCluster`` of ``workers`` processes started here,
+    or the running cluster of the scheduler at ``scheduler``. A context manager (closes the
+    client, and a local cluster); one serves every evaluation of a sweep.
+
+    ``start_s``: seconds to start the local cluster and its workers, or to connect to the
+    scheduler and see a worker; ``n_workers``: its workers now."""
+
+    def __init__(self, workers: int = 1, scheduler: str | None = None, where: str = "<config>"):
+        self.workers, self.scheduler, self.where = workers, scheduler, where
+        self.client = None
+        self._local = None
+        self.start_s: float | None = None
+
+    @classmethod
+    def for_config(cls, cfg) -> "Cluster":
+        return cls(cfg.execution.workers, cfg.execution.scheduler, cfg.source_file)
+
+    def __enter__(self) -> "Cluster":
+        _quiet_dask()
+        from distributed import Client
+
+        t0 = time.perf_counter()
         try:
-            client.wait_for_workers(n)
-            cluster_start_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            chunks = _chunks(list(pairs), n * TASKS_PER_WORKER)
-            futures = client.map(evaluate_chunk, [cfg] * len(chunks), chunks, pure=False)
-            parts = client.gather(futures)
-            eval_s = time.perf_counter() - t1
+            if self.scheduler is None:
+                from distributed import LocalCluster
+
+                self._local = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+                self.client = Client(self._local)
+                self.client.wait_for_workers(self.workers)
+            else:
+                self._connect(Client)
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.perf_counter() - t0
+        return self
+
+    def _connect(self, Client) -> None:
+        where = f"{self.where}: execution.scheduler"
+        try:
+            self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise UserError(f"{where}: cannot reach the Dask scheduler at {self.scheduler} within "
+                            f"{CONNECT_TIMEOUT_S} s ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                            "start one with: dask scheduler (and workers: dask worker ADDRESS --nthreads 1)") from None
+        try:
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, OSError):
+            raise UserError(f"{where}: no worker joined the Dask scheduler at {self.scheduler} within "
+                            f"{WORKER_WAIT_S} s; start some: dask worker {self.scheduler} --nthreads 1") from None
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.client.scheduler_info().get("workers", {}))
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            finally:
+                self.client = None
+        if self._local is not None:
+            try:
+                self._local.close()
+            finally:
+                self._local = None
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def evaluate(self, cfg, pairs: list) -> tuple[list, float, int]:
+        """The records of ``pairs`` (in that order) evaluated by the cluster's workers, the
+        seconds it took and the workers there were at its start. Tasks carry their episodes' index: the records are collected by
+        it, each episode once, whichever worker (or retry) delivered it."""
+        from distributed import as_completed
+
+        pairs = [(int(p), int(e)) for p, e in pairs]
+        t1 = time.perf_counter()
+        n_workers = self.n_workers
+        chunks = _chunks(pairs, max(1, n_workers) * TASKS_PER_WORKER)
+        futures = self.client.map(evaluate_chunk, [cfg] * len(chunks), chunks, pure=False, retries=TASK_RETRIES)
+        got: dict = {}
+        try:
+            for future in as_completed(futures):
+                try:
+                    part = future.result()
+                except Exception as exc:  # noqa: BLE001 - Dask re-raises the task's error here
+                    name = type(exc).__name__
+                    if name == "KilledWorker":
+                        raise UserError(f"{cfg.source_file}: the Dask workers evaluating episodes died too often "
+                                        f"(distributed.scheduler.allowed-failures): {str(exc).splitlines()[0]}") from None
+                    raise
+                if isinstance(part, tuple) and part and part[0] == "error":
+                    raise UserError(f"{part[1]} (in the Dask worker on {part[2]})")
+                for p, e, record in part:
+                    got.setdefault((p, e), record)  # once, even if a retried task delivered it again
+        except BaseException:
+            self.client.cancel([f for f in futures if not f.done()])
+            raise
         finally:
-            client.close()
-    finally:
-        cluster.close()
-    records = [r for part in parts for r in part]
+            del futures
+        missing = [pe for pe in pairs if pe not in got]
+        if missing:
+            raise RuntimeError(f"{len(missing)} evaluation episodes came back from no worker (first {missing[0]})")
+        return [got[pe] for pe in pairs], time.perf_counter() - t1, n_workers
+
+
+def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None) -> tuple[list, dict]:
+    """Evaluate ``pairs`` over Dask workers: ``cluster`` when given (a sweep's), else a
+    :class:`Cluster` for ``cfg`` (a local one of ``execution.workers`` processes, or the
+    scheduler's). The records in the order of ``pairs`` and :func:`execution_info`'s fields."""
+    if cluster is None:
+        check_workers(cfg)
+        with Cluster.for_config(cfg) as own:
+            return evaluate_distributed(cfg, pairs, own)
+    records, eval_s, n = cluster.evaluate(cfg, pairs)
     log.info("evaluated %d episodes on %d workers in %.2f s (cluster start %.2f s)", len(records), n, eval_s,
-             cluster_start_s)
-    return records, {"workers": n, "eval_s": eval_s, "cluster_start_s": cluster_start_s}
+             cluster.start_s or 0.0)
+    return records, {"workers": n, "scheduler": cluster.scheduler, "eval_s": eval_s,
+                     "cluster_start_s": cluster.start_s}
 
 
 def execution_info(cfg, run_s: float | None = None) -> dict:
-    """``workers``, ``eval_s``, ``cluster_start_s`` of a run in one process."""
-    return {"workers": cfg.execution.workers, "eval_s": run_s if cfg.model.path is not None else None,
-            "cluster_start_s": None}
+    """``workers``, ``scheduler``, ``eval_s``, ``cluster_start_s`` of a run in one process."""
+    return {"workers": cfg.execution.workers, "scheduler": None,
+            "eval_s": run_s if cfg.model.path is not None else None, "cluster_start_s": None}
 
 
-def run(experiment, cfg):
+def run(experiment, cfg, cluster: Cluster | None = None):
     """The experiment's result and :func:`execution_info`: in this process (``ex.run()``),
-    or with ``execution.workers > 1`` its evaluation over worker processes."""
-    if cfg.execution.workers <= 1:
+    or its evaluation over Dask workers (``cluster``, else ``execution.workers > 1`` or
+    ``execution.scheduler``)."""
+    if cluster is None and not distributed(cfg):
         result = experiment.run()
         return result, execution_info(cfg, getattr(result, "run_s", None))
     t0 = time.perf_counter()
     compile_s = experiment.compile_s if experiment.compile_s is not None else experiment.warmup()
     experiment.train()
-    records, info = evaluate_distributed(cfg, experiment.evaluation_pairs())
+    records, info = evaluate_distributed(cfg, experiment.evaluation_pairs(), cluster)
     result = experiment.result_from_records(records, compile_s=compile_s, run_s=time.perf_counter() - t0)
     return result, info

@@ -288,6 +288,22 @@ LEARNING_SETTINGS = ("graph", "graph_distance", "graph_normal_angle", "graph_cur
 #: settings the node grid is built for: a config that differs gets the grid rebuilt from the nodes
 GRID_SETTINGS = ("max_match_distance", "max_nneighbors")
 
+
+
+def evaluation_settings(cfg) -> tuple[str, ...]:
+    """Config keys (dotted) that a saved model may be evaluated with other values of than it
+    was trained with, beside the ones every model type has (``registry.EVALUATION_KEYS``):
+    every ``evidence`` setting but :data:`LEARNING_SETTINGS` (:data:`GRID_SETTINGS` rebuild
+    the node grid, exactly as training with them builds it), and ``model.confidence_threshold``
+    (which this model does not read). ``python -m engine sweep`` trains once for points that
+    differ only in these."""
+    from engine.models.evidence.settings import EvidenceSettings
+    import dataclasses
+
+    return ("model.confidence_threshold",) + tuple(
+        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS)
+
+
 #: the arrays of an evidence model file: ``kernels.evidence_layout.MODEL_FIELDS`` (the object
 #: models sorted into their node grid), ``order`` (row i of them is row order[i] of the learned
 #: order: what a rebuilt grid starts from) and ``object_names``
