@@ -438,8 +438,6 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
     g = grid_cases[k]
     pos, obj_start = g["pos"], g["obj_start"]
     rng = np.random.default_rng(6 + k)
-    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
-    r2 = F32(MMD) * F32(MMD)
     q, objs = _grid_queries(g, rng)
     qs, objs = [q], list(objs)
     # one node at the origin (object 2): exactly at the radius is out, just inside is in
@@ -480,8 +478,6 @@ def test_k_nearest_lanes_vs_brute_force_and_single_queries(grid_cases, k):
     pos, obj_start = g["pos"], g["obj_start"]
     rng = np.random.default_rng(60 + k)
     q, objs = _grid_queries(g, rng)
-    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
-    r2 = F32(MMD) * F32(MMD)
     finite = np.isfinite(q).all(1)
     ref_m, ref_d, ref_j = _knn_batch(grid_model(g), objs, q, k)
     perm = rng.permutation(len(q))
@@ -587,7 +583,6 @@ def test_k_nearest_with_a_grid_built_for_a_larger_k(grid_cases):
     lo, hi = obj_start[0], obj_start[1]
     q = np.ascontiguousarray(pos[rng.integers(lo, hi, 300)] + rng.normal(0, 0.5 * MMD, (300, 3)), F32)
     objs = np.zeros(300, np.int64)
-    cell = F32(MMD) / F32(ev.CELLS_PER_RADIUS)
     out = _knn_batch(grid_model(g), objs, q, 5)
     _check_knn(pos, obj_start, objs, q, 5, MMD, *out)
 

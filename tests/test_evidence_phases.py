@@ -13,7 +13,6 @@ import evidence_reference as er
 from kernels import evidence as ev
 from kernels import evidence_layout as lay
 from kernels import evidence_phases as ph
-from kernels.lanes import LANES
 from test_evidence_kernels import (
     FEAT_SPEC, MMD, alloc_hyps, frames_from_normals, hyp_tuple, make_model, make_params, model_tuple, rand_rot,
     random_objects,
