@@ -161,3 +161,37 @@ def test_scheduler_errors_exit_2(evidence_model, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     with pytest.raises(ConfigError, match="execution.scheduler: set together with execution.workers = 2"):
         from_dict({"data": {"source": "cube"}, "execution": {"workers": 2, "scheduler": "tcp://127.0.0.1:9"}})
+
+
+def test_workers_get_the_runs_observations_instead_of_making_them(tmp_path, capsys, monkeypatch):
+    """Data made in the run's process (simulated, generated) is sent to the workers, which build
+    their experiment on it without making it again; a dataset file is mapped by each worker."""
+    from engine.config import load_config
+    from engine.data import sources
+    from engine.models import similarity
+    from engine.run import registry, workers
+
+    model = tmp_path / "m.npz"
+    assert _run(capsys, "train", ROOT / "configs" / "demo.yaml", "--save", model, "-q")[0] == 0
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"model.path={json.dumps(str(model))}"])
+    ex = registry.load_experiment(cfg)
+    assert workers.shipped_data(ex, cfg) is ex.data and ex.data is ex.obs
+    evidence_cfg = load_config(EVIDENCE)
+    assert workers.shipped_data(object(), evidence_cfg) is None  # a dataset file: not shipped
+
+    def no_second_build(*args, **kwargs):
+        raise AssertionError("the worker made the observations again")
+
+    monkeypatch.setattr(sources, "build", no_second_build)
+    monkeypatch.setattr(workers, "_WORKER_EXPERIMENTS", {})
+    import numba
+
+    threads = numba.get_num_threads()
+    try:  # what each worker runs (it sets one kernel thread: given back to this process after)
+        in_worker = workers._experiment_in_worker(cfg, ex.data)
+        records = workers.evaluate_chunk(cfg, [(0, 0)], ex.data)
+    finally:
+        numba.set_num_threads(threads)
+    assert in_worker.data is ex.data
+    assert [(p, e) for p, e, _ in records] == [(0, 0)]
+    assert isinstance(in_worker, similarity.Experiment)

@@ -222,6 +222,11 @@ class Experiment:
                                 f"(up to {biggest:g}; float16 ends at {FLOAT16_MAX:g}): use storage: float32")
 
     # -- hooks ---------------------------------------------------------------
+    @property
+    def data(self) -> sources.Observations:
+        """The observations (``build(cfg, data=...)`` takes them back: Dask workers get the run's)."""
+        return self.obs
+
     def add_hook(self, event: str, fn: Callable[[HookEvent], None]) -> None:
         """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
         self.hooks.add(event, fn)
@@ -646,10 +651,13 @@ def entry_kernel(cfg: Config) -> str:
         "kernels.loop.run_experiment_packed"
 
 
-def build(cfg: Config, *, progress: bool = False) -> Experiment:
-    """The config's observations and its experiment, ready to run."""
-    log.info("building %s observations", cfg.data.source)
-    return Experiment(cfg, sources.build(cfg.data.source, cfg.data.params), progress=progress)
+def build(cfg: Config, *, progress: bool = False, data=None) -> Experiment:
+    """The config's observations (``data``: already built, an experiment's ``data``) and its
+    experiment, ready to run."""
+    if data is None:
+        log.info("building %s observations", cfg.data.source)
+        data = sources.build(cfg.data.source, cfg.data.params)
+    return Experiment(cfg, data, progress=progress)
 
 
 def describe_data(cfg: Config) -> str:

@@ -3,8 +3,9 @@
 
 A model type is a module that defines, at its top level:
 
-- ``build(cfg, *, progress=False) -> LearningModule``: the data (loaded, generated or
-  simulated) and the experiment, ready to run;
+- ``build(cfg, *, progress=False, data=None) -> LearningModule``: the data (loaded, generated
+  or simulated; or ``data``, the ``data`` of an experiment built for the same config) and the
+  experiment, ready to run;
 - ``describe_data(cfg) -> str``: what the config's data is, checked without running
   (``python -m engine validate``);
 - ``warmup_config(cfg) -> None``: compile (or load from the cache) every kernel
@@ -134,16 +135,17 @@ def save_model(cfg, experiment, path) -> str:
                                   settings=state["settings"], training=state["training"])
 
 
-def load_experiment(cfg, *, progress: bool = False):
+def load_experiment(cfg, *, progress: bool = False, data=None):
     """The experiment of ``cfg`` evaluating the saved model ``cfg.model.path`` (read and
-    checked before the data is built; checked against the data after)."""
+    checked before the data is built; checked against the data after). ``data``: observations
+    already built for ``cfg`` (an experiment's ``data``), used instead of building them."""
     from engine.run import model_file
 
     module = for_config(cfg)
     _need_saving(cfg, module)
     saved = model_file.read_model(cfg.model.path)
     model_file.check_model_type(saved, cfg.model.type, cfg.source_file)
-    experiment = module.build(cfg, progress=progress)
+    experiment = module.build(cfg, progress=progress, **({"data": data} if data is not None else {}))
     module.load_state(experiment, saved)
     return experiment
 

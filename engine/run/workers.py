@@ -84,8 +84,10 @@ def check_dask(what: str) -> None:
         raise UserError(f"{what} needs Dask's distributed package: pip install '.[dask]' (or pip install distributed)")
 
 
-def _experiment_in_worker(cfg):
-    """The worker's experiment for ``cfg`` (built once per process): kernels on one thread."""
+def _experiment_in_worker(cfg, data=None):
+    """The worker's experiment for ``cfg`` (built once per process): kernels on one thread.
+    ``data``: the observations the run's process built (simulated data is not simulated again
+    in every worker); None: the worker builds them (a dataset file: mapped, not shipped)."""
     key = json.dumps(cfg.to_dict(), sort_keys=True)
     ex = _WORKER_EXPERIMENTS.get(key)
     if ex is None:
@@ -95,7 +97,7 @@ def _experiment_in_worker(cfg):
 
         numba.set_num_threads(1)
         _WORKER_EXPERIMENTS.clear()  # one experiment per worker: a sweep's next point replaces it
-        ex = registry.load_experiment(cfg)
+        ex = registry.load_experiment(cfg, data=data)
         ex.warmup()  # load the kernels from the cache, so that no episode's time holds it
         ex.train()  # a saved model: learns nothing, readies evaluate_episode
         _WORKER_EXPERIMENTS[key] = ex
@@ -119,7 +121,7 @@ def _test_pause_in_worker() -> None:
     pause_point("worker_task")
 
 
-def evaluate_chunk(cfg, pairs) -> list:
+def evaluate_chunk(cfg, pairs, data=None) -> list:
     """Run in a worker: ``[(epoch, episode, record), ...]`` of evaluation episodes ``pairs``
     ((epoch, episode), ...); a user error (a model or data file this worker cannot read) comes
     back as ``("error", message, worker)`` instead of raising (it would fail the same way on
@@ -127,7 +129,7 @@ def evaluate_chunk(cfg, pairs) -> list:
     import numba
 
     try:
-        ex = _experiment_in_worker(cfg)
+        ex = _experiment_in_worker(cfg, data)
         numba.set_num_threads(1)
         records = [(int(p), int(e), ex.evaluate_episode(int(p), int(e))) for p, e in pairs]
         _test_pause_in_worker()
@@ -222,17 +224,22 @@ class Cluster:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def evaluate(self, cfg, pairs: list) -> tuple[list, float, int]:
+    def evaluate(self, cfg, pairs: list, data=None) -> tuple[list, float, int]:
         """The records of ``pairs`` (in that order) evaluated by the cluster's workers, the
         seconds it took and the workers there were at its start. Tasks carry their episodes' index: the records are collected by
-        it, each episode once, whichever worker (or retry) delivered it."""
+        it, each episode once, whichever worker (or retry) delivered it. ``data``: observations
+        sent to every worker once (see :func:`shipped_data`), else each worker builds them."""
         from distributed import as_completed
 
         pairs = [(int(p), int(e)) for p, e in pairs]
         t1 = time.perf_counter()
         n_workers = self.n_workers
         chunks = _chunks(pairs, max(1, n_workers) * TASKS_PER_WORKER)
-        futures = self.client.map(evaluate_chunk, [cfg] * len(chunks), chunks, pure=False, retries=TASK_RETRIES)
+        shipped = [None] * len(chunks)
+        if data is not None:
+            shipped = [self.client.scatter(data, broadcast=True, hash=False)] * len(chunks)
+        futures = self.client.map(evaluate_chunk, [cfg] * len(chunks), chunks, shipped, pure=False,
+                                  retries=TASK_RETRIES)
         got: dict = {}
         try:
             for future in as_completed(futures):
@@ -259,15 +266,25 @@ class Cluster:
         return [got[pe] for pe in pairs], time.perf_counter() - t1, n_workers
 
 
-def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None) -> tuple[list, dict]:
+def shipped_data(experiment, cfg):
+    """What the workers get from the run's process: its observations when they were made here
+    (simulated, generated: the workers would make them again, ~4 s each for shapes_10); None
+    for a dataset file, which every worker maps itself (on several machines: the same path)."""
+    if cfg.data.source == "dataset":
+        return None
+    return getattr(experiment, "data", None)
+
+
+def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None, data=None) -> tuple[list, dict]:
     """Evaluate ``pairs`` over Dask workers: ``cluster`` when given (a sweep's), else a
     :class:`Cluster` for ``cfg`` (a local one of ``execution.workers`` processes, or the
-    scheduler's). The records in the order of ``pairs`` and :func:`execution_info`'s fields."""
+    scheduler's). ``data``: see :meth:`Cluster.evaluate`. The records in the order of ``pairs``
+    and :func:`execution_info`'s fields."""
     if cluster is None:
         check_workers(cfg)
         with Cluster.for_config(cfg) as own:
-            return evaluate_distributed(cfg, pairs, own)
-    records, eval_s, n = cluster.evaluate(cfg, pairs)
+            return evaluate_distributed(cfg, pairs, own, data)
+    records, eval_s, n = cluster.evaluate(cfg, pairs, data)
     log.info("evaluated %d episodes on %d workers in %.2f s (cluster start %.2f s)", len(records), n, eval_s,
              cluster.start_s or 0.0)
     return records, {"workers": n, "scheduler": cluster.scheduler, "eval_s": eval_s,
@@ -290,6 +307,6 @@ def run(experiment, cfg, cluster: Cluster | None = None):
     t0 = time.perf_counter()
     compile_s = experiment.compile_s if experiment.compile_s is not None else experiment.warmup()
     experiment.train()
-    records, info = evaluate_distributed(cfg, experiment.evaluation_pairs(), cluster)
+    records, info = evaluate_distributed(cfg, experiment.evaluation_pairs(), cluster, shipped_data(experiment, cfg))
     result = experiment.result_from_records(records, compile_s=compile_s, run_s=time.perf_counter() - t0)
     return result, info

@@ -440,6 +440,11 @@ class EvidenceExperiment:
         self.saved = saved
         self.model = model
 
+    @property
+    def data(self) -> EpisodeDataset:
+        """The observations (``build(cfg, data=...)`` takes them back: Dask workers get the run's)."""
+        return self.dataset
+
     def add_hook(self, event: str, fn) -> None:
         """Register ``fn`` to be called with a ``HookEvent`` at ``event`` (one of ``HOOK_EVENTS``)."""
         self.hooks.add(event, fn)

@@ -217,8 +217,9 @@ def entry_kernel(cfg) -> str:
     return "kernels.evidence.evidence_episode"
 
 
-def build(cfg, *, progress: bool = False):
-    """The config's observations (simulated or read) and its experiment, ready to run.
+def build(cfg, *, progress: bool = False, data=None):
+    """The config's observations (simulated or read; ``data``: an ``EpisodeDataset`` built
+    already, e.g. an experiment's ``data``) and its experiment, ready to run.
 
     The sensor's kernels are compiled (or loaded) apart first, so that ``data_s`` is
     the simulation itself and a cold cache shows up in ``data_compile_s``. When the
@@ -232,6 +233,8 @@ def build(cfg, *, progress: bool = False):
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
+    if data is not None:  # built already (a Dask worker gets the run's): no simulation, no sensor kernels
+        return EvidenceExperiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
     ahead = None
     # (a read-only kernel cache could not take what the second process compiles)
     if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE:
