@@ -123,12 +123,9 @@ BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _apply_cache(cfg) -> None:
-    from engine.run.runtime import configure_cache
+    from engine.run.runtime import use_config_cache
 
-    try:
-        configure_cache(cfg.execution.cache_dir)
-    except OSError as exc:
-        raise UserError(f"{cfg.source_file}: execution.cache_dir: cannot use {cfg.execution.cache_dir}: {exc}") from None
+    use_config_cache(cfg)
 
 
 def default_warmup_configs() -> list:
@@ -282,8 +279,10 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from engine.run import sweep
 
-    return sweep.run_sweep(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler,
-                           quiet=args.quiet, state=_RUN_STATE)
+    totals = sweep.run_sweep(args.sweep, out=args.out, workers=args.workers, scheduler=args.scheduler,
+                             quiet=args.quiet, state=_RUN_STATE, say=lambda line: print(line, flush=True))
+    print(totals)
+    return 0
 
 
 def _test_phase_hooks(ex, pause) -> None:

@@ -59,6 +59,17 @@ def configure_cache(cache_dir: str | os.PathLike | None) -> str | None:
     return path
 
 
+def use_config_cache(cfg) -> str | None:
+    """:func:`configure_cache` for a config's ``execution.cache_dir``; a folder that cannot be
+    used is a one-line :class:`engine.errors.UserError` naming the config."""
+    from engine.errors import UserError
+
+    try:
+        return configure_cache(cfg.execution.cache_dir)
+    except OSError as exc:
+        raise UserError(f"{cfg.source_file}: execution.cache_dir: cannot use {cfg.execution.cache_dir}: {exc}") from None
+
+
 #: the kernel cache folder in use when it is read-only (``engine.run.readonly_cache``), else None
 READ_ONLY_CACHE: str | None = None
 

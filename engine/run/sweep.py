@@ -464,9 +464,11 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def run_sweep(path, *, out=None, workers=None, scheduler=None, quiet: bool = False, state: dict | None = None) -> int:
-    """``python -m engine sweep``: see the module docstring. Prints a line per point and the
-    totals; returns the exit status."""
+def run_sweep(path, *, out=None, workers=None, scheduler=None, quiet: bool = False, state: dict | None = None,
+              say=None) -> str:
+    """``python -m engine sweep``: see the module docstring. ``say(line)``, when given, gets a
+    line per trained model and per point (the CLI prints them); returns the totals' line."""
+    say = say if say is not None and not quiet else (lambda line: None)
     from engine.files import atomic_write_text
     from engine.run import results
     from engine.run import workers as dask_workers
@@ -485,9 +487,9 @@ def run_sweep(path, *, out=None, workers=None, scheduler=None, quiet: bool = Fal
 
     for p in sweep.points:  # every point's memory estimate before anything runs
         memory.check(p.cfg)
-    from engine.cli import _apply_cache
+    from engine.run.runtime import use_config_cache
 
-    _apply_cache(first)
+    use_config_cache(first)
     progress = sys.stderr.isatty() and not quiet
     done: dict = {}
     counts = {"run": 0, "skipped": 0, "trained": 0, "reused": 0}
@@ -513,8 +515,7 @@ def run_sweep(path, *, out=None, workers=None, scheduler=None, quiet: bool = Fal
                             log.info("training %s for %s", model, p.name)
                             seconds = _train(cfg, model, progress)
                             counts["trained"] += 1
-                            if not quiet:
-                                print(f"trained {model} in {seconds:.2f} s", flush=True)
+                            say(f"trained {model} in {seconds:.2f} s")
                         elif p.train_key not in checked_models:
                             counts["reused"] += 1
                         checked_models.add(p.train_key)
@@ -531,14 +532,11 @@ def run_sweep(path, *, out=None, workers=None, scheduler=None, quiet: bool = Fal
                 done[p.index] = summary
                 atomic_write_text(csv_path, sweep_csv(sweep, done, out_dir))
                 results.pause_point("sweep_point")
-                if not quiet:
-                    r = result_row(summary)
-                    print(f"[{k}/{len(sweep.points)}] {p.name}: {how}; accuracy {_fmt(r['accuracy'], '.3f')}, "
-                          f"mean steps {_fmt(r['mean_steps'], '.1f')}, step {_fmt(r['step_s'] and r['step_s'] * 1e3, '.3f')} ms",
-                          flush=True)
+                r = result_row(summary)
+                say(f"[{k}/{len(sweep.points)}] {p.name}: {how}; accuracy {_fmt(r['accuracy'], '.3f')}, "
+                    f"mean steps {_fmt(r['mean_steps'], '.1f')}, step {_fmt(r['step_s'] and r['step_s'] * 1e3, '.3f')} ms")
         finally:
             if cluster is not None:
                 cluster.close()
-    print(f"{csv_path}: {len(sweep.points)} points ({counts['run']} run, {counts['skipped']} complete already); "
-          f"{counts['trained']} models trained, {counts['reused']} reused from {models_dir}")
-    return 0
+    return (f"{csv_path}: {len(sweep.points)} points ({counts['run']} run, {counts['skipped']} complete already); "
+            f"{counts['trained']} models trained, {counts['reused']} reused from {models_dir}")
