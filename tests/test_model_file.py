@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from engine.cli import main
+
+from cli_helpers import ok_cli, run_cli
 from engine.run import model_file
 from kernels import npzfile
 
@@ -32,18 +34,6 @@ SMALL_NEAREST = ["--set", "data.size=400", "--set", "experiment.max_train_steps=
                  "--set", "experiment.max_eval_steps=400"]
 
 
-def _cli(capsys, *args):
-    """main(args) in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _ok(capsys, *args):
-    rc, out, err = _cli(capsys, *args)
-    assert rc == 0, (out, err)
-    return out
 
 
 def _episodes(folder, drop=("seconds",)):
@@ -83,9 +73,9 @@ def _saved_digest(stdout):
 def test_similarity_round_trip(tmp_path, root, capsys, config, extra, also_volatile):
     cfg = root / "configs" / config
     model = tmp_path / "m.npz"
-    _ok(capsys, "run", cfg, "--out", tmp_path / "trained", *extra)
-    out = _ok(capsys, "train", cfg, "--save", model, *extra)
-    table = _ok(capsys, "run", cfg, "--out", tmp_path / "loaded", "--model", model, *extra)
+    ok_cli(capsys, "run", cfg, "--out", tmp_path / "trained", *extra)
+    out = ok_cli(capsys, "train", cfg, "--save", model, *extra)
+    table = ok_cli(capsys, "run", cfg, "--out", tmp_path / "loaded", "--model", model, *extra)
     _same_results(tmp_path / "trained", tmp_path / "loaded", also_volatile)
     s = _summary(tmp_path / "loaded")
     assert s["model_path"] == str(model) and s["model_digest"] == "sha256:" + _saved_digest(out)
@@ -99,13 +89,13 @@ def test_similarity_evaluation_settings_may_differ(tmp_path, root, capsys):
     """A saved store is evaluated with another threshold and step limit exactly as a run that
     trains with them; model.path in the config (relative to its folder) works as --model."""
     model = tmp_path / "m.npz"
-    _ok(capsys, "train", root / "configs" / "demo.yaml", "--save", model)
+    ok_cli(capsys, "train", root / "configs" / "demo.yaml", "--save", model)
     cfg = tmp_path / "demo.yaml"
     cfg.write_text((root / "configs" / "demo.yaml").read_text() + "\n")
     changed = ["--set", "model.confidence_threshold=0.3", "--set", "experiment.max_eval_steps=7",
                "--set", "execution.chunk_size=3"]
-    _ok(capsys, "run", root / "configs" / "demo.yaml", "--out", tmp_path / "trained", *changed)
-    _ok(capsys, "run", cfg, "--out", tmp_path / "loaded", *changed, "--set", "model.path=m.npz")
+    ok_cli(capsys, "run", root / "configs" / "demo.yaml", "--out", tmp_path / "trained", *changed)
+    ok_cli(capsys, "run", cfg, "--out", tmp_path / "loaded", *changed, "--set", "model.path=m.npz")
     _same_results(tmp_path / "trained", tmp_path / "loaded")
     assert _summary(tmp_path / "loaded")["model_path"] == str(model)
 
@@ -115,7 +105,7 @@ def test_trained_on_follows_the_training_data(tmp_path, root, capsys):
     digests = []
     for i, extra in enumerate([[], [], ["--set", "experiment.max_train_steps=20"]]):
         model = tmp_path / f"m{i}.npz"
-        _ok(capsys, "train", cfg, "--save", model, *extra)
+        ok_cli(capsys, "train", cfg, "--save", model, *extra)
         digests.append(model_file.read_model(model).trained_on)
     assert digests[0] == digests[1] != digests[2]
 
@@ -132,7 +122,7 @@ def evidence_runs(tmp_path_factory):
 
 def test_evidence_round_trip(evidence_runs, capsys):
     cfg, tmp = evidence_runs
-    table = _ok(capsys, "run", cfg, "--out", tmp / "loaded", "--model", tmp / "m.npz")
+    table = ok_cli(capsys, "run", cfg, "--out", tmp / "loaded", "--model", tmp / "m.npz")
     _same_results(tmp / "trained", tmp / "loaded")
     s = _summary(tmp / "loaded")
     assert s["train_s"] == 0.0 and s["model_path"] == str(tmp / "m.npz")
@@ -157,8 +147,8 @@ def test_evidence_round_trip(evidence_runs, capsys):
 ])
 def test_evidence_evaluation_settings_may_differ(evidence_runs, capsys, changed, tmp_path):
     cfg, tmp = evidence_runs
-    _ok(capsys, "run", cfg, "--out", tmp_path / "trained", "-q", *changed)
-    _ok(capsys, "run", cfg, "--out", tmp_path / "loaded", "-q", "--model", tmp / "m.npz", *changed)
+    ok_cli(capsys, "run", cfg, "--out", tmp_path / "trained", "-q", *changed)
+    ok_cli(capsys, "run", cfg, "--out", tmp_path / "loaded", "-q", "--model", tmp / "m.npz", *changed)
     _same_results(tmp_path / "trained", tmp_path / "loaded")
 
 
@@ -265,7 +255,7 @@ def test_bad_evidence_model_exit_2(evidence_runs, capsys, tmp_path, kind):
     cfg, tmp = evidence_runs
     bad = tmp_path / "bad.npz"
     _bad_evidence(kind, tmp / "m.npz", bad)
-    rc, out, err = _cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", bad)
+    rc, out, err = run_cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", bad)
     _assert_exit_2(rc, out, err, BAD_EVIDENCE[kind], bad, tmp_path / "out")
 
 
@@ -275,7 +265,7 @@ def test_bad_evidence_model_exit_2(evidence_runs, capsys, tmp_path, kind):
 ])
 def test_evidence_incompatible_settings_exit_2(evidence_runs, capsys, tmp_path, changed, expected):
     cfg, tmp = evidence_runs
-    rc, out, err = _cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", tmp / "m.npz", *changed)
+    rc, out, err = run_cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", tmp / "m.npz", *changed)
     _assert_exit_2(rc, out, err, expected, tmp / "m.npz", tmp_path / "out")
 
 
@@ -290,7 +280,7 @@ def test_evidence_other_feature_columns_exit_2(evidence_runs, capsys, tmp_path, 
     assert list(ds.feature_names) == []
     ds = dataclasses.replace(ds, features=np.zeros((ds.n_steps, 1), np.float32), feature_names=np.array(["hue"]))
     write_dataset(tmp_path / "hue.npz", ds)
-    rc, out, err = _cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", tmp / "m.npz",
+    rc, out, err = run_cli(capsys, "run", cfg, "--out", tmp_path / "out", "--model", tmp / "m.npz",
                         "--set", f"data.path={tmp_path / 'hue.npz'}")
     _assert_exit_2(rc, out, err, "learned with feature columns [], but the data of", tmp / "m.npz",
                    tmp_path / "out")
@@ -315,7 +305,7 @@ def similarity_models(tmp_path_factory):
 ])
 def test_mismatched_model_exit_2(similarity_models, root, capsys, tmp_path, config, model, extra, expected):
     path = similarity_models / f"{model}.npz"
-    rc, out, err = _cli(capsys, "run", root / "configs" / config, "--out", tmp_path / "out", "--model", path,
+    rc, out, err = run_cli(capsys, "run", root / "configs" / config, "--out", tmp_path / "out", "--model", path,
                         *extra)
     _assert_exit_2(rc, out, err, expected, path, tmp_path / "out")
 
@@ -338,7 +328,7 @@ def test_bad_similarity_model_exit_2(similarity_models, root, capsys, tmp_path, 
         members = _members(good)
         members["format"] = np.array("engine-model/2")
         _write_members(bad, members)
-    rc, out, err = _cli(capsys, "run", root / "configs" / "demo.yaml", "--out", tmp_path / "out", "--model", bad)
+    rc, out, err = run_cli(capsys, "run", root / "configs" / "demo.yaml", "--out", tmp_path / "out", "--model", bad)
     _assert_exit_2(rc, out, err, expected, bad, tmp_path / "out")
 
 
@@ -348,7 +338,7 @@ def test_bad_nearest_tree_exit_2(similarity_models, root, capsys, tmp_path):
     def change(a):
         a["tree_leaf_start"][1] = 10 ** 6
     _rewrite_model(similarity_models / "nearest.npz", bad, change)
-    rc, out, err = _cli(capsys, "run", root / "configs" / "nearest_spiral.yaml", "--out", tmp_path / "out",
+    rc, out, err = run_cli(capsys, "run", root / "configs" / "nearest_spiral.yaml", "--out", tmp_path / "out",
                         "--model", bad, *SMALL_NEAREST)
     _assert_exit_2(rc, out, err, "KD-tree is corrupt", bad, tmp_path / "out")
 
@@ -374,7 +364,7 @@ def test_train_errors_exit_2(tmp_path, root, capsys):
         (["--save", tmp_path / "m.npz", "--set", f"model.path={tmp_path / 'x.npz'}"], "model.path is set"),
     ]
     for extra, expected in cases:
-        rc, out, err = _cli(capsys, "train", cfg, *extra)
+        rc, out, err = run_cli(capsys, "train", cfg, *extra)
         assert rc == 2 and expected in err and err.count("\n") == 1, (extra, err)
     assert not (tmp_path / "m.npz").exists()
 

@@ -24,6 +24,8 @@ import pytest
 
 from engine.cli import main
 
+from cli_helpers import ok_cli, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
 EVIDENCE = ROOT / "configs" / "recorded_evidence.yaml"
@@ -64,17 +66,6 @@ EVIDENCE_POINTS = {
 }
 
 
-def _cli(capsys, *args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _ok(capsys, *args):
-    rc, out, err = _cli(capsys, *args)
-    assert rc == 0, (out, err)
-    return out
 
 
 def _episodes(folder):
@@ -137,7 +128,7 @@ def test_grid_sweep_folders_models_and_csv(demo_sweep, capsys, tmp_path):
         assert (row["model.confidence_threshold"], row["experiment.max_train_steps"]) == (threshold, steps)
         models.setdefault(steps, set()).add(row["model"])
         direct = tmp_path / name
-        _ok(capsys, "run", DEMO, "--out", direct, "-q", "--set", "experiment.n_eval_epochs=2", *sets)
+        ok_cli(capsys, "run", DEMO, "--out", direct, "-q", "--set", "experiment.n_eval_epochs=2", *sets)
         assert _episodes(out / name) == _episodes(direct)  # the shared training changed nothing
         want = _summary(direct)
         assert int(row["n_eval_episodes"]) == want["n_eval_episodes"] == 2
@@ -164,7 +155,7 @@ def test_list_sweep_shares_training_across_evaluation_settings(evidence_sweep, c
     assert rows["evidence.voxels_per_dim=50"]["evidence.voxels_per_dim"] == "50"
     for name, kvs in EVIDENCE_POINTS.items():
         direct = tmp_path / name
-        _ok(capsys, "run", EVIDENCE, "--out", direct, "-q", *[a for kv in kvs for a in ("--set", kv)])
+        ok_cli(capsys, "run", EVIDENCE, "--out", direct, "-q", *[a for kv in kvs for a in ("--set", kv)])
         assert _episodes(out / name) == _episodes(direct)
         want = _summary(direct)
         for key in ("accuracy", "accuracy_incl_mlh", "mean_rotation_error_deg", "mean_steps"):
@@ -176,13 +167,13 @@ def test_list_sweep_shares_training_across_evaluation_settings(evidence_sweep, c
 def test_resume_runs_only_what_is_missing(tmp_path, capsys):
     sweep = _write_sweep(tmp_path, DEMO_SWEEP)
     out = tmp_path / "out"
-    _ok(capsys, "sweep", sweep, "--out", out, "-q")
+    ok_cli(capsys, "sweep", sweep, "--out", out, "-q")
     first = _table(out / "sweep.csv")
     names = list(DEMO_POINTS)
     stamps = {n: (out / n / "summary.json").stat().st_mtime_ns for n in names}
     model_stamps = {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
     (out / names[1] / "summary.json").unlink()  # an interrupted point
-    text = _ok(capsys, "sweep", sweep, "--out", out)
+    text = ok_cli(capsys, "sweep", sweep, "--out", out)
     assert "4 points (1 run, 3 complete already); 0 models trained, 1 reused" in text
     assert _table(out / "sweep.csv") == first
     assert {n: (out / n / "summary.json").stat().st_mtime_ns for n in names if n != names[1]} == \
@@ -190,45 +181,22 @@ def test_resume_runs_only_what_is_missing(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == model_stamps
     # an evaluation setting changed for every point: every point runs again, nothing is trained
     sweep.write_text(DEMO_SWEEP.replace("n_eval_epochs: 2", "n_eval_epochs: 3"))
-    text = _ok(capsys, "sweep", sweep, "--out", out)
+    text = ok_cli(capsys, "sweep", sweep, "--out", out)
     assert "4 points (4 run, 0 complete already); 0 models trained, 2 reused" in text
     assert {int(r["n_eval_episodes"]) for r in _table(out / "sweep.csv")} == {3}
     # a corrupt saved model is trained again, not used
     sweep.write_text(DEMO_SWEEP)
     victim = sorted((out / "models").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:100])
-    text = _ok(capsys, "sweep", sweep, "--out", out)
+    text = ok_cli(capsys, "sweep", sweep, "--out", out)
     assert "4 points (4 run, 0 complete already); 1 models trained, 1 reused" in text
     assert _table(out / "sweep.csv") == first
 
 
-def test_killed_sweep_resumes_to_the_same_csv(tmp_path, capsys, demo_sweep, engine_env):
-    """SIGKILL right after the first point is complete (ENGINE_TEST_PAUSE_AT=sweep_point); the
-    sweep run again runs the other points only, and sweep.csv is the uninterrupted sweep's."""
-    sweep = _write_sweep(tmp_path, DEMO_SWEEP)
-    out = tmp_path / "out"
-    flag = tmp_path / "pause"
-    env = dict(engine_env, ENGINE_TEST_PAUSE_AT="sweep_point", ENGINE_TEST_PAUSE_FILE=str(flag))
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "sweep", str(sweep), "--out", str(out), "-q"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the sweep did not complete a point"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert len(_table(out / "sweep.csv")) == 1
-    text = _ok(capsys, "sweep", sweep, "--out", out)
-    assert "4 points (3 run, 1 complete already)" in text
-    assert _table(out / "sweep.csv") == _table(demo_sweep[1] / "sweep.csv")
-    for name in DEMO_POINTS:
-        assert _episodes(out / name) == _episodes(demo_sweep[1] / name)
-        assert not [n for n in os.listdir(out / name) if n.startswith(".engine")]
-
-
-def test_interrupted_sweep_says_how_to_resume(tmp_path, engine_env):
-    """Ctrl-C (SIGINT) after the first point: exit 130, one line that says what is kept."""
+def _sweep_paused_after_its_first_point(tmp_path, engine_env):
+    """A demo sweep in a subprocess, stopped once its first point is complete
+    (ENGINE_TEST_PAUSE_AT=sweep_point): (sweep file, output folder, process). The process gets
+    SIGINT's default action even when pytest runs with it ignored (a background job)."""
     sweep = _write_sweep(tmp_path, DEMO_SWEEP)
     out = tmp_path / "out"
     flag = tmp_path / "pause"
@@ -241,6 +209,27 @@ def test_interrupted_sweep_says_how_to_resume(tmp_path, engine_env):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the sweep did not complete a point"
         time.sleep(0.01)
+    return sweep, out, proc
+
+
+def test_killed_sweep_resumes_to_the_same_csv(tmp_path, capsys, demo_sweep, engine_env):
+    """SIGKILL right after the first point is complete (ENGINE_TEST_PAUSE_AT=sweep_point); the
+    sweep run again runs the other points only, and sweep.csv is the uninterrupted sweep's."""
+    sweep, out, proc = _sweep_paused_after_its_first_point(tmp_path, engine_env)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert len(_table(out / "sweep.csv")) == 1
+    text = ok_cli(capsys, "sweep", sweep, "--out", out)
+    assert "4 points (3 run, 1 complete already)" in text
+    assert _table(out / "sweep.csv") == _table(demo_sweep[1] / "sweep.csv")
+    for name in DEMO_POINTS:
+        assert _episodes(out / name) == _episodes(demo_sweep[1] / name)
+        assert not [n for n in os.listdir(out / name) if n.startswith(".engine")]
+
+
+def test_interrupted_sweep_says_how_to_resume(tmp_path, engine_env):
+    """Ctrl-C (SIGINT) after the first point: exit 130, one line that says what is kept."""
+    sweep, out, proc = _sweep_paused_after_its_first_point(tmp_path, engine_env)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -253,7 +242,7 @@ def test_interrupted_sweep_says_how_to_resume(tmp_path, engine_env):
 def test_sweep_over_workers_same_results(evidence_sweep, capsys, tmp_path):
     pytest.importorskip("distributed")
     sweep = _evidence_sweep_file(tmp_path / "sweep")
-    _ok(capsys, "sweep", sweep, "--out", tmp_path / "out", "-q", "--workers", 2)
+    ok_cli(capsys, "sweep", sweep, "--out", tmp_path / "out", "-q", "--workers", 2)
     assert _table(tmp_path / "out" / "sweep.csv") == _table(evidence_sweep / "sweep.csv")
     for name in EVIDENCE_POINTS:
         assert _episodes(tmp_path / "out" / name) == _episodes(evidence_sweep / name)
@@ -308,7 +297,7 @@ def test_bad_sweep_file_exit_2(tmp_path, capsys, case):
     text, expected = BAD[case]
     (tmp_path / "bad_base.yaml").write_text("model: {type: similarity, bogus: 1}\ndata: {source: cube}\n")
     sweep = _write_sweep(tmp_path, text)
-    rc, out, err = _cli(capsys, "sweep", sweep, "--out", tmp_path / "out")
+    rc, out, err = run_cli(capsys, "sweep", sweep, "--out", tmp_path / "out")
     assert rc == 2, (out, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert expected in err and str(sweep) in err, err
@@ -316,10 +305,10 @@ def test_bad_sweep_file_exit_2(tmp_path, capsys, case):
 
 
 def test_bad_sweep_command_line(tmp_path, capsys, engine_env):
-    rc, out, err = _cli(capsys, "sweep", tmp_path / "none.yaml", "--out", tmp_path / "out")
+    rc, out, err = run_cli(capsys, "sweep", tmp_path / "none.yaml", "--out", tmp_path / "out")
     assert rc == 2 and "none.yaml: sweep file not found" in err and err.count("\n") == 1
     sweep = _write_sweep(tmp_path, f"base: {DEMO}\n{GOOD_GRID}")
-    rc, out, err = _cli(capsys, "sweep", sweep, "--out", tmp_path / "out", "--workers", 0)
+    rc, out, err = run_cli(capsys, "sweep", sweep, "--out", tmp_path / "out", "--workers", 0)
     assert rc == 2 and "--workers: expected an integer 1..1024, got 0" in err
     # through python -m engine: one line, exit 2, no traceback
     (tmp_path / "s2.yaml").write_text(f"base: {DEMO}\ngrid:\n  data.sidee: [1]\n")

@@ -16,6 +16,8 @@ import pytest
 
 from engine.cli import main
 
+from cli_helpers import run_cli
+
 pytest.importorskip("distributed")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +27,6 @@ VOLATILE = {"compile_s", "run_s", "train_s", "data_s", "data_compile_s", "matchi
 EVIDENCE = ROOT / "configs" / "recorded_evidence.yaml"
 
 
-def _run(capsys, *args):
-    capsys.readouterr()
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def _episodes(folder):
@@ -53,13 +50,13 @@ def _summary(folder):
 def test_same_results_whatever_the_workers(tmp_path, capsys, config, extra, counts):
     cfg = ROOT / "configs" / config
     model = tmp_path / "m.npz"
-    assert _run(capsys, "train", cfg, "--save", model, "-q", *extra)[0] == 0
-    rc, out, err = _run(capsys, "run", cfg, "--model", model, "--out", tmp_path / "w1", "-q", *extra)
+    assert run_cli(capsys, "train", cfg, "--save", model, "-q", *extra)[0] == 0
+    rc, out, err = run_cli(capsys, "run", cfg, "--model", model, "--out", tmp_path / "w1", "-q", *extra)
     assert rc == 0, err
     one, one_fields = _summary(tmp_path / "w1")
     assert one["workers"] == 1 and one["cluster_start_s"] is None and one["eval_s"] == one["run_s"]
     for n in counts:
-        rc, out, err = _run(capsys, "run", cfg, "--model", model, "--out", tmp_path / f"w{n}", "-q",
+        rc, out, err = run_cli(capsys, "run", cfg, "--model", model, "--out", tmp_path / f"w{n}", "-q",
                             "--workers", n, *extra)
         assert rc == 0, err
         assert _episodes(tmp_path / f"w{n}") == _episodes(tmp_path / "w1")
@@ -71,9 +68,9 @@ def test_same_results_whatever_the_workers(tmp_path, capsys, config, extra, coun
 
 
 def test_workers_need_a_saved_model(tmp_path, capsys):
-    rc, out, err = _run(capsys, "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "o", "--workers", 2)
+    rc, out, err = run_cli(capsys, "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "o", "--workers", 2)
     assert rc == 2 and err.count("\n") == 1 and "evaluates a saved model" in err and "--model" in err
-    rc, out, err = _run(capsys, "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "o", "--workers", 0)
+    rc, out, err = run_cli(capsys, "run", ROOT / "configs" / "demo.yaml", "--out", tmp_path / "o", "--workers", 0)
     assert rc == 2 and "execution.workers: expected an integer >= 1 and <= 1024, got 0" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -97,7 +94,7 @@ def test_scheduler_of_a_running_cluster(evidence_model, tmp_path, capsys):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster:
         address = cluster.scheduler_address
-        rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "s", "-q",
+        rc, out, err = run_cli(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "s", "-q",
                             "--scheduler", address)
         assert rc == 0, err
         assert len(cluster.workers) == 2  # the run left the cluster running
@@ -135,7 +132,7 @@ def test_killed_worker_episodes_run_elsewhere(evidence_model, tmp_path, capsys, 
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "k", "-q", "--workers", 2)
+    rc, out, err = run_cli(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "k", "-q", "--workers", 2)
     t.join(5)
     assert rc == 0, err
     assert len(killed) == 1 and killed[0] != os.getpid()
@@ -152,11 +149,11 @@ def test_scheduler_errors_exit_2(evidence_model, tmp_path, capsys, monkeypatch):
 
     model, _ = evidence_model
     monkeypatch.setattr(workers, "CONNECT_TIMEOUT_S", 2)
-    rc, out, err = _run(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "o", "--scheduler",
+    rc, out, err = run_cli(capsys, "run", EVIDENCE, "--model", model, "--out", tmp_path / "o", "--scheduler",
                         "tcp://127.0.0.1:9")
     assert rc == 2 and err.count("\n") == 1, err
     assert "execution.scheduler: cannot reach the Dask scheduler at tcp://127.0.0.1:9 within 2 s" in err
-    rc, out, err = _run(capsys, "run", EVIDENCE, "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9")
+    rc, out, err = run_cli(capsys, "run", EVIDENCE, "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9")
     assert rc == 2 and "execution.scheduler = tcp://127.0.0.1:9 evaluates a saved model" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     with pytest.raises(ConfigError, match="execution.scheduler: set together with execution.workers = 2"):
@@ -172,7 +169,7 @@ def test_workers_get_the_runs_observations_instead_of_making_them(tmp_path, caps
     from engine.run import registry, workers
 
     model = tmp_path / "m.npz"
-    assert _run(capsys, "train", ROOT / "configs" / "demo.yaml", "--save", model, "-q")[0] == 0
+    assert run_cli(capsys, "train", ROOT / "configs" / "demo.yaml", "--save", model, "-q")[0] == 0
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"model.path={json.dumps(str(model))}"])
     ex = registry.load_experiment(cfg)
     assert workers.shipped_data(ex, cfg) is ex.data and ex.data is ex.obs
