@@ -509,3 +509,14 @@ def test_a_new_hypothesis_field_is_carried_by_growth_and_compaction(monkeypatch)
     assert n_live == 8
     np.testing.assert_array_equal(big.visits[:8], [1, 2, 4, 5, 7, 8, 10, 11])
     np.testing.assert_array_equal(big.obj[:8], [0, 1] * 4)
+
+
+@pytest.mark.parametrize("n_chunks, n_obj", [(0, 3), (1, 1), (4, 2)])
+def test_new_blocks_match_numpy(n_chunks, n_obj):
+    """Phase 4's block outputs (allocated by a serial kernel) against their NumPy definitions."""
+    got = ph.new_blocks(n_chunks, n_obj)
+    want = (np.full((n_chunks, n_obj), -np.inf, np.float32), np.full((n_chunks, n_obj), -1, np.int64),
+            np.zeros((n_chunks, n_obj), np.int64), np.full(n_chunks, -np.inf, np.float32),
+            np.zeros(n_chunks, np.int64))
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape and np.array_equal(g, w)
