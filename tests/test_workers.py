@@ -23,7 +23,8 @@ pytest.importorskip("distributed")
 ROOT = Path(__file__).resolve().parents[1]
 #: fields that measure time or the machine, or how the evaluation was spread
 VOLATILE = {"compile_s", "run_s", "train_s", "data_s", "data_compile_s", "matching_step_s", "openmp_wait_policy",
-            "openmp_wait_policy_source", "workers", "scheduler", "eval_s", "cluster_start_s", "kernel_calls"}
+            "openmp_wait_policy_source", "workers", "scheduler", "eval_s", "cluster_start_s", "worker_setup_s",
+            "kernel_calls", "eval_threads"}
 EVIDENCE = ROOT / "configs" / "recorded_evidence.yaml"
 
 
