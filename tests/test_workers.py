@@ -103,7 +103,7 @@ def test_scheduler_of_a_running_cluster(evidence_model, tmp_path, capsys):
     s, fields = _summary(tmp_path / "s")
     assert fields == _summary(one)[1]
     assert s["scheduler"] == address and s["workers"] == 2 and s["config"]["execution"]["scheduler"] == address
-    assert s["cluster_start_s"] > 0 and s["eval_s"] > 0
+    assert s["cluster_start_s"] > 0 and s["eval_s"] > 0 and s["worker_setup_s"] > 0
 
 
 def test_killed_worker_episodes_run_elsewhere(evidence_model, tmp_path, capsys, monkeypatch):

@@ -23,10 +23,12 @@ line, naming the worker.
 
 What ``summary.json`` gains (:func:`execution_info`): ``workers`` (with a scheduler: its
 workers when the evaluation started); ``scheduler`` (the address, or null); ``cluster_start_s``
-(starting the cluster and its workers, or connecting to the scheduler; null in one process); ``eval_s`` (wall time of the
-evaluation: with workers from sending the first episodes to receiving the last, each
-worker's data and model loading included; in one process the run's wall time when it
-evaluates a saved model; null when the run trains).
+(starting the cluster and its workers, or connecting to the scheduler; null in one process);
+``worker_setup_s`` (every worker there is building its experiment, before the evaluation's
+clock starts: its data, the mapped model, its kernels loaded; null in one process); ``eval_s``
+(wall time of the evaluation: with workers from sending the first episodes to receiving the
+last; in one process the run's wall time when it evaluates a saved model; null when the run
+trains).
 """
 
 from __future__ import annotations
