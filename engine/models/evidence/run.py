@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 EPISODE_COLUMNS = ("epoch", "episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
                    "detected_object", "mlh_object", "outcome", "steps", "rotation_error_deg", "symmetric",
                    "hypotheses", "seconds")
+#: episodes.csv's extra columns when the sensor is in the loop (``policy``)
+POLICY_COLUMNS = ("jumps", "jumps_on_object")
+
+
+def _in_loop(cfg) -> bool:
+    return getattr(cfg, "policy", None) is not None and cfg.policy.in_loop
 
 
 def summary(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> dict:
@@ -80,6 +86,9 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "run_s": result.run_s,
         "data_s": data_s,
         "data_compile_s": data_compile_s,
+        "policy": _policy_name(cfg),
+        "mean_jumps": sum(e.jumps for e in eps) / n if n else None,
+        "mean_jumps_on_object": sum(e.jumps_on_object for e in eps) / n if n else None,
         "model_path": result.model_path,
         "model_digest": result.model_digest,
         "trained_on": result.trained_on,
@@ -88,17 +97,28 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
     }
 
 
+def _policy_name(cfg) -> str:
+    """``walk``, ``curvature``, ``walk+jumps`` or ``curvature+jumps``."""
+    p = getattr(cfg, "policy", None)
+    if p is None:
+        return "walk"
+    return p.type + ("+jumps" if p.hypothesis_testing else "")
+
+
 def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
-def episode_rows(result) -> list[list]:
-    """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`)."""
+def episode_rows(result, policy_columns: bool = False) -> list[list]:
+    """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`, then :data:`POLICY_COLUMNS` with
+    ``policy_columns``)."""
     rows = []
     for e in result.episodes:
         q = [f"{float(v):.7g}" for v in e.rotation]
         rows.append([e.epoch, e.episode, e.object, *q, e.detected or "", e.mlh_object or "", e.outcome, e.steps,
                      _fmt(e.rotation_error_deg, ".4f"), int(e.symmetric), e.n_hypotheses, f"{e.seconds:.6g}"])
+        if policy_columns:
+            rows[-1] += [e.jumps, e.jumps_on_object]
     return rows
 
 
@@ -126,6 +146,8 @@ def write_plots(out_dir: Path, result) -> list[Path]:
         for o, name in enumerate(result.object_names):
             y = np.where(np.isfinite(e.trace[:, o]), e.trace[:, o], np.nan)
             ax.plot(steps, y, label=name, lw=2.2 if name == e.object else 1.0)
+        for j, t in enumerate(s for s in e.jump_steps if s < len(e.trace)):  # the policy's jumps
+            ax.axvline(t + 1, color="0.5", ls=":", lw=1.0, label="jump" if j == 0 else None)
         ax.set_xlabel("matching step")
         ax.set_ylabel("evidence of the best hypothesis")
         ax.set_title(f"episode {e.episode} (epoch {e.epoch}): {e.object} -> {e.outcome}")
@@ -200,7 +222,9 @@ def _compile_note(s: dict) -> str:
 def report(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> RunReport:
     """The run's summary, episodes.csv rows and printed table."""
     data = summary(cfg, result, data_s=data_s, data_compile_s=data_compile_s)
-    return RunReport(data, EPISODE_COLUMNS, episode_rows(result), format_table(data, result))
+    loop = _in_loop(cfg)
+    columns = EPISODE_COLUMNS + (POLICY_COLUMNS if loop else ())
+    return RunReport(data, columns, episode_rows(result, loop), format_table(data, result))
 
 
 # --------------------------------------------------------------------------- the model type's protocol
@@ -243,9 +267,15 @@ def build(cfg, *, progress: bool = False, data=None):
     try:
         data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
         t0 = time.perf_counter()
-        ds = build_dataset(cfg)
+        surfaces = None
+        if _in_loop(cfg):  # the policy moves over the surfaces while evaluating: keep them
+            from engine.data.episodes import build_surfaces
+
+            surfaces = build_surfaces(cfg)
+        ds = build_dataset(cfg, surfaces)
         ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
                                 data_compile_s=data_compile_s)
+        ex._surfaces = surfaces
     except BaseException:
         if ahead is not None:
             ahead.stop()
@@ -303,8 +333,11 @@ def evaluation_settings(cfg) -> tuple[str, ...]:
     from engine.models.evidence.settings import EvidenceSettings
     import dataclasses
 
+    from engine.models.evidence.policy_settings import PolicySettings
+
     return ("model.confidence_threshold",) + tuple(
-        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS)
+        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS
+    ) + tuple(f"policy.{f.name}" for f in dataclasses.fields(PolicySettings))
 
 
 #: the arrays of an evidence model file: ``kernels.evidence_layout.MODEL_FIELDS`` (the object
