@@ -189,6 +189,8 @@ MODEL_TYPES = tuple(REGISTERED_MODEL_TYPES)  # the registry names the model type
 # Data sources each model can read: the evidence model needs pose vectors and curvatures.
 EVIDENCE_SOURCES = ("shapes", "dataset")
 BUILTIN_SHAPE_NAMES = ("box", "sphere", "cylinder", "cone", "torus", "capsule", "mug", "bowl", "banana", "die")
+# engine.data.shapes.VARIANT_SHAPES: objects that differ from a built-in one in one part
+BUILTIN_SHAPE_NAMES += ("cup", "pill", "rounded_box", "deep_bowl", "truncated_cone")
 # Settings that only the nearest model reads.
 NEAREST_ONLY = ("k", "max_distance", "dedup_distance", "dedup_feature")
 
