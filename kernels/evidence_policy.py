@@ -26,10 +26,11 @@ from .evidence_layout import IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, NEED_CAPACITY,
 from .evidence_phases import one_step
 from .policy import (
     PF_DOD, PF_RAY_RADIUS, PF_STEP, PF_TURN_SD, PI_JUMPS, PI_TYPE, SF_HEADING, SF_PREV_ROT, SI_CUR, SI_GOAL_STEP,
-    SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading, goal_check,
+    SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_TICKS, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading, goal_check,
     graph_mismatch, move_along, observe, push_history, ray_hit, rng_normal, start_heading, walk_move,
 )
 from .geometry import _to_tangent
+from .timing import ticks
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -206,7 +207,9 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
     t = first_step
     while t < stop:
         if pol.istate[SI_WRITTEN] <= t:
+            start = ticks()  # the policy's and the simulation's share of the step (two counter reads)
             advance(model, st, hyp, obs, t, points, normals, curvature, directions, tree, pol)
+            pol.istate[SI_TICKS] += ticks() - start
             pol.istate[SI_WRITTEN] = t + 1
         code = one_step(model, prm, st, hyp, obs, t)
         if code == NEED_CAPACITY:

@@ -103,7 +103,8 @@ SI_N_GOALS = 10  # goals set (jumps attempted)
 SI_WAIT = 11  # wait factor of the elapsed-steps condition
 SI_PREV_TOP = 12  # 2 slots: the top two objects when the last goal was set (-1: none)
 SI_N_ON = 14  # jumps that landed on the object
-N_SI = 15
+SI_TICKS = 15  # cycle-counter ticks spent moving the sensor and making observations (kernels.timing)
+N_SI = 16
 
 #: Visited locations (and normals) the avoidance of revisits looks at (tbp.monty: the last 50).
 HISTORY = 50

@@ -63,7 +63,7 @@ def test_stepwise_equals_fused(dataset, surfaces, trained, policy):
                                            on_step=lambda t, istate, om: steps.append(t))
         code_f, ist_f, trace_f, _, sc_f, jumps_f = fused
         code_s, ist_s, trace_s, _, sc_s, jumps_s = stepwise
-        assert code_f == code_s and jumps_f == jumps_s
+        assert code_f == code_s and jumps_f[:3] == jumps_s[:3]
         np.testing.assert_array_equal(ist_f, ist_s)
         np.testing.assert_array_equal(trace_f, trace_s)
         assert sc_f["outcome"] == sc_s["outcome"] and sc_f["rotation_error_deg"] == sc_s["rotation_error_deg"]
@@ -78,7 +78,7 @@ def test_growing_the_hypothesis_arrays_mid_episode_changes_nothing(trained, monk
     monkeypatch.setattr(EvidenceModel, "initial_capacity", lambda self: 64)
     trained.model._hyp = None
     got = policy_run.eval_episode(trained, e)
-    assert want[0] == got[0] and want[5] == got[5]
+    assert want[0] == got[0] and want[5][:3] == got[5][:3]
     assert got[1][kev.IS_NEED] > 64  # it did grow
     keep = np.arange(kev.N_ISTATE) != kev.IS_NEED
     np.testing.assert_array_equal(want[1][keep], got[1][keep])
@@ -90,8 +90,9 @@ def test_runs_are_reproducible_and_jumps_are_counted(trained):
     a = policy_run.eval_episode(trained, e)
     b = policy_run.eval_episode(trained, e)
     np.testing.assert_array_equal(a[2], b[2])
-    attempted, landed, steps = a[5]
+    attempted, landed, steps, policy_s = a[5]
     assert attempted >= landed == len(steps)
+    assert 0 < policy_s < a[3]  # the policy's share of the episode's kernel time
 
 
 def test_a_jump_through_a_wrong_hypothesis_lands_off_the_object(trained):

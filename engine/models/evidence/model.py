@@ -66,6 +66,7 @@ class EvidenceEpisode:
     jumps: int = 0                # hypothesis-testing jumps attempted (policy.hypothesis_testing)
     jumps_on_object: int = 0      # of those, the ones that landed on the object
     jump_steps: tuple = ()        # the steps (0-based, as the trace's rows) a jump landed on
+    policy_seconds: float = 0.0   # of ``seconds``, moving the sensor and sensing (policy in the loop)
 
 
 # Which setting fills which slot of the kernels' parameter arrays.
@@ -531,7 +532,7 @@ class EvidenceExperiment:
             raise RuntimeError("evaluate_episode needs a trained model: call train() first")
         ds, stepwise, e = self.dataset, self.config.execution.stepwise, rows[episode]
         on_step = self._step_hook(epoch, episode) if self.hooks.has("after_step") else None
-        jumps = (0, 0, ())
+        jumps = (0, 0, (), 0.0)
         if self.config.policy is not None and self.config.policy.in_loop:  # the sensor in the loop
             from engine.models.evidence import policy_run
 
@@ -548,7 +549,8 @@ class EvidenceExperiment:
                               rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
                               n_hypotheses=live_hypotheses(istate), seconds=secs,
                               detected_rotation=sc["detected_rotation"], trace=trace,
-                              jumps=jumps[0], jumps_on_object=jumps[1], jump_steps=jumps[2])
+                              jumps=jumps[0], jumps_on_object=jumps[1], jump_steps=jumps[2],
+                              policy_seconds=jumps[3])
         return rec
 
     def run(self) -> EvidenceRunResult:

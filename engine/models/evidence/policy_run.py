@@ -21,6 +21,7 @@ import numpy as np
 from kernels import evidence as kev
 from kernels import policy as kp
 from kernels.evidence_policy import evidence_policy_episode
+from kernels.timing import ticks_per_second
 
 from engine.data.rotations import quat_to_matrix
 
@@ -132,7 +133,8 @@ def surfaces_of(ex):
 def eval_episode(ex, e: int, *, stepwise: bool = False, on_step=None, n_steps: int | None = None):
     """Evaluate dataset episode ``e`` of experiment ``ex`` with the sensor in the loop, scored
     like ``EvidenceModel.eval_episode``. Returns ``(code, istate, trace, seconds, score, jumps)``
-    with ``jumps = (attempted, landed on the object, steps that were jumps)``."""
+    with ``jumps = (attempted, landed on the object, steps that were jumps, seconds spent moving
+    the sensor and making its observations)``."""
     cfg, ds, model = ex.config, ex.dataset, ex.model
     surfaces = dict(surfaces_of(ex))
     name = str(ds.object_names[int(ds.episode_object[e])])
@@ -150,5 +152,32 @@ def eval_episode(ex, e: int, *, stepwise: bool = False, on_step=None, n_steps: i
     score = model.score(code, istate, target, ds.episode_rotation[e])
     jumped = pol.jumped[: int(pol.istate[kp.SI_WRITTEN])]
     landed = tuple(int(x) for x in np.flatnonzero(jumped == 1))
-    jumps = (int(pol.istate[kp.SI_N_GOALS]), int(pol.istate[kp.SI_N_ON]), landed)
+    rate = ticks_per_second()
+    policy_s = float(pol.istate[kp.SI_TICKS]) / rate if rate > 0 else 0.0
+    jumps = (int(pol.istate[kp.SI_N_GOALS]), int(pol.istate[kp.SI_N_ON]), landed, policy_s)
     return code, istate, trace, secs, score, jumps
+
+
+def compile_policy_kernel() -> float:
+    """Compile (or load) the in-loop episode kernel on a toy model and surface (an icosphere),
+    both paths; seconds. Its signature depends on array types only."""
+    import trimesh
+
+    from engine.data import sensor
+    from engine.models.evidence.model import CURVATURE_FEATURES, EvidenceModel, _toy_models, _toy_observations
+    from engine.models.evidence.policy_settings import PolicySettings
+    from engine.models.evidence.settings import EvidenceSettings
+
+    t0 = time.perf_counter()
+    settings = EvidenceSettings()
+    loc, pose, pfd, curv = _toy_observations()
+    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
+    model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
+                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
+                                      max_eval_steps=4)
+    surface = sensor.sample_surface(trimesh.creation.icosphere(subdivisions=2, radius=0.05), n_points=300)
+    fp, ip = policy_params(PolicySettings(type="curvature", hypothesis_testing=True), settings, True)
+    for stepwise in (False, True):
+        run_policy_episode(model, surface, np.array([1, 0, 0, 0], np.float32), fp, ip, 1, 0, 4, 2,
+                           stepwise=stepwise)
+    return time.perf_counter() - t0

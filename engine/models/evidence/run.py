@@ -89,6 +89,8 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "policy": _policy_name(cfg),
         "mean_jumps": sum(e.jumps for e in eps) / n if n else None,
         "mean_jumps_on_object": sum(e.jumps_on_object for e in eps) / n if n else None,
+        # of matching_step_s: moving the sensor and making its observation (0 for the replayed walk)
+        "policy_step_s": sum(e.policy_seconds for e in eps) / steps if steps else None,
         "model_path": result.model_path,
         "model_digest": result.model_digest,
         "trained_on": result.trained_on,
@@ -190,12 +192,20 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
             f"{s['experiment']}: {s['n_objects']} objects, {s['n_eval_episodes']} evaluation episodes: "
             f"accuracy {s['accuracy']:.3f} ({s['accuracy_incl_mlh']:.3f} incl. MLH), outcomes {s['outcomes']}, "
             f"rotation error {_rotation_errors(s)}, mean steps {s['mean_steps']:.1f}, "
-            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}"
+            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}{_policy_note(s)}"
             f"{_busy_note(s)}), {_training_note(s)}{_compile_note(s)}")
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
     return "\n".join(lines)
+
+
+def _policy_note(s: dict) -> str:
+    """The policy beside the path when the sensor is in the loop (", curvature+jumps, 3.1 jumps")."""
+    if s.get("policy", "walk") == "walk":
+        return ""
+    jumps = f", {s['mean_jumps']:.1f} jumps per episode" if s.get("mean_jumps") else ""
+    return f", {s['policy']}{jumps}"
 
 
 def _training_note(s: dict) -> str:
@@ -233,6 +243,7 @@ def report(cfg, result, data_s: float | None = None, data_compile_s: float | Non
 #: kernel modules this model calls (the cache inventory of ``python -m engine info``)
 KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.lane_cells", "kernels.lanes",
                   "kernels.graph", "kernels.geometry", "kernels.kdtree", "kernels.select")
+KERNEL_MODULES += ("kernels.evidence_policy", "kernels.policy")  # the sensor in the loop (policy)
 
 
 def entry_kernel(cfg) -> str:
@@ -310,6 +321,10 @@ def warmup_config(cfg) -> None:
     from engine.models.evidence.model import warmup_kernels
 
     warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
+    if _in_loop(cfg):
+        from engine.models.evidence.policy_run import compile_policy_kernel
+
+        compile_policy_kernel()
 
 
 # --------------------------------------------------------------------------- saved models
