@@ -180,3 +180,45 @@ def test_a_policy_on_a_recorded_dataset_is_a_one_line_cli_error(tmp_path, root, 
                        env=engine_env, cwd=root)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "policy.type: a recorded dataset holds no surface" in p.stderr
+
+
+def test_a_jump_through_the_right_hypothesis_lands_on_the_target(trained):
+    """The object rotated by Q, the most likely hypothesis right (R = Q^T, its location the sensed
+    sample's): the sensor lands on the surface sample at the target node, seen from its normal."""
+    from kernels.policy import graph_mismatch
+
+    ex = trained
+    model = ex.model.model_arrays()
+    surf = dict(ex._surfaces)["mug"]
+    pts, nrm, _, _, _ = policy_run.surface_arrays(surf)
+    mug, cyl = ex.model.object_index("mug"), ex.model.object_index("cylinder")
+    rng = np.random.default_rng(3)
+    fp, ip = policy_run.policy_params(ex.config.policy, ex.config.evidence, False)
+    for trial in range(5):
+        qm, r = np.linalg.qr(rng.standard_normal((3, 3)))
+        qm = qm * np.sign(np.diag(r))
+        if np.linalg.det(qm) < 0:
+            qm[:, 2] = -qm[:, 2]
+        q = qm.astype(np.float32)
+        row = int(rng.integers(len(pts)))
+        st = kev.new_state(len(model.obj_start) - 1)
+        hyp = kev.new_hypotheses(4)
+        for h, (o, ev) in enumerate([(mug, 5.0), (cyl, 4.9)]):
+            hyp.obj[h], hyp.ev[h] = o, ev
+            hyp.rot[h] = q.T.reshape(9)
+            hyp.loc[h] = pts[row]
+        st.istate[kev.IS_N_HYP], st.istate[kev.IS_MLH], st.istate[kev.IS_MATCHING_STEPS] = 2, 0, 10
+        st.obj_max[:] = -np.inf
+        st.obj_max[mug], st.obj_max[cyl] = 5.0, 4.9
+        st.obj_count[mug] = st.obj_count[cyl] = 1
+        obs = kev.observations(np.zeros((3, 3)), np.zeros((3, 9)), np.zeros(3, bool), np.zeros((3, 2)),
+                               np.zeros(3))
+        obs.location[1] = (q.astype(np.float64) @ pts[row]).astype(np.float32)  # sensed, no noise
+        pol = kp.new_policy_state(fp, ip, 1, q, 3, row)
+        hit = try_jump(model, st, hyp, obs, 2, pts, nrm, pol)
+        lo, hi = model.obj_start[mug], model.obj_start[mug + 1]
+        lo2, hi2 = model.obj_start[cyl], model.obj_start[cyl + 1]
+        node = graph_mismatch(model.node_pos, lo, hi, lo2, hi2, hyp.loc[0], hyp.rot[0], hyp.loc[1], hyp.rot[1])
+        assert hit >= 0 and pol.jumped[2] == 1
+        # the grid model's node is a voxel average: the sample seen lies within a few mm of it
+        assert np.linalg.norm(pts[hit] - model.node_pos[node]) < 0.006, trial
