@@ -222,3 +222,19 @@ def test_a_jump_through_the_right_hypothesis_lands_on_the_target(trained):
         assert hit >= 0 and pol.jumped[2] == 1
         # the grid model's node is a voxel average: the sample seen lies within a few mm of it
         assert np.linalg.norm(pts[hit] - model.node_pos[node]) < 0.006, trial
+
+
+def test_bench_policy_rows():
+    from engine.bench.policy import format_policy, run_policy_rows
+
+    small = {"objects": ["cylinder", "pill"], "n_points": 1500, "train_steps": 80, "eval_rotations": 1,
+             "eval_steps": 25}
+    rows = run_policy_rows(configs=("similar_10.yaml",), data_overrides=small)
+    assert [r["policy"] for r in rows] == ["walk", "curvature", "curvature+jumps"]
+    for r in rows:
+        assert r["n_eval_episodes"] == 2 and 0.0 <= r["accuracy"] <= r["accuracy_incl_mlh"] <= 1.0
+        assert r["matching_step_s"] > 0
+    assert rows[0]["policy_step_s"] == 0.0 and rows[0]["mean_jumps"] == 0.0  # the replayed walk
+    assert 0 < rows[2]["policy_step_s"] < rows[2]["matching_step_s"]
+    text = "\n".join(format_policy(rows))
+    assert "curvature+jumps" in text and "similar_10.yaml" in text
