@@ -283,7 +283,7 @@ def build(cfg, *, progress: bool = False, data=None):
             from engine.data.episodes import build_surfaces
 
             surfaces = build_surfaces(cfg)
-        ds = build_dataset(cfg, surfaces)
+        ds = build_dataset(cfg) if surfaces is None else build_dataset(cfg, surfaces)
         ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
                                 data_compile_s=data_compile_s)
         ex._surfaces = surfaces
