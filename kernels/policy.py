@@ -44,6 +44,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+# the walk's own constants and float32 helpers, so that a move here is the walk's move exactly
 from .geometry import _WALK_K, _WALK_MIN_DOT, _WALK_MIN_MOVE, _WALK_PUSH, _WALK_RETRIES, _RETRY_TURN
 from .geometry import _rotate_about, _to_tangent, _transport, tangent_basis
 from .kdtree import knn_rows
