@@ -399,3 +399,25 @@ def test_observe_matches_the_reference(cylinder, noisy, hue):
     if not noisy:  # the walk's observation: R p and R v, rounded once
         row = 2999
         assert np.array_equal(obs.location[4], (cylinder.points[row].astype(np.float64) @ q.T.astype(np.float64)).astype(F32))
+
+
+def test_curvature_policy_walks_along_a_sampled_cylinders_axis():
+    """End to end on sampled data (fitted normals, curvatures and directions): from the middle
+    of the side, the moves follow the axis (the minimal curvature direction)."""
+    from engine.data.shapes import make_shape
+
+    surf = sample_surface(make_shape("cylinder"), n_points=6000, seed=1)
+    pts, nrm = surf.points, surf.normals
+    side = np.flatnonzero((np.abs(pts[:, 2]) < 0.004) & surf.pose_defined)
+    cur = np.int64(side[0])
+    pol = new_pol(2)
+    for i in range(8):
+        kp.push_history(pol, pts[cur], nrm[cur])
+        kp.curvature_heading(pol, nrm[cur], surf.directions[cur], surf.curvature[cur], bool(surf.pose_defined[cur]),
+                             pol.rng)
+        nxt, _ = kp.move_along(pts, nrm, surf.tree, cur, pol.fstate[kp.SF_HEADING:kp.SF_HEADING + 3].copy(),
+                               F32(0.005))
+        d = pts[nxt] - pts[cur]
+        assert abs(d[2]) > 0.9 * np.linalg.norm(d) > 0.003, (i, d)  # along z, the axis
+        cur = nxt
+    assert pol.istate[kp.SI_FOLLOW_PC] == 8 and pol.istate[kp.SI_USING_PC] == 1
