@@ -238,3 +238,31 @@ def test_bench_policy_rows():
     assert 0 < rows[2]["policy_step_s"] < rows[2]["matching_step_s"]
     text = "\n".join(format_policy(rows))
     assert "curvature+jumps" in text and "similar_10.yaml" in text
+
+
+def test_bad_surfaces_and_rotations_are_rejected_at_the_boundary(trained):
+    import dataclasses
+
+    surf = dict(trained._surfaces)["mug"]
+    fp, ip = policy_run.policy_params(trained.config.policy, trained.config.evidence, False)
+    q = np.array([1, 0, 0, 0], np.float32)
+
+    def run(surface=surf, rotation=q, start=0, n_steps=5, n_features=2):
+        return policy_run.run_policy_episode(trained.model, surface, rotation, fp, ip, 1, start, n_steps, n_features)
+
+    bad = surf.points.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match="surface points holds NaN"):
+        run(dataclasses.replace(surf, points=bad))
+    with pytest.raises(ValueError, match="non-zero quaternion"):
+        run(rotation=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="non-zero quaternion"):
+        run(rotation=np.array([np.nan, 0, 0, 1], np.float32))
+    with pytest.raises(ValueError, match="start must lie in"):
+        run(start=surf.n_points)
+    with pytest.raises(ValueError, match="feature columns"):
+        run(n_features=4)
+    code, istate, trace, *_ = run(n_steps=0)  # no steps: nothing happens
+    assert code == kev.RUNNING and len(trace) == 0
+    code, istate, trace, *_ = run(n_steps=1)  # one step
+    assert istate[kev.IS_MATCHING_STEPS] == 1 and len(trace) == 1

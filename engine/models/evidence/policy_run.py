@@ -76,6 +76,32 @@ def episode_seeds(data_seed: int, episode: int, n_points: int) -> tuple[int, int
     return int(rs.integers(n_points)), int(rs.integers(0, 2 ** 63))
 
 
+def check_inputs(surface, rotation_q, start: int, n_steps: int, n_features: int) -> None:
+    """The kernels index and trust what they are given: a ValueError naming what is wrong with a
+    surface (NaN or infinity, mismatched rows, no samples), a rotation (NaN, zero), a start
+    sample out of range, a negative step count or feature columns other than 2 or 3."""
+    points, normals, curvature, directions, _ = surface_arrays(surface)
+    n = points.shape[0]
+    if n == 0:
+        raise ValueError("the surface has no samples")
+    for name, a, shape in (("points", points, (n, 3)), ("normals", normals, (n, 3)),
+                           ("curvature", curvature, (n, 2)), ("directions", directions, (n, 6))):
+        if a.dtype != np.float32 or a.shape != shape:
+            raise ValueError(f"surface {name} must be float32 {shape}, got {a.dtype} {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"surface {name} holds NaN or infinity")
+    q = np.asarray(rotation_q, np.float64)
+    if q.shape != (4,) or not np.isfinite(q).all() or not np.any(q != 0):
+        raise ValueError(f"rotation must be a finite, non-zero quaternion (w, x, y, z), got {q}")
+    if not 0 <= int(start) < n:
+        raise ValueError(f"start must lie in [0, {n}), got {start}")
+    if int(n_steps) < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    if int(n_features) not in (2, 3):
+        raise ValueError(f"the observations have 2 (log curvatures) or 3 (hue first) feature columns, "
+                         f"got {n_features}")
+
+
 def run_policy_episode(model, surface, rotation_q, fparams, iparams, seed: int, start: int, n_steps: int,
                        n_features: int, *, stepwise: bool = False, on_step=None):
     """One evaluation episode of ``model`` (an ``EvidenceModel``) with the sensor on ``surface``.
@@ -85,6 +111,7 @@ def run_policy_episode(model, surface, rotation_q, fparams, iparams, seed: int, 
     Returns ``(code, istate, trace, seconds, pol, obs)``: as ``EvidenceModel.run_episode``,
     plus the final ``kernels.policy.PolicyState`` and the observations sensed.
     """
+    check_inputs(surface, rotation_q, start, n_steps, n_features)
     models = model.model_arrays()
     prm = kev.params(model.feature_spec, model.fparams, model.iparams)
     n_obj = len(models.obj_start) - 1
