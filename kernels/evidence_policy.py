@@ -25,9 +25,10 @@ from ._flags import FASTMATH
 from .evidence_layout import IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, NEED_CAPACITY, RUNNING
 from .evidence_phases import one_step
 from .policy import (
-    PF_DOD, PF_RAY_RADIUS, PF_STEP, PF_TURN_SD, PI_JUMPS, PI_TYPE, SF_HEADING, SF_PREV_ROT, SI_CUR, SI_GOAL_STEP,
-    SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_TICKS, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading, goal_check,
-    graph_mismatch, move_along, observe, push_history, ray_hit, rng_normal, start_heading, walk_move,
+    PF_DOD, PF_RAY_RADIUS, PF_REVERSE, PF_STEP, PF_TURN_SD, PI_JUMPS, PI_TYPE, SF_HEADING, SF_PREV_ROT, SI_CUR,
+    SI_GOAL_STEP, SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_TICKS, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading,
+    goal_check, graph_mismatch, mapped_nearest, move_along, observe, push_history, ray_hit, rng_normal,
+    start_heading, walk_move,
 )
 from .geometry import _to_tangent
 from .timing import ticks
@@ -81,15 +82,24 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
     if node < 0:
         pol.jumped[t] = 2
         return -1
-    # displacement and normal in the body frame: R1^T (model-frame vectors)
-    rot = hyp.rot[r1]
+    via = r1
+    if fp[PF_REVERSE] > 0 and mapped_nearest(model.node_pos, node, lo2, hi2, hyp.loc[r1], hyp.rot[r1], hyp.loc[r2],
+                                             hyp.rot[r2]) < fp[PF_REVERSE]:
+        # the first graph is (within the radius) part of the second: test where the second
+        # differs, through the second hypothesis (tbp.monty's TODO in _compute_graph_mismatch)
+        other = graph_mismatch(model.node_pos, lo2, hi2, lo1, hi1, hyp.loc[r2], hyp.rot[r2], hyp.loc[r1], hyp.rot[r1])
+        if other >= 0:
+            node = other
+            via = r2
+    # displacement and normal in the body frame: R^T (model-frame vectors) of the hypothesis used
+    rot = hyp.rot[via]
     disp = np.empty(3)
     nrm = np.empty(3)
     for i in range(3):
         disp[i] = 0.0
         nrm[i] = 0.0
     for k in range(3):
-        dk = np.float64(model.node_pos[node, k]) - np.float64(hyp.loc[r1, k])
+        dk = np.float64(model.node_pos[node, k]) - np.float64(hyp.loc[via, k])
         nk = np.float64(model.node_pose[node, k])
         for i in range(3):
             disp[i] += np.float64(rot[3 * k + i]) * dk

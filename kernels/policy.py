@@ -66,7 +66,8 @@ PF_NOISE_CURV = 10  # noise: log curvature sd
 PF_NOISE_HUE = 11  # noise: hue sd
 PF_NOISE_FLIP = 12  # noise: probability of flipping pose_defined
 PF_HUE = 13  # the object's hue (when the observations have a hue column)
-N_PF = 14
+PF_REVERSE = 14  # jumps: a mismatch below this (m) tests the second graph's farthest node instead (0: off)
+N_PF = 15
 
 # iparams (int64)
 PI_TYPE = 0  # TYPE_WALK or TYPE_CURVATURE
@@ -664,6 +665,29 @@ def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
             best2 = dmin
             arg = a
     return arg
+
+
+@njit(cache=True)
+def mapped_nearest(node_pos, a, lo2, hi2, loc1, rot1, loc2, rot2):
+    """Distance (float64) from node ``a`` of the first graph, brought into the second's frame
+    as :func:`graph_mismatch` does, to the nearest node ``lo2 .. hi2`` (inf: none)."""
+    q = np.empty(3)
+    for i in range(3):
+        q[i] = np.float64(loc2[i])
+        for j in range(3):
+            m = 0.0
+            for k in range(3):
+                m += np.float64(rot2[3 * i + k]) * np.float64(rot1[3 * j + k])
+            q[i] += m * (np.float64(node_pos[a, j]) - np.float64(loc1[j]))
+    best = np.inf
+    for b in range(lo2, hi2):
+        d0 = q[0] - node_pos[b, 0]
+        d1 = q[1] - node_pos[b, 1]
+        d2 = q[2] - node_pos[b, 2]
+        d = d0 * d0 + d1 * d1 + d2 * d2
+        if d < best:
+            best = d
+    return np.sqrt(best)
 
 
 @njit(cache=True)

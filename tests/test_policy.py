@@ -421,3 +421,66 @@ def test_curvature_policy_walks_along_a_sampled_cylinders_axis():
         assert abs(d[2]) > 0.9 * np.linalg.norm(d) > 0.003, (i, d)  # along z, the axis
         cur = nxt
     assert pol.istate[kp.SI_FOLLOW_PC] == 8 and pol.istate[kp.SI_USING_PC] == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mapped_nearest_matches_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    g1 = rng.normal(0, 0.03, (50, 3)).astype(F32)
+    g2 = rng.normal(0, 0.03, (70, 3)).astype(F32)
+    nodes = np.concatenate([g1, g2])
+    r1 = random_rotation(rng).astype(F32).reshape(9)
+    r2 = random_rotation(rng).astype(F32).reshape(9)
+    _, d = ref.graph_mismatch(g1, g2, g1[3], r1, g2[5], r2)
+    for a in (0, 7, 49):
+        assert kp.mapped_nearest(nodes, a, 50, 120, g1[3], r1, g2[5], r2) == pytest.approx(d[a], rel=1e-6, abs=1e-9)
+    assert kp.mapped_nearest(nodes, 0, 50, 50, g1[3], r1, g2[5], r2) == np.inf
+
+
+def test_reverse_mismatch_tests_the_handle_of_the_mug_when_the_cup_leads():
+    """The cup (a cylinder's side) is the most likely object and every one of its nodes lies on
+    the mug: the forward mismatch finds nothing; with ``PF_REVERSE`` the jump tests where the mug
+    differs (its handle, through the mug's hypothesis) and, on the cup, lands on the side behind
+    the handle's outermost point."""
+    from kernels import evidence as kev
+    from kernels.evidence_policy import try_jump
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 2 * np.pi, 300)
+    z = rng.uniform(-0.04, 0.04, 300)
+    side = np.stack([0.03 * np.cos(t), 0.03 * np.sin(t), z], 1)
+    side_n = np.stack([np.cos(t), np.sin(t), np.zeros(300)], 1)
+    s = np.linspace(0, np.pi, 41)
+    handle = np.stack([0.03 + 0.02 * np.sin(s), np.zeros(41), 0.02 * np.cos(s)], 1)
+    handle_n = (handle - [0.03, 0, 0]) / np.linalg.norm(handle - [0.03, 0, 0], axis=1, keepdims=True)
+    pos = np.concatenate([side, side, handle]).astype(F32)  # object 0 the cup, object 1 the mug
+    normals = np.concatenate([side_n, side_n, handle_n])
+    pose = np.zeros((len(pos), 9), F32)
+    pose[:, :3] = normals
+    n = len(pos)
+    model = kev.object_models(pos, pose, np.zeros(n), np.zeros((n, 2)), np.array([0, 300, n]), np.zeros((2, 3)),
+                              np.zeros((2, 4)), np.zeros(1), np.zeros(0), np.zeros(0))
+    # the cup's surface: a dense side
+    u = rng.uniform(0, 2 * np.pi, 20000)
+    v = rng.uniform(-0.05, 0.05, 20000)
+    pts = np.stack([0.03 * np.cos(u), 0.03 * np.sin(u), v], 1).astype(F32)
+    nrm = np.stack([np.cos(u), np.sin(u), np.zeros(20000)], 1).astype(F32)
+    st = kev.new_state(2)
+    hyp = kev.new_hypotheses(4)
+    for h in range(2):
+        hyp.obj[h], hyp.ev[h] = h, 5.0 - 0.1 * h
+        hyp.rot[h] = np.eye(3, dtype=F32).reshape(9)
+        hyp.loc[h] = side[10]
+    st.istate[kev.IS_N_HYP], st.istate[kev.IS_MLH], st.istate[kev.IS_MATCHING_STEPS] = 2, 0, 10
+    st.obj_max[:] = (5.0, 4.9)
+    st.obj_count[:] = 1
+    obs = kev.observations(np.zeros((3, 3)), np.zeros((3, 9)), np.zeros(3, bool), np.zeros((3, 2)), np.zeros(3))
+    obs.location[1] = side[10]
+    hits = {}
+    for reverse in (0.0, 0.01):
+        pol = kp.new_policy_state(fparams(PF_REVERSE=reverse), iparams(PI_JUMPS=1), 1, np.eye(3), 3, 0)
+        hits[reverse] = try_jump(model, st, hyp, obs, 2, pts, nrm, pol)
+        assert pol.jumped[2] == 1
+    behind = pts[hits[0.01]]
+    assert np.linalg.norm(behind - [0.03, 0.0, 0.0]) < 0.003
+    assert np.linalg.norm(pts[hits[0.0]] - [0.03, 0.0, 0.0]) > 0.005  # forward alone tests elsewhere

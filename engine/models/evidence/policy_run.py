@@ -50,6 +50,7 @@ def policy_params(policy, evidence, noise: bool, hue: float | None = None):
     fp[kp.PF_NOISE_HUE] = n.hue
     fp[kp.PF_NOISE_FLIP] = n.pose_defined_flip
     fp[kp.PF_HUE] = 0.0 if hue is None else hue
+    fp[kp.PF_REVERSE] = evidence.max_match_distance if policy.reverse_mismatch else 0.0
     ip = np.zeros(kp.N_PI, np.int64)
     ip[kp.PI_TYPE] = kp.TYPE_CURVATURE if policy.type == "curvature" else kp.TYPE_WALK
     ip[kp.PI_JUMPS] = 1 if policy.hypothesis_testing else 0

@@ -30,6 +30,7 @@ class PolicySettings:
     wait_growth_multiplier: int = 2
     desired_object_distance: float = 0.025
     jump_ray_radius: float = 0.002
+    reverse_mismatch: bool = False
 
     @property
     def in_loop(self) -> bool:
@@ -56,6 +57,9 @@ POLICY_DOCS = {
     "wait_growth_multiplier": "jumps: growth of that wait after each such jump",
     "desired_object_distance": "jumps: the jumped sensor looks at the target from 1.5x this distance (m)",
     "jump_ray_radius": "jumps: a surface sample this close to the sensor's line of sight is what it sees (m)",
+    "reverse_mismatch": "jumps: when the most likely object's graph lies within the match radius of the second's "
+                        "(a part of it), test where the second differs instead, through the second hypothesis "
+                        "(tbp.monty's TODO; not in tbp.monty)",
 }
 
 #: bounds of the integer settings (at least 1, except min_post_goal_success_steps >= 0)
