@@ -189,6 +189,8 @@ MODEL_TYPES = tuple(REGISTERED_MODEL_TYPES)  # the registry names the model type
 # Data sources each model can read: the evidence model needs pose vectors and curvatures.
 EVIDENCE_SOURCES = ("shapes", "dataset")
 BUILTIN_SHAPE_NAMES = ("box", "sphere", "cylinder", "cone", "torus", "capsule", "mug", "bowl", "banana", "die")
+# engine.data.shapes.VARIANT_SHAPES: objects that differ from a built-in one in one part
+BUILTIN_SHAPE_NAMES += ("cup", "pill", "rounded_box", "deep_bowl", "truncated_cone")
 # Settings that only the nearest model reads.
 NEAREST_ONLY = ("k", "max_distance", "dedup_distance", "dedup_feature")
 
@@ -312,6 +314,30 @@ def _evidence_schema() -> dict[str, _Setting]:
 
 SCHEMA["evidence"] = _evidence_schema()
 
+
+def _policy_schema() -> dict[str, _Setting]:
+    """The ``policy`` section, generated from ``PolicySettings`` (its defaults live there)."""
+    from engine.models.evidence.policy_settings import POLICY_DOCS, POLICY_INT_MIN, PolicySettings
+
+    out = {}
+    for f in dataclasses.fields(PolicySettings):
+        kind = type(f.default)
+        extra = {}
+        if f.name == "type":
+            extra["choices"] = ("walk", "curvature")
+        elif kind is int:
+            extra["minimum"] = POLICY_INT_MIN.get(f.name, 1)
+            extra["maximum"] = 1_000_000
+        elif kind is float:
+            extra["minimum"] = 0.0
+            extra["exclusive_min"] = f.name in ("step_size", "desired_object_distance", "jump_ray_radius")
+            extra["maximum"] = 1.0  # fractions, and metres (ten objects' sizes)
+        out[f.name] = _Setting(kind, f.default, doc=POLICY_DOCS.get(f.name, ""), **extra)
+    return out
+
+
+SCHEMA["policy"] = _policy_schema()
+
 TOP_LEVEL = {"output_dir": _Setting(str, "results", doc="folder for summary.json and episodes.csv "
                                                          "(relative to the working directory)")}
 
@@ -364,6 +390,7 @@ class Config:
     output_dir: str
     source_file: str = "<config>"
     evidence: Any = None  # engine.models.evidence.model.EvidenceSettings when model.type is evidence
+    policy: Any = None  # engine.models.evidence.policy_settings.PolicySettings when model.type is evidence
 
     def to_dict(self) -> dict:
         """The resolved config (defaults filled) as plain data, as written to summary.json."""
@@ -377,6 +404,8 @@ class Config:
         }
         if self.evidence is not None:
             out["evidence"] = dataclasses.asdict(self.evidence)
+        if self.policy is not None:
+            out["policy"] = dataclasses.asdict(self.policy)
         return out
 
 
@@ -438,6 +467,13 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         evidence = EvidenceSettings(**_section(raw, "evidence", SCHEMA["evidence"], prefix))
     elif "evidence" in raw:
         raise ConfigError(f"{prefix}evidence: only the evidence model reads it (model.type is {model['type']!r})")
+    policy = None
+    if model["type"] == "evidence":
+        from engine.models.evidence.policy_settings import PolicySettings
+
+        policy = PolicySettings(**_section(raw, "policy", SCHEMA["policy"], prefix))
+    elif "policy" in raw:
+        raise ConfigError(f"{prefix}policy: only the evidence model reads it (model.type is {model['type']!r})")
     execution = _section(raw, "execution", SCHEMA["execution"], prefix)
     if execution["scheduler"] is not None and execution["workers"] > 1:
         raise ConfigError(f"{prefix}execution.scheduler: set together with execution.workers = "
@@ -464,6 +500,10 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         params["mesh_dir"] = str(_resolve_relative(params["mesh_dir"], source_file))
         if not Path(params["mesh_dir"]).is_dir():
             raise ConfigError(f"{prefix}data.mesh_dir: folder not found: {params['mesh_dir']}")
+    if source == "dataset" and policy is not None and policy.in_loop:
+        key = "policy.type" if policy.type != "walk" else "policy.hypothesis_testing"
+        raise ConfigError(f"{prefix}{key}: a recorded dataset holds no surface to move over; the policy needs "
+                          "data.source: shapes (or policy.type: walk with hypothesis_testing: false)")
     if source == "dataset":
         params["path"] = str(_resolve_relative(params["path"], source_file))
         data_path = Path(params["path"])
@@ -483,6 +523,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         output_dir=top["output_dir"],
         source_file=source_file,
         evidence=evidence,
+        policy=policy,
     )
 
 

@@ -36,7 +36,7 @@ def _raw_for(section, key, value, source=None):
         model = {"type": "evidence"} if source == "shapes" else {}
         return {"model": model, "data": data}
     raw = {"data": {"source": "cube"}}
-    if section == "evidence":
+    if section in ("evidence", "policy"):  # the sections only the evidence model reads
         raw = {"model": {"type": "evidence"}, "data": dict(SHAPES)}
     if section == "model" and key in ("k", "max_distance", "dedup_distance", "dedup_feature"):
         raw["model"] = {"type": "nearest"}

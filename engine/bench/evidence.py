@@ -37,6 +37,10 @@ a dataset, trained once and saved, then its evaluation from the saved model in t
 (with workers each worker's data and model loading, ``worker_setup_s``, and ``cluster_start_s`` apart).
 Without Dask's ``distributed`` (the ``dask`` extra) both rows are skipped with that reason.
 
+Then the ``policy`` rows (``engine.bench.policy``): the replayed walk, the curvature policy and
+the curvature policy with hypothesis-testing jumps on ``configs/shapes_10_noise.yaml`` and
+``configs/similar_10.yaml``: accuracy, mean steps, time per matching step and the policy's share.
+
 Library code prints nothing: progress goes to ``logging``; ``format_evidence`` returns the
 text.
 """
@@ -283,7 +287,7 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
 def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=None, eval_rotations=None,
                        train_steps: int = 400, eval_steps: int = 100, updaters=UPDATERS,
                        max_eval_episodes="auto", memory_fraction: float = MEMORY_FRACTION,
-                       seed: int = 0, workers_rows: bool = True) -> SuiteRows:
+                       seed: int = 0, workers_rows: bool = True, policy_rows: bool | None = None) -> SuiteRows:
     """Run the evidence suite; returns one row per (size, updater) (keys ``ROW_KEYS``).
 
     Parameters
@@ -303,6 +307,7 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
         MemAvailable
     seed : of the simulated walks and rotations
     workers_rows : add the ``workers`` rows (:func:`run_workers_rows`)
+    policy_rows : add the ``policy`` rows (``engine.bench.policy``; None: as ``workers_rows``)
     """
     from engine.models.evidence.model import warmup_kernels
     from engine.models.evidence.settings import EvidenceSettings
@@ -362,6 +367,10 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
     out.info["surface_s"] = surfaces.seconds
     if workers_rows:
         out.extend(run_workers_rows())
+    if workers_rows if policy_rows is None else policy_rows:
+        from engine.bench.policy import run_policy_rows
+
+        out.extend(run_policy_rows())
     if json_path is not None:
         write_json(out, json_path)
     return out
@@ -476,7 +485,7 @@ def format_evidence(rows) -> str:
     Takes ``run_evidence_suite``'s result or the rows read back from its JSON."""
     info = getattr(rows, "info", {})
     all_rows = list(rows)
-    rows = [r for r in all_rows if r.get("case") != "workers"]
+    rows = [r for r in all_rows if r.get("case") not in ("workers", "policy")]
     head = (f"{'case':<7} {'implementation':<15} {'nodes/obj':>9} {'points':>6} {'episodes':>8} {'steps':>6} "
             f"{'hypotheses':>10} {'ms/step':>8} {'ns/hyp-step':>11} {'train s':>8} {'accuracy':>8} {'x tbp':>6}")
     lines = [head, "-" * len(head)]
@@ -542,4 +551,7 @@ def format_evidence(rows) -> str:
         timing += f"; {info['threads']}"
     lines.append(timing + ".")
     lines.extend(format_workers(all_rows))
+    from engine.bench.policy import format_policy
+
+    lines.extend(format_policy(all_rows))
     return "\n".join(lines)

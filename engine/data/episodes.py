@@ -61,8 +61,10 @@ def check_objects_fit(cfg, ds) -> None:
                             f"({s.graph_distance:g} m): it would be one node; record it in metres")
 
 
-def build_dataset(cfg):
-    """The observations of an evidence config: simulated shapes or a recorded dataset."""
+def build_dataset(cfg, surfaces=None):
+    """The observations of an evidence config: simulated shapes or a recorded dataset.
+
+    ``surfaces``: the objects' surfaces (``build_surfaces(cfg)``) when built already."""
     params = cfg.data.params
     if cfg.data.source == "dataset":
         from engine.data.dataset import read_dataset
@@ -70,6 +72,23 @@ def build_dataset(cfg):
         ds = read_dataset(params["path"])
         check_objects_fit(cfg, ds)
         return ds
+    from engine.data import sensor
+
+    if surfaces is None:
+        surfaces = build_surfaces(cfg)
+    with sensor.deferred_interrupts():  # Ctrl-C between kernel calls: a clean KeyboardInterrupt
+        hue = None
+        if params["hue"]:
+            # distinct colours: golden-ratio steps around the hue circle
+            hue = {name: float((0.618033988749895 * i) % 1.0) for i, (name, _) in enumerate(surfaces)}
+        return sensor.simulate(surfaces, train_steps=params["train_steps"],
+                               eval_rotations=params["eval_rotations"], eval_steps=params["eval_steps"],
+                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue)
+
+
+def build_surfaces(cfg):
+    """``[(name, engine.data.sensor.Surface) ...]`` of a shapes config's objects, in order."""
+    params = cfg.data.params
     from engine.data import sensor
     from engine.data import shapes
     from engine import memory
@@ -95,10 +114,4 @@ def build_dataset(cfg):
         surfaces = sensor.builtin_surfaces(names, n_points=params["n_points"], seed=params["seed"])
         for name, mesh in meshes:
             surfaces.append((name, sensor.sample_surface(mesh, n_points=params["n_points"], seed=params["seed"])))
-        hue = None
-        if params["hue"]:
-            # distinct colours: golden-ratio steps around the hue circle
-            hue = {name: float((0.618033988749895 * i) % 1.0) for i, (name, _) in enumerate(surfaces)}
-        return sensor.simulate(surfaces, train_steps=params["train_steps"],
-                               eval_rotations=params["eval_rotations"], eval_steps=params["eval_steps"],
-                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue)
+    return surfaces

@@ -28,6 +28,7 @@ from engine.errors import UserError
 
 __all__ = [
     "BUILTIN_SHAPES",
+    "VARIANT_SHAPES",
     "SIZE",
     "load_mesh",
     "load_mesh_folder",
@@ -45,6 +46,14 @@ SIZE = 0.1
 BUILTIN_SHAPES = (
     "box", "sphere", "cylinder", "cone", "torus", "capsule", "mug", "bowl", "banana", "die",
 )
+
+#: Variants of built-in objects that differ from them in one part (``configs/similar_10.yaml``):
+#: ``cup`` the mug without its handle, ``pill`` the cylinder with hemispherical ends,
+#: ``rounded_box`` the box with rounded edges and corners, ``deep_bowl`` the bowl with a
+#: straight wall above its rim, ``truncated_cone`` the cone cut a quarter below its tip. Each
+#: is scaled as the object it varies (the parts they share have the same size); they are not in
+#: ``BUILTIN_SHAPES`` (``data.objects: null`` still means the ten above).
+VARIANT_SHAPES = ("cup", "pill", "rounded_box", "deep_bowl", "truncated_cone")
 
 # Extensions load_mesh_folder picks up (lower case).
 MESH_EXTENSIONS = (".obj", ".ply", ".stl", ".glb", ".gltf", ".off")
@@ -81,7 +90,8 @@ def _normalise(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     map in ``metadata["build_to_mesh"]`` (composed with any earlier one)."""
     lo, hi = mesh.bounds
     centre = (lo + hi) / 2.0
-    scale = SIZE / float(np.max(hi - lo))
+    # a variant is scaled as the object it varies (metadata "scale_side": that one's largest side)
+    scale = SIZE / float(mesh.metadata.pop("scale_side", np.max(hi - lo)))
     mesh.vertices = (mesh.vertices - centre) * scale
     old_scale, old_offset = mesh.metadata.get("build_to_mesh", (np.ones(3), np.zeros(3)))
     old_scale = np.asarray(old_scale, dtype=np.float64)
@@ -213,9 +223,63 @@ def _die() -> trimesh.Trimesh:
     return _orient_outward(mesh)
 
 
+def _largest_side(mesh: trimesh.Trimesh) -> float:
+    lo, hi = mesh.bounds
+    return float(np.max(hi - lo))
+
+
+def _cup() -> trimesh.Trimesh:
+    # the mug's body alone, at the mug's scale
+    mesh = trimesh.creation.cylinder(radius=0.35, height=0.9, sections=128)
+    mesh.metadata["scale_side"] = _largest_side(_mug())
+    return mesh
+
+
+def _pill() -> trimesh.Trimesh:
+    # the cylinder's radius and length, with hemispherical ends instead of flat ones
+    return trimesh.creation.capsule(height=0.4, radius=0.3, count=[48, 48])
+
+
+def _rounded_box() -> trimesh.Trimesh:
+    # the box's extents, edges and corners rounded with radius 0.1: the convex hull of spheres
+    # at the corners of the box shrunk by the radius
+    r = 0.1
+    half = np.array([1.0, 0.75, 0.5]) / 2.0 - r
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=r).vertices
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
+    return _orient_outward(trimesh.convex.convex_hull(np.concatenate([c + ball for c in corners])))
+
+
+def _deep_bowl() -> trimesh.Trimesh:
+    # the bowl with a straight wall of 0.2 above its hemispherical shell
+    outer, inner, wall = 0.5, 0.43, 0.2
+    a = np.linspace(-np.pi / 2, 0.0, 48)
+    out_arc = np.stack([outer * np.cos(a), outer * np.sin(a)], axis=1)
+    in_arc = np.stack([inner * np.cos(a[::-1]), inner * np.sin(a[::-1])], axis=1)
+    up = np.linspace(0.0, wall, 9)[1:]
+    out_wall = np.stack([np.full(8, outer), up], axis=1)
+    in_wall = np.stack([np.full(8, inner), up[::-1]], axis=1)
+    profile = np.concatenate([out_arc, out_wall, in_wall, in_arc])
+    profile[0, 0] = 0.0
+    profile[-1, 0] = 0.0
+    return _orient_outward(trimesh.creation.revolve(profile, sections=128))
+
+
+def _truncated_cone() -> trimesh.Trimesh:
+    # the cone (radius 0.4, height 1.0) cut flat at height 0.75, at the cone's scale
+    h = 0.75
+    top = 0.4 * (1.0 - h)
+    profile = np.array([[0.0, 0.0], [0.4, 0.0], [top, h], [0.0, h]])
+    mesh = _orient_outward(trimesh.creation.revolve(profile, sections=128))
+    mesh.metadata["scale_side"] = 1.0
+    return mesh
+
+
 _BUILDERS = {
     "box": _box, "sphere": _sphere, "cylinder": _cylinder, "cone": _cone, "torus": _torus,
     "capsule": _capsule, "mug": _mug, "bowl": _bowl, "banana": _banana, "die": _die,
+    "cup": _cup, "pill": _pill, "rounded_box": _rounded_box, "deep_bowl": _deep_bowl,
+    "truncated_cone": _truncated_cone,
 }
 
 
@@ -228,7 +292,7 @@ def make_shape(name: str) -> trimesh.Trimesh:
         An unknown name (the message lists the known ones).
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown shape {name!r}; known shapes: {', '.join(BUILTIN_SHAPES)}")
+        raise ValueError(f"unknown shape {name!r}; known shapes: {', '.join(BUILTIN_SHAPES + VARIANT_SHAPES)}")
     mesh = _BUILDERS[name]()
     mesh.metadata.pop("file_name", None)
     mesh.metadata["name"] = name

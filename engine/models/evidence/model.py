@@ -64,6 +64,10 @@ class EvidenceEpisode:
     seconds: float            # wall time of the episode's kernel calls
     detected_rotation: np.ndarray | None = None  # float32 (3, 3) the object's rotation in the world, as detected
     trace: np.ndarray | None = field(default=None, repr=False)  # float32 (steps, O) best evidence per object
+    jumps: int = 0                # hypothesis-testing jumps attempted (policy.hypothesis_testing)
+    jumps_on_object: int = 0      # of those, the ones that landed on the object
+    jump_steps: tuple = ()        # the steps (0-based, as the trace's rows) a jump landed on
+    policy_seconds: float = 0.0   # of ``seconds``, moving the sensor and sensing (policy in the loop)
 
 
 # Which setting fills which slot of the kernels' parameter arrays.
@@ -512,6 +516,11 @@ class EvidenceExperiment:
             n = min(2, ds.n_steps)
             self.model.run_episode(ds.location[:n], ds.pose_vectors[:n], ds.pose_defined[:n], self.features[:n],
                                    stepwise=self.config.execution.stepwise)
+            rows = self._episode_rows(EVAL)
+            if self.config.policy is not None and self.config.policy.in_loop and len(rows):
+                from engine.models.evidence import policy_run  # compile or load the policy's episode kernel
+
+                policy_run.eval_episode(self, int(rows[0]), stepwise=self.config.execution.stepwise, n_steps=2)
         return time.perf_counter() - t0
 
     def evaluate_episode(self, epoch: int, episode: int) -> EvidenceEpisode:
@@ -525,8 +534,15 @@ class EvidenceExperiment:
             raise RuntimeError("evaluate_episode needs a trained model: call train() first")
         ds, stepwise, e = self.dataset, self.config.execution.stepwise, rows[episode]
         on_step = self._step_hook(epoch, episode) if self.hooks.has("after_step") else None
-        code, istate, trace, secs, sc = self.model.eval_episode(
-            ds, self.features, e, stepwise=stepwise or on_step is not None, on_step=on_step)
+        jumps = (0, 0, (), 0.0)
+        if self.config.policy is not None and self.config.policy.in_loop:  # the sensor in the loop
+            from engine.models.evidence import policy_run
+
+            code, istate, trace, secs, sc, jumps = policy_run.eval_episode(
+                self, e, stepwise=stepwise or on_step is not None, on_step=on_step)
+        else:
+            code, istate, trace, secs, sc = self.model.eval_episode(
+                ds, self.features, e, stepwise=stepwise or on_step is not None, on_step=on_step)
         target = int(ds.episode_object[e])
         rec = EvidenceEpisode(epoch=epoch, episode=episode, object=str(ds.object_names[target]),
                               rotation=np.asarray(ds.episode_rotation[e], np.float32),
@@ -534,7 +550,9 @@ class EvidenceExperiment:
                               mlh_correct=sc["mlh_correct"], steps=int(istate[kev.IS_MATCHING_STEPS]),
                               rotation_error_deg=sc["rotation_error_deg"], symmetric=sc["symmetric"],
                               n_hypotheses=live_hypotheses(istate), seconds=secs,
-                              detected_rotation=sc["detected_rotation"], trace=trace)
+                              detected_rotation=sc["detected_rotation"], trace=trace,
+                              jumps=jumps[0], jumps_on_object=jumps[1], jump_steps=jumps[2],
+                              policy_seconds=jumps[3])
         return rec
 
     def run(self) -> EvidenceRunResult:

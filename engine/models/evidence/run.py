@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 EPISODE_COLUMNS = ("epoch", "episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
                    "detected_object", "mlh_object", "outcome", "steps", "rotation_error_deg", "symmetric",
                    "hypotheses", "seconds")
+#: episodes.csv's extra columns when the sensor is in the loop (``policy``)
+POLICY_COLUMNS = ("jumps", "jumps_on_object")
+
+
+def _in_loop(cfg) -> bool:
+    return getattr(cfg, "policy", None) is not None and cfg.policy.in_loop
 
 
 def summary(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> dict:
@@ -80,6 +86,11 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "run_s": result.run_s,
         "data_s": data_s,
         "data_compile_s": data_compile_s,
+        "policy": _policy_name(cfg),
+        "mean_jumps": sum(e.jumps for e in eps) / n if n else None,
+        "mean_jumps_on_object": sum(e.jumps_on_object for e in eps) / n if n else None,
+        # of matching_step_s: moving the sensor and making its observation (0 for the replayed walk)
+        "policy_step_s": sum(e.policy_seconds for e in eps) / steps if steps else None,
         "model_path": result.model_path,
         "model_digest": result.model_digest,
         "trained_on": result.trained_on,
@@ -91,17 +102,28 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
     }
 
 
+def _policy_name(cfg) -> str:
+    """``walk``, ``curvature``, ``walk+jumps`` or ``curvature+jumps``."""
+    p = getattr(cfg, "policy", None)
+    if p is None:
+        return "walk"
+    return p.type + ("+jumps" if p.hypothesis_testing else "")
+
+
 def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
-def episode_rows(result) -> list[list]:
-    """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`)."""
+def episode_rows(result, policy_columns: bool = False) -> list[list]:
+    """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`, then :data:`POLICY_COLUMNS` with
+    ``policy_columns``)."""
     rows = []
     for e in result.episodes:
         q = [f"{float(v):.7g}" for v in e.rotation]
         rows.append([e.epoch, e.episode, e.object, *q, e.detected or "", e.mlh_object or "", e.outcome, e.steps,
                      _fmt(e.rotation_error_deg, ".4f"), int(e.symmetric), e.n_hypotheses, f"{e.seconds:.6g}"])
+        if policy_columns:
+            rows[-1] += [e.jumps, e.jumps_on_object]
     return rows
 
 
@@ -129,6 +151,8 @@ def write_plots(out_dir: Path, result) -> list[Path]:
         for o, name in enumerate(result.object_names):
             y = np.where(np.isfinite(e.trace[:, o]), e.trace[:, o], np.nan)
             ax.plot(steps, y, label=name, lw=2.2 if name == e.object else 1.0)
+        for j, t in enumerate(s for s in e.jump_steps if s < len(e.trace)):  # the policy's jumps
+            ax.axvline(t + 1, color="0.5", ls=":", lw=1.0, label="jump" if j == 0 else None)
         ax.set_xlabel("matching step")
         ax.set_ylabel("evidence of the best hypothesis")
         ax.set_title(f"episode {e.episode} (epoch {e.epoch}): {e.object} -> {e.outcome}")
@@ -171,12 +195,20 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
             f"{s['experiment']}: {s['n_objects']} objects, {s['n_eval_episodes']} evaluation episodes: "
             f"accuracy {s['accuracy']:.3f} ({s['accuracy_incl_mlh']:.3f} incl. MLH), outcomes {s['outcomes']}, "
             f"rotation error {_rotation_errors(s)}, mean steps {s['mean_steps']:.1f}, "
-            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}"
+            f"{s['matching_step_s'] * 1e3:.3f} ms per matching step ({s['updater']}, {s['path']}{_policy_note(s)}"
             f"{_busy_note(s)}), {_training_note(s)}{_compile_note(s)}")
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
     return "\n".join(lines)
+
+
+def _policy_note(s: dict) -> str:
+    """The policy beside the path when the sensor is in the loop (", curvature+jumps, 3.1 jumps")."""
+    if s.get("policy", "walk") == "walk":
+        return ""
+    jumps = f", {s['mean_jumps']:.1f} jumps per episode" if s.get("mean_jumps") else ""
+    return f", {s['policy']}{jumps}"
 
 
 def _training_note(s: dict) -> str:
@@ -208,7 +240,9 @@ def _compile_note(s: dict) -> str:
 def report(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> RunReport:
     """The run's summary, episodes.csv rows and printed table."""
     data = summary(cfg, result, data_s=data_s, data_compile_s=data_compile_s)
-    return RunReport(data, EPISODE_COLUMNS, episode_rows(result), format_table(data, result))
+    loop = _in_loop(cfg)
+    columns = EPISODE_COLUMNS + (POLICY_COLUMNS if loop else ())
+    return RunReport(data, columns, episode_rows(result, loop), format_table(data, result))
 
 
 # --------------------------------------------------------------------------- the model type's protocol
@@ -217,6 +251,7 @@ def report(cfg, result, data_s: float | None = None, data_compile_s: float | Non
 #: kernel modules this model calls (the cache inventory of ``python -m engine info``)
 KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.lane_cells", "kernels.lanes",
                   "kernels.graph", "kernels.geometry", "kernels.kdtree", "kernels.select")
+KERNEL_MODULES += ("kernels.evidence_policy", "kernels.policy")  # the sensor in the loop (policy)
 
 
 def entry_kernel(cfg) -> str:
@@ -251,9 +286,15 @@ def build(cfg, *, progress: bool = False, data=None):
     try:
         data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
         t0 = time.perf_counter()
-        ds = build_dataset(cfg)
+        surfaces = None
+        if _in_loop(cfg):  # the policy moves over the surfaces while evaluating: keep them
+            from engine.data.episodes import build_surfaces
+
+            surfaces = build_surfaces(cfg)
+        ds = build_dataset(cfg) if surfaces is None else build_dataset(cfg, surfaces)
         ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
                                 data_compile_s=data_compile_s)
+        ex._surfaces = surfaces
     except BaseException:
         if ahead is not None:
             ahead.stop()
@@ -288,6 +329,10 @@ def warmup_config(cfg) -> None:
     from engine.models.evidence.model import warmup_kernels
 
     warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
+    if _in_loop(cfg):
+        from engine.models.evidence.policy_run import compile_policy_kernel
+
+        compile_policy_kernel()
 
 
 # --------------------------------------------------------------------------- saved models
@@ -311,8 +356,11 @@ def evaluation_settings(cfg) -> tuple[str, ...]:
     from engine.models.evidence.settings import EvidenceSettings
     import dataclasses
 
+    from engine.models.evidence.policy_settings import PolicySettings
+
     return ("model.confidence_threshold",) + tuple(
-        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS)
+        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS
+    ) + tuple(f"policy.{f.name}" for f in dataclasses.fields(PolicySettings))
 
 
 #: the arrays of an evidence model file: ``kernels.evidence_layout.MODEL_FIELDS`` (the object
