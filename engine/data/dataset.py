@@ -168,6 +168,16 @@ class DatasetError(UserError, ValueError):
     """
 
 
+class SensorSteps(NamedTuple):
+    """The step arrays of one sensor patch (the shapes of :class:`EpisodeDataset`'s)."""
+
+    location: np.ndarray
+    pose_vectors: np.ndarray
+    pose_defined: np.ndarray
+    curvature: np.ndarray
+    features: np.ndarray
+
+
 @dataclass(frozen=True, eq=False)
 class EpisodeDataset:
     """The arrays of one ``monty-episodes/1`` dataset (see docs/dataset-format.md).
@@ -205,6 +215,10 @@ class EpisodeDataset:
     meta : dict
         Free-form JSON object (generator, parameters, ...); stored as a JSON string, so
         what reads back is what JSON round-trips (tuples come back as lists).
+    sensors : tuple of SensorSteps
+        The step arrays of the sensor patches beyond the first (``monty-episodes/2``;
+        empty: one sensor, ``monty-episodes/1``). The fields above are the first sensor's;
+        every sensor has a row per step (the same ``T``) and the same feature columns.
 
     Notes
     -----
@@ -224,6 +238,7 @@ class EpisodeDataset:
     episode_split: np.ndarray
     object_names: np.ndarray
     meta: dict = field(default_factory=dict)
+    sensors: tuple = ()
 
     # eq=False above because the generated __eq__ would compare arrays with ``==`` and
     # fail on their ambiguous truth value; this one compares them properly.
@@ -238,6 +253,12 @@ class EpisodeDataset:
             same_dtype = a.dtype == b.dtype or (a.dtype.kind == b.dtype.kind == "U")
             if not same_dtype or a.shape != b.shape or not np.array_equal(a, b):
                 return False
+        if len(self.sensors) != len(other.sensors):
+            return False
+        for mine, theirs in zip(self.sensors, other.sensors):
+            for a, b in zip(mine, theirs):
+                if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+                    return False
         return self.meta == other.meta
 
     __hash__ = None  # type: ignore[assignment]
@@ -246,6 +267,17 @@ class EpisodeDataset:
     def n_steps(self) -> int:
         """``T``, the number of steps (rows of ``location``)."""
         return int(self.location.shape[0])
+
+    @property
+    def n_sensors(self) -> int:
+        """``S``, the number of sensor patches (1 for a ``monty-episodes/1`` dataset)."""
+        return 1 + len(self.sensors)
+
+    def sensor(self, s: int) -> SensorSteps:
+        """The step arrays of sensor ``s`` (0: the dataset's own fields)."""
+        if s == 0:
+            return SensorSteps(self.location, self.pose_vectors, self.pose_defined, self.curvature, self.features)
+        return self.sensors[s - 1]
 
     @property
     def n_episodes(self) -> int:
@@ -785,6 +817,39 @@ def _validate(
         _check_array(source, key, getattr(ds, key), dtype, spec, dims)
     _check_values(source, ds, n_steps=dims["T"][0], n_objects=dims["O"][0], regions=regions)
     _meta_json(source, ds.meta)
+    _validate_sensors(ds, source, dims, regions)
+
+
+def _validate_sensors(ds: EpisodeDataset, source: str, dims: dict, regions: dict | None) -> None:
+    """The patches beyond the first (``monty-episodes/2``): each a :class:`SensorSteps` whose
+    step arrays follow the first sensor's rules with the first sensor's ``T`` and ``F``
+    (a patch with another number of steps is an error naming it)."""
+    if not isinstance(ds.sensors, tuple):
+        raise DatasetError(f"{source}: sensors: expected a tuple of SensorSteps, got {type(ds.sensors).__name__}")
+    for s, steps in enumerate(ds.sensors, start=1):
+        if not isinstance(steps, SensorSteps):
+            raise DatasetError(f"{source}: sensor {s}: expected SensorSteps, got {type(steps).__name__}")
+        for key, dtype, spec in _ARRAY_KEYS:
+            if key not in _STEP_FIELDS:
+                continue
+            a = getattr(steps, key)
+            name = sensor_key(s, key)
+            if isinstance(a, np.ndarray) and a.ndim >= 1 and a.shape[0] != dims["T"][0]:
+                raise DatasetError(
+                    f"{source}: key '{name}': {a.shape[0]} steps, but the first sensor has {dims['T'][0]}: "
+                    "every sensor patch must have one row per step"
+                )
+            _check_array(source, name, a, dtype, spec, dims)
+        view = EpisodeDataset(*steps, *(getattr(ds, k) for k in ARRAY_FIELDS[len(_STEP_FIELDS):]), meta=ds.meta)
+        sub = None
+        if regions is not None:
+            sub = {k: regions[sensor_key(s, k)] for k in _STEP_FIELDS if sensor_key(s, k) in regions}
+        _check_values(f"{source}: sensor {s}", view, n_steps=dims["T"][0], n_objects=dims["O"][0], regions=sub)
+
+
+def sensor_key(s: int, field: str) -> str:
+    """The file key of step array ``field`` of sensor ``s`` >= 1 (``monty-episodes/2``)."""
+    return f"sensor{s}_{field}"
 
 
 # --------------------------------------------------------------------------- writing
