@@ -69,6 +69,7 @@ def build_dataset(cfg):
 
         ds = read_dataset(params["path"])
         check_objects_fit(cfg, ds)
+        check_sensor_count(cfg, ds)
         return ds
     from engine.data import sensor
     from engine.data import shapes
@@ -101,4 +102,20 @@ def build_dataset(cfg):
             hue = {name: float((0.618033988749895 * i) % 1.0) for i, (name, _) in enumerate(surfaces)}
         return sensor.simulate(surfaces, train_steps=params["train_steps"],
                                eval_rotations=params["eval_rotations"], eval_steps=params["eval_steps"],
-                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue)
+                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue,
+                               **_patches(cfg))
+
+
+def _patches(cfg) -> dict:
+    """simulate's patch arguments: one patch per learning module (none given for one)."""
+    n = cfg.evidence.n_modules if cfg.evidence is not None else 1
+    return {} if n == 1 else {"patches": n, "patch_spacing": cfg.data.params["patch_spacing"]}
+
+
+def check_sensor_count(cfg, ds) -> None:
+    """A UserError when a recorded dataset's sensor patches are not one per learning module."""
+    n = cfg.evidence.n_modules if cfg.evidence is not None else 1
+    if ds.n_sensors != n:
+        raise UserError(f"{cfg.source_file}: data.path: {cfg.data.params['path']} holds {ds.n_sensors} sensor "
+                        f"patch{'es' if ds.n_sensors != 1 else ''} per step, but evidence.n_modules is {n}: "
+                        "each learning module needs its own patch")

@@ -63,6 +63,10 @@ class EvidenceEpisode:
     seconds: float            # wall time of the episode's kernel calls
     detected_rotation: np.ndarray | None = None  # float32 (3, 3) the object's rotation in the world, as detected
     trace: np.ndarray | None = field(default=None, repr=False)  # float32 (steps, O) best evidence per object
+    # several modules (engine.models.evidence.modules): modules that matched the detected object,
+    # each module's own outcome; trace is then (steps, modules, O)
+    modules_matched: int | None = None
+    module_outcomes: tuple | None = None
 
 
 # Which setting fills which slot of the kernels' parameter arrays.
