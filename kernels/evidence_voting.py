@@ -23,7 +23,7 @@ patch) and its own hypotheses. The state of all modules lives in the layout of
 A step (:func:`voting_episode`): phase 1 of every module first (so that a step needing
 larger hypothesis arrays is repeated whole after growing them), then phases 2-6 of each
 module in turn (``kernels.evidence_phases``, each parallel inside), then the vote
-exchange (``kernels.voting.exchange_votes``; every module has an on-object feature step
+exchange (``kernels.voting.exchange_votes``, receivers in parallel; every module has an on-object feature step
 at every step of these episodes, so every module sends and receives), the per-object
 maxima and MLH of each module a vote changed, and the terminal check: each module's
 possible objects (section 5.2; none: the module is in ``no_match``, from which a vote
@@ -38,7 +38,7 @@ bit for bit (tests/test_evidence_voting.py).
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._flags import FASTMATH
 from .evidence_layout import (
@@ -50,7 +50,7 @@ from .evidence_phases import (
     _node_feature_evidence, _possible_objects, _sample_new, _terminal_check, _update_existing, begin_step, end_step,
     step_parameters,
 )
-from .voting import exchange_votes
+from .voting import gather_votes, receive_module
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -251,9 +251,12 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
                 n_rows[m] = st.istate[m, IS_N_HYP]
                 for a in range(3):
                     sensed[m, a] = obs.location[m, t, a]
-            _, changed = exchange_votes(hyp.obj, hyp.loc, hyp.rot, hyp.ev, n_rows, sensed, sends, vp.conn,
-                                        np.float64(vp.fvote[FV_THRESHOLD]), vp.fvote[FV_WEIGHT], bounded,
-                                        fparams[FP_MMD], vp.ivote[IV_MODE])
+            # kernels.voting.exchange_votes with the receivers in parallel (each writes its own row)
+            votes = gather_votes(hyp.obj, hyp.ev, hyp.loc, hyp.rot, n_rows, sends, np.float64(vp.fvote[FV_THRESHOLD]))
+            changed = np.zeros(n_mod, np.int64)
+            for r in prange(n_mod):
+                changed[r] = receive_module(r, hyp.obj, hyp.loc, hyp.ev, n_rows, sensed, sends, vp.conn, votes,
+                                            vp.fvote[FV_WEIGHT], bounded, fparams[FP_MMD], vp.ivote[IV_MODE])
             for m in range(n_mod):
                 if changed[m] > 0:
                     stm = State(st.istate[m], st.fstate[m], st.obj_max[m], st.obj_count[m])

@@ -27,12 +27,12 @@ of which those at distance ``>= max_match_distance`` are dropped; the largest co
 ``v`` among the rest is added: ``E <- E + w v``, or ``(E + w v) / (1 + w)`` when
 ``past_weight + present_weight == 1`` (tbp.monty's code takes the unweighted maximum;
 its docs say a distance-weighted average). A hypothesis without a vote in range keeps
-its evidence. The search is a hash grid over the receiver's votes (cells
-``max_match_distance`` wide, sorted keys of (object, cell), the 27 cells around a
-query): only votes closer than the radius can count, and the ``k`` nearest of all votes
-that lie in the radius are the ``k`` nearest of the votes in the radius, so the grid
-gives tbp.monty's answer exactly (ties in distance: the vote earlier in the pool, pooled
-sender by sender in module order, each sender's votes in row order).
+its evidence. The search is a KD-tree per object over the receiver's votes
+(``kernels.kdtree``, built inside the step) searched within the radius: only votes
+closer than the radius can count, and the ``k`` nearest of all votes that lie in the
+radius are the ``k`` nearest of the votes in the radius, so this gives tbp.monty's answer
+exactly (ties in distance: the vote earlier in the pool, pooled sender by sender in
+module order, each sender's votes in row order).
 
 Who takes part (:func:`exchange_votes`): a module sends only when ``sends[m]`` (it
 processed a feature step this step, having been on the object); a module receives only
@@ -44,6 +44,8 @@ from the evidences before any vote is received.
 
 import numpy as np
 from numba import njit
+
+from .kdtree import build_tree, knn_rows
 
 VOTE_TRANSPOSE = 0  # l' = l + R^T dp, tbp.monty's code
 VOTE_ROTATE = 1     # l' = l + R dp
@@ -152,101 +154,154 @@ def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, 
         Written: the vote each row took (NaN: none).
 
     Returns the number of rows whose evidence a vote changed.
+
+    Per object a KD-tree over its votes (``kernels.kdtree``, pool order kept as the
+    tree's input order, so equal distances go to the earlier vote) and one search of
+    the receiver's rows of that object for their ``VOTE_K`` nearest votes within the
+    radius (votes at the radius itself are then dropped, as tbp.monty drops distances
+    ``>= max_match_distance``).
     """
     for h in range(n):
         taken[h] = np.nan
     if nv == 0 or n == 0:
         return 0
-    # cells a little wider than the radius: float32 rounding of the cell index can then
-    # never put two points closer than the radius two cells apart
-    cell = np.float64(mmd) * 1.00001
-    ox = np.inf
-    oy = np.inf
-    oz = np.inf
-    mx = -np.inf
-    my = -np.inf
-    mz = -np.inf
+    n_obj = 0
     for i in range(nv):
-        ox = min(ox, np.float64(vloc[i, 0]))
-        oy = min(oy, np.float64(vloc[i, 1]))
-        oz = min(oz, np.float64(vloc[i, 2]))
-        mx = max(mx, np.float64(vloc[i, 0]))
-        my = max(my, np.float64(vloc[i, 1]))
-        mz = max(mz, np.float64(vloc[i, 2]))
-    nx = np.int64(np.floor((mx - ox) / cell)) + 1
-    ny = np.int64(np.floor((my - oy) / cell)) + 1
-    nz = np.int64(np.floor((mz - oz) / cell)) + 1
-    keys = np.empty(nv, np.int64)
-    for i in range(nv):
-        ix = np.int64(np.floor((np.float64(vloc[i, 0]) - ox) / cell))
-        iy = np.int64(np.floor((np.float64(vloc[i, 1]) - oy) / cell))
-        iz = np.int64(np.floor((np.float64(vloc[i, 2]) - oz) / cell))
-        keys[i] = ((np.int64(vobj[i]) * nz + iz) * ny + iy) * nx + ix
-    order = np.argsort(keys, kind="mergesort")  # stable: pool order within a cell
-    skeys = keys[order]
-    r2 = mmd * mmd
-    best_d = np.empty(VOTE_K, np.float32)
-    best_i = np.empty(VOTE_K, np.int64)
-    changed = 0
+        n_obj = max(n_obj, vobj[i] + 1)
     for h in range(n):
-        o = obj[h]
-        if o < 0:
+        n_obj = max(n_obj, obj[h] + 1)
+    # votes and rows grouped by object, each group in its original order (counting sort)
+    v_start = np.zeros(n_obj + 1, np.int64)
+    h_start = np.zeros(n_obj + 1, np.int64)
+    for i in range(nv):
+        v_start[vobj[i] + 1] += 1
+    for h in range(n):
+        if obj[h] >= 0:
+            h_start[obj[h] + 1] += 1
+    for o in range(n_obj):
+        v_start[o + 1] += v_start[o]
+        h_start[o + 1] += h_start[o]
+    v_order = np.empty(nv, np.int64)
+    h_order = np.empty(h_start[n_obj], np.int64)
+    fill = v_start[:n_obj].copy()
+    for i in range(nv):
+        v_order[fill[vobj[i]]] = i
+        fill[vobj[i]] += 1
+    fill = h_start[:n_obj].copy()
+    for h in range(n):
+        if obj[h] >= 0:
+            h_order[fill[obj[h]]] = h
+            fill[obj[h]] += 1
+    r2 = mmd * mmd
+    changed = 0
+    for o in range(n_obj):
+        a, b = v_start[o], v_start[o + 1]
+        qa, qb = h_start[o], h_start[o + 1]
+        if a == b or qa == qb:
             continue
-        qx = loc[h, 0]
-        qy = loc[h, 1]
-        qz = loc[h, 2]
-        fx = np.floor((np.float64(qx) - ox) / cell)
-        fy = np.floor((np.float64(qy) - oy) / cell)
-        fz = np.floor((np.float64(qz) - oz) / cell)
-        # (compared as floats: a query far outside would overflow the integer cell index)
-        if not (fx >= -1 and fy >= -1 and fz >= -1 and fx <= nx and fy <= ny and fz <= nz):
-            continue
-        cx = np.int64(fx)
-        cy = np.int64(fy)
-        cz = np.int64(fz)
-        x0 = max(cx - 1, 0)
-        x1 = min(cx + 1, nx - 1)
-        m = 0
-        if x0 <= x1:
-            for iz in range(max(cz - 1, 0), min(cz + 1, nz - 1) + 1):
-                for iy in range(max(cy - 1, 0), min(cy + 1, ny - 1) + 1):
-                    base = ((np.int64(o) * nz + iz) * ny + iy) * nx
-                    a = np.searchsorted(skeys, base + x0)
-                    b = np.searchsorted(skeys, base + x1 + 1)
-                    for p in range(a, b):
-                        i = order[p]
-                        dx = vloc[i, 0] - qx
-                        dy = vloc[i, 1] - qy
-                        dz = vloc[i, 2] - qz
-                        d2 = dx * dx + dy * dy + dz * dz
-                        if d2 >= r2:
-                            continue
-                        # keep the VOTE_K nearest; equal distances: the earlier vote
-                        if m < VOTE_K:
-                            best_d[m] = d2
-                            best_i[m] = i
-                            m += 1
-                        else:
-                            w = 0
-                            for s in range(1, VOTE_K):
-                                if best_d[s] > best_d[w] or (best_d[s] == best_d[w] and best_i[s] > best_i[w]):
-                                    w = s
-                            if d2 < best_d[w] or (d2 == best_d[w] and i < best_i[w]):
-                                best_d[w] = d2
-                                best_i[w] = i
-        if m == 0:
-            continue
-        v = vconf[best_i[0]]
-        for s in range(1, m):
-            if vconf[best_i[s]] > v:
-                v = vconf[best_i[s]]
-        taken[h] = v
-        if bounded:
-            ev[h] = (ev[h] + weight * v) / (np.float32(1.0) + weight)
-        else:
-            ev[h] = ev[h] + weight * v
-        changed += 1
+        pts = np.empty((b - a, 3), np.float32)
+        for j in range(a, b):
+            for c in range(3):
+                pts[j - a, c] = vloc[v_order[j], c]
+        tree = build_tree(pts)
+        nq = qb - qa
+        queries = np.empty((nq, 3), np.float32)
+        for j in range(nq):
+            for c in range(3):
+                queries[j, c] = loc[h_order[qa + j], c]
+        k = min(VOTE_K, b - a)
+        idx = np.empty((nq, k), np.int64)
+        dist = np.empty((nq, k), np.float32)
+        knn_rows(tree, queries, 0, nq, k, r2, idx, dist, np.empty(0, np.int64))
+        for j in range(nq):
+            best = np.float32(-np.inf)
+            found = False
+            h = h_order[qa + j]
+            for s in range(k):
+                i = idx[j, s]
+                if i < 0:
+                    continue
+                # the radius test on the squared float32 distance (the tree reports distances)
+                vi = v_order[a + i]
+                dx = vloc[vi, 0] - loc[h, 0]
+                dy = vloc[vi, 1] - loc[h, 1]
+                dz = vloc[vi, 2] - loc[h, 2]
+                if not dx * dx + dy * dy + dz * dz < r2:
+                    continue
+                c = vconf[vi]
+                if not found or c > best:
+                    best = c
+                    found = True
+            if not found:
+                continue
+            taken[h] = best
+            if bounded:
+                ev[h] = (ev[h] + weight * best) / (np.float32(1.0) + weight)
+            else:
+                ev[h] = ev[h] + weight * best
+            changed += 1
     return changed
+
+
+@njit(cache=True)
+def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
+    """Every sending module's votes (:func:`select_votes`), module after module.
+
+    Returns ``(start, v_obj, v_loc, v_rot, v_conf)``: module ``m``'s votes are
+    ``start[m] .. start[m + 1]`` (int64 (M + 1,)) of ``v_obj`` int32, ``v_loc`` float32
+    (V, 3), ``v_rot`` float32 (V, 9), ``v_conf`` float32 (V,). Arguments as
+    :func:`exchange_votes`'s.
+    """
+    n_mod = obj.shape[0]
+    start = np.zeros(n_mod + 1, np.int64)
+    for m in range(n_mod):
+        c = count_votes(obj[m], ev[m], n_rows[m], threshold) if sends[m] else 0
+        start[m + 1] = start[m] + c
+    total = start[n_mod]
+    v_src = np.empty(total, np.int32)
+    v_obj = np.empty(total, np.int32)
+    v_loc = np.empty((total, 3), np.float32)
+    v_rot = np.empty((total, 9), np.float32)
+    v_conf = np.empty(total, np.float32)
+    for m in range(n_mod):
+        if start[m + 1] > start[m]:
+            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, v_src, v_obj, v_loc, v_rot,
+                         v_conf, start[m])
+    return start, v_obj, v_loc, v_rot, v_conf
+
+
+@njit(cache=True)
+def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode):
+    """Receiver ``r``'s part of :func:`exchange_votes`: the votes of its senders (``votes``,
+    :func:`gather_votes`'s tuple) moved into its position and received. Writes only ``ev[r]``
+    (so receivers can run in parallel); returns the rows a vote changed."""
+    if not sends[r]:
+        return 0
+    start, v_obj, v_loc, v_rot, v_conf = votes
+    n_mod = obj.shape[0]
+    nv = 0
+    for s in range(n_mod):
+        if conn[r, s] != 0 and sends[s]:
+            nv += start[s + 1] - start[s]
+    if nv == 0:
+        return 0
+    p_obj = np.empty(nv, np.int32)
+    p_loc = np.empty((nv, 3), np.float32)
+    p_conf = np.empty(nv, np.float32)
+    j = 0
+    for s in range(n_mod):
+        if conn[r, s] == 0 or not sends[s]:
+            continue
+        dx = sensed[r, 0] - sensed[s, 0]
+        dy = sensed[r, 1] - sensed[s, 1]
+        dz = sensed[r, 2] - sensed[s, 2]
+        for i in range(start[s], start[s + 1]):
+            p_obj[j] = v_obj[i]
+            p_conf[j] = v_conf[i]
+            transform_vote(v_loc, v_rot, i, dx, dy, dz, mode, p_loc, j)
+            j += 1
+    taken = np.empty(n_rows[r], np.float32)
+    return receive_votes(obj[r], loc[r], ev[r], n_rows[r], p_obj, p_loc, p_conf, nv, mmd, weight, bounded, taken)
 
 
 @njit(cache=True)
@@ -271,48 +326,14 @@ def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, we
     changed : int64 (M,), rows of each receiver whose evidence a vote changed
     """
     n_mod = obj.shape[0]
+    votes = gather_votes(obj, ev, loc, rot, n_rows, sends, threshold)
+    start = votes[0]
     n_votes = np.zeros(n_mod, np.int64)
     changed = np.zeros(n_mod, np.int64)
     for m in range(n_mod):
-        if sends[m]:
-            n_votes[m] = count_votes(obj[m], ev[m], n_rows[m], threshold)
-    start = np.zeros(n_mod + 1, np.int64)
-    for m in range(n_mod):
-        start[m + 1] = start[m] + n_votes[m]
-    total = start[n_mod]
-    v_src = np.empty(total, np.int32)
-    v_obj = np.empty(total, np.int32)
-    v_loc = np.empty((total, 3), np.float32)
-    v_rot = np.empty((total, 9), np.float32)
-    v_conf = np.empty(total, np.float32)
-    for m in range(n_mod):
-        if n_votes[m] > 0:
-            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, v_src, v_obj, v_loc, v_rot,
-                         v_conf, start[m])
-    if total == 0:
-        return n_votes, changed
-    p_obj = np.empty(total, np.int32)
-    p_loc = np.empty((total, 3), np.float32)
-    p_conf = np.empty(total, np.float32)
-    taken = np.empty(obj.shape[1], np.float32)
+        n_votes[m] = start[m + 1] - start[m]
     for r in range(n_mod):
-        if not sends[r]:
-            continue
-        nv = 0
-        for s in range(n_mod):
-            if conn[r, s] == 0 or not sends[s]:
-                continue
-            dx = sensed[r, 0] - sensed[s, 0]
-            dy = sensed[r, 1] - sensed[s, 1]
-            dz = sensed[r, 2] - sensed[s, 2]
-            for i in range(start[s], start[s + 1]):
-                p_obj[nv] = v_obj[i]
-                p_conf[nv] = v_conf[i]
-                transform_vote(v_loc, v_rot, i, dx, dy, dz, mode, p_loc, nv)
-                nv += 1
-        if nv > 0:
-            changed[r] = receive_votes(obj[r], loc[r], ev[r], n_rows[r], p_obj, p_loc, p_conf, nv, mmd, weight,
-                                       bounded, taken)
+        changed[r] = receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode)
     return n_votes, changed
 
 
