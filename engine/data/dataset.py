@@ -83,11 +83,13 @@ __all__ = [
     "ARRAY_FIELDS",
     "EVAL",
     "FORMAT",
+    "FORMAT_2",
     "LAYOUTS",
     "TRAIN",
     "VALIDATION_CHUNK",
     "DatasetError",
     "EpisodeDataset",
+    "SensorSteps",
     "check_dataset_folder",
     "frames_from_normals",
     "points_dataset",
@@ -98,8 +100,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The value of the ``format`` key of every file this module writes and reads.
+#: The value of the ``format`` key of a one-sensor file (every file this module writes for a
+#: dataset without ``sensors``).
 FORMAT = "monty-episodes/1"
+#: The ``format`` of a file with several sensor patches: version 1's keys (the first
+#: sensor's step arrays), ``n_sensors`` (0-d int64, >= 2) and, for each further sensor
+#: ``s``, the five step arrays as ``sensor{s}_location`` ... ``sensor{s}_features`` with
+#: version 1's dtypes and shapes (the same ``T`` and ``F``). The reader reads both.
+FORMAT_2 = "monty-episodes/2"
+#: Most sensor patches a file may declare.
+MAX_SENSORS = 64
 
 #: ``episode_split`` values.
 TRAIN = 0
@@ -156,6 +166,17 @@ ARRAY_FIELDS = tuple(key for key, _, _ in _ARRAY_KEYS)
 _STEP_FIELDS = ("location", "pose_vectors", "pose_defined", "curvature", "features")
 # Every key the reader loads; anything else in a file is ignored (but checked for pickles).
 _KNOWN_KEYS = ("format", *ARRAY_FIELDS, "meta")
+_SENSOR_KEY = __import__("re").compile(r"sensor([1-9][0-9]*)_(location|pose_vectors|pose_defined|curvature|features)")
+
+
+def _is_known(key: str) -> bool:
+    """A key the reader loads: version 1's, ``n_sensors`` or a further sensor's step array."""
+    return key in _KNOWN_KEYS or key == "n_sensors" or _SENSOR_KEY.fullmatch(key) is not None
+
+
+def _is_step(key: str) -> bool:
+    """A per-step array (memory-mapped where the file allows it)."""
+    return key in _STEP_FIELDS or _SENSOR_KEY.fullmatch(key) is not None
 
 
 
@@ -895,10 +916,15 @@ def write_dataset(
     if compress and layout == "npy-dir":
         raise ValueError("compress=True needs layout='npz' (npy-dir files are not compressed)")
     validate_dataset(ds, source=f"writing {path}")
-    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT)}
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT_2 if ds.sensors else FORMAT)}
     for key in ARRAY_FIELDS:
         arrays[key] = getattr(ds, key)
     arrays["meta"] = np.array(_meta_json(f"writing {path}", ds.meta))
+    if ds.sensors:  # monty-episodes/2: the further sensors' step arrays
+        arrays["n_sensors"] = np.array(ds.n_sensors, np.int64)
+        for s, steps in enumerate(ds.sensors, start=1):
+            for key, a in zip(_STEP_FIELDS, steps):
+                arrays[sensor_key(s, key)] = a
 
     if layout == "npy-dir":
 
@@ -1036,11 +1062,12 @@ def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, 
             arrays: dict[str, Any] = {}
             regions: dict[str, _Region] = {}
             compressed = []
-            for key in _KNOWN_KEYS:
+            extra = sorted({n[:-4] if n.endswith(".npy") else n for n in by_name} - set(_KNOWN_KEYS))
+            for key in (*_KNOWN_KEYS, *(k for k in extra if _is_known(k))):
                 info = by_name.get(key) or by_name.get(key + ".npy")
                 if info is None:
                     continue
-                if mmap and key in _STEP_FIELDS:
+                if mmap and _is_step(key):
                     if npzfile.is_stored(info):
                         mapped = _map_member(path, f, info)
                         if mapped is not None:
@@ -1102,7 +1129,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
         file = os.path.join(path, name)
         if ext != ".npy" or not os.path.isfile(file):
             continue
-        known = key in _KNOWN_KEYS
+        known = _is_known(key)
         try:
             with open(file, "rb") as f:
                 if f.read(len(npzfile.NPY_MAGIC)) != npzfile.NPY_MAGIC:
@@ -1126,7 +1153,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
                         f"{path}: key '{key}': {name} is truncated or corrupt (the file "
                         f"has {size} bytes, its .npy header needs {need})"
                     )
-                if mmap and key in _STEP_FIELDS:
+                if mmap and _is_step(key):
                     if need > data:
                         arrays[key] = np.load(file, mmap_mode="c", allow_pickle=False)
                     else:
@@ -1163,10 +1190,10 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
             f"{source}: key 'format': expected a 0-d str array holding {FORMAT!r}, "
             f"got {_describe(fmt)}"
         )
-    if str(fmt) != FORMAT:
+    if str(fmt) not in (FORMAT, FORMAT_2):
         raise DatasetError(
             f"{source}: key 'format': unsupported format {str(fmt)!r}; this reader "
-            f"supports {FORMAT!r}"
+            f"supports {FORMAT!r} and {FORMAT_2!r}"
         )
     for key, dtype, spec in _ARRAY_KEYS:
         if key not in arrays:
@@ -1194,7 +1221,41 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
                 f"{source}: key 'meta': JSON {type(meta).__name__} instead of an object; "
                 "allowed: a JSON object string"
             )
-    return EpisodeDataset(**{key: arrays[key] for key in ARRAY_FIELDS}, meta=meta)
+    return EpisodeDataset(**{key: arrays[key] for key in ARRAY_FIELDS}, meta=meta,
+                          sensors=_sensors_from_arrays(arrays, source, str(fmt)))
+
+
+def _sensors_from_arrays(arrays: dict, source: str, fmt: str) -> tuple:
+    """The further sensors of a ``monty-episodes/2`` file (``n_sensors`` and its keys); none
+    for version 1, whose sensor keys, if any, are ignored like any unknown key."""
+    if fmt == FORMAT:
+        return ()
+    raw = arrays.get("n_sensors")
+    if raw is None:
+        raise DatasetError(f"{source}: missing required key 'n_sensors' (a 0-d int64 array: the sensor patches "
+                           f"per step, 2 to {MAX_SENSORS}; {FORMAT_2!r} files hold it)")
+    if not (isinstance(raw, np.ndarray) and raw.shape == () and raw.dtype == np.dtype("<i8")):
+        raise DatasetError(f"{source}: key 'n_sensors': expected a 0-d int64 array, got {_describe(raw)}")
+    n = int(raw)
+    if not 2 <= n <= MAX_SENSORS:
+        raise DatasetError(f"{source}: key 'n_sensors': {n} sensor patches; allowed: 2 to {MAX_SENSORS} "
+                           f"(one sensor is a {FORMAT!r} file)")
+    found = sorted({int(m.group(1)) for m in map(_SENSOR_KEY.fullmatch, arrays) if m})
+    beyond = [s for s in found if s >= n]
+    if beyond:
+        raise DatasetError(f"{source}: key '{sensor_key(beyond[0], 'location')}' and its siblings: sensor {beyond[0]} "
+                           f"is beyond n_sensors = {n} (sensors 1 to {n - 1} follow the first)")
+    out = []
+    for s in range(1, n):
+        parts = []
+        for key, dtype, spec in _ARRAY_KEYS[:len(_STEP_FIELDS)]:
+            name = sensor_key(s, key)
+            if name not in arrays:
+                raise DatasetError(f"{source}: missing required key '{name}' (n_sensors is {n}: sensor {s}'s "
+                                   f"{_expected_dtype_name(dtype)} array of shape {_shape_text(spec)})")
+            parts.append(arrays[name])
+        out.append(SensorSteps(*parts))
+    return tuple(out)
 
 
 def read_dataset(path: str | os.PathLike, mmap: bool = True) -> EpisodeDataset:
