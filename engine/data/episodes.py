@@ -108,13 +108,15 @@ def build_dataset(cfg):
 
 def _patches(cfg) -> dict:
     """simulate's patch arguments: one patch per learning module (none given for one)."""
-    n = cfg.evidence.n_modules if cfg.evidence is not None else 1
+    ev = getattr(cfg, "evidence", None)
+    n = ev.n_modules if ev is not None else 1
     return {} if n == 1 else {"patches": n, "patch_spacing": cfg.data.params["patch_spacing"]}
 
 
 def check_sensor_count(cfg, ds) -> None:
     """A UserError when a recorded dataset's sensor patches are not one per learning module."""
-    n = cfg.evidence.n_modules if cfg.evidence is not None else 1
+    ev = getattr(cfg, "evidence", None)
+    n = ev.n_modules if ev is not None else 1
     if ds.n_sensors != n:
         raise UserError(f"{cfg.source_file}: data.path: {cfg.data.params['path']} holds {ds.n_sensors} sensor "
                         f"patch{'es' if ds.n_sensors != 1 else ''} per step, but evidence.n_modules is {n}: "

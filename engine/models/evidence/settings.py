@@ -122,6 +122,8 @@ def check_voting(value, n_modules: int, where: str) -> str | None:
     """What is wrong with an ``evidence.voting`` value for ``n_modules`` modules (None: fine)."""
     if value is None or value == "all":
         return None
+    if isinstance(value, tuple):  # (the config's tuples shown as the lists they were written as)
+        value = [list(v) if isinstance(v, tuple) else v for v in value]
     if not isinstance(value, (list, tuple)) or len(value) != n_modules:
         return (f"{where}: expected 'all', null or a list of {n_modules} lists (one per module, its senders), "
                 f"got {value!r}"[:300])
