@@ -9,6 +9,17 @@ archive (``numpy.savez`` layout, no pickled data) holding step arrays (``locatio
 
 Shapes use four sizes: ``T`` steps, ``E`` episodes, ``O`` objects, ``F`` feature columns.
 
+Several sensor patches (``monty-episodes/2``)
+--------------------------------------------
+A dataset whose ``sensors`` is not empty (several patches per step, one per learning
+module) is written as version 2: version 1's keys (the first patch's step arrays), the
+0-d int64 ``n_sensors`` (2 to :data:`MAX_SENSORS`) and for each further patch ``s`` its
+five step arrays ``sensor{s}_location`` .. ``sensor{s}_features`` (:func:`sensor_key`),
+with version 1's dtypes and shapes and the same ``T`` and ``F``; they are memory-mapped and
+validated like the first patch's, and a patch with another step count, a missing key or a
+patch beyond ``n_sensors`` is a :class:`DatasetError` naming the key. A dataset with one
+patch is written as version 1, and a version 1 file reads as one patch.
+
 Layouts
 -------
 - ``npz`` (the format's layout): one ``.npz`` archive, each key a ``KEY.npy`` member,
