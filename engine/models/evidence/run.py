@@ -318,6 +318,11 @@ def warmup_config(cfg) -> None:
     from engine.models.evidence.model import warmup_kernels
 
     warmup_kernels(cfg.evidence, simulate=cfg.data.source == "shapes")
+    if cfg.evidence.n_modules > 1:
+        from engine.models.evidence.modules import compile_voting_kernel
+
+        for stepwise in (False, True):
+            compile_voting_kernel(stepwise=stepwise)
 
 
 # --------------------------------------------------------------------------- saved models
