@@ -204,6 +204,10 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
+    if s.get("n_modules", 1) > 1 and s["n_eval_episodes"]:
+        lines.append(f"{s['n_modules']} modules: {s['mean_modules_matched']:.2f} matched the detected object on "
+                     f"average; each module's own accuracy "
+                     + " ".join(f"{a:.2f}" for a in s["module_accuracy"]))
     return "\n".join(lines)
 
 
