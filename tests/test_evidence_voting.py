@@ -15,9 +15,10 @@ from kernels import evidence as ev
 from kernels import evidence_voting as evv
 from kernels import voting as kv
 from kernels.evidence_layout import IS_MATCHING_STEPS, IS_NEED, IS_N_HYP, MATCH, NEED_CAPACITY
-from tests.test_evidence_kernels import (  # noqa: F401  (episode_case is a fixture)
-    F32, _episode, episode_case, make_params, model_tuple,
-)
+import tests.test_evidence_kernels as tek
+from tests.test_evidence_kernels import F32, _episode, make_params, model_tuple
+
+episode_case = tek.episode_case  # the one-module kernel tests' episode (a fixture)
 
 
 def _obs_tuple(obs):

@@ -270,10 +270,11 @@ def build(cfg, *, progress: bool = False, data=None):
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
+    experiment = EvidenceExperiment
     if cfg.evidence.n_modules > 1:
-        from engine.models.evidence.modules import ModulesExperiment as EvidenceExperiment  # noqa: F811
+        from engine.models.evidence.modules import ModulesExperiment as experiment
     if data is not None:  # built already (a Dask worker gets the run's): no simulation, no sensor kernels
-        return EvidenceExperiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
+        return experiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
     ahead = None
     # (a read-only kernel cache could not take what the second process compiles)
     if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE and cfg.evidence.n_modules == 1:
@@ -283,8 +284,8 @@ def build(cfg, *, progress: bool = False, data=None):
         data_compile_s = warmup_sensor_kernels() if cfg.data.source != "dataset" else 0.0
         t0 = time.perf_counter()
         ds = build_dataset(cfg)
-        ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
-                                data_compile_s=data_compile_s)
+        ex = experiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
+                        data_compile_s=data_compile_s)
     except BaseException:
         if ahead is not None:
             ahead.stop()
