@@ -275,6 +275,10 @@ SOURCES: dict[str, dict[str, _Setting]] = {
                                           "2 deg pose, 0.1 log curvature, 0.1 hue, 1% pose_defined flips)"),
         "hue": _Setting(bool, False, doc="sense a hue per object (a distinct colour each) as a feature"),
         "seed": _Setting(int, 0, minimum=0, maximum=SEED_MAX, doc="seed of surface sampling, walks, rotations and noise"),
+        "variants": _Setting(int, 0, minimum=0, maximum=1000,
+                             doc="perturbed variants of the built-in objects added after the objects (name~round: "
+                                 "the built-ins in turn, each axis scaled by 0.7-1.3 and bumped, as the evidence "
+                                 "benchmark builds them)"),
         "patch_spacing": _Setting(float, 0.01, minimum=0.0, exclusive_min=True, maximum=0.05,
                                   doc="distance (m) between neighbouring sensor patches (evidence.n_modules > 1)"),
     },

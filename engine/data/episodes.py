@@ -83,6 +83,7 @@ def build_dataset(cfg):
             names = []
     if names is None:
         names = list(shapes.BUILTIN_SHAPES)
+    meshes = meshes + _variants(params.get("variants", 0))
     clash = sorted(set(names) & {n for n, _ in meshes})
     if clash:
         raise UserError(f"{cfg.source_file}: data.mesh_dir: mesh {clash[0]!r} has the name of a built-in object "
@@ -104,6 +105,19 @@ def build_dataset(cfg):
                                eval_rotations=params["eval_rotations"], eval_steps=params["eval_steps"],
                                noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue,
                                **_patches(cfg))
+
+
+def _variants(n: int) -> list:
+    """``data.variants``: (name, mesh) of ``n`` perturbed built-ins, ``name~round``: the built-ins
+    in turn, round 1 for the first ten, 2 for the next ten, ... (``shapes.perturbed_shape``, as
+    the evidence benchmark names and builds them)."""
+    from engine.data.shapes import BUILTIN_SHAPES, perturbed_shape
+
+    out = []
+    for i in range(int(n)):
+        base, rnd = BUILTIN_SHAPES[i % len(BUILTIN_SHAPES)], i // len(BUILTIN_SHAPES) + 1
+        out.append((f"{base}~{rnd}", perturbed_shape(base, rnd)))
+    return out
 
 
 def _patches(cfg) -> dict:

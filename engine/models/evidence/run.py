@@ -313,7 +313,8 @@ def describe_data(cfg) -> str:
 
     names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
     meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
-    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}), "
+    variants = f" and {p['variants']} perturbed variants" if p.get("variants") else ""
+    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}){variants}, "
             f"{p['eval_rotations']} evaluation rotations each")
 
 
