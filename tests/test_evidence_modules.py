@@ -95,3 +95,21 @@ def test_several_modules_cannot_be_saved_yet(tmp_path, capsys):
     path = _config(tmp_path)
     code, out, err = run_cli(capsys, "train", str(path), "--save", str(tmp_path / "m.npz"))
     assert code == 2 and "evidence.n_modules" in err and "one module only" in err
+
+
+def test_variants_are_named_as_the_benchmark_names_them():
+    from engine.bench.evidence import object_names
+    from engine.data.episodes import _variants
+    from engine.data.shapes import BUILTIN_SHAPES
+
+    got = _variants(11)
+    assert [n for n, _ in got] == object_names(21)[10:]
+    assert got[10][0] == f"{BUILTIN_SHAPES[0]}~2"
+    assert len(got[0][1].faces) > 0
+
+
+def test_bad_variants_setting(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(TINY.format(extra="", out=tmp_path / "out").replace("noise: true", "noise: true, variants: -1"))
+    code, out, err = run_cli(capsys, "validate", str(path))
+    assert code == 2 and "data.variants: expected an integer >= 0" in err
