@@ -113,3 +113,18 @@ def test_bad_variants_setting(tmp_path, capsys):
     path.write_text(TINY.format(extra="", out=tmp_path / "out").replace("noise: true", "noise: true, variants: -1"))
     code, out, err = run_cli(capsys, "validate", str(path))
     assert code == 2 and "data.variants: expected an integer >= 0" in err
+
+
+def test_stepwise_is_the_fused_path_with_several_modules(tmp_path, capsys):
+    """configs/recorded_5lm.yaml (the bundled five-patch file): one kernel call per step gives the
+    episodes of one call per episode."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    config = root / "configs" / "recorded_5lm.yaml"
+    out = {}
+    for stepwise in ("false", "true"):
+        folder = tmp_path / stepwise
+        ok_cli(capsys, "run", str(config), "--set", f"execution.stepwise={stepwise}", "--set", f"output_dir={folder}")
+        with open(folder / "episodes.csv") as f:
+            out[stepwise] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    assert out["false"] == out["true"]
+    assert len(out["false"]) == 8 and "modules_matched" in out["false"][0]
