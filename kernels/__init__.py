@@ -31,6 +31,25 @@ lanes      vector-lane primitives (LLVM IR): one step of many queries' candidate
 import os as _os
 
 
+def _others_running(samples=3, gap_s=0.002):
+    """Tasks other than this one that are runnable right now (``/proc/loadavg``'s running
+    count, less this process), the smallest of a few samples ``gap_s`` apart: a task that
+    merely woke up does not count, a busy process does. None where it cannot be read."""
+    import time
+
+    best = None
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        best = running - 1 if best is None else min(best, running - 1)
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    return max(0, best)
+
+
 def _choose_openmp_wait_policy():
     """Passive OpenMP waiting when the machine is already busy; libgomp's default otherwise.
 
@@ -42,20 +61,28 @@ def _choose_openmp_wait_policy():
     10 x 10 seed row took 8.0 ms instead of 0.019 ms). Passive (sleeping)
     workers are woken with priority and avoid that cliff, but each wake-up
     costs 30-60 us on an idle machine (100 x 10 row: 0.21-0.29 ms instead of
-    0.165 ms). So: passive when the 1-minute load average says half the
-    cores are taken (a sustained load, not a momentary one: the choice holds
-    for the whole process); spinning otherwise. A user's own OMP_WAIT_POLICY or
-    GOMP_SPINCOUNT always wins. Must run before the first parallel kernel,
-    hence at import. Returns who chose (see ``OPENMP_WAIT_POLICY_SOURCE``).
+    0.165 ms; an evidence step of shapes_10_noise 1.16-1.5 ms instead of 0.94).
+    So: passive when other processes are running on half the cores right now
+    (``/proc/loadavg``'s count of runnable tasks, a few samples: a sustained
+    load, not a task that just woke); spinning otherwise. The 1-minute load
+    average is only the fallback where that count cannot be read: it still holds
+    the runs that just ended (a sweep's previous point, a test suite), which made
+    idle machines run passive. The choice holds for the whole process (the
+    evidence model also moves its episodes to the free cores, see
+    ``engine.run.cpu_share``). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT
+    always wins. Must run before the first parallel kernel, hence at import.
+    Returns who chose (see ``OPENMP_WAIT_POLICY_SOURCE``).
     """
     if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
         return "user"
     cpus = _os.cpu_count() or 1
-    try:
-        load1 = _os.getloadavg()[0]
-    except (OSError, AttributeError):  # no load information on this platform
-        return "default"
-    if load1 >= cpus / 2:
+    others = _others_running()
+    if others is None:
+        try:
+            others = _os.getloadavg()[0]
+        except (OSError, AttributeError):  # no load information on this platform
+            return "default"
+    if others >= cpus / 2:
         _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         return "busy"
     return "default"

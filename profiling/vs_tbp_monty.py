@@ -65,11 +65,38 @@ def _our_episode(ex, e: int) -> dict:
 
     code, istate, _, secs, sc = ex.model.eval_episode(ex.dataset, ex.features, e)
     return {"outcome": sc["outcome"], "steps": int(istate[kev.IS_MATCHING_STEPS]), "seconds": float(secs),
-            "rotation_error_deg": sc["rotation_error_deg"]}
+            "rotation_error_deg": sc["rotation_error_deg"], "detected": sc["detected"],
+            "symmetric": bool(sc["symmetric"])}
+
+
+def _workers_side(cfg, ex, n_workers: int, log) -> dict:
+    """Our evaluation of every evaluation episode over ``n_workers`` Dask worker processes from a
+    saved model (``engine.run.workers``, as ``run --model M --workers N``): the evaluation's
+    wall time (``eval_s``: cluster start and each worker's loading apart) per matching step."""
+    import dataclasses
+    import tempfile
+
+    from engine.run import registry, workers
+
+    with tempfile.TemporaryDirectory(prefix="vs-tbp-monty-") as tmp:
+        model = Path(tmp) / "model.npz"
+        registry.save_model(cfg, ex, model)
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)),
+                                execution=dataclasses.replace(cfg.execution, workers=n_workers))
+        wex = registry.load_experiment(c, data=ex.dataset)
+        wex.warmup()
+        result, info = workers.run(wex, c)
+    steps = sum(e.steps for e in result.episodes)
+    log(f"ours over {n_workers} workers: eval_s {info['eval_s']:.2f} s for {steps} matching steps "
+        f"(cluster start {info['cluster_start_s'] or 0:.2f} s, worker setup {info.get('worker_setup_s') or 0:.2f} s)")
+    return {"workers": n_workers, "eval_s": info["eval_s"], "matching_steps": steps,
+            "eval_wall_per_step_s": info["eval_s"] / steps if steps else None,
+            "cluster_start_s": info["cluster_start_s"], "worker_setup_s": info.get("worker_setup_s"),
+            "accuracy": sum(e.outcome == "correct" for e in result.episodes) / max(1, len(result.episodes))}
 
 
 def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0.3, warm_up: bool = True,
-            log=print) -> dict:
+            workers: int = 0, log=print) -> dict:
     """Train both systems on ``cfg``'s data and time their matching steps side by side."""
     import tbp_monty_step as tms
 
@@ -107,7 +134,8 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
             ours["seconds"] += o["seconds"]
             ours["steps"] += o["steps"]
             if p == 0:
-                theirs["first"].append({k_: m[k_] for k_ in ("outcome", "steps", "rotation_error_deg")})
+                theirs["first"].append({k_: m.get(k_) for k_ in ("outcome", "steps", "rotation_error_deg",
+                                                                  "detected", "symmetric")})
                 ours["first"].append(o)
         log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
             f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
@@ -137,9 +165,56 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
            "our_nodes_per_object": [int(n) for n in ex.model.nodes_per_object],
            "tbp_monty_nodes_per_object": nodes}
     out["speedup"] = out["tbp_monty"]["matching_step_s"] / out["ours"]["matching_step_s"]
+    out["episodes"] = episode_rows(ds, rows, ours["first"], theirs["first"])
+    if workers:
+        w = _workers_side(cfg, ex, workers, log)
+        out["ours_workers"] = w
+        # evaluation throughput: tbp.monty's time per matching step over our evaluation's wall
+        # time per matching step with the episodes spread over worker processes
+        out["throughput_speedup"] = out["tbp_monty"]["matching_step_s"] / w["eval_wall_per_step_s"]
     out["warm_up"] = warm_up
     out["ours_back_to_back_step_s"] = alone_s
     return out
+
+
+#: the columns of ``--episodes-csv``: one row per evaluation episode, both systems side by side
+EPISODE_COLUMNS = ("episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
+                   "ours_outcome", "ours_detected", "ours_steps", "ours_rotation_error_deg", "ours_symmetric",
+                   "tbp_outcome", "tbp_detected", "tbp_steps", "tbp_rotation_error_deg", "tbp_symmetric",
+                   "same_outcome", "rotation_error_diff_deg")
+
+
+def episode_rows(ds, rows, ours: list, theirs: list) -> list[dict]:
+    """One dict per evaluation episode (``EPISODE_COLUMNS``): the first pass of each system."""
+    out = []
+    for i, (e, o, m) in enumerate(zip(rows, ours, theirs)):
+        q = [float(x) for x in ds.episode_rotation[e]]
+        eo, em = o.get("rotation_error_deg"), m.get("rotation_error_deg")
+        out.append({"episode": i, "object": str(ds.object_names[int(ds.episode_object[e])]),
+                    "rotation_w": q[0], "rotation_x": q[1], "rotation_y": q[2], "rotation_z": q[3],
+                    "ours_outcome": o["outcome"], "ours_detected": o.get("detected"), "ours_steps": o["steps"],
+                    "ours_rotation_error_deg": eo, "ours_symmetric": o.get("symmetric"),
+                    "tbp_outcome": m["outcome"], "tbp_detected": m.get("detected"), "tbp_steps": m["steps"],
+                    "tbp_rotation_error_deg": em, "tbp_symmetric": m.get("symmetric"),
+                    "same_outcome": o["outcome"] == m["outcome"],
+                    "rotation_error_diff_deg": None if eo is None or em is None else float(eo) - float(em)})
+    return out
+
+
+def write_episodes_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` (``episode_rows``) as CSV, written to a temporary file and renamed."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=EPISODE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]))
+                    for k in EPISODE_COLUMNS})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def format_comparison(r: dict) -> str:
@@ -156,8 +231,26 @@ def format_comparison(r: dict) -> str:
     lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
     lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms per "
                  f"step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
+    w = r.get("ours_workers")
+    if w:
+        lines.append(f"ours over {w['workers']} worker processes: evaluation wall time {w['eval_s']:.2f} s for "
+                     f"{w['matching_steps']} matching steps, {1e3 * w['eval_wall_per_step_s']:.3f} ms per step; "
+                     f"tbp.monty's step / that: {r['throughput_speedup']:.1f}x")
+    eps = r.get("episodes") or []
+    differ = [e for e in eps if not e["same_outcome"] or (e["rotation_error_diff_deg"] is not None
+                                                          and abs(e["rotation_error_diff_deg"]) > 5)]
+    lines.append(f"episodes: {sum(e['same_outcome'] for e in eps)}/{len(eps)} with the same outcome; "
+                 f"{len(differ)} differ in outcome or by more than 5 degrees of rotation error")
+    for e in differ[:40]:
+        lines.append(f"  episode {e['episode']} {e['object']}: ours {e['ours_outcome']} "
+                     f"{_deg(e['ours_rotation_error_deg'])} in {e['ours_steps']} steps, tbp.monty {e['tbp_outcome']} "
+                     f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps")
     lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
+
+
+def _deg(x) -> str:
+    return "-" if x is None else f"{x:.2f} deg"
 
 
 def main(argv=None) -> int:
@@ -169,6 +262,9 @@ def main(argv=None) -> int:
     p.add_argument("--gap", type=float, default=0.3, help="idle seconds before each timed episode")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="no untimed run of our previous episode before each of ours")
+    p.add_argument("--workers", type=int, default=0,
+                   help="also evaluate ours over N worker processes from a saved model (the throughput ratio)")
+    p.add_argument("--episodes-csv", type=Path, help="write the per-episode comparison (both systems) as CSV")
     p.add_argument("--json", type=Path, help="also write the result as JSON")
     a = p.parse_args(argv)
     from engine.config import load_config
@@ -179,7 +275,7 @@ def main(argv=None) -> int:
         if cfg.model.type != "evidence":
             raise UserError(f"{a.config}: model.type must be evidence")
         r = compare(cfg, passes=max(1, a.passes), episodes=a.episodes, gap=max(0.0, a.gap), warm_up=a.warm_up,
-                    log=lambda s: print(s, file=sys.stderr, flush=True))
+                    workers=max(0, a.workers), log=lambda s: print(s, file=sys.stderr, flush=True))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -187,6 +283,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}; run this with the tbp.monty venv's python", file=sys.stderr)
         return 2
     print(format_comparison(r))
+    if a.episodes_csv:
+        write_episodes_csv(a.episodes_csv, r["episodes"])
     if a.json:
         a.json.write_text(json.dumps(r, indent=1, default=float) + "\n")
     return 0

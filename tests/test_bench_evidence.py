@@ -124,12 +124,12 @@ def test_workers_rows(tmp_path):
         assert tuple(r) == bench_evidence.ROW_KEYS and r["case"] == "workers" and r["skipped"] is None
         assert r["n_objects"] == 2 and r["n_eval_episodes"] == 4 and r["eval_rotations"] == 2
         assert r["eval_s"] > 0 and r["matching_step_s"] > 0 and 0.0 <= r["accuracy"] <= 1.0
-    assert one["workers"] == 1 and one["cluster_start_s"] is None
-    assert two["workers"] == 2 and two["cluster_start_s"] > 0
+    assert one["workers"] == 1 and one["cluster_start_s"] is None and one["worker_setup_s"] is None
+    assert two["workers"] == 2 and two["cluster_start_s"] > 0 and two["worker_setup_s"] > 0
     assert (one["accuracy"], one["mean_steps"]) == (two["accuracy"], two["mean_steps"])
     text = bench_evidence.format_evidence(rows)
     assert "Evaluation over workers (shapes_10_noise.yaml from a saved model: 2 objects, 4 episodes" in text
-    assert "1 worker: eval_s" in text and "2 workers: eval_s" in text and "cluster start" in text
+    assert "1 worker: eval_s" in text and "2 workers: eval_s" in text and "cluster start" in text and "worker setup" in text
 
 
 def test_module_rows():

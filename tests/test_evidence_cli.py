@@ -68,6 +68,7 @@ def _check_summary(out):
     assert (s["data_compile_s"] == 0.0) == (s["data_source"] == "dataset")
     assert isinstance(s["threads"], int) and s["threads"] >= 1
     assert s["openmp_wait_policy_source"] in ("user", "busy", "default") and s["openmp_wait_policy"]
+    assert s["eval_threads"] and all(1 <= t <= s["threads"] for t in s["eval_threads"])
     rows = _rows(out)
     assert len(rows) == n
     assert all(r["outcome"] in OUTCOMES for r in rows)
@@ -127,6 +128,33 @@ def test_a_busy_start_is_said_beside_the_step_time(tmp_path, root, monkeypatch, 
         line = [x for x in capsys.readouterr().out.splitlines() if "ms per matching step" in x]
         assert len(line) == 1 and ("OpenMP workers passive" in line[0]) == said
         assert json.loads((out / "summary.json").read_text())["openmp_wait_policy_source"] == source
+
+
+def test_episodes_on_fewer_threads_are_said_and_change_no_result(tmp_path, root, monkeypatch, capsys):
+    """When other processes hold cores, the episodes run on fewer threads (engine.run.cpu_share):
+    the table line says so, summary.json lists the counts, and the results are those of a run
+    on all threads."""
+    import numba
+
+    from engine.run import cpu_share
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or cpu_share._proc_stat() is None:
+        pytest.skip("needs two kernel threads and /proc/stat")
+    runs = {}
+    for name, taken in (("all", 0.0), ("fewer", 1.0)):
+        monkeypatch.setattr(cpu_share, "others_cores", lambda *a, taken=taken: taken)
+        out = tmp_path / name
+        assert main(["run", str(root / "configs/my_meshes.yaml"), "--out", str(out), *SMALL_SHAPES]) == 0
+        line = [x for x in capsys.readouterr().out.splitlines() if "ms per matching step" in x][0]
+        s = json.loads((out / "summary.json").read_text())
+        runs[name] = _rows(out)
+        if name == "fewer":
+            assert s["eval_threads"] == [1] and "episodes on 1 of" in line
+        else:
+            assert s["eval_threads"] == [s["threads"]] and "other processes held cores" not in line
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(runs["fewer"]) == drop(runs["all"])
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # restored after the run
 
 
 def test_sensor_kernels_compile_before_the_simulation(tmp_path, root, monkeypatch):

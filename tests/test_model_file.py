@@ -29,7 +29,8 @@ from kernels import npzfile
 ROOT = Path(__file__).resolve().parents[1]
 #: summary.json fields that measure time or the machine, or name where the model came from
 VOLATILE = {"compile_s", "run_s", "train_s", "eval_s", "data_s", "data_compile_s", "matching_step_s",
-            "openmp_wait_policy", "openmp_wait_policy_source", "model_path", "model_digest", "trained_on", "config"}
+            "openmp_wait_policy", "openmp_wait_policy_source", "model_path", "model_digest", "trained_on", "config",
+            "eval_threads"}
 SMALL_NEAREST = ["--set", "data.size=400", "--set", "experiment.max_train_steps=400",
                  "--set", "experiment.max_eval_steps=400"]
 

@@ -23,7 +23,8 @@ pytest.importorskip("distributed")
 ROOT = Path(__file__).resolve().parents[1]
 #: fields that measure time or the machine, or how the evaluation was spread
 VOLATILE = {"compile_s", "run_s", "train_s", "data_s", "data_compile_s", "matching_step_s", "openmp_wait_policy",
-            "openmp_wait_policy_source", "workers", "scheduler", "eval_s", "cluster_start_s", "kernel_calls"}
+            "openmp_wait_policy_source", "workers", "scheduler", "eval_s", "cluster_start_s", "worker_setup_s",
+            "kernel_calls", "eval_threads"}
 EVIDENCE = ROOT / "configs" / "recorded_evidence.yaml"
 
 
@@ -102,7 +103,7 @@ def test_scheduler_of_a_running_cluster(evidence_model, tmp_path, capsys):
     s, fields = _summary(tmp_path / "s")
     assert fields == _summary(one)[1]
     assert s["scheduler"] == address and s["workers"] == 2 and s["config"]["execution"]["scheduler"] == address
-    assert s["cluster_start_s"] > 0 and s["eval_s"] > 0
+    assert s["cluster_start_s"] > 0 and s["eval_s"] > 0 and s["worker_setup_s"] > 0
 
 
 def test_killed_worker_episodes_run_elsewhere(evidence_model, tmp_path, capsys, monkeypatch):

@@ -34,7 +34,7 @@ Then two ``workers`` rows (:func:`run_workers_rows`): ``configs/shapes_10_noise.
 built-in objects, sensor noise, 10 rotations per object: 100 evaluation episodes) recorded as
 a dataset, trained once and saved, then its evaluation from the saved model in this process
 (``--workers 1``) and over 2 Dask worker processes (``--workers 2``): ``eval_s`` side by side
-(with workers it includes each worker's data and model loading; ``cluster_start_s`` apart).
+(with workers each worker's data and model loading, ``worker_setup_s``, and ``cluster_start_s`` apart).
 Without Dask's ``distributed`` (the ``dask`` extra) both rows are skipped with that reason.
 
 Library code prints nothing: progress goes to ``logging``; ``format_evidence`` returns the
@@ -63,7 +63,7 @@ ROW_KEYS = ("suite", "case", "implementation", "n_objects", "n_hypotheses", "mat
             "accuracy", "skipped", "updater", "nodes_per_object", "n_nodes", "n_points", "train_steps",
             "eval_rotations", "eval_steps", "n_eval_episodes", "mean_steps", "matching_steps", "repeats",
             "ns_per_hypothesis_step", "vs_tbp_monty", "compile_s", "est_memory_mb", "peak_rss_mb", "workers",
-            "eval_s", "cluster_start_s", "n_modules", "module_step_s")
+            "eval_s", "cluster_start_s", "worker_setup_s", "n_modules", "module_step_s")
 
 # ../shared/reference/tbp-monty.md: tbp.monty 0.55.0, 6 shapes of ~2,000 nodes (grid model), burst
 # sampling, clean, 2 vCPU: 14.0 ms per matching step (mean; median 10.6 ms), training 70 s.
@@ -440,6 +440,7 @@ def run_workers_rows(config=None, counts=WORKER_COUNTS, data_overrides: dict | N
                         "n_eval_episodes": s["n_eval_episodes"], "mean_steps": s["mean_steps"],
                         "matching_step_s": s["matching_step_s"], "accuracy": s["accuracy"], "train_s": train_s,
                         "compile_s": compile_s, "eval_s": info["eval_s"], "cluster_start_s": info["cluster_start_s"],
+                        "worker_setup_s": info.get("worker_setup_s"),
                         "repeats": 1, "peak_rss_mb": peak_rss_mb()})
             log.info("workers rows: %d worker(s): eval %.2f s", n, info["eval_s"])
             del ex
@@ -457,12 +458,14 @@ def format_workers(rows) -> list[str]:
     r0 = rows[0]
     parts = []
     for r in rows:
-        start = "" if r["cluster_start_s"] is None else f" (+ cluster start {r['cluster_start_s']:.2f} s)"
+        start = "" if r["cluster_start_s"] is None else (
+            f" (+ cluster start {r['cluster_start_s']:.2f} s, worker setup {r.get('worker_setup_s') or 0.0:.2f} s)")
         parts.append(f"{r['workers']} worker{'s' * (r['workers'] != 1)}: eval_s {r['eval_s']:.2f} s{start}, "
                      f"accuracy {_f(r['accuracy'], '.3f')}")
     return [f"Evaluation over workers ({WORKERS_CONFIG} from a saved model: {r0['n_objects']} objects, "
             f"{r0['n_eval_episodes']} episodes of up to {r0['eval_steps']} steps, burst updater): " + "; ".join(parts)
-            + ". eval_s with workers includes each worker's data and model loading; 1 worker runs in this process."]
+            + ". eval_s with workers leaves out the cluster's start and each worker's data and model loading (apart); "
+            "1 worker runs in this process."]
 
 
 # ---------------------------------------------------------------------------

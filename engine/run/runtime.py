@@ -160,8 +160,8 @@ def warmup_configs(configs, progress=None) -> list[dict]:
 def threading_info() -> dict:
     """How the kernels run, for reading a run's times: ``threads`` (numba's thread count),
     ``openmp_wait_policy`` (``OMP_WAIT_POLICY``, or "default") and who chose it,
-    ``openmp_wait_policy_source``: "user", "busy" (``kernels`` chose PASSIVE because the
-    load average was high at import: each parallel region then starts slower) or "default"."""
+    ``openmp_wait_policy_source``: "user", "busy" (``kernels`` chose PASSIVE because other
+    processes were running at import: each parallel region then starts slower) or "default"."""
     import numba
 
     import kernels

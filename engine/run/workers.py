@@ -23,10 +23,12 @@ line, naming the worker.
 
 What ``summary.json`` gains (:func:`execution_info`): ``workers`` (with a scheduler: its
 workers when the evaluation started); ``scheduler`` (the address, or null); ``cluster_start_s``
-(starting the cluster and its workers, or connecting to the scheduler; null in one process); ``eval_s`` (wall time of the
-evaluation: with workers from sending the first episodes to receiving the last, each
-worker's data and model loading included; in one process the run's wall time when it
-evaluates a saved model; null when the run trains).
+(starting the cluster and its workers, or connecting to the scheduler; null in one process);
+``worker_setup_s`` (every worker there is building its experiment, before the evaluation's
+clock starts: its data, the mapped model, its kernels loaded; null in one process); ``eval_s``
+(wall time of the evaluation: with workers from sending the first episodes to receiving the
+last; in one process the run's wall time when it evaluates a saved model; null when the run
+trains).
 """
 
 from __future__ import annotations
@@ -121,6 +123,15 @@ def _test_pause_in_worker() -> None:
     pause_point("worker_task")
 
 
+def prepare_worker(cfg, data=None) -> None:
+    """Run once in each worker before the evaluation is timed: builds its experiment (see
+    :func:`_experiment_in_worker`). Errors are left to the tasks, which report them."""
+    try:
+        _experiment_in_worker(cfg, data)
+    except Exception:  # noqa: BLE001 - the worker's first task meets it again and reports it
+        log.debug("worker preparation failed", exc_info=True)
+
+
 def evaluate_chunk(cfg, pairs, data=None) -> list:
     """Run in a worker: ``[(epoch, episode, record), ...]`` of evaluation episodes ``pairs``
     ((epoch, episode), ...); a user error (a model or data file this worker cannot read) comes
@@ -165,6 +176,7 @@ class Cluster:
         self.client = None
         self._local = None
         self.start_s: float | None = None
+        self.setup_s: float | None = None
 
     @classmethod
     def for_config(cls, cfg) -> "Cluster":
@@ -224,6 +236,20 @@ class Cluster:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _prepare(self, cfg, data) -> None:
+        """Every worker there is now builds ``cfg``'s experiment (data, saved model, kernels
+        loaded from the cache), before the evaluation's clock starts: that is start-up, like
+        the cluster's (``worker_setup_s``), not evaluation. A worker that joins later (or
+        replaces a dead one) builds it in its first task instead; a worker that fails here
+        reports its error in its tasks, where it is handled."""
+        from distributed import wait
+
+        addresses = list(self.client.scheduler_info().get("workers", {}))
+        ready = [self.client.submit(prepare_worker, cfg, data, workers=[a], allow_other_workers=True, pure=False)
+                 for a in addresses]
+        wait(ready)
+        del ready
+
     def evaluate(self, cfg, pairs: list, data=None) -> tuple[list, float, int]:
         """The records of ``pairs`` (in that order) evaluated by the cluster's workers, the
         seconds it took and the workers there were at its start. Tasks carry their episodes' index: the records are collected by
@@ -232,12 +258,15 @@ class Cluster:
         from distributed import as_completed
 
         pairs = [(int(p), int(e)) for p, e in pairs]
-        t1 = time.perf_counter()
+        t_setup = time.perf_counter()
         n_workers = self.n_workers
         chunks = _chunks(pairs, max(1, n_workers) * TASKS_PER_WORKER)
         shipped = [None] * len(chunks)
         if data is not None:
             shipped = [self.client.scatter(data, broadcast=True, hash=False)] * len(chunks)
+        self._prepare(cfg, shipped[0])
+        t1 = time.perf_counter()
+        self.setup_s = t1 - t_setup
         futures = self.client.map(evaluate_chunk, [cfg] * len(chunks), chunks, shipped, pure=False,
                                   retries=TASK_RETRIES)
         got: dict = {}
@@ -288,13 +317,15 @@ def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None, data=
     log.info("evaluated %d episodes on %d workers in %.2f s (cluster start %.2f s)", len(records), n, eval_s,
              cluster.start_s or 0.0)
     return records, {"workers": n, "scheduler": cluster.scheduler, "eval_s": eval_s,
-                     "cluster_start_s": cluster.start_s}
+                     "cluster_start_s": cluster.start_s, "worker_setup_s": cluster.setup_s}
 
 
 def execution_info(cfg, run_s: float | None = None) -> dict:
-    """``workers``, ``scheduler``, ``eval_s``, ``cluster_start_s`` of a run in one process."""
+    """``workers``, ``scheduler``, ``eval_s``, ``cluster_start_s``, ``worker_setup_s`` of a run in
+    one process."""
     return {"workers": cfg.execution.workers, "scheduler": None,
-            "eval_s": run_s if cfg.model.path is not None else None, "cluster_start_s": None}
+            "eval_s": run_s if cfg.model.path is not None else None, "cluster_start_s": None,
+            "worker_setup_s": None}
 
 
 def run(experiment, cfg, cluster: Cluster | None = None):

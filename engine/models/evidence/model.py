@@ -35,6 +35,7 @@ from engine.data.dataset import EVAL, TRAIN, EpisodeDataset
 from engine.models.evidence.settings import EvidenceSettings
 from engine.models.evidence.graph_memory import GraphMemory
 from engine.data.rotations import quat_to_matrix
+from engine.run.cpu_share import CpuShare
 from engine.run.hooks import EVENTS, Hooks
 
 log = logging.getLogger(__name__)
@@ -404,6 +405,7 @@ class EvidenceRunResult:
     model_path: str | None = None     # the saved model evaluated (None: trained in this run)
     model_digest: str | None = None   # its content digest
     trained_on: str | None = None     # the digest of the data it was trained on
+    eval_threads: list[int] = field(default_factory=list)  # kernel threads the episodes ran with
 
 
 class EvidenceExperiment:
@@ -558,19 +560,27 @@ class EvidenceExperiment:
             from tqdm import tqdm
 
             bar = tqdm(total=len(rows) * cfg.experiment.n_eval_epochs, unit="episode", leave=False)
-        for epoch in range(cfg.experiment.n_eval_epochs if cfg.experiment.do_eval else 0):
-            self._emit("before_epoch", mode="eval", epoch=epoch)
-            for i in range(len(rows)):
-                self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
-                rec = self.evaluate_episode(epoch, i)
-                episodes.append(rec)
-                self._emit("after_episode", mode="eval", epoch=epoch, episode=i, record=rec)
-                if bar is not None:
-                    bar.update(1)
-            self._emit("after_epoch", mode="eval", epoch=epoch)
+        share = CpuShare()  # each episode on the cores other processes leave free
+        if cfg.experiment.do_eval and len(rows):
+            share.start()
+        try:
+            for epoch in range(cfg.experiment.n_eval_epochs if cfg.experiment.do_eval else 0):
+                self._emit("before_epoch", mode="eval", epoch=epoch)
+                for i in range(len(rows)):
+                    self._emit("before_episode", mode="eval", epoch=epoch, episode=i)
+                    share.before_episode()
+                    rec = self.evaluate_episode(epoch, i)
+                    episodes.append(rec)
+                    self._emit("after_episode", mode="eval", epoch=epoch, episode=i, record=rec)
+                    if bar is not None:
+                        bar.update(1)
+                self._emit("after_epoch", mode="eval", epoch=epoch)
+        finally:
+            share.restore()
         if bar is not None:
             bar.close()
         result = self._result(episodes, train_s, compile_s, time.perf_counter() - t_all)
+        result.eval_threads = sorted(share.used)
         self._emit("after_experiment", result=result)
         return result
 

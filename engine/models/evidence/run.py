@@ -85,6 +85,9 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "model_digest": result.model_digest,
         "trained_on": result.trained_on,
         **threading_info(),
+        # the kernel threads the evaluation episodes ran with (engine.run.cpu_share: fewer when
+        # other processes held cores); empty when evaluated over workers (one thread each)
+        "eval_threads": list(getattr(result, "eval_threads", [])),
         "config": cfg.to_dict(),
     }
 
@@ -218,11 +221,16 @@ def _training_note(s: dict) -> str:
 
 
 def _busy_note(s: dict) -> str:
-    """Said beside the step time when OpenMP's workers were passive because the machine was busy."""
-    if s.get("openmp_wait_policy_source") != "busy":
-        return ""
-    return ("; OpenMP workers passive: the machine was busy at start, which slows each step; "
-            "OMP_WAIT_POLICY=ACTIVE overrides")
+    """Said beside the step time when other processes held cores: OpenMP's workers passive
+    (busy at start) or episodes on fewer threads (busy meanwhile)."""
+    notes = []
+    if s.get("openmp_wait_policy_source") == "busy":
+        notes.append("OpenMP workers passive (other processes were running at start)")
+    threads = s.get("eval_threads") or []
+    if threads and min(threads) < s.get("threads", max(threads)):
+        span = f"{min(threads)}" if min(threads) == max(threads) else f"{min(threads)}-{max(threads)}"
+        notes.append(f"episodes on {span} of {s.get('threads')} threads (other processes held cores)")
+    return "".join("; " + n for n in notes)
 
 
 def _compile_note(s: dict) -> str:
