@@ -277,6 +277,12 @@ SOURCES: dict[str, dict[str, _Setting]] = {
                                           "2 deg pose, 0.1 log curvature, 0.1 hue, 1% pose_defined flips)"),
         "hue": _Setting(bool, False, doc="sense a hue per object (a distinct colour each) as a feature"),
         "seed": _Setting(int, 0, minimum=0, maximum=SEED_MAX, doc="seed of surface sampling, walks, rotations and noise"),
+        "variants": _Setting(int, 0, minimum=0, maximum=1000,
+                             doc="perturbed variants of the built-in objects added after the objects (name~round: "
+                                 "the built-ins in turn, each axis scaled by 0.7-1.3 and bumped, as the evidence "
+                                 "benchmark builds them)"),
+        "patch_spacing": _Setting(float, 0.01, minimum=0.0, exclusive_min=True, maximum=0.05,
+                                  doc="distance (m) between neighbouring sensor patches (evidence.n_modules > 1)"),
     },
 }
 
@@ -284,7 +290,24 @@ SOURCES: dict[str, dict[str, _Setting]] = {
 # Sensible ceilings of evidence integers (the rest: INT_MAX): neighbours beyond a model's
 # nodes add nothing, rotations about an undefined curvature direction beyond one per degree
 # add nothing either, and voxels_per_dim ** 3 must fit an int64 voxel key.
-_EVIDENCE_MAXIMA = {"max_nneighbors": 1000, "umbilical_num_poses": 360, "voxels_per_dim": 100_000}
+_EVIDENCE_MAXIMA = {"max_nneighbors": 1000, "umbilical_num_poses": 360, "voxels_per_dim": 100_000,
+                    "n_modules": 16, "min_lms_match": 16}
+
+
+class _VotingSetting(_Setting):
+    """``evidence.voting``: 'all', null or a list of lists of module indices (the count is
+    checked against ``evidence.n_modules`` once the section is read)."""
+
+    def allowed(self, full: bool = False) -> str:
+        return "'all', null (no voting) or a list of one list of sender module indices per module"
+
+    def check(self, value, where: str):
+        if value is None or value == "all":
+            return value
+        if (isinstance(value, list) and all(isinstance(v, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in v) for v in value)):
+            return tuple(tuple(v) for v in value)
+        raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
 
 
 def _evidence_schema() -> dict[str, _Setting]:
@@ -295,7 +318,15 @@ def _evidence_schema() -> dict[str, _Setting]:
     for f in dataclasses.fields(EvidenceSettings):
         kind = type(f.default)
         extra = {}
-        if f.name == "updater":
+        if f.name == "voting":
+            out[f.name] = _VotingSetting(str, f.default, nullable=True, doc=SETTING_DOCS.get(f.name, ""))
+            continue
+        if f.name == "vote_transform":
+            extra["choices"] = ("transpose", "rotate")
+        elif f.name == "vote_evidence_threshold":
+            extra["minimum"] = -1.0
+            extra["maximum"] = 1.0
+        elif f.name == "updater":
             extra["choices"] = ("burst", "classic")
         elif f.name == "graph":
             extra["choices"] = ("graph", "grid")
@@ -465,6 +496,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         from engine.models.evidence.settings import EvidenceSettings
 
         evidence = EvidenceSettings(**_section(raw, "evidence", SCHEMA["evidence"], prefix))
+        _check_modules(evidence, prefix)
     elif "evidence" in raw:
         raise ConfigError(f"{prefix}evidence: only the evidence model reads it (model.type is {model['type']!r})")
     policy = None
@@ -530,6 +562,18 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
 #: Largest side of every simulated object (built-ins and meshes are scaled to it), metres;
 #: engine.data.shapes.SIZE (not imported: reading a config does not import trimesh).
 OBJECT_SIZE = 0.1
+
+
+def _check_modules(s, prefix: str) -> None:
+    """``evidence.voting`` and ``min_lms_match`` against ``evidence.n_modules``."""
+    from engine.models.evidence.settings import check_voting
+
+    problem = check_voting(s.voting, s.n_modules, f"{prefix}evidence.voting")
+    if problem:
+        raise ConfigError(problem)
+    if s.min_lms_match > s.n_modules:
+        raise ConfigError(f"{prefix}evidence.min_lms_match: {s.min_lms_match} modules cannot match when there are "
+                          f"{s.n_modules} (evidence.n_modules); expected at most {s.n_modules}")
 
 
 def _check_object_size(s, prefix: str) -> None:

@@ -130,3 +130,21 @@ def test_workers_rows(tmp_path):
     text = bench_evidence.format_evidence(rows)
     assert "Evaluation over workers (shapes_10_noise.yaml from a saved model: 2 objects, 4 episodes" in text
     assert "1 worker: eval_s" in text and "2 workers: eval_s" in text and "cluster start" in text and "worker setup" in text
+
+
+def test_module_rows():
+    """bench --suite evidence's modules rows on a small setting: every key, one row per count, the
+    per-module time the step time over the modules, and the table's lines."""
+    from engine.bench.modules import format_modules, run_module_rows
+
+    rows = run_module_rows(bench_evidence.ROW_KEYS, counts=(1, 2), n_points=800, train_steps=30, eval_rotations=1,
+                           eval_steps=30, cost_steps=5, repeats=1)
+    assert [r["n_modules"] for r in rows] == [1, 2]
+    for r in rows:
+        assert tuple(r) == bench_evidence.ROW_KEYS and r["case"] == "modules"
+        assert r["matching_step_s"] > 0 and r["module_step_s"] == pytest.approx(r["matching_step_s"] / r["n_modules"])
+        assert 0 <= r["accuracy"] <= 1 and 1 <= r["mean_steps"] <= 30
+        assert r["n_eval_episodes"] == 10
+    text = "\n".join(format_modules(rows))
+    assert "ms/module-step" in text and "all-to-all voting" in text
+    assert "\n".join(format_modules(rows)) in bench_evidence.format_evidence(rows)

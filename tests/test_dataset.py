@@ -23,7 +23,7 @@ from engine.data.dataset import (
 from engine.data.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
 from engine.data.rotations import IDENTITY_QUATERNION, quat_to_matrix, random_quaternions
 
-ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name != "meta"]
+ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name not in ("meta", "sensors")]
 FLOAT_FIELDS = ["location", "pose_vectors", "curvature", "features", "episode_rotation"]
 
 
@@ -447,7 +447,7 @@ def test_missing_key(tmp_path, example, key):
 @pytest.mark.parametrize(
     "key,value,text",
     [
-        ("format", np.array("monty-episodes/2"), "unsupported format 'monty-episodes/2'"),
+        ("format", np.array("monty-episodes/3"), "unsupported format 'monty-episodes/3'"),
         ("format", np.array(["monty-episodes/1"]), "0-d str array"),
         ("format", np.array(1), "0-d str array"),
         ("meta", np.array("{not json"), "not valid JSON"),

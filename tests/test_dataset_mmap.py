@@ -28,7 +28,7 @@ from engine.data.dataset import (
 )
 from engine.data.example_data import EXAMPLE_DATASET_PATH, make_example_dataset
 
-ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name != "meta"]
+ARRAY_FIELDS = [f.name for f in dataclasses.fields(EpisodeDataset) if f.name not in ("meta", "sensors")]
 STEP_FIELDS = ["location", "pose_vectors", "pose_defined", "curvature", "features"]
 SMALL_FIELDS = [k for k in ARRAY_FIELDS if k not in STEP_FIELDS]
 LAYOUTS = ["npz", "npy-dir"]

@@ -67,7 +67,7 @@ ROW_KEYS = ("suite", "case", "implementation", "n_objects", "n_hypotheses", "mat
             "accuracy", "skipped", "updater", "nodes_per_object", "n_nodes", "n_points", "train_steps",
             "eval_rotations", "eval_steps", "n_eval_episodes", "mean_steps", "matching_steps", "repeats",
             "ns_per_hypothesis_step", "vs_tbp_monty", "compile_s", "est_memory_mb", "peak_rss_mb", "workers",
-            "eval_s", "cluster_start_s", "worker_setup_s")
+            "eval_s", "cluster_start_s", "worker_setup_s", "n_modules", "module_step_s")
 
 # ../shared/reference/tbp-monty.md: tbp.monty 0.55.0, 6 shapes of ~2,000 nodes (grid model), burst
 # sampling, clean, 2 vCPU: 14.0 ms per matching step (mean; median 10.6 ms), training 70 s.
@@ -287,7 +287,8 @@ def _run_row(ds, settings, *, eval_steps: int, repeats: int, max_eval_episodes) 
 def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=None, eval_rotations=None,
                        train_steps: int = 400, eval_steps: int = 100, updaters=UPDATERS,
                        max_eval_episodes="auto", memory_fraction: float = MEMORY_FRACTION,
-                       seed: int = 0, workers_rows: bool = True, policy_rows: bool | None = None) -> SuiteRows:
+                       seed: int = 0, workers_rows: bool = True, policy_rows: bool | None = None,
+                       module_rows: bool | None = None) -> SuiteRows:
     """Run the evidence suite; returns one row per (size, updater) (keys ``ROW_KEYS``).
 
     Parameters
@@ -308,6 +309,8 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
     seed : of the simulated walks and rotations
     workers_rows : add the ``workers`` rows (:func:`run_workers_rows`)
     policy_rows : add the ``policy`` rows (``engine.bench.policy``; None: as ``workers_rows``)
+    module_rows : add the ``modules`` rows (``engine.bench.modules``: 1, 2, 5, 10 modules that
+        vote); None: as ``workers_rows``
     """
     from engine.models.evidence.model import warmup_kernels
     from engine.models.evidence.settings import EvidenceSettings
@@ -371,6 +374,10 @@ def run_evidence_suite(sizes=SIZES, repeats: int = 3, json_path=None, n_points=N
         from engine.bench.policy import run_policy_rows
 
         out.extend(run_policy_rows())
+    if module_rows or (module_rows is None and workers_rows):
+        from engine.bench.modules import run_module_rows
+
+        out.extend(run_module_rows(ROW_KEYS))
     if json_path is not None:
         write_json(out, json_path)
     return out
@@ -485,7 +492,7 @@ def format_evidence(rows) -> str:
     Takes ``run_evidence_suite``'s result or the rows read back from its JSON."""
     info = getattr(rows, "info", {})
     all_rows = list(rows)
-    rows = [r for r in all_rows if r.get("case") not in ("workers", "policy")]
+    rows = [r for r in all_rows if r.get("case") not in ("workers", "policy", "modules")]
     head = (f"{'case':<7} {'implementation':<15} {'nodes/obj':>9} {'points':>6} {'episodes':>8} {'steps':>6} "
             f"{'hypotheses':>10} {'ms/step':>8} {'ns/hyp-step':>11} {'train s':>8} {'accuracy':>8} {'x tbp':>6}")
     lines = [head, "-" * len(head)]
@@ -554,4 +561,7 @@ def format_evidence(rows) -> str:
     from engine.bench.policy import format_policy
 
     lines.extend(format_policy(all_rows))
+    from engine.bench.modules import format_modules
+
+    lines.extend(format_modules(all_rows))
     return "\n".join(lines)

@@ -9,6 +9,17 @@ archive (``numpy.savez`` layout, no pickled data) holding step arrays (``locatio
 
 Shapes use four sizes: ``T`` steps, ``E`` episodes, ``O`` objects, ``F`` feature columns.
 
+Several sensor patches (``monty-episodes/2``)
+--------------------------------------------
+A dataset whose ``sensors`` is not empty (several patches per step, one per learning
+module) is written as version 2: version 1's keys (the first patch's step arrays), the
+0-d int64 ``n_sensors`` (2 to :data:`MAX_SENSORS`) and for each further patch ``s`` its
+five step arrays ``sensor{s}_location`` .. ``sensor{s}_features`` (:func:`sensor_key`),
+with version 1's dtypes and shapes and the same ``T`` and ``F``; they are memory-mapped and
+validated like the first patch's, and a patch with another step count, a missing key or a
+patch beyond ``n_sensors`` is a :class:`DatasetError` naming the key. A dataset with one
+patch is written as version 1, and a version 1 file reads as one patch.
+
 Layouts
 -------
 - ``npz`` (the format's layout): one ``.npz`` archive, each key a ``KEY.npy`` member,
@@ -83,11 +94,13 @@ __all__ = [
     "ARRAY_FIELDS",
     "EVAL",
     "FORMAT",
+    "FORMAT_2",
     "LAYOUTS",
     "TRAIN",
     "VALIDATION_CHUNK",
     "DatasetError",
     "EpisodeDataset",
+    "SensorSteps",
     "check_dataset_folder",
     "frames_from_normals",
     "points_dataset",
@@ -98,8 +111,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The value of the ``format`` key of every file this module writes and reads.
+#: The value of the ``format`` key of a one-sensor file (every file this module writes for a
+#: dataset without ``sensors``).
 FORMAT = "monty-episodes/1"
+#: The ``format`` of a file with several sensor patches: version 1's keys (the first
+#: sensor's step arrays), ``n_sensors`` (0-d int64, >= 2) and, for each further sensor
+#: ``s``, the five step arrays as ``sensor{s}_location`` ... ``sensor{s}_features`` with
+#: version 1's dtypes and shapes (the same ``T`` and ``F``). The reader reads both.
+FORMAT_2 = "monty-episodes/2"
+#: Most sensor patches a file may declare.
+MAX_SENSORS = 64
 
 #: ``episode_split`` values.
 TRAIN = 0
@@ -156,6 +177,17 @@ ARRAY_FIELDS = tuple(key for key, _, _ in _ARRAY_KEYS)
 _STEP_FIELDS = ("location", "pose_vectors", "pose_defined", "curvature", "features")
 # Every key the reader loads; anything else in a file is ignored (but checked for pickles).
 _KNOWN_KEYS = ("format", *ARRAY_FIELDS, "meta")
+_SENSOR_KEY = __import__("re").compile(r"sensor([1-9][0-9]*)_(location|pose_vectors|pose_defined|curvature|features)")
+
+
+def _is_known(key: str) -> bool:
+    """A key the reader loads: version 1's, ``n_sensors`` or a further sensor's step array."""
+    return key in _KNOWN_KEYS or key == "n_sensors" or _SENSOR_KEY.fullmatch(key) is not None
+
+
+def _is_step(key: str) -> bool:
+    """A per-step array (memory-mapped where the file allows it)."""
+    return key in _STEP_FIELDS or _SENSOR_KEY.fullmatch(key) is not None
 
 
 
@@ -166,6 +198,16 @@ class DatasetError(UserError, ValueError):
     allowed, e.g. ``data/x.npz: key 'location': expected float32 array of shape (T, 3),
     got float64 (1000, 3)``. It is meant to be shown to the user as is.
     """
+
+
+class SensorSteps(NamedTuple):
+    """The step arrays of one sensor patch (the shapes of :class:`EpisodeDataset`'s)."""
+
+    location: np.ndarray
+    pose_vectors: np.ndarray
+    pose_defined: np.ndarray
+    curvature: np.ndarray
+    features: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,6 +247,10 @@ class EpisodeDataset:
     meta : dict
         Free-form JSON object (generator, parameters, ...); stored as a JSON string, so
         what reads back is what JSON round-trips (tuples come back as lists).
+    sensors : tuple of SensorSteps
+        The step arrays of the sensor patches beyond the first (``monty-episodes/2``;
+        empty: one sensor, ``monty-episodes/1``). The fields above are the first sensor's;
+        every sensor has a row per step (the same ``T``) and the same feature columns.
 
     Notes
     -----
@@ -224,6 +270,7 @@ class EpisodeDataset:
     episode_split: np.ndarray
     object_names: np.ndarray
     meta: dict = field(default_factory=dict)
+    sensors: tuple = ()
 
     # eq=False above because the generated __eq__ would compare arrays with ``==`` and
     # fail on their ambiguous truth value; this one compares them properly.
@@ -238,6 +285,12 @@ class EpisodeDataset:
             same_dtype = a.dtype == b.dtype or (a.dtype.kind == b.dtype.kind == "U")
             if not same_dtype or a.shape != b.shape or not np.array_equal(a, b):
                 return False
+        if len(self.sensors) != len(other.sensors):
+            return False
+        for mine, theirs in zip(self.sensors, other.sensors):
+            for a, b in zip(mine, theirs):
+                if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+                    return False
         return self.meta == other.meta
 
     __hash__ = None  # type: ignore[assignment]
@@ -246,6 +299,17 @@ class EpisodeDataset:
     def n_steps(self) -> int:
         """``T``, the number of steps (rows of ``location``)."""
         return int(self.location.shape[0])
+
+    @property
+    def n_sensors(self) -> int:
+        """``S``, the number of sensor patches (1 for a ``monty-episodes/1`` dataset)."""
+        return 1 + len(self.sensors)
+
+    def sensor(self, s: int) -> SensorSteps:
+        """The step arrays of sensor ``s`` (0: the dataset's own fields)."""
+        if s == 0:
+            return SensorSteps(self.location, self.pose_vectors, self.pose_defined, self.curvature, self.features)
+        return self.sensors[s - 1]
 
     @property
     def n_episodes(self) -> int:
@@ -785,6 +849,39 @@ def _validate(
         _check_array(source, key, getattr(ds, key), dtype, spec, dims)
     _check_values(source, ds, n_steps=dims["T"][0], n_objects=dims["O"][0], regions=regions)
     _meta_json(source, ds.meta)
+    _validate_sensors(ds, source, dims, regions)
+
+
+def _validate_sensors(ds: EpisodeDataset, source: str, dims: dict, regions: dict | None) -> None:
+    """The patches beyond the first (``monty-episodes/2``): each a :class:`SensorSteps` whose
+    step arrays follow the first sensor's rules with the first sensor's ``T`` and ``F``
+    (a patch with another number of steps is an error naming it)."""
+    if not isinstance(ds.sensors, tuple):
+        raise DatasetError(f"{source}: sensors: expected a tuple of SensorSteps, got {type(ds.sensors).__name__}")
+    for s, steps in enumerate(ds.sensors, start=1):
+        if not isinstance(steps, SensorSteps):
+            raise DatasetError(f"{source}: sensor {s}: expected SensorSteps, got {type(steps).__name__}")
+        for key, dtype, spec in _ARRAY_KEYS:
+            if key not in _STEP_FIELDS:
+                continue
+            a = getattr(steps, key)
+            name = sensor_key(s, key)
+            if isinstance(a, np.ndarray) and a.ndim >= 1 and a.shape[0] != dims["T"][0]:
+                raise DatasetError(
+                    f"{source}: key '{name}': {a.shape[0]} steps, but the first sensor has {dims['T'][0]}: "
+                    "every sensor patch must have one row per step"
+                )
+            _check_array(source, name, a, dtype, spec, dims)
+        view = EpisodeDataset(*steps, *(getattr(ds, k) for k in ARRAY_FIELDS[len(_STEP_FIELDS):]), meta=ds.meta)
+        sub = None
+        if regions is not None:
+            sub = {k: regions[sensor_key(s, k)] for k in _STEP_FIELDS if sensor_key(s, k) in regions}
+        _check_values(f"{source}: sensor {s}", view, n_steps=dims["T"][0], n_objects=dims["O"][0], regions=sub)
+
+
+def sensor_key(s: int, field: str) -> str:
+    """The file key of step array ``field`` of sensor ``s`` >= 1 (``monty-episodes/2``)."""
+    return f"sensor{s}_{field}"
 
 
 # --------------------------------------------------------------------------- writing
@@ -830,10 +927,15 @@ def write_dataset(
     if compress and layout == "npy-dir":
         raise ValueError("compress=True needs layout='npz' (npy-dir files are not compressed)")
     validate_dataset(ds, source=f"writing {path}")
-    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT)}
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT_2 if ds.sensors else FORMAT)}
     for key in ARRAY_FIELDS:
         arrays[key] = getattr(ds, key)
     arrays["meta"] = np.array(_meta_json(f"writing {path}", ds.meta))
+    if ds.sensors:  # monty-episodes/2: the further sensors' step arrays
+        arrays["n_sensors"] = np.array(ds.n_sensors, np.int64)
+        for s, steps in enumerate(ds.sensors, start=1):
+            for key, a in zip(_STEP_FIELDS, steps):
+                arrays[sensor_key(s, key)] = a
 
     if layout == "npy-dir":
 
@@ -971,11 +1073,12 @@ def _load_npz(path: str, f: Any, mmap: bool) -> tuple[dict[str, Any], dict[str, 
             arrays: dict[str, Any] = {}
             regions: dict[str, _Region] = {}
             compressed = []
-            for key in _KNOWN_KEYS:
+            extra = sorted({n[:-4] if n.endswith(".npy") else n for n in by_name} - set(_KNOWN_KEYS))
+            for key in (*_KNOWN_KEYS, *(k for k in extra if _is_known(k))):
                 info = by_name.get(key) or by_name.get(key + ".npy")
                 if info is None:
                     continue
-                if mmap and key in _STEP_FIELDS:
+                if mmap and _is_step(key):
                     if npzfile.is_stored(info):
                         mapped = _map_member(path, f, info)
                         if mapped is not None:
@@ -1037,7 +1140,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
         file = os.path.join(path, name)
         if ext != ".npy" or not os.path.isfile(file):
             continue
-        known = key in _KNOWN_KEYS
+        known = _is_known(key)
         try:
             with open(file, "rb") as f:
                 if f.read(len(npzfile.NPY_MAGIC)) != npzfile.NPY_MAGIC:
@@ -1061,7 +1164,7 @@ def _load_folder(path: str, mmap: bool) -> tuple[dict[str, Any], dict[str, _Regi
                         f"{path}: key '{key}': {name} is truncated or corrupt (the file "
                         f"has {size} bytes, its .npy header needs {need})"
                     )
-                if mmap and key in _STEP_FIELDS:
+                if mmap and _is_step(key):
                     if need > data:
                         arrays[key] = np.load(file, mmap_mode="c", allow_pickle=False)
                     else:
@@ -1098,10 +1201,10 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
             f"{source}: key 'format': expected a 0-d str array holding {FORMAT!r}, "
             f"got {_describe(fmt)}"
         )
-    if str(fmt) != FORMAT:
+    if str(fmt) not in (FORMAT, FORMAT_2):
         raise DatasetError(
             f"{source}: key 'format': unsupported format {str(fmt)!r}; this reader "
-            f"supports {FORMAT!r}"
+            f"supports {FORMAT!r} and {FORMAT_2!r}"
         )
     for key, dtype, spec in _ARRAY_KEYS:
         if key not in arrays:
@@ -1129,7 +1232,41 @@ def _dataset_from_arrays(arrays: dict[str, np.ndarray], source: str) -> EpisodeD
                 f"{source}: key 'meta': JSON {type(meta).__name__} instead of an object; "
                 "allowed: a JSON object string"
             )
-    return EpisodeDataset(**{key: arrays[key] for key in ARRAY_FIELDS}, meta=meta)
+    return EpisodeDataset(**{key: arrays[key] for key in ARRAY_FIELDS}, meta=meta,
+                          sensors=_sensors_from_arrays(arrays, source, str(fmt)))
+
+
+def _sensors_from_arrays(arrays: dict, source: str, fmt: str) -> tuple:
+    """The further sensors of a ``monty-episodes/2`` file (``n_sensors`` and its keys); none
+    for version 1, whose sensor keys, if any, are ignored like any unknown key."""
+    if fmt == FORMAT:
+        return ()
+    raw = arrays.get("n_sensors")
+    if raw is None:
+        raise DatasetError(f"{source}: missing required key 'n_sensors' (a 0-d int64 array: the sensor patches "
+                           f"per step, 2 to {MAX_SENSORS}; {FORMAT_2!r} files hold it)")
+    if not (isinstance(raw, np.ndarray) and raw.shape == () and raw.dtype == np.dtype("<i8")):
+        raise DatasetError(f"{source}: key 'n_sensors': expected a 0-d int64 array, got {_describe(raw)}")
+    n = int(raw)
+    if not 2 <= n <= MAX_SENSORS:
+        raise DatasetError(f"{source}: key 'n_sensors': {n} sensor patches; allowed: 2 to {MAX_SENSORS} "
+                           f"(one sensor is a {FORMAT!r} file)")
+    found = sorted({int(m.group(1)) for m in map(_SENSOR_KEY.fullmatch, arrays) if m})
+    beyond = [s for s in found if s >= n]
+    if beyond:
+        raise DatasetError(f"{source}: key '{sensor_key(beyond[0], 'location')}' and its siblings: sensor {beyond[0]} "
+                           f"is beyond n_sensors = {n} (sensors 1 to {n - 1} follow the first)")
+    out = []
+    for s in range(1, n):
+        parts = []
+        for key, dtype, spec in _ARRAY_KEYS[:len(_STEP_FIELDS)]:
+            name = sensor_key(s, key)
+            if name not in arrays:
+                raise DatasetError(f"{source}: missing required key '{name}' (n_sensors is {n}: sensor {s}'s "
+                                   f"{_expected_dtype_name(dtype)} array of shape {_shape_text(spec)})")
+            parts.append(arrays[name])
+        out.append(SensorSteps(*parts))
+    return tuple(out)
 
 
 def read_dataset(path: str | os.PathLike, mmap: bool = True) -> EpisodeDataset:

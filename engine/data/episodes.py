@@ -71,6 +71,7 @@ def build_dataset(cfg, surfaces=None):
 
         ds = read_dataset(params["path"])
         check_objects_fit(cfg, ds)
+        check_sensor_count(cfg, ds)
         return ds
     from engine.data import sensor
 
@@ -83,7 +84,8 @@ def build_dataset(cfg, surfaces=None):
             hue = {name: float((0.618033988749895 * i) % 1.0) for i, (name, _) in enumerate(surfaces)}
         return sensor.simulate(surfaces, train_steps=params["train_steps"],
                                eval_rotations=params["eval_rotations"], eval_steps=params["eval_steps"],
-                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue)
+                               noise=sensor.Noise() if params["noise"] else None, seed=params["seed"], hue=hue,
+                               **_patches(cfg))
 
 
 def build_surfaces(cfg):
@@ -101,6 +103,7 @@ def build_surfaces(cfg):
             names = []
     if names is None:
         names = list(shapes.BUILTIN_SHAPES)
+    meshes = meshes + _variants(params.get("variants", 0))
     clash = sorted(set(names) & {n for n, _ in meshes})
     if clash:
         raise UserError(f"{cfg.source_file}: data.mesh_dir: mesh {clash[0]!r} has the name of a built-in object "
@@ -115,3 +118,33 @@ def build_surfaces(cfg):
         for name, mesh in meshes:
             surfaces.append((name, sensor.sample_surface(mesh, n_points=params["n_points"], seed=params["seed"])))
     return surfaces
+
+
+def _variants(n: int) -> list:
+    """``data.variants``: (name, mesh) of ``n`` perturbed built-ins, ``name~round``: the built-ins
+    in turn, round 1 for the first ten, 2 for the next ten, ... (``shapes.perturbed_shape``, as
+    the evidence benchmark names and builds them)."""
+    from engine.data.shapes import BUILTIN_SHAPES, perturbed_shape
+
+    out = []
+    for i in range(int(n)):
+        base, rnd = BUILTIN_SHAPES[i % len(BUILTIN_SHAPES)], i // len(BUILTIN_SHAPES) + 1
+        out.append((f"{base}~{rnd}", perturbed_shape(base, rnd)))
+    return out
+
+
+def _patches(cfg) -> dict:
+    """simulate's patch arguments: one patch per learning module (none given for one)."""
+    ev = getattr(cfg, "evidence", None)
+    n = ev.n_modules if ev is not None else 1
+    return {} if n == 1 else {"patches": n, "patch_spacing": cfg.data.params["patch_spacing"]}
+
+
+def check_sensor_count(cfg, ds) -> None:
+    """A UserError when a recorded dataset's sensor patches are not one per learning module."""
+    ev = getattr(cfg, "evidence", None)
+    n = ev.n_modules if ev is not None else 1
+    if ds.n_sensors != n:
+        raise UserError(f"{cfg.source_file}: data.path: {cfg.data.params['path']} holds {ds.n_sensors} sensor "
+                        f"patch{'es' if ds.n_sensors != 1 else ''} per step, but evidence.n_modules is {n}: "
+                        "each learning module needs its own patch")

@@ -605,6 +605,7 @@ def make_shapes_dataset(
     seed: int = 0,
     layout: str = "npz",
     compress: bool = False,
+    patches: int = 1,
 ) -> MadeDataset:
     """Write the simulated evidence dataset of ``data.source: shapes`` as a dataset.
 
@@ -638,6 +639,9 @@ def make_shapes_dataset(
     layout : {"npz", "npy-dir"}
     compress : bool
         Deflate the npz members (smaller; cannot be memory-mapped).
+    patches : int >= 1
+        Sensor patches per step (a config's ``evidence.n_modules``); more than one writes a
+        ``monty-episodes/2`` file.
 
     Returns
     -------
@@ -661,6 +665,8 @@ def make_shapes_dataset(
     values = {"n_points": n_points, "train_steps": train_steps, "eval_rotations": eval_rotations,
               "eval_steps": eval_steps, "noise": noise, "hue": hue, "seed": seed}
     params = {key: settings[key].check(value, key) for key, value in values.items()}
+    if isinstance(patches, bool) or not isinstance(patches, int) or not 1 <= patches <= 16:
+        raise UserError(f"patches: expected an integer from 1 to 16, got {patches!r}")
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
     if compress and layout != "npz":
@@ -679,8 +685,8 @@ def make_shapes_dataset(
     out = os.fspath(out)
     _check_output(out, layout, None)
 
-    params = {"objects": objects, "mesh_dir": mesh_dir, **params}
-    cfg = _ShapesConfig(params)
+    params = {"objects": objects, "mesh_dir": mesh_dir, **params, "patch_spacing": settings["patch_spacing"].default}
+    cfg = _ShapesConfig(params, patches)
     ds = build_dataset(cfg)  # the data.source: shapes simulation itself
     meta = dict(ds.meta)
     meta.update({
@@ -723,8 +729,9 @@ class _ShapesConfig:
 
     source_file = "make-dataset"
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, patches: int = 1):
         self.data = argparse.Namespace(source=SHAPES, params=params)
+        self.evidence = argparse.Namespace(n_modules=patches)  # one patch per learning module
 
 
 # --------------------------------------------------------------------------- CLI
@@ -732,7 +739,7 @@ class _ShapesConfig:
 # Options of the shapes source only, with the argparse dest of each.
 _SHAPES_FLAGS = {"--objects": "objects", "--mesh-dir": "mesh_dir", "--n-points": "n_points",
                  "--train-steps": "train_steps", "--eval-rotations": "eval_rotations",
-                 "--eval-steps": "eval_steps", "--noise": "noise", "--hue": "hue"}
+                 "--eval-steps": "eval_steps", "--noise": "noise", "--hue": "hue", "--patches": "patches"}
 # Options of the chunked synthetic sources only.
 _SYNTHETIC_FLAGS = {"--size": "size", "--features": "features"}
 
@@ -782,6 +789,8 @@ def add_cli(subparsers: Any, parents: tuple | list = ()) -> argparse.ArgumentPar
                    help="tbp.monty's sensor noise on the evaluation steps")
     g.add_argument("--hue", action="store_true", default=None,
                    help="a hue feature column (a distinct colour per object)")
+    g.add_argument("--patches", type=int, metavar="S",
+                   help="sensor patches per step, one per learning module (default 1; more: monty-episodes/2)")
     return p
 
 
@@ -816,7 +825,8 @@ def run_from_args(args: argparse.Namespace) -> str:
                   for k in ("n_points", "train_steps", "eval_rotations", "eval_steps", "noise", "hue")}
         try:
             made = make_shapes_dataset(args.out, objects=objects, mesh_dir=args.mesh_dir, seed=args.seed,
-                                       layout=args.layout, compress=args.compress, **kwargs)
+                                       layout=args.layout, compress=args.compress,
+                                       patches=1 if args.patches is None else args.patches, **kwargs)
         except UserError as exc:
             raise UserError(_flag_names(str(exc))) from None
         return _report(made)

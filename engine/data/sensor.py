@@ -26,7 +26,7 @@ import trimesh
 from kernels.geometry import fit_surface, surface_walk_kernel
 from kernels.kdtree import KDTree, build_tree
 
-from engine.data.dataset import EVAL, TRAIN, EpisodeDataset, validate_dataset
+from engine.data.dataset import EVAL, TRAIN, EpisodeDataset, SensorSteps, validate_dataset
 from engine.data.rotations import quat_to_matrix, random_quaternions
 from engine.data.shapes import BUILTIN_SHAPES, make_shape, visible_samples
 
@@ -245,6 +245,77 @@ def walk(surface: Surface, n_steps: int, rng, step_size: float = 0.01,
                                np.float32(step_size), turns)
 
 
+# --------------------------------------------------------------------------- several patches
+
+
+def patch_layout(n_patches: int, spacing: float = 0.01) -> np.ndarray:
+    """Offsets (metres) of ``n_patches`` sensor patches in the sensor's tangent frame, float64
+    (S, 2) as (side, forward): the central patch first, then tbp.monty's 5-patch layout
+    (``habitat_dist_agent_sensors5``: +y, -y, +x, -x, ``spacing`` apart), then the points of
+    a square grid of that spacing by distance from the centre (diagonals, then 2 spacings
+    along the axes, ...)."""
+    n_patches = int(n_patches)
+    if n_patches < 1:
+        raise ValueError(f"n_patches must be >= 1, got {n_patches}")
+    base = [(0, 0), (0, 1), (0, -1), (1, 0), (-1, 0)]
+    ring = 1
+    while len(base) < n_patches:
+        ring += 1
+        more = [(x, y) for x in range(-ring, ring + 1) for y in range(-ring, ring + 1)
+                if (x, y) not in base and max(abs(x), abs(y)) <= ring]
+        more.sort(key=lambda xy: (xy[0] ** 2 + xy[1] ** 2, -xy[1], -xy[0]))
+        base += more
+    return np.array(base[:n_patches], np.float64) * float(spacing)
+
+
+def patch_rows(surface: Surface, rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The surface samples the other patches of a walk sense: int64 (len(rows), S).
+
+    Column 0 is ``rows`` (the central patch). At step ``t`` the sensor's tangent frame is
+    the normal of the central sample and its heading (towards the next step's point, the
+    last heading where the walk stood still, the first curvature direction before it
+    moved); patch ``s`` looks at ``p + side_s * (n x h) + forward_s * h`` and senses the
+    surface sample nearest to it (so each patch has its own location, pose vectors,
+    curvatures and ``pose_defined``).
+    """
+    from kernels.kdtree import knn_rows
+
+    rows = np.asarray(rows, np.int64)
+    n = len(rows)
+    offsets = np.asarray(offsets, np.float64).reshape(-1, 2)
+    out = np.empty((n, len(offsets)), np.int64)
+    out[:, 0] = rows
+    if n == 0 or len(offsets) == 1:
+        return out
+    p = surface.points[rows].astype(np.float64)
+    nrm = surface.normals[rows].astype(np.float64)
+    heading = np.empty((n, 3))
+    h = surface.directions[rows[0], 0].astype(np.float64)
+    for t in range(n):
+        if t + 1 < n:
+            d = p[t + 1] - p[t]
+            d -= (d @ nrm[t]) * nrm[t]
+            if np.linalg.norm(d) > 1e-9:
+                h = d
+        h = h - (h @ nrm[t]) * nrm[t]
+        norm = np.linalg.norm(h)
+        if norm < 1e-9:
+            h = surface.directions[rows[t], 0].astype(np.float64)
+            norm = np.linalg.norm(h)
+        h = h / norm
+        heading[t] = h
+    side = np.cross(nrm, heading)
+    targets = (p[:, None, :] + offsets[None, 1:, 0, None] * side[:, None, :]
+               + offsets[None, 1:, 1, None] * heading[:, None, :]).reshape(-1, 3).astype(np.float32)
+    idx = np.empty((len(targets), 1), np.int64)
+    dist = np.empty((len(targets), 1), np.float32)
+    # (the argument types of the surface walk's and the node grid's call: one compiled signature)
+    knn_rows(surface.tree, np.ascontiguousarray(targets), 0, len(targets), 1, np.float32(np.inf), idx, dist,
+             np.empty(0, np.int64))
+    out[:, 1:] = idx[:, 0].reshape(n, len(offsets) - 1)
+    return out
+
+
 # --------------------------------------------------------------------------- rotations
 
 
@@ -369,7 +440,7 @@ def apply_noise(noise: Noise, rng, location, pose_vectors, curvature, pose_defin
 
 def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_steps: int = 100,
              noise: Noise | None = None, seed: int = 0, step_size: float = 0.01,
-             hue: dict | None = None) -> EpisodeDataset:
+             hue: dict | None = None, patches: int = 1, patch_spacing: float = 0.01) -> EpisodeDataset:
     """A sensorimotor episode dataset from surface walks over objects.
 
     Episodes, in file order:
@@ -397,6 +468,11 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
     hue : dict name -> float in [0, 1), or None
         Per-object hue: a ``hue`` feature column (constant per object, plus noise). None:
         no feature columns.
+    patches : int >= 1
+        Sensor patches per step (:func:`patch_layout`, :func:`patch_rows`): the walk's
+        point and ``patches - 1`` more around it, ``patch_spacing`` metres apart, each
+        with its own noise; the dataset's ``sensors`` hold the patches beyond the first.
+        With 1 the dataset is exactly the one-sensor dataset of the same arguments.
 
     Returns
     -------
@@ -423,6 +499,9 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
         if bad:
             raise ValueError(f"hue values must lie in [0, 1), got {bad}")
 
+    patches = int(patches)
+    if patches < 1:
+        raise ValueError(f"patches must be >= 1, got {patches}")
     ss = np.random.SeedSequence(seed)
     rng_train, rng_rot, rng_eval, rng_noise = (np.random.default_rng(s) for s in ss.spawn(4))
 
@@ -454,6 +533,11 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
         if h is not None:
             hues.append(h)
 
+    sensors = ()
+    if patches > 1:  # the other patches: their own samples and noise (a fifth seed stream)
+        sensors = _patch_steps(objects, episodes, patch_layout(patches, patch_spacing), noise,
+                               np.random.default_rng(ss.spawn(1)[0]), hue, names)
+
     lengths = np.array([len(e[3]) for e in episodes], dtype=np.int64)
     offsets = np.zeros(len(episodes) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -482,6 +566,9 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
         "hue": {n: float(hue[n]) for n in names} if hue is not None else None,
         "surface_points": [objects[o][1].n_points for o in range(len(objects))],
     }
+    if patches > 1:
+        meta["patches"] = patches
+        meta["patch_spacing"] = float(patch_spacing)
     json.dumps(meta)  # fail here, not in the writer, if something is not JSON
     ds = EpisodeDataset(
         location=cat(locs, (0, 3), np.float32),
@@ -498,6 +585,39 @@ def simulate(objects, *, train_steps: int = 400, eval_rotations: int = 10, eval_
         episode_split=np.array([e[2] for e in episodes], dtype=np.int8),
         object_names=np.array(names),
         meta=meta,
+        sensors=sensors,
     )
     validate_dataset(ds)
     return ds
+
+
+def _patch_steps(objects, episodes, offsets, noise, rng, hue, names):
+    """SensorSteps of patches 1.. of every episode (see :func:`simulate`)."""
+    per = [[[] for _ in range(5)] for _ in range(len(offsets) - 1)]
+    for o, q, split, rows in episodes:
+        _check_interrupt()
+        surf = objects[o][1]
+        r = quat_to_matrix(q, dtype=np.float64)
+        all_rows = patch_rows(surf, rows, offsets)
+        for s in range(1, len(offsets)):
+            pr = all_rows[:, s]
+            loc = (surf.points[pr].astype(np.float64) @ r.T).astype(np.float32)
+            pose = (surf.pose_vectors(pr).astype(np.float64) @ r.T).astype(np.float32)
+            curv = surf.curvature[pr]
+            pdef = surf.pose_defined[pr]
+            h = np.full(len(pr), hue[names[o]], dtype=np.float32) if hue is not None else None
+            if split == EVAL and noise is not None:
+                loc, pose, curv, pdef, h = apply_noise(noise, rng, loc, pose, curv, pdef, h)
+            feats = h[:, None] if h is not None else np.zeros((len(pr), 0), np.float32)
+            for part, a in zip(per[s - 1], (loc, pose, pdef, curv, feats)):
+                part.append(a)
+    out = []
+    for parts in per:
+        arrays = [np.ascontiguousarray(np.concatenate(p)) if p else None for p in parts]
+        if arrays[0] is None:
+            arrays = [np.zeros((0, 3), np.float32), np.zeros((0, 3, 3), np.float32), np.zeros(0, bool),
+                      np.zeros((0, 2), np.float32), np.zeros((0, 0 if hue is None else 1), np.float32)]
+        loc, pose, pdef, curv, feats = arrays
+        out.append(SensorSteps(loc.astype(np.float32), pose.astype(np.float32), pdef.astype(np.bool_),
+                               curv.astype(np.float32), np.ascontiguousarray(feats, np.float32)))
+    return tuple(out)

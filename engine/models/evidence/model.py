@@ -68,6 +68,10 @@ class EvidenceEpisode:
     jumps_on_object: int = 0      # of those, the ones that landed on the object
     jump_steps: tuple = ()        # the steps (0-based, as the trace's rows) a jump landed on
     policy_seconds: float = 0.0   # of ``seconds``, moving the sensor and sensing (policy in the loop)
+    # several modules (engine.models.evidence.modules): modules that matched the detected object,
+    # each module's own outcome; trace is then (steps, modules, O)
+    modules_matched: int | None = None
+    module_outcomes: tuple | None = None
 
 
 # Which setting fills which slot of the kernels' parameter arrays.

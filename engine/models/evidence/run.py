@@ -80,6 +80,7 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         # one outlier (a flip of ~180 degrees) moves the mean: the 90th percentile shows it as one
         "p90_rotation_error_deg": float(np.percentile(errs, 90)) if errs else None,
         "mean_steps": steps / n if n else None,
+        **_module_summary(cfg, eps),
         "matching_step_s": secs / steps if steps else None,
         "train_s": result.train_s,
         "compile_s": result.compile_s,
@@ -110,13 +111,29 @@ def _policy_name(cfg) -> str:
     return p.type + ("+jumps" if p.hypothesis_testing else "")
 
 
+def _module_summary(cfg, eps) -> dict:
+    """summary.json's module fields: ``n_modules``; with several, ``mean_modules_matched`` (modules
+    that matched the detected object, over all episodes) and ``module_accuracy`` /
+    ``module_accuracy_incl_mlh`` (each module's own outcome correct; with its time-outs whose
+    most likely hypothesis is right)."""
+    n_mod = cfg.evidence.n_modules
+    out = {"n_modules": n_mod}
+    if n_mod == 1:
+        return out
+    n = len(eps)
+    out["mean_modules_matched"] = sum(e.modules_matched or 0 for e in eps) / n if n else None
+    out["module_accuracy"] = [sum(1 for e in eps if e.module_outcomes and e.module_outcomes[m] == "correct") / n
+                              if n else None for m in range(n_mod)]
+    return out
+
+
 def _fmt(x, spec):
     return "" if x is None else format(x, spec)
 
 
 def episode_rows(result, policy_columns: bool = False) -> list[list]:
     """episodes.csv's rows (columns :data:`EPISODE_COLUMNS`, then :data:`POLICY_COLUMNS` with
-    ``policy_columns``)."""
+    ``policy_columns``, and ``modules_matched`` with several modules)."""
     rows = []
     for e in result.episodes:
         q = [f"{float(v):.7g}" for v in e.rotation]
@@ -124,7 +141,16 @@ def episode_rows(result, policy_columns: bool = False) -> list[list]:
                      _fmt(e.rotation_error_deg, ".4f"), int(e.symmetric), e.n_hypotheses, f"{e.seconds:.6g}"])
         if policy_columns:
             rows[-1] += [e.jumps, e.jumps_on_object]
+        if e.modules_matched is not None:
+            rows[-1].append(e.modules_matched)
     return rows
+
+
+def episode_columns(cfg) -> tuple[str, ...]:
+    """episodes.csv's columns: :data:`EPISODE_COLUMNS`, then :data:`POLICY_COLUMNS` with a policy
+    in the loop, and ``modules_matched`` with several modules."""
+    return (EPISODE_COLUMNS + (POLICY_COLUMNS if _in_loop(cfg) else ())
+            + (("modules_matched",) if cfg.evidence.n_modules > 1 else ()))
 
 
 def _matplotlib():
@@ -148,7 +174,13 @@ def write_plots(out_dir: Path, result) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(7, 4))
         steps = np.arange(1, len(e.trace) + 1)
-        for o, name in enumerate(result.object_names):
+        if e.trace.ndim == 3:  # several modules: each module's evidence for the detected (else shown) object
+            name = e.detected or e.object
+            o = list(result.object_names).index(name) if name in result.object_names else 0
+            for m in range(e.trace.shape[1]):
+                y = np.where(np.isfinite(e.trace[:, m, o]), e.trace[:, m, o], np.nan)
+                ax.plot(steps, y, label=f"module {m}: {result.object_names[o]}", lw=1.2)
+        for o, name in enumerate(result.object_names if e.trace.ndim == 2 else ()):
             y = np.where(np.isfinite(e.trace[:, o]), e.trace[:, o], np.nan)
             ax.plot(steps, y, label=name, lw=2.2 if name == e.object else 1.0)
         for j, t in enumerate(s for s in e.jump_steps if s < len(e.trace)):  # the policy's jumps
@@ -200,6 +232,10 @@ def format_table(summary_data: dict, result, max_rows: int = 40) -> str:
     else:
         lines.append(f"{s['experiment']}: {s['n_objects']} objects learned in {s['train_s']:.2f} s"
                      f"{_compile_note(s)}; no evaluation")
+    if s.get("n_modules", 1) > 1 and s["n_eval_episodes"]:
+        lines.append(f"{s['n_modules']} modules: {s['mean_modules_matched']:.2f} matched the detected object on "
+                     f"average; each module's own accuracy "
+                     + " ".join(f"{a:.2f}" for a in s["module_accuracy"]))
     return "\n".join(lines)
 
 
@@ -240,16 +276,14 @@ def _compile_note(s: dict) -> str:
 def report(cfg, result, data_s: float | None = None, data_compile_s: float | None = None) -> RunReport:
     """The run's summary, episodes.csv rows and printed table."""
     data = summary(cfg, result, data_s=data_s, data_compile_s=data_compile_s)
-    loop = _in_loop(cfg)
-    columns = EPISODE_COLUMNS + (POLICY_COLUMNS if loop else ())
-    return RunReport(data, columns, episode_rows(result, loop), format_table(data, result))
+    return RunReport(data, episode_columns(cfg), episode_rows(result, _in_loop(cfg)), format_table(data, result))
 
 
 # --------------------------------------------------------------------------- the model type's protocol
 # (engine.run.registry: what the CLI, warm-up and validate ask of a model type)
 
 #: kernel modules this model calls (the cache inventory of ``python -m engine info``)
-KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.lane_cells", "kernels.lanes",
+KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.evidence_voting", "kernels.voting", "kernels.lane_cells", "kernels.lanes",
                   "kernels.graph", "kernels.geometry", "kernels.kdtree", "kernels.select")
 KERNEL_MODULES += ("kernels.evidence_policy", "kernels.policy")  # the sensor in the loop (policy)
 
@@ -257,6 +291,8 @@ KERNEL_MODULES += ("kernels.evidence_policy", "kernels.policy")  # the sensor in
 def entry_kernel(cfg) -> str:
     """The kernel a run spends most of its compile time on: not in the cache means a first
     run, which compiles (the CLI says so)."""
+    if cfg.evidence is not None and cfg.evidence.n_modules > 1:
+        return "kernels.evidence_voting.voting_episode"
     return "kernels.evidence.evidence_episode"
 
 
@@ -276,11 +312,14 @@ def build(cfg, *, progress: bool = False, data=None):
 
     if cfg.experiment.plot_evidence:
         _matplotlib()  # fail before the run, not after it
+    experiment = EvidenceExperiment
+    if cfg.evidence.n_modules > 1:
+        from engine.models.evidence.modules import ModulesExperiment as experiment
     if data is not None:  # built already (a Dask worker gets the run's): no simulation, no sensor kernels
-        return EvidenceExperiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
+        return experiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
     ahead = None
     # (a read-only kernel cache could not take what the second process compiles)
-    if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE:
+    if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE and cfg.evidence.n_modules == 1:
         ahead = background.start("from engine.models.evidence.model import compile_episode_kernel; "
                                  "compile_episode_kernel()")
     try:
@@ -292,8 +331,8 @@ def build(cfg, *, progress: bool = False, data=None):
 
             surfaces = build_surfaces(cfg)
         ds = build_dataset(cfg) if surfaces is None else build_dataset(cfg, surfaces)
-        ex = EvidenceExperiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
-                                data_compile_s=data_compile_s)
+        ex = experiment(cfg, ds, progress=progress, data_s=time.perf_counter() - t0,
+                        data_compile_s=data_compile_s)
         ex._surfaces = surfaces
     except BaseException:
         if ahead is not None:
@@ -313,13 +352,17 @@ def describe_data(cfg) -> str:
 
         ds = read_dataset(p["path"])
         check_objects_fit(cfg, ds)
+        from engine.data.episodes import check_sensor_count
+
+        check_sensor_count(cfg, ds)
         return (f"dataset: {ds.n_steps} observations, {ds.n_episodes} episodes, {ds.n_objects} objects, "
                 f"features {list(ds.feature_names)}")
     from engine.data import shapes
 
     names = list(p["objects"]) if p["objects"] is not None else ([] if p["mesh_dir"] else list(shapes.BUILTIN_SHAPES))
     meshes = [n for n, _ in shapes.load_mesh_folder(p["mesh_dir"])] if p["mesh_dir"] else []
-    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}), "
+    variants = f" and {p['variants']} perturbed variants" if p.get("variants") else ""
+    return (f"shapes: {len(names) + len(meshes)} objects ({', '.join(names + meshes)}){variants}, "
             f"{p['eval_rotations']} evaluation rotations each")
 
 
@@ -333,6 +376,11 @@ def warmup_config(cfg) -> None:
         from engine.models.evidence.policy_run import compile_policy_kernel
 
         compile_policy_kernel()
+    if cfg.evidence.n_modules > 1:
+        from engine.models.evidence.modules import compile_voting_kernel
+
+        for stepwise in (False, True):
+            compile_voting_kernel(stepwise=stepwise)
 
 
 # --------------------------------------------------------------------------- saved models
@@ -400,6 +448,7 @@ def save_state(ex) -> dict:
     from engine.run.model_file import settings_of
 
     model = ex.model
+    _one_module_only(ex.config, "saving a model")
     if not model.object_names:
         raise UserError(f"{ex.config.source_file}: nothing was learned (no training episodes, or do_train is "
                         "false): there is no model to save")
@@ -416,6 +465,12 @@ def save_state(ex) -> dict:
                      "nodes_per_object": model.nodes_per_object},
         "trained_on": training_digest(ex),
     }
+
+
+def _one_module_only(cfg, what: str) -> None:
+    if cfg.evidence.n_modules > 1:
+        raise UserError(f"{cfg.source_file}: evidence.n_modules: {what} is supported for one module only "
+                        f"(n_modules is {cfg.evidence.n_modules})")
 
 
 def _check_model_contents(saved, sizes: dict) -> None:
@@ -465,6 +520,7 @@ def load_state(ex, saved) -> None:
     try:
         cfg = ex.config
         where = cfg.source_file
+        _one_module_only(cfg, "evaluating a saved model")
         model_file.check_feature_columns(saved, [str(n) for n in ex.dataset.feature_names], where)
         model_file.check_settings(saved, model_file.settings_of(cfg.evidence, LEARNING_SETTINGS), where,
                                   "evidence")

@@ -55,6 +55,13 @@ class EvidenceSettings:
     max_graph_size: float = 0.3
     voxels_per_dim: int = 100
     max_nodes: int = 2000
+    # several learning modules (one per sensor patch) and their votes (section 6)
+    n_modules: int = 1
+    voting: object = "all"
+    vote_weight: float = 1.0
+    vote_evidence_threshold: float = 0.8
+    min_lms_match: int = 1
+    vote_transform: str = "transpose"
 
 
 
@@ -97,4 +104,33 @@ SETTING_DOCS = {
     "max_graph_size": "grid: side of the model's grid (m)",
     "voxels_per_dim": "grid: voxels along each side",
     "max_nodes": "grid: at most this many nodes (the fullest voxels)",
+    "n_modules": "learning modules, one per sensor patch (shapes: the patches simulated; a recorded "
+                 "dataset must hold this many sensors)",
+    "voting": "which modules receive whose votes: 'all' (every other module), null (no voting), or one "
+              "list of sender module indices per module (tbp.monty's lm_to_lm_vote_matrix)",
+    "vote_weight": "a received vote adds vote_weight times its confidence to a hypothesis' evidence",
+    "vote_evidence_threshold": "a hypothesis votes when its evidence, scaled to [-1, 1] over the module, "
+                               "is above this",
+    "min_lms_match": "the episode ends with a match when at least this many modules matched "
+                     "(tbp.monty's 5-module benchmarks: 3)",
+    "vote_transform": "transpose: a vote moves by R^T dp into the receiver's position, as tbp.monty's code "
+                      "does; rotate: by R dp, as its path integration moves hypotheses",
 }
+
+
+def check_voting(value, n_modules: int, where: str) -> str | None:
+    """What is wrong with an ``evidence.voting`` value for ``n_modules`` modules (None: fine)."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, tuple):  # (the config's tuples shown as the lists they were written as)
+        value = [list(v) if isinstance(v, tuple) else v for v in value]
+    if not isinstance(value, (list, tuple)) or len(value) != n_modules:
+        return (f"{where}: expected 'all', null or a list of {n_modules} lists (one per module, its senders), "
+                f"got {value!r}"[:300])
+    for r, senders in enumerate(value):
+        if not isinstance(senders, (list, tuple)):
+            return f"{where}[{r}]: expected a list of module indices, got {senders!r}"[:300]
+        for i in senders:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_modules:
+                return f"{where}[{r}]: module index {i!r} is not in 0..{n_modules - 1}"[:300]
+    return None

@@ -1,0 +1,363 @@
+"""Voting between evidence learning modules (``docs/evidence-matching.md`` section 6).
+
+Several learning modules (one per sensor patch) keep their hypotheses in stacked flat
+arrays, module ``m``'s rows in row ``m`` of each (``obj`` int32 (M, cap), ``loc`` float32
+(M, cap, 3), ``rot`` float32 (M, cap, 9), ``ev`` float32 (M, cap); the first ``n_rows[m]``
+rows in use, ``obj == -1`` a dead row). After every step each module sends votes and each
+receives those of the modules connected to it:
+
+Sending (:func:`select_votes`): the module's evidences are scaled jointly over all its
+objects, ``E~ = 2 (E - E_min) / (E_max - E_min) - 1`` when ``E_max >= 1``, else
+``clip(E, -1, 1)``; every hypothesis with ``E~ > vote_evidence_threshold`` is a vote
+(object, location, rotation, confidence ``E~``). When ``E_max >= 1`` and every evidence is
+equal, tbp.monty's scaling divides 0 by 0 and no hypothesis passes the threshold: here
+too, no vote.
+
+Transforming (:func:`transform_vote`): for receiver ``r``, a vote of sender ``s`` moves to
+``l' = l + V dp`` with ``dp = p_r - p_s`` the offset between the two sensed locations.
+tbp.monty's code (``MontyForEvidenceGraphMatching._combine_votes``) takes ``V = R^T``,
+the transpose of the hypothesis rotation (``v_model = R v_body``), although path
+integration uses ``R d`` (section 9.1): ``VOTE_TRANSPOSE`` follows the code,
+``VOTE_ROTATE`` uses ``R`` (where the receiving sensor is on the object if the vote's
+pose is right).
+
+Receiving (:func:`receive_votes`): per hypothesis of the receiver, the ``VOTE_K`` (3)
+nearest votes for its object (Euclidean; tbp.monty's KD-tree with ``k = min(3, V)``),
+of which those at distance ``>= max_match_distance`` are dropped; the largest confidence
+``v`` among the rest is added: ``E <- E + w v``, or ``(E + w v) / (1 + w)`` when
+``past_weight + present_weight == 1`` (tbp.monty's code takes the unweighted maximum;
+its docs say a distance-weighted average). A hypothesis without a vote in range keeps
+its evidence. The search is a KD-tree per object over the receiver's votes
+(``kernels.kdtree``, built inside the step) searched within the radius: only votes
+closer than the radius can count, and the ``k`` nearest of all votes that lie in the
+radius are the ``k`` nearest of the votes in the radius, so this gives tbp.monty's answer
+exactly (ties in distance: the vote earlier in the pool, pooled sender by sender in
+module order, each sender's votes in row order).
+
+Who takes part (:func:`exchange_votes`): a module sends only when ``sends[m]`` (it
+processed a feature step this step, having been on the object); a module receives only
+when it sends too (tbp.monty: an LM whose own vote is ``None`` gets no votes) and
+``conn[r, s]`` (uint8 (M, M), receiver by sender; tbp.monty's ``lm_to_lm_vote_matrix``
+lists the senders of each receiver) connects it to a sending ``s``. Every vote is taken
+from the evidences before any vote is received.
+"""
+
+import numpy as np
+from numba import njit
+
+from .kdtree import build_tree, knn_rows
+
+VOTE_TRANSPOSE = 0  # l' = l + R^T dp, tbp.monty's code
+VOTE_ROTATE = 1     # l' = l + R dp
+VOTE_K = 3          # nearest votes per hypothesis (tbp.monty's vote_nn)
+
+_F0 = np.float32(0.0)
+
+
+@njit(cache=True)
+def evidence_range(obj, ev, n):
+    """Smallest and largest evidence (float64) of the live rows (``obj >= 0``) among the first
+    ``n``; ``(inf, -inf)`` when there are none. ``obj`` int32 (>= n,), ``ev`` float32 (>= n,)."""
+    lo = np.inf
+    hi = -np.inf
+    for h in range(n):
+        if obj[h] >= 0:
+            e = np.float64(ev[h])
+            if e < lo:
+                lo = e
+            if e > hi:
+                hi = e
+    return lo, hi
+
+
+@njit(cache=True)
+def scale_evidence(e, lo, hi):
+    """tbp.monty's ``get_scaled_evidences`` of one evidence ``e`` (float64) given the module's
+    range ``lo .. hi``: ``((e - lo) / (hi - lo) - 0.5) * 2`` when ``hi >= 1`` (NaN when
+    ``hi == lo``, tbp.monty's 0 / 0), else ``e`` clipped to [-1, 1]."""
+    if hi >= 1.0:
+        if hi == lo:
+            return np.nan
+        return ((e - lo) / (hi - lo) - 0.5) * 2.0
+    return min(max(e, -1.0), 1.0)
+
+
+@njit(cache=True)
+def count_votes(obj, ev, n, threshold):
+    """How many of the first ``n`` rows :func:`select_votes` would send (``threshold`` float64)."""
+    lo, hi = evidence_range(obj, ev, n)
+    c = 0
+    for h in range(n):
+        if obj[h] >= 0 and scale_evidence(np.float64(ev[h]), lo, hi) > threshold:
+            c += 1
+    return c
+
+
+@njit(cache=True)
+def select_votes(obj, loc, rot, ev, n, threshold, sender, out_src, out_obj, out_loc, out_rot, out_conf, w):
+    """One module's votes (the rows whose scaled evidence is above ``threshold``), in row
+    order, written from slot ``w`` on; returns the slot after the last.
+
+    Parameters
+    ----------
+    obj : int32 (>= n,); loc : float32 (>= n, 3); rot : float32 (>= n, 9); ev : float32 (>= n,)
+        The module's hypothesis rows (dead rows, ``obj == -1``, never vote).
+    n : int, rows in use; threshold : float64, ``vote_evidence_threshold``
+    sender : int, the module's index
+    out_src, out_obj : int32 (V,); out_loc : float32 (V, 3); out_rot : float32 (V, 9);
+    out_conf : float32 (V,)
+        Written: sender, object, location, rotation and confidence of each vote.
+    """
+    lo, hi = evidence_range(obj, ev, n)
+    for h in range(n):
+        o = obj[h]
+        if o < 0:
+            continue
+        c = scale_evidence(np.float64(ev[h]), lo, hi)
+        if c > threshold:
+            out_src[w] = sender
+            out_obj[w] = o
+            for a in range(3):
+                out_loc[w, a] = loc[h, a]
+            for a in range(9):
+                out_rot[w, a] = rot[h, a]
+            out_conf[w] = np.float32(c)
+            w += 1
+    return w
+
+
+@njit(cache=True)
+def transform_vote(loc, rot, i, dx, dy, dz, mode, out, j):
+    """``out[j] = loc[i] + V dp`` with ``V = rot[i]^T`` (``VOTE_TRANSPOSE``) or ``rot[i]``
+    (``VOTE_ROTATE``); ``rot`` row-major float32 (V, 9), ``dp = (dx, dy, dz)`` float32."""
+    for a in range(3):
+        if mode == VOTE_TRANSPOSE:
+            v = rot[i, a] * dx + rot[i, 3 + a] * dy + rot[i, 6 + a] * dz
+        else:
+            v = rot[i, 3 * a] * dx + rot[i, 3 * a + 1] * dy + rot[i, 3 * a + 2] * dz
+        out[j, a] = loc[i, a] + v
+
+
+@njit(cache=True)
+def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, taken):
+    """Add to each live row's evidence the best of its nearest votes (see the module notes).
+
+    Parameters
+    ----------
+    obj : int32 (>= n,); loc : float32 (>= n, 3); ev : float32 (>= n,), updated in place
+        The receiver's rows (``n`` in use).
+    vobj : int32 (>= nv,); vloc : float32 (>= nv, 3); vconf : float32 (>= nv,)
+        The pooled votes, already moved into the receiver's position.
+    mmd : float32, ``max_match_distance``; weight : float32, ``vote_weight``
+    bounded : bool, ``past_weight + present_weight == 1`` (average instead of add)
+    taken : float32 (>= n,)
+        Written: the vote each row took (NaN: none).
+
+    Returns the number of rows whose evidence a vote changed.
+
+    Per object a KD-tree over its votes (``kernels.kdtree``, pool order kept as the
+    tree's input order, so equal distances go to the earlier vote) and one search of
+    the receiver's rows of that object for their ``VOTE_K`` nearest votes within the
+    radius (votes at the radius itself are then dropped, as tbp.monty drops distances
+    ``>= max_match_distance``).
+    """
+    for h in range(n):
+        taken[h] = np.nan
+    if nv == 0 or n == 0:
+        return 0
+    n_obj = 0
+    for i in range(nv):
+        n_obj = max(n_obj, vobj[i] + 1)
+    for h in range(n):
+        n_obj = max(n_obj, obj[h] + 1)
+    # votes and rows grouped by object, each group in its original order (counting sort)
+    v_start = np.zeros(n_obj + 1, np.int64)
+    h_start = np.zeros(n_obj + 1, np.int64)
+    for i in range(nv):
+        v_start[vobj[i] + 1] += 1
+    for h in range(n):
+        if obj[h] >= 0:
+            h_start[obj[h] + 1] += 1
+    for o in range(n_obj):
+        v_start[o + 1] += v_start[o]
+        h_start[o + 1] += h_start[o]
+    v_order = np.empty(nv, np.int64)
+    h_order = np.empty(h_start[n_obj], np.int64)
+    fill = v_start[:n_obj].copy()
+    for i in range(nv):
+        v_order[fill[vobj[i]]] = i
+        fill[vobj[i]] += 1
+    fill = h_start[:n_obj].copy()
+    for h in range(n):
+        if obj[h] >= 0:
+            h_order[fill[obj[h]]] = h
+            fill[obj[h]] += 1
+    r2 = mmd * mmd
+    changed = 0
+    for o in range(n_obj):
+        a, b = v_start[o], v_start[o + 1]
+        qa, qb = h_start[o], h_start[o + 1]
+        if a == b or qa == qb:
+            continue
+        pts = np.empty((b - a, 3), np.float32)
+        for j in range(a, b):
+            for c in range(3):
+                pts[j - a, c] = vloc[v_order[j], c]
+        tree = build_tree(pts)
+        nq = qb - qa
+        queries = np.empty((nq, 3), np.float32)
+        for j in range(nq):
+            for c in range(3):
+                queries[j, c] = loc[h_order[qa + j], c]
+        k = min(VOTE_K, b - a)
+        idx = np.empty((nq, k), np.int64)
+        dist = np.empty((nq, k), np.float32)
+        knn_rows(tree, queries, 0, nq, k, r2, idx, dist, np.empty(0, np.int64))
+        for j in range(nq):
+            best = np.float32(-np.inf)
+            found = False
+            h = h_order[qa + j]
+            for s in range(k):
+                i = idx[j, s]
+                if i < 0:
+                    continue
+                # the radius test on the squared float32 distance (the tree reports distances)
+                vi = v_order[a + i]
+                dx = vloc[vi, 0] - loc[h, 0]
+                dy = vloc[vi, 1] - loc[h, 1]
+                dz = vloc[vi, 2] - loc[h, 2]
+                if not dx * dx + dy * dy + dz * dz < r2:
+                    continue
+                c = vconf[vi]
+                if not found or c > best:
+                    best = c
+                    found = True
+            if not found:
+                continue
+            taken[h] = best
+            if bounded:
+                ev[h] = (ev[h] + weight * best) / (np.float32(1.0) + weight)
+            else:
+                ev[h] = ev[h] + weight * best
+            changed += 1
+    return changed
+
+
+@njit(cache=True)
+def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
+    """Every sending module's votes (:func:`select_votes`), module after module.
+
+    Returns ``(start, v_obj, v_loc, v_rot, v_conf)``: module ``m``'s votes are
+    ``start[m] .. start[m + 1]`` (int64 (M + 1,)) of ``v_obj`` int32, ``v_loc`` float32
+    (V, 3), ``v_rot`` float32 (V, 9), ``v_conf`` float32 (V,). Arguments as
+    :func:`exchange_votes`'s.
+    """
+    n_mod = obj.shape[0]
+    start = np.zeros(n_mod + 1, np.int64)
+    for m in range(n_mod):
+        c = count_votes(obj[m], ev[m], n_rows[m], threshold) if sends[m] else 0
+        start[m + 1] = start[m] + c
+    total = start[n_mod]
+    v_src = np.empty(total, np.int32)
+    v_obj = np.empty(total, np.int32)
+    v_loc = np.empty((total, 3), np.float32)
+    v_rot = np.empty((total, 9), np.float32)
+    v_conf = np.empty(total, np.float32)
+    for m in range(n_mod):
+        if start[m + 1] > start[m]:
+            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, v_src, v_obj, v_loc, v_rot,
+                         v_conf, start[m])
+    return start, v_obj, v_loc, v_rot, v_conf
+
+
+@njit(cache=True)
+def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode):
+    """Receiver ``r``'s part of :func:`exchange_votes`: the votes of its senders (``votes``,
+    :func:`gather_votes`'s tuple) moved into its position and received. Writes only ``ev[r]``
+    (so receivers can run in parallel); returns the rows a vote changed."""
+    if not sends[r]:
+        return 0
+    start, v_obj, v_loc, v_rot, v_conf = votes
+    n_mod = obj.shape[0]
+    nv = 0
+    for s in range(n_mod):
+        if conn[r, s] != 0 and sends[s]:
+            nv += start[s + 1] - start[s]
+    if nv == 0:
+        return 0
+    p_obj = np.empty(nv, np.int32)
+    p_loc = np.empty((nv, 3), np.float32)
+    p_conf = np.empty(nv, np.float32)
+    j = 0
+    for s in range(n_mod):
+        if conn[r, s] == 0 or not sends[s]:
+            continue
+        dx = sensed[r, 0] - sensed[s, 0]
+        dy = sensed[r, 1] - sensed[s, 1]
+        dz = sensed[r, 2] - sensed[s, 2]
+        for i in range(start[s], start[s + 1]):
+            p_obj[j] = v_obj[i]
+            p_conf[j] = v_conf[i]
+            transform_vote(v_loc, v_rot, i, dx, dy, dz, mode, p_loc, j)
+            j += 1
+    taken = np.empty(n_rows[r], np.float32)
+    return receive_votes(obj[r], loc[r], ev[r], n_rows[r], p_obj, p_loc, p_conf, nv, mmd, weight, bounded, taken)
+
+
+@njit(cache=True)
+def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, weight, bounded, mmd, mode):
+    """One vote exchange between all modules (section 6): every module's votes from its
+    evidences as they are, then each receiver's evidences updated.
+
+    Parameters
+    ----------
+    obj : int32 (M, cap); loc : float32 (M, cap, 3); rot : float32 (M, cap, 9)
+    ev : float32 (M, cap), updated in place
+    n_rows : int64 (M,), rows in use per module
+    sensed : float32 (M, 3), each module's sensed location this step
+    sends : uint8 (M,), 1 for a module that votes this step (see the module notes)
+    conn : uint8 (M, M), ``conn[r, s] = 1``: ``r`` receives the votes of ``s``
+    threshold : float64; weight : float32; bounded : bool; mmd : float32
+    mode : int, ``VOTE_TRANSPOSE`` or ``VOTE_ROTATE``
+
+    Returns
+    -------
+    n_votes : int64 (M,), votes each module sent
+    changed : int64 (M,), rows of each receiver whose evidence a vote changed
+    """
+    n_mod = obj.shape[0]
+    votes = gather_votes(obj, ev, loc, rot, n_rows, sends, threshold)
+    start = votes[0]
+    n_votes = np.zeros(n_mod, np.int64)
+    changed = np.zeros(n_mod, np.int64)
+    for m in range(n_mod):
+        n_votes[m] = start[m + 1] - start[m]
+    for r in range(n_mod):
+        changed[r] = receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode)
+    return n_votes, changed
+
+
+def connectivity(spec, n_modules: int) -> np.ndarray:
+    """The receive matrix ``conn`` (uint8 (M, M), receiver by sender) of a config value:
+    ``"all"`` (every module receives every other's votes, tbp.monty's ``5lm_5sm``), ``None``
+    (no voting: all zeros) or a list of M lists, list ``r`` the senders of module ``r``
+    (tbp.monty's ``lm_to_lm_vote_matrix``). Raises ValueError on a malformed list."""
+    conn = np.zeros((n_modules, n_modules), np.uint8)
+    if spec is None:
+        return conn
+    if isinstance(spec, str):
+        if spec != "all":
+            raise ValueError(f"must be 'all', null or a list of {n_modules} lists of module indices, got {spec!r}")
+        conn[:] = 1
+        np.fill_diagonal(conn, 0)
+        return conn
+    if not isinstance(spec, (list, tuple)) or len(spec) != n_modules:
+        raise ValueError(f"must be 'all', null or a list of {n_modules} lists (one per module), got {spec!r}")
+    for r, senders in enumerate(spec):
+        if not isinstance(senders, (list, tuple)):
+            raise ValueError(f"entry {r} must be a list of module indices, got {senders!r}")
+        for s in senders:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < n_modules:
+                raise ValueError(f"entry {r}: module index {s!r} is not in 0..{n_modules - 1}")
+            conn[r, s] = 1
+    return conn
