@@ -532,6 +532,11 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
         params["mesh_dir"] = str(_resolve_relative(params["mesh_dir"], source_file))
         if not Path(params["mesh_dir"]).is_dir():
             raise ConfigError(f"{prefix}data.mesh_dir: folder not found: {params['mesh_dir']}")
+    if policy is not None and policy.in_loop and evidence is not None and evidence.n_modules > 1:
+        key = "policy.type" if policy.type != "walk" else "policy.hypothesis_testing"
+        raise ConfigError(f"{prefix}{key}: a policy in the loop moves one sensor; it does not drive several "
+                          f"patches yet (evidence.n_modules is {evidence.n_modules}): use policy.type: walk "
+                          "without hypothesis_testing, or one module")
     if source == "dataset" and policy is not None and policy.in_loop:
         key = "policy.type" if policy.type != "walk" else "policy.hypothesis_testing"
         raise ConfigError(f"{prefix}{key}: a recorded dataset holds no surface to move over; the policy needs "

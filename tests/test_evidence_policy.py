@@ -165,6 +165,15 @@ def test_policy_config_errors(tmp_path, root):
     with pytest.raises(ConfigError, match=r"policy\.hypothesis_testing: a recorded dataset holds no surface"):
         from_dict({"model": {"type": "evidence"}, "data": data, "policy": {"hypothesis_testing": True}})
     from_dict({"model": {"type": "evidence"}, "data": data, "policy": {"type": "walk"}})  # today's replay
+    five = {"n_modules": 5, "min_lms_match": 3}
+    with pytest.raises(ConfigError, match=r"policy\.type: a policy in the loop moves one sensor.*n_modules is 5"):
+        from_dict({"model": {"type": "evidence"}, "data": {"source": "shapes"}, "evidence": five,
+                   "policy": {"type": "curvature"}})
+    with pytest.raises(ConfigError, match=r"policy\.hypothesis_testing: a policy in the loop moves one sensor"):
+        from_dict({"model": {"type": "evidence"}, "data": {"source": "shapes"}, "evidence": five,
+                   "policy": {"hypothesis_testing": True}})
+    from_dict({"model": {"type": "evidence"}, "data": {"source": "shapes"}, "evidence": five,
+               "policy": {"type": "walk"}})  # several modules on today's replayed walk
     with pytest.raises(ConfigError, match=r"policy: only the evidence model reads it"):
         from_dict({"model": {"type": "similarity"}, "data": {"source": "cube"}, "policy": {}})
 
