@@ -47,6 +47,13 @@ from numba import njit
 
 from .kdtree import build_tree, knn_rows
 
+# Every kernel here says fastmath=False explicitly: numba lets a callee that does not set it
+# inherit the caller's fastmath, so the first compile from the fastmath episode kernel
+# (kernels.evidence_voting) would otherwise leave a fused-multiply-add, reciprocal-division
+# build in the dispatcher for later calls from Python: 1-ulp different evidences, and a scaled
+# evidence of 1 + 1 ulp that passes a threshold of 1 (seen when tests ran in that order).
+_PLAIN = {"cache": True, "fastmath": False}
+
 VOTE_TRANSPOSE = 0  # l' = l + R^T dp, tbp.monty's code
 VOTE_ROTATE = 1     # l' = l + R dp
 VOTE_K = 3          # nearest votes per hypothesis (tbp.monty's vote_nn)
@@ -54,7 +61,7 @@ VOTE_K = 3          # nearest votes per hypothesis (tbp.monty's vote_nn)
 _F0 = np.float32(0.0)
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def evidence_range(obj, ev, n):
     """Smallest and largest evidence (float64) of the live rows (``obj >= 0``) among the first
     ``n``; ``(inf, -inf)`` when there are none. ``obj`` int32 (>= n,), ``ev`` float32 (>= n,)."""
@@ -70,7 +77,7 @@ def evidence_range(obj, ev, n):
     return lo, hi
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def scale_evidence(e, lo, hi):
     """tbp.monty's ``get_scaled_evidences`` of one evidence ``e`` (float64) given the module's
     range ``lo .. hi``: ``((e - lo) / (hi - lo) - 0.5) * 2`` when ``hi >= 1`` (NaN when
@@ -82,7 +89,7 @@ def scale_evidence(e, lo, hi):
     return min(max(e, -1.0), 1.0)
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def count_votes(obj, ev, n, threshold):
     """How many of the first ``n`` rows :func:`select_votes` would send (``threshold`` float64)."""
     lo, hi = evidence_range(obj, ev, n)
@@ -93,7 +100,7 @@ def count_votes(obj, ev, n, threshold):
     return c
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def select_votes(obj, loc, rot, ev, n, threshold, sender, out_src, out_obj, out_loc, out_rot, out_conf, w):
     """One module's votes (the rows whose scaled evidence is above ``threshold``), in row
     order, written from slot ``w`` on; returns the slot after the last.
@@ -126,7 +133,7 @@ def select_votes(obj, loc, rot, ev, n, threshold, sender, out_src, out_obj, out_
     return w
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def transform_vote(loc, rot, i, dx, dy, dz, mode, out, j):
     """``out[j] = loc[i] + V dp`` with ``V = rot[i]^T`` (``VOTE_TRANSPOSE``) or ``rot[i]``
     (``VOTE_ROTATE``); ``rot`` row-major float32 (V, 9), ``dp = (dx, dy, dz)`` float32."""
@@ -138,7 +145,7 @@ def transform_vote(loc, rot, i, dx, dy, dz, mode, out, j):
         out[j, a] = loc[i, a] + v
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, taken):
     """Add to each live row's evidence the best of its nearest votes (see the module notes).
 
@@ -243,7 +250,7 @@ def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, 
     return changed
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
     """Every sending module's votes (:func:`select_votes`), module after module.
 
@@ -270,7 +277,7 @@ def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
     return start, v_obj, v_loc, v_rot, v_conf
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode):
     """Receiver ``r``'s part of :func:`exchange_votes`: the votes of its senders (``votes``,
     :func:`gather_votes`'s tuple) moved into its position and received. Writes only ``ev[r]``
@@ -304,7 +311,7 @@ def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, 
     return receive_votes(obj[r], loc[r], ev[r], n_rows[r], p_obj, p_loc, p_conf, nv, mmd, weight, bounded, taken)
 
 
-@njit(cache=True)
+@njit(**_PLAIN)
 def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, weight, bounded, mmd, mode):
     """One vote exchange between all modules (section 6): every module's votes from its
     evidences as they are, then each receiver's evidences updated.

@@ -606,6 +606,8 @@ def make_shapes_dataset(
     layout: str = "npz",
     compress: bool = False,
     patches: int = 1,
+    variants: int = 0,
+    patch_spacing: float | None = None,
 ) -> MadeDataset:
     """Write the simulated evidence dataset of ``data.source: shapes`` as a dataset.
 
@@ -642,6 +644,10 @@ def make_shapes_dataset(
     patches : int >= 1
         Sensor patches per step (a config's ``evidence.n_modules``); more than one writes a
         ``monty-episodes/2`` file.
+    variants : int >= 0
+        Perturbed variants of the built-ins after the objects (``data.variants``).
+    patch_spacing : float or None
+        Distance between neighbouring patches (``data.patch_spacing``; None: its default).
 
     Returns
     -------
@@ -685,7 +691,10 @@ def make_shapes_dataset(
     out = os.fspath(out)
     _check_output(out, layout, None)
 
-    params = {"objects": objects, "mesh_dir": mesh_dir, **params, "patch_spacing": settings["patch_spacing"].default}
+    spacing = settings["patch_spacing"].default if patch_spacing is None else \
+        settings["patch_spacing"].check(patch_spacing, "patch_spacing")
+    params = {"objects": objects, "mesh_dir": mesh_dir, **params, "patch_spacing": spacing,
+              "variants": settings["variants"].check(variants, "variants")}
     cfg = _ShapesConfig(params, patches)
     ds = build_dataset(cfg)  # the data.source: shapes simulation itself
     meta = dict(ds.meta)

@@ -183,7 +183,7 @@ def write_plots(out_dir: Path, result) -> list[Path]:
         for o, name in enumerate(result.object_names if e.trace.ndim == 2 else ()):
             y = np.where(np.isfinite(e.trace[:, o]), e.trace[:, o], np.nan)
             ax.plot(steps, y, label=name, lw=2.2 if name == e.object else 1.0)
-        for j, t in enumerate(s for s in e.jump_steps if s < len(e.trace)):  # the policy's jumps
+        for j, t in enumerate(s for s in getattr(e, "jump_steps", ()) if s < len(e.trace)):  # the policy's jumps
             ax.axvline(t + 1, color="0.5", ls=":", lw=1.0, label="jump" if j == 0 else None)
         ax.set_xlabel("matching step")
         ax.set_ylabel("evidence of the best hypothesis")
