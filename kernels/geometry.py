@@ -639,6 +639,48 @@ def _transport(h, n_old, n_new):
 
 
 @njit(cache=True)
+def snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist):
+    """One step's snap of the walk (:func:`surface_walk_kernel`, and the policies' moves in
+    ``kernels.policy``): aim ``step`` along tangent
+    ``h`` from sample ``cur`` (pushed 0.2 step into the surface), take the nearest of the 8
+    nearest samples that moved at least 0.3 step and whose normal agrees; retry turned by
+    the golden angle up to 8 times.
+
+    ``target`` float32 (1, 3), ``nb_idx`` int64 (1, k), ``nb_dist`` float32 (1, k): scratch.
+    Returns ``(row, h)``: the sample reached (-1: stuck) and the heading after the retries.
+    """
+    k = nb_idx.shape[1]
+    no_rows = np.empty(0, dtype=np.int64)
+    n_cur = normals[cur]
+    min_move2 = (_WALK_MIN_MOVE * step) ** 2
+    nxt = np.int64(-1)
+    for attempt in range(_WALK_RETRIES):
+        if attempt > 0:
+            h = _rotate_about(h, n_cur, _RETRY_TURN)
+        for j in range(3):
+            target[0, j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
+        knn_rows(tree, target, _Z64, _ONE64, k, _INF32, nb_idx, nb_dist, no_rows)
+        for t in range(k):
+            cand = nb_idx[0, t]
+            if cand < 0 or cand == cur:
+                continue
+            d2 = _F0
+            for j in range(3):
+                dj = points[cand, j] - points[cur, j]
+                d2 += dj * dj
+            if d2 < min_move2:
+                continue
+            nd = normals[cand, 0] * n_cur[0] + normals[cand, 1] * n_cur[1] + normals[cand, 2] * n_cur[2]
+            if nd < _WALK_MIN_DOT:
+                continue
+            nxt = cand
+            break
+        if nxt >= 0:
+            break
+    return nxt, h
+
+
+@njit(cache=True)
 def surface_walk_kernel(points, normals, tree, start, heading, step, turn_angles):
     """A surface-following walk over samples; no validation.
 
@@ -673,40 +715,15 @@ def surface_walk_kernel(points, normals, tree, start, heading, step, turn_angles
     cur = np.int64(start)
     out[0] = cur
     h = _to_tangent(heading.astype(np.float32), normals[cur])
-    min_move2 = (_WALK_MIN_MOVE * step) ** 2
     k = min(_WALK_K, points.shape[0])
     # The k-nearest query and its outputs, allocated once (``knn_rows``).
     target = np.empty((1, 3), dtype=np.float32)
     nb_idx = np.empty((1, k), dtype=np.int64)
     nb_dist = np.empty((1, k), dtype=np.float32)
-    no_rows = np.empty(0, dtype=np.int64)
     for i in range(1, n_steps):
         n_cur = normals[cur]
         h = _rotate_about(h, n_cur, turn_angles[i])
-        nxt = np.int64(-1)
-        for attempt in range(_WALK_RETRIES):
-            if attempt > 0:
-                h = _rotate_about(h, n_cur, _RETRY_TURN)
-            for j in range(3):
-                target[0, j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
-            knn_rows(tree, target, _Z64, _ONE64, k, _INF32, nb_idx, nb_dist, no_rows)
-            for t in range(k):
-                cand = nb_idx[0, t]
-                if cand < 0 or cand == cur:
-                    continue
-                d2 = _F0
-                for j in range(3):
-                    dj = points[cand, j] - points[cur, j]
-                    d2 += dj * dj
-                if d2 < min_move2:
-                    continue
-                nd = normals[cand, 0] * n_cur[0] + normals[cand, 1] * n_cur[1] + normals[cand, 2] * n_cur[2]
-                if nd < _WALK_MIN_DOT:
-                    continue
-                nxt = cand
-                break
-            if nxt >= 0:
-                break
+        nxt, h = snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist)
         if nxt >= 0:
             h = _transport(h, n_cur, normals[nxt])
             cur = nxt

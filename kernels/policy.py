@@ -45,9 +45,9 @@ import numpy as np
 from numba import njit
 
 # the walk's own constants and float32 helpers, so that a move here is the walk's move exactly
-from .geometry import _WALK_K, _WALK_MIN_DOT, _WALK_MIN_MOVE, _WALK_PUSH, _WALK_RETRIES, _RETRY_TURN
-from .geometry import _rotate_about, _to_tangent, _transport, tangent_basis
-from .kdtree import knn_rows
+from .geometry import _WALK_K
+from .geometry import _rotate_about, _to_tangent, _transport, snap_move, tangent_basis  # noqa: F401 (snap_move re-exported)
+from .evidence_phases import _possible_objects
 
 # --------------------------------------------------------------------------- slots
 
@@ -208,47 +208,6 @@ def _angle(a, b):
 
 
 # --------------------------------------------------------------------------- the walk's move
-
-
-@njit(cache=True)
-def snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist):
-    """The walk's snap (``kernels.geometry.surface_walk_kernel``): aim ``step`` along tangent
-    ``h`` from sample ``cur`` (pushed 0.2 step into the surface), take the nearest of the 8
-    nearest samples that moved at least 0.3 step and whose normal agrees; retry turned by
-    the golden angle up to 8 times.
-
-    ``target`` float32 (1, 3), ``nb_idx`` int64 (1, k), ``nb_dist`` float32 (1, k): scratch.
-    Returns ``(row, h)``: the sample reached (-1: stuck) and the heading after the retries.
-    """
-    k = nb_idx.shape[1]
-    no_rows = np.empty(0, dtype=np.int64)
-    n_cur = normals[cur]
-    min_move2 = (_WALK_MIN_MOVE * step) ** 2
-    nxt = np.int64(-1)
-    for attempt in range(_WALK_RETRIES):
-        if attempt > 0:
-            h = _rotate_about(h, n_cur, _RETRY_TURN)
-        for j in range(3):
-            target[0, j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
-        knn_rows(tree, target, _Z64, _ONE64, k, _INF32, nb_idx, nb_dist, no_rows)
-        for t in range(k):
-            cand = nb_idx[0, t]
-            if cand < 0 or cand == cur:
-                continue
-            d2 = _F0
-            for j in range(3):
-                dj = points[cand, j] - points[cur, j]
-                d2 += dj * dj
-            if d2 < min_move2:
-                continue
-            nd = normals[cand, 0] * n_cur[0] + normals[cand, 1] * n_cur[1] + normals[cand, 2] * n_cur[2]
-            if nd < _WALK_MIN_DOT:
-                continue
-            nxt = cand
-            break
-        if nxt >= 0:
-            break
-    return nxt, h
 
 
 @njit(cache=True)
@@ -498,38 +457,9 @@ def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
 
 @njit(cache=True)
 def _n_possible(obj_max, obj_count, x_percent):
-    """Possible objects (tbp.monty's ``_threshold_possible_matches``; the evidence step's
+    """Possible objects (tbp.monty's ``_threshold_possible_matches``: the evidence step's
     ``_possible_objects`` rule) at ``x_percent``; how many."""
-    n_obj = obj_max.shape[0]
-    n_live = 0
-    top = -np.inf
-    s1 = 0.0
-    for o in range(n_obj):
-        if obj_count[o] > 0:
-            n_live += 1
-            v = np.float64(obj_max[o])
-            s1 += v
-            if v > top:
-                top = v
-    if n_live == 0:
-        return 0
-    mean = s1 / n_live
-    s2 = 0.0
-    for o in range(n_obj):
-        if obj_count[o] > 0:
-            dv = np.float64(obj_max[o]) - mean
-            s2 += dv * dv
-    std = np.sqrt(s2 / n_live)
-    if std > 0.1 or top < 0:
-        t = top - top * x_percent / 100.0 if top > 0 else 0.0
-        n_poss = 0
-        for o in range(n_obj):
-            if obj_count[o] > 0 and np.float64(obj_max[o]) > t:
-                n_poss += 1
-        return n_poss
-    if n_obj == 1:
-        return 1 if obj_max[0] >= 0 else 0
-    return n_live
+    return _possible_objects(obj_max, obj_count, x_percent, np.empty(obj_max.shape[0], np.uint8))
 
 
 @njit(cache=True)
