@@ -98,7 +98,6 @@ Measured on the 2-core development machine (numba 0.68), 1e6 uniform points,
   subscripts skip numba's negative-index wrap-around: together some 25%.
 """
 
-import struct
 import zipfile
 from typing import NamedTuple
 

@@ -481,13 +481,18 @@ class EvidenceExperiment:
                 for i, e in enumerate(rows):
                     self._emit("before_episode", mode="train", epoch=epoch, episode=i)
                     label = str(ds.object_names[int(ds.episode_object[e])])
-                    n = self.model.learn(label, *episode_steps(ds, self.features, e, cfg.experiment.max_train_steps),
-                                         ds.episode_rotation[e])
+                    n = self._learn_episode(label, e)
                     self._emit("after_episode", mode="train", epoch=epoch, episode=i, object=label, nodes=n)
                 self._emit("after_epoch", mode="train", epoch=epoch)
         if self.model.object_names:
             self.model.model_arrays()
         return time.perf_counter() - t0
+
+    def _learn_episode(self, label: str, e: int) -> int:
+        """Learn dataset episode ``e`` as object ``label``; the nodes added."""
+        ds = self.dataset
+        return self.model.learn(label, *episode_steps(ds, self.features, e, self.config.experiment.max_train_steps),
+                                ds.episode_rotation[e])
 
     def warmup(self) -> float:
         """Compile (or load from the cache) every kernel this run calls, on a toy model; seconds.
@@ -695,6 +700,18 @@ def _toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectMo
         np.array([0, n, 2 * n]), np.arange(2 * n), np.zeros(2 * n))
 
 
+def toy_model():
+    """A two-object model on toy observations (``_toy_observations``), built in NumPy, with the
+    numba types of learned ones: ``(EvidenceModel, (location, pose, pose_defined, log curvature))``."""
+    settings = EvidenceSettings()
+    loc, pose, pfd, curv = _toy_observations()
+    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
+    model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
+                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
+                                      max_eval_steps=4)
+    return model, (loc, pose, pfd, logk)
+
+
 def compile_episode_kernel(paths=(False,)) -> float:
     """Compile (or load) the evidence episode kernel alone, on toy models; seconds.
 
@@ -703,12 +720,7 @@ def compile_episode_kernel(paths=(False,)) -> float:
     signature depends on array types only, which the toy models share with real ones.
     """
     t0 = time.perf_counter()
-    settings = EvidenceSettings()
-    loc, pose, pfd, curv = _toy_observations()
-    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
-    model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
-                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
-                                      max_eval_steps=4)
+    model, (loc, pose, pfd, logk) = toy_model()
     for stepwise in paths:
         model.run_episode(loc[:4], pose[:4], pfd[:4], logk[:4], stepwise=bool(stepwise))
     return time.perf_counter() - t0

@@ -28,7 +28,7 @@ from kernels import evidence as kev
 from kernels import evidence_voting as kvv
 from kernels import voting as kvote
 
-from engine.data.dataset import EVAL, TRAIN, EpisodeDataset
+from engine.data.dataset import EVAL, EpisodeDataset
 from engine.errors import UserError
 from engine.models.evidence.model import (
     CURVATURE_FEATURES, EvidenceEpisode, EvidenceExperiment, EvidenceModel, _toy_models, _toy_observations,
@@ -176,25 +176,11 @@ class ModulesExperiment(EvidenceExperiment):
         a = ds.sensor(s)
         return a.location[s0:s1], a.pose_vectors[s0:s1], a.pose_defined[s0:s1], self.sensor_features[s][s0:s1]
 
-    def train(self) -> float:
-        ds, cfg = self.dataset, self.config
-        t0 = time.perf_counter()
-        if cfg.experiment.do_train:
-            rows = self._episode_rows(TRAIN)
-            for epoch in range(cfg.experiment.n_train_epochs):
-                self._emit("before_epoch", mode="train", epoch=epoch)
-                for i, e in enumerate(rows):
-                    self._emit("before_episode", mode="train", epoch=epoch, episode=i)
-                    label = str(ds.object_names[int(ds.episode_object[e])])
-                    n = 0
-                    for m, mod in enumerate(self.model.modules):
-                        n += mod.learn(label, *self._steps(m, e, cfg.experiment.max_train_steps),
-                                       ds.episode_rotation[e])
-                    self._emit("after_episode", mode="train", epoch=epoch, episode=i, object=label, nodes=n)
-                self._emit("after_epoch", mode="train", epoch=epoch)
-        if self.model.object_names:
-            self.model.model_arrays()
-        return time.perf_counter() - t0
+    def _learn_episode(self, label: str, e: int) -> int:
+        """Each module learns its own patch's observations of episode ``e``; the nodes added."""
+        ds, max_steps = self.dataset, self.config.experiment.max_train_steps
+        return sum(mod.learn(label, *self._steps(m, e, max_steps), ds.episode_rotation[e])
+                   for m, mod in enumerate(self.model.modules))
 
     def warmup(self) -> float:
         """The one-module kernels (``EvidenceExperiment.warmup``), then the voting episode kernel

@@ -192,17 +192,12 @@ def compile_policy_kernel() -> float:
     import trimesh
 
     from engine.data import sensor
-    from engine.models.evidence.model import CURVATURE_FEATURES, EvidenceModel, _toy_models, _toy_observations
+    from engine.models.evidence.model import toy_model
     from engine.models.evidence.policy_settings import PolicySettings
-    from engine.models.evidence.settings import EvidenceSettings
 
     t0 = time.perf_counter()
-    settings = EvidenceSettings()
-    loc, pose, pfd, curv = _toy_observations()
-    logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
-    model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
-                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
-                                      max_eval_steps=4)
+    model, _ = toy_model()
+    settings = model.settings
     surface = sensor.sample_surface(trimesh.creation.icosphere(subdivisions=2, radius=0.05), n_points=300)
     fp, ip = policy_params(PolicySettings(type="curvature", hypothesis_testing=True), settings, True)
     for stepwise in (False, True):
