@@ -258,3 +258,64 @@ def test_hooks_are_the_shared_hook_api(dataset):
     ex.train()
     assert seen and all(isinstance(ev, HookEvent) and ev.experiment is ex and ev.mode == "train" for ev in seen)
     assert {ev.object for ev in seen} == set(OBJECTS) and all(ev.nodes > 0 for ev in seen)
+
+
+def _scored(obj, rot, possible, mlh, detected, symmetric, target, q_true, code=kev.MATCH):
+    """``EvidenceModel.score`` on hand-made final hypotheses (no kernel run)."""
+    from types import SimpleNamespace
+
+    n = len(obj)
+    view = (np.asarray(obj, np.int32), np.zeros((n, 3), np.float32), np.asarray(rot, np.float32),
+            np.zeros(n, np.float32), np.asarray(possible, np.uint8))
+    stub = SimpleNamespace(object_names=("a", "b"), hypothesis_view=lambda istate: view)
+    istate = np.zeros(kev.N_ISTATE, np.int64)
+    istate[kev.IS_MLH], istate[kev.IS_DETECTED], istate[kev.IS_SYMMETRIC] = mlh, detected, symmetric
+    return EvidenceModel.score(stub, code, istate, target, q_true)
+
+
+def _reference_error(rot, possible, mlh, symmetric, q_true):
+    """tbp.monty's rule (section 5.6), from scipy: a hypothesis's rotation R maps the sensed
+    frame to the model, so the object's detected rotation is R^T; by symmetry the nearest of
+    the poses still possible counts, else the most likely one's."""
+    from scipy.spatial.transform import Rotation
+
+    truth = Rotation.from_quat(np.roll(np.asarray(q_true, np.float64), -1))  # scipy: x, y, z, w
+
+    def err(r):
+        return np.degrees((truth.inv() * Rotation.from_matrix(np.asarray(r, np.float64).T)).magnitude())
+
+    if symmetric:
+        return min(err(r) for r, p in zip(rot, possible) if p)
+    return err(rot[mlh])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scoring_of_symmetric_and_unique_matches_against_a_reference(seed):
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    q_true = np.roll(Rotation.random(random_state=seed).as_quat(), 1).astype(np.float32)  # w, x, y, z
+    truth = Rotation.from_quat(np.roll(q_true.astype(np.float64), -1))
+    n = 12
+    # hypotheses of object 0: the true pose's inverse turned by random angles (some by 180 degrees,
+    # as a symmetric object's equivalent poses), and object 1's rows, which never count
+    turns = Rotation.from_rotvec(rng.normal(size=(n, 3)) * rng.choice([0.05, 1.0, np.pi], size=(n, 1)))
+    rot = (truth * turns).inv().as_matrix().astype(np.float32)
+    obj = np.where(np.arange(n) < 9, 0, 1)
+    possible = (rng.random(n) < 0.5).astype(np.uint8)
+    possible[0] = 1
+    possible[obj == 1] = 0
+    mlh = int(np.flatnonzero(possible)[-1])
+    for symmetric in (1, 0):
+        got = _scored(obj, rot, possible, mlh, 0, symmetric, 0, q_true)
+        assert got["outcome"] == "correct" and got["symmetric"] == bool(symmetric)
+        want = _reference_error(rot, possible, mlh, symmetric, q_true)
+        assert got["rotation_error_deg"] == pytest.approx(want, abs=1e-3)
+    # the symmetric minimum never exceeds the most likely pose's error
+    sym = _scored(obj, rot, possible, mlh, 0, 1, 0, q_true)["rotation_error_deg"]
+    assert sym <= _scored(obj, rot, possible, mlh, 0, 0, 0, q_true)["rotation_error_deg"] + 1e-4
+    # a confusion has no rotation error; a time-out whose most likely hypothesis is right has the MLH's
+    assert _scored(obj, rot, possible, mlh, 1, 1, 0, q_true)["rotation_error_deg"] is None
+    out = _scored(obj, rot, possible, mlh, -1, 0, 0, q_true, code=kev.TIME_OUT)
+    assert out["outcome"] == "time_out" and out["rotation_error_deg"] == pytest.approx(
+        _reference_error(rot, possible, mlh, 0, q_true), abs=1e-3)
