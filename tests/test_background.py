@@ -161,3 +161,38 @@ def test_warm_cache_starts_no_second_process(root, monkeypatch):
     monkeypatch.setattr(runtime, "is_cached", lambda name: True)
     ex = evidence_run.build(load_config(root / "configs/recorded_evidence.yaml"))
     assert ex.episode_kernel_ahead is None
+
+
+def test_cold_policy_run_compiles_the_policy_kernel_in_the_second_process(root, monkeypatch):
+    """A policy config whose in-loop kernel is missing from the cache gives that kernel (the
+    larger compile) to the second process; this one compiles the rest without waiting, then
+    waits for the second process before warm-up ends (its kernel is then loaded, not compiled
+    again), and stops it."""
+    from engine.config import load_config
+    from engine.models.evidence import run as evidence_run
+    from kernels import evidence as kev
+
+    calls, statements = [], []
+
+    def fake_start(statement):
+        statements.append(statement)
+        calls.append("start")
+        return _FakeJob(calls)
+
+    real_episode = kev.evidence_episode
+
+    def episode(*args):
+        calls.append("episode")
+        return real_episode(*args)
+
+    monkeypatch.setattr(background, "start", fake_start)
+    monkeypatch.setattr(runtime, "is_cached", lambda name: name != evidence_run.POLICY_KERNEL)
+    monkeypatch.setattr(kev, "evidence_episode", episode)
+    cfg = load_config(root / "configs/shapes_10_policy.yaml",
+                      ["data.objects=[mug, cone]", "data.n_points=1500", "data.train_steps=40", "data.eval_rotations=1"])
+    ex = evidence_run.build(cfg)
+    assert calls == ["start"] and ex.policy_kernel_ahead is not None and ex.episode_kernel_ahead is None
+    ex.warmup()
+    assert calls[0] == "start" and "episode" in calls and calls.index("episode") < calls.index("wait"), calls
+    assert calls[-1] == "stop"
+    assert "compile_policy_kernel()" in statements[0]

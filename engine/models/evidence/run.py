@@ -288,6 +288,10 @@ KERNEL_MODULES = ("kernels.evidence", "kernels.evidence_phases", "kernels.eviden
 KERNEL_MODULES += ("kernels.evidence_policy", "kernels.policy")  # the sensor in the loop (policy)
 
 
+#: the in-loop (policy) episode kernel, compiled by a second process on a first run
+POLICY_KERNEL = "kernels.evidence_policy.evidence_policy_episode"
+
+
 def entry_kernel(cfg) -> str:
     """The kernel a run spends most of its compile time on: not in the cache means a first
     run, which compiles (the CLI says so)."""
@@ -317,9 +321,14 @@ def build(cfg, *, progress: bool = False, data=None):
         from engine.models.evidence.modules import ModulesExperiment as experiment
     if data is not None:  # built already (a Dask worker gets the run's): no simulation, no sensor kernels
         return experiment(cfg, data, progress=progress, data_s=0.0, data_compile_s=0.0)
-    ahead = None
+    ahead = policy_ahead = None
     # (a read-only kernel cache could not take what the second process compiles)
-    if not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE and cfg.evidence.n_modules == 1:
+    if _in_loop(cfg) and not runtime.READ_ONLY_CACHE and not runtime.is_cached(POLICY_KERNEL):
+        # the policy's episode kernel is the larger compile (~35 s): the second process takes it,
+        # this one compiles the rest (the one-module kernel included) and waits for it after
+        policy_ahead = background.start("from engine.models.evidence.policy_run import compile_policy_kernel; "
+                                        "compile_policy_kernel()")
+    elif not runtime.is_cached(entry_kernel(cfg)) and not runtime.READ_ONLY_CACHE and cfg.evidence.n_modules == 1:
         ahead = background.start("from engine.models.evidence.model import compile_episode_kernel; "
                                  "compile_episode_kernel()")
     try:
@@ -335,10 +344,12 @@ def build(cfg, *, progress: bool = False, data=None):
                         data_compile_s=data_compile_s)
         ex._surfaces = surfaces
     except BaseException:
-        if ahead is not None:
-            ahead.stop()
+        for a in (ahead, policy_ahead):
+            if a is not None:
+                a.stop()
         raise
     ex.episode_kernel_ahead = ahead
+    ex.policy_kernel_ahead = policy_ahead
     return ex
 
 
