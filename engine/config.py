@@ -97,12 +97,12 @@ class _Setting:
         ok = True
         if self.kind is list:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+                raise ConfigError(f"{where}: expected {self.allowed()}, got {describe_value(value)}")
             bad = [v for v in value if self.choices and v not in self.choices]
             if bad:
                 raise ConfigError(f"{where}: unknown name {bad[0]!r} (allowed: {', '.join(self.choices)})")
             if len(set(value)) != len(value):
-                raise ConfigError(f"{where}: names must be distinct, got {_show(value)}")
+                raise ConfigError(f"{where}: names must be distinct, got {describe_value(value)}")
             return list(value)
         if self.kind is bool:
             ok = isinstance(value, bool)
@@ -119,15 +119,15 @@ class _Setting:
                 raise ConfigError(f"{where}: expected at most {MAX_STRING} characters (the longest a path may "
                                   f"be), got {len(value):,}")
         if not ok:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}{_number_hint(self.kind, value)}")
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {describe_value(value)}{_number_hint(self.kind, value)}")
         if self.choices and value not in self.choices:
-            raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+            raise ConfigError(f"{where}: expected {self.allowed()}, got {describe_value(value)}")
         if self.minimum is not None and (value < self.minimum or (self.exclusive_min and value == self.minimum)):
             raise ConfigError(f"{where}: expected {self.allowed(full=self.minimum == -FLOAT_MAX)}, "
-                              f"got {_show(value)}")
+                              f"got {describe_value(value)}")
         if self.maximum is not None and value > self.maximum:
             raise ConfigError(f"{where}: expected {self.allowed(full=self.maximum in (INT_MAX, FLOAT_MAX))}, "
-                              f"got {_show(value)}")
+                              f"got {describe_value(value)}")
         return value
 
 
@@ -170,7 +170,7 @@ def clip(text: str, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _show(value) -> str:
+def describe_value(value) -> str:
     """A value for an error message, never longer than ~MAX_SHOWN characters: reprlib
     stops at a few items and levels, so a huge or deeply aliased value costs nothing."""
     if isinstance(value, str):
@@ -307,7 +307,7 @@ class _VotingSetting(_Setting):
         if (isinstance(value, list) and all(isinstance(v, list) and all(
                 isinstance(i, int) and not isinstance(i, bool) for i in v) for v in value)):
             return tuple(tuple(v) for v in value)
-        raise ConfigError(f"{where}: expected {self.allowed()}, got {_show(value)}")
+        raise ConfigError(f"{where}: expected {self.allowed()}, got {describe_value(value)}")
 
 
 def _evidence_schema() -> dict[str, _Setting]:
@@ -454,10 +454,10 @@ def _section(raw: dict, name: str, settings: dict[str, _Setting], prefix: str, e
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings, got {_show(value)}")
+        raise ConfigError(f"{where}: expected a mapping of settings, got {describe_value(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: keys must be strings, got {_show(key)}")
+            raise ConfigError(f"{where}: keys must be strings, got {describe_value(key)}")
         if key not in settings and key not in extra_ok:
             raise _unknown(key, f"{where}.", list(settings) + list(extra_ok))
     out = {}
@@ -477,11 +477,11 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source_file}: the config must be a mapping of sections, got {_show(raw)}")
+        raise ConfigError(f"{source_file}: the config must be a mapping of sections, got {describe_value(raw)}")
     allowed_top = list(SCHEMA) + list(TOP_LEVEL)
     for key in raw:
         if key not in allowed_top:
-            raise _unknown(str(key) if isinstance(key, str) else _show(key), prefix, allowed_top)
+            raise _unknown(str(key) if isinstance(key, str) else describe_value(key), prefix, allowed_top)
     if "data" not in raw:
         raise ConfigError(f"{prefix}data: required section (data.source: {SCHEMA['data']['source'].allowed()})")
     exp = _section(raw, "experiment", SCHEMA["experiment"], prefix)
@@ -513,7 +513,7 @@ def validate(raw: Any, source_file: str = "<config>") -> Config:
                           "(or set execution.scheduler: null for a local cluster)")
     data_raw = raw.get("data")
     if not isinstance(data_raw, dict):
-        raise ConfigError(f"{prefix}data: expected a mapping of settings, got {_show(data_raw)}")
+        raise ConfigError(f"{prefix}data: expected a mapping of settings, got {describe_value(data_raw)}")
     source = SCHEMA["data"]["source"].check(data_raw.get("source"), f"{prefix}data.source")
     params = _section(raw, "data", SOURCES[source], prefix, extra_ok=("source",))
     params.pop("source", None)

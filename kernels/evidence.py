@@ -33,7 +33,7 @@ so the K nearest nodes *among those closer than the radius* give exactly the
 evidence the K-nearest-over-all-nodes search of tbp.monty gives (section 4.5's
 note), up to ties in distance. The step searches its hypotheses ``lanes.LANES`` at a
 time in lock-step (``evidence_phases.search``, vector gathers instead of a branch per
-candidate); ``_k_nearest`` is the same search for one query. The deletion test and
+candidate); ``k_nearest`` is the same search for one query. The deletion test and
 path integration before it (``lane_paths.integrate_rows``), the cell lookup
 (``lane_cells.cell_spans``) and the scoring of the found nodes
 (``lane_evidence.evidence_max``) run ``LANES`` hypotheses at a time as well.

@@ -7,12 +7,12 @@ phase is a small compiled function over the named tuples of ``kernels.evidence_l
 
 1. :func:`begin_step`            burst bookkeeping, compaction of dead rows, capacity
 2. :func:`step_parameters`       the displacement and the lane passes' parameters
-3. :func:`_node_feature_evidence` feature evidence of every node (parallel over nodes)
-4. :func:`_update_existing`      per block of rows (parallel over blocks):
+3. :func:`node_feature_evidence` feature evidence of every node (parallel over nodes)
+4. :func:`update_existing`      per block of rows (parallel over blocks):
    :func:`path_integration` (deletion test and path integration), :func:`search` (K
    nearest nodes), :func:`pose_feature_evidence` (evidence change) and
    :func:`accumulate` (evidence, slope tracker, per-block maxima)
-5. :func:`_sample_new`           new informed hypotheses (parallel over objects;
+5. :func:`sample_new`           new informed hypotheses (parallel over objects;
    :func:`new_rows` per object)
 6. :func:`end_step`              counters, per-object maxima, counts and the MLH
 7. :func:`terminal`              possible objects and terminal conditions
@@ -20,8 +20,8 @@ phase is a small compiled function over the named tuples of ``kernels.evidence_l
 :func:`one_step` strings them together; ``kernels.evidence.evidence_episode`` runs it.
 
 Parallel kernels (numba/numba#8578): the loops with ``prange`` live in the
-``inline="always"`` bodies (``_node_feature_evidence``, ``_update_existing``,
-``_sample_new`` and ``one_step`` that calls them), inlined into the one parallel entry
+``inline="always"`` bodies (``node_feature_evidence``, ``update_existing``,
+``sample_new`` and ``one_step`` that calls them), inlined into the one parallel entry
 point; every function they call is serial. A cached kernel must not call the entry
 point. The serial phases compile with ``FASTMATH`` like the entry point they came out
 of, so the step's arithmetic is the same instruction for instruction.
@@ -175,7 +175,7 @@ def feature_evidence_into(node_feat, lo, hi, obs, tol, weight, circular, increme
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _k_nearest(model, mmd, o, qx, qy, qz, k, best_d2, best_j):
+def k_nearest(model, mmd, o, qx, qy, qz, k, best_d2, best_j):
     """The ``k`` nearest nodes of object ``o`` closer than ``mmd`` to ``q``.
 
     Scans the candidate list of the query's cell (``build_node_grid``) nearest to
@@ -184,18 +184,18 @@ def _k_nearest(model, mmd, o, qx, qy, qz, k, best_d2, best_j):
     ``best_j[:m]`` (node rows), in no particular order; returns ``m <= k``. A node at
     the same distance as the current k-th is not taken; when a nearer one arrives and
     several kept nodes tie for the k-th place, the first of them in the best list goes
-    (not necessarily the one met last, as in ``_k_nearest_lanes``).
+    (not necessarily the one met last, as in ``k_nearest_lanes``).
 
     ``model`` an ``ObjectModels``; ``mmd`` float32 the match radius; ``qx, qy, qz``
     float32; ``best_d2`` float32 (>= k,), ``best_j`` int (>= k,).
     """
-    m, _, _ = _k_nearest_span(model, mmd, o, qx, qy, qz, k, best_d2, best_j)
+    m, _, _ = k_nearest_span(model, mmd, o, qx, qy, qz, k, best_d2, best_j)
     return m
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _k_nearest_span(model, mmd, o, qx, qy, qz, k, best_d2, best_j):
-    """``_k_nearest``, also returning the candidate rows it examined: ``(m, first, stop)``.
+def k_nearest_span(model, mmd, o, qx, qy, qz, k, best_d2, best_j):
+    """``k_nearest``, also returning the candidate rows it examined: ``(m, first, stop)``.
 
     ``model.cand_node[first:stop]`` are the candidates whose distance was computed (for
     ``profiling/knn_costs.py``).
@@ -257,7 +257,7 @@ _REFILL_AT = LANES // 4
 @njit(cache=True, fastmath=FASTMATH)
 def search(model, mmd, k, q, n_q):
     """Phase 4b: the ``k`` nearest nodes closer than ``mmd`` (float32) of the queries ``i <
-    n_q`` of ``q`` (``Queries``), ``LANES`` at a time in lock-step: ``_k_nearest`` for many
+    n_q`` of ``q`` (``Queries``), ``LANES`` at a time in lock-step: ``k_nearest`` for many
     queries.
 
     Query ``i`` asks for the nodes of object ``q.qobj[i]`` nearest to ``q.hq[:3, i]``.
@@ -293,7 +293,7 @@ def search(model, mmd, k, q, n_q):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _k_nearest_lanes(model, mmd, k, qobj, qpos, n, out_j, out_m):
+def k_nearest_lanes(model, mmd, k, qobj, qpos, n, out_j, out_m):
     """:func:`search` on plain arrays: the queries ``i < n`` of objects ``qobj[i]`` (int32,
     C-contiguous) at ``qpos[:3, i]`` (float32 (>= 3, >= n), C-contiguous); writes ``out_m``
     (int64 (>= n,)) and ``out_j`` (int32 (>= k, >= n)) as ``Queries.n_nbr`` and ``nbr``."""
@@ -434,7 +434,7 @@ def _compact(n, hyp):
 
 
 @njit(cache=True)
-def _possible_objects(obj_max, obj_count, x_percent, possible):
+def mark_possible_objects(obj_max, obj_count, x_percent, possible):
     """Section 5.2: which objects are still possible; returns how many.
 
     ``obj_max`` is each object's best evidence, ``obj_count`` its hypotheses
@@ -482,7 +482,7 @@ def _possible_objects(obj_max, obj_count, x_percent, possible):
 
 
 @njit(cache=True)
-def _terminal_check(n, o_best, g_best, mlh, prm, st, hyp):
+def terminal_check(n, o_best, g_best, mlh, prm, st, hyp):
     """Sections 5.3-5.5 for the single possible object ``o_best``: match or not.
 
     ``n`` rows in use, ``g_best`` float32 its best evidence, ``mlh`` the MLH's row.
@@ -637,7 +637,7 @@ def step_parameters(prm, st, obs, t, deleting):
 
 
 @njit(inline="always")
-def _node_feature_evidence(model, prm, obs, t):
+def node_feature_evidence(model, prm, obs, t):
     """Phase 3: feature evidence of every node (section 4.7) for step ``t``, parallel over
     node chunks. Returns float32 (N,)."""
     node_feat = model.node_feat
@@ -736,7 +736,7 @@ def accumulate(prm, hyp, q, n_q, step, blocks, b):
 
 
 @njit(inline="always")
-def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):
+def update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):
     """Phase 4: evidence of the existing rows ``0 .. n_old`` at step ``step``: displace, K
     nearest, delta, accumulate, in blocks of at most ``_CHUNK`` rows, parallel over
     blocks. ``phi`` float32 (N,) the nodes' feature evidence; ``path_par`` and ``ev_par``
@@ -807,7 +807,7 @@ def new_rows(model, hyp, phi, frames, o, kn, row0, step):
 
 
 @njit(inline="always")
-def _sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step):
+def sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step):
     """Phase 5: new informed hypotheses (section 3.2 / 3.6) for step ``t`` (the episode's
     step ``step``), appended after the ``n_old`` rows in use, object by object (parallel
     over objects): ``k_nodes[o]`` nodes, ``h_per_node`` frames each."""
@@ -894,14 +894,14 @@ def terminal(prm, st, hyp, o_best, mlh):
     iparams = prm.iparams
     n = istate[IS_N_HYP]
     possible = np.zeros(obj_max.shape[0], np.uint8)
-    n_poss = _possible_objects(obj_max, st.obj_count, np.float64(prm.fparams[FP_X_PERCENT]), possible)
+    n_poss = mark_possible_objects(obj_max, st.obj_count, np.float64(prm.fparams[FP_X_PERCENT]), possible)
     istate[IS_N_POSSIBLE] = n_poss
     if n_poss == 0:
         istate[IS_OUTCOME] = NO_MATCH
         return NO_MATCH
     if istate[IS_MATCHING_STEPS] > iparams[IP_MIN_STEPS]:
         if n_poss == 1:
-            if _terminal_check(n, o_best, obj_max[o_best], mlh, prm, st, hyp):
+            if terminal_check(n, o_best, obj_max[o_best], mlh, prm, st, hyp):
                 istate[IS_DETECTED] = o_best
                 istate[IS_OUTCOME] = MATCH
                 return MATCH
@@ -935,12 +935,12 @@ def one_step(model, prm, st, hyp, obs, t):
     # 2. displacement and the lane passes' parameters
     path_par, ev_par = step_parameters(prm, st, obs, t, deleting)
     # 3. feature evidence of every node
-    phi = _node_feature_evidence(model, prm, obs, t)
+    phi = node_feature_evidence(model, prm, obs, t)
     # 4. evidence of the existing hypotheses
-    blocks = _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)
+    blocks = update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)
     # 5. new hypotheses
     if n_new > 0:
-        _sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step)
+        sample_new(model, prm, hyp, phi, obs, t, n_old, k_nodes, h_per_node, step)
     # 6. counters, per-object maxima, MLH
     o_best, mlh = end_step(st, hyp, blocks, n_old, n_new, k_nodes, h_per_node)
     # 7. possible objects and terminal conditions

@@ -30,7 +30,7 @@ from .policy import (
     goal_check, graph_mismatch, mapped_nearest, move_along, observe, push_history, ray_hit, rng_normal,
     start_heading, walk_move,
 )
-from .geometry import _to_tangent
+from .geometry import to_tangent
 from .timing import ticks
 
 _NEG_INF = np.float32(-np.inf)
@@ -131,14 +131,16 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
 
 
 @njit(cache=True)
-def advance(model, st, hyp, obs, t, points, normals, curvature, directions, tree, pol):
-    """Move the sensor for step ``t`` and write its observation into row ``t`` of ``obs``.
+def advance(model, st, hyp, obs, t, surf, pol):
+    """Move the sensor over ``surf`` (``kernels.policy.SurfaceSamples``) for step ``t`` and write
+    its observation into row ``t`` of ``obs``.
 
     Step 0 senses the start sample (``pol.istate[SI_CUR]``). Later steps: a jump when hypothesis
     testing is on and one lands, else the policy's move (``policy.type``) from the present
     sample; what the policy senses is the observation of step ``t - 1`` (noise included),
     brought into the object's frame.
     """
+    points, normals, curvature, directions, tree = surf
     si, fp = pol.istate, pol.fparams
     fs = pol.fstate
     rng = pol.rng
@@ -160,7 +162,7 @@ def advance(model, st, hyp, obs, t, points, normals, curvature, directions, tree
     if landed >= 0:
         cur = landed
         if not np.isnan(fs[SF_HEADING]):
-            h = _to_tangent(fs[SF_HEADING:SF_HEADING + 3].copy(), normals[cur])
+            h = to_tangent(fs[SF_HEADING:SF_HEADING + 3].copy(), normals[cur])
             for j in range(3):
                 fs[SF_HEADING + j] = h[j]
     elif pol.iparams[PI_TYPE] == TYPE_WALK:
@@ -189,8 +191,7 @@ def advance(model, st, hyp, obs, t, points, normals, curvature, directions, tree
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, points, normals, curvature,
-                            directions, tree, pol):
+def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, surf, pol):
     """Steps ``first_step ..`` of a simulated episode in one call (at most ``n_run`` of them when
     ``n_run > 0``), until it ends.
 
@@ -201,9 +202,7 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
     first_step : int
     n_run : int, steps to run at most (0 or less: all)
     trace : float32 (T, O), each object's best evidence after each step
-    points, normals : float32 (P, 3); curvature float32 (P, 2); directions float32 (P, 6)
-        The object's surface samples (object frame).
-    tree : kernels.kdtree.KDTree over ``points``
+    surf : kernels.policy.SurfaceSamples, the object's surface samples (object frame)
     pol : kernels.policy.PolicyState
 
     Returns ``(code, next_step)`` as ``evidence_episode`` does.
@@ -218,7 +217,7 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
     while t < stop:
         if pol.istate[SI_WRITTEN] <= t:
             start = ticks()  # the policy's and the simulation's share of the step (two counter reads)
-            advance(model, st, hyp, obs, t, points, normals, curvature, directions, tree, pol)
+            advance(model, st, hyp, obs, t, surf, pol)
             pol.istate[SI_TICKS] += ticks() - start
             pol.istate[SI_WRITTEN] = t + 1
         code = one_step(model, prm, st, hyp, obs, t)

@@ -47,10 +47,10 @@ from .evidence_layout import (
     RUNNING, TIME_OUT, Hypotheses, ObjectModels, Observations, State,
 )
 from .evidence_phases import (
-    _node_feature_evidence, _possible_objects, _sample_new, _terminal_check, _update_existing, begin_step, end_step,
+    node_feature_evidence, mark_possible_objects, sample_new, terminal_check, update_existing, begin_step, end_step,
     step_parameters,
 )
-from .voting import gather_votes, receive_module
+from .voting import Receiving, gather_votes, receive_module
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -126,7 +126,7 @@ def _modules_terminal(prm, vp, st, hyp, o_best, mlh):
     n_poss = np.zeros(n_mod, np.int64)
     any_possible = False
     for m in range(n_mod):
-        n_poss[m] = _possible_objects(st.obj_max[m], st.obj_count[m], x, possible)
+        n_poss[m] = mark_possible_objects(st.obj_max[m], st.obj_count[m], x, possible)
         istate[m, IS_N_POSSIBLE] = n_poss[m]
         istate[m, IS_OUTCOME] = NO_MATCH if n_poss[m] == 0 else RUNNING
         if n_poss[m] > 0:
@@ -143,7 +143,7 @@ def _modules_terminal(prm, vp, st, hyp, o_best, mlh):
             n = istate[m, IS_N_HYP]
             if n_poss[m] == 1:
                 ob = o_best[m]
-                if _terminal_check(n, ob, st.obj_max[m, ob], mlh[m], prm, stm, hm):
+                if terminal_check(n, ob, st.obj_max[m, ob], mlh[m], prm, stm, hm):
                     istate[m, IS_DETECTED] = ob
                     istate[m, IS_OUTCOME] = MATCH
                     n_matched += 1
@@ -190,6 +190,7 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
     fparams = prm.fparams
     voting = vp.ivote[IV_ENABLED] != 0
     bounded = fparams[FP_PAST] + fparams[FP_PRESENT] == np.float32(1.0)
+    rcv = Receiving(vp.fvote[FV_WEIGHT], bounded, fparams[FP_MMD], np.int64(vp.ivote[IV_MODE]))
     n_old = np.zeros(n_mod, np.int64)
     n_new = np.zeros(n_mod, np.int64)
     deleting = np.zeros(n_mod, np.bool_)
@@ -238,10 +239,10 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
             om = Observations(obs.location[m], obs.pose[m], obs.pose_defined[m], obs.features[m], obs.kappa[m])
             step = st.istate[m, IS_STEP]
             path_par, ev_par = step_parameters(prm, stm, om, t, deleting[m])
-            phi = _node_feature_evidence(mdl, prm, om, t)
-            blocks = _update_existing(mdl, prm, hm, phi, path_par, ev_par, n_old[m], step, n_obj)
+            phi = node_feature_evidence(mdl, prm, om, t)
+            blocks = update_existing(mdl, prm, hm, phi, path_par, ev_par, n_old[m], step, n_obj)
             if n_new[m] > 0:
-                _sample_new(mdl, prm, hm, phi, om, t, n_old[m], k_nodes[m], h_per[m], step)
+                sample_new(mdl, prm, hm, phi, om, t, n_old[m], k_nodes[m], h_per[m], step)
             ob, ml = end_step(stm, hm, blocks, n_old[m], n_new[m], k_nodes[m], h_per[m])
             o_best[m] = ob
             mlh[m] = ml
@@ -255,8 +256,7 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
             votes = gather_votes(hyp.obj, hyp.ev, hyp.loc, hyp.rot, n_rows, sends, np.float64(vp.fvote[FV_THRESHOLD]))
             changed = np.zeros(n_mod, np.int64)
             for r in prange(n_mod):
-                changed[r] = receive_module(r, hyp.obj, hyp.loc, hyp.ev, n_rows, sensed, sends, vp.conn, votes,
-                                            vp.fvote[FV_WEIGHT], bounded, fparams[FP_MMD], vp.ivote[IV_MODE])
+                changed[r] = receive_module(r, hyp.obj, hyp.loc, hyp.ev, n_rows, sensed, sends, vp.conn, votes, rcv)
             for m in range(n_mod):
                 if changed[m] > 0:
                     stm = State(st.istate[m], st.fstate[m], st.obj_max[m], st.obj_count[m])

@@ -85,7 +85,7 @@ _FIT_PART_MIN = 2048
 # (fraction of the step along -normal, so that a step past a convex edge snaps onto the
 # next face instead of back onto the edge), the shortest accepted move (fraction of the
 # step: shorter means the walk is stuck), and the normal agreement a snap needs.
-_WALK_K = 8
+WALK_K = 8
 _WALK_RETRIES = 8
 _WALK_PUSH = np.float32(0.2)
 _WALK_MIN_MOVE = np.float32(0.3)
@@ -580,7 +580,7 @@ def _describe(a):
 
 
 @njit(**HELPER)
-def _rotate_about(h, axis, angle):
+def rotate_about(h, axis, angle):
     """Rodrigues rotation of vector ``h`` about unit ``axis`` by ``angle`` (float32)."""
     c = np.float32(np.cos(angle))
     s = np.float32(np.sin(angle))
@@ -597,7 +597,7 @@ def _rotate_about(h, axis, angle):
 
 
 @njit(**HELPER)
-def _to_tangent(h, n):
+def to_tangent(h, n):
     """``h`` projected onto the plane normal to unit ``n`` and normalised; a fixed tangent
     when the projection vanishes."""
     dot = h[0] * n[0] + h[1] * n[1] + h[2] * n[2]
@@ -619,7 +619,7 @@ def _to_tangent(h, n):
 
 
 @njit(**HELPER)
-def _transport(h, n_old, n_new):
+def transport_heading(h, n_old, n_new):
     """Parallel transport of tangent ``h`` from the plane of ``n_old`` to that of ``n_new``:
     the smallest rotation taking ``n_old`` to ``n_new``, applied to ``h``, then projected
     (so that walking over a 90-degree edge turns the heading down the next face instead of
@@ -634,8 +634,8 @@ def _transport(h, n_old, n_new):
         axis[0] = ax / s
         axis[1] = ay / s
         axis[2] = az / s
-        h = _rotate_about(h, axis, np.arctan2(s, c))
-    return _to_tangent(h, n_new)
+        h = rotate_about(h, axis, np.arctan2(s, c))
+    return to_tangent(h, n_new)
 
 
 @njit(cache=True)
@@ -656,7 +656,7 @@ def snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist):
     nxt = np.int64(-1)
     for attempt in range(_WALK_RETRIES):
         if attempt > 0:
-            h = _rotate_about(h, n_cur, _RETRY_TURN)
+            h = rotate_about(h, n_cur, _RETRY_TURN)
         for j in range(3):
             target[0, j] = points[cur, j] + step * h[j] - _WALK_PUSH * step * n_cur[j]
         knn_rows(tree, target, _Z64, _ONE64, k, _INF32, nb_idx, nb_dist, no_rows)
@@ -714,18 +714,18 @@ def surface_walk_kernel(points, normals, tree, start, heading, step, turn_angles
         return out
     cur = np.int64(start)
     out[0] = cur
-    h = _to_tangent(heading.astype(np.float32), normals[cur])
-    k = min(_WALK_K, points.shape[0])
+    h = to_tangent(heading.astype(np.float32), normals[cur])
+    k = min(WALK_K, points.shape[0])
     # The k-nearest query and its outputs, allocated once (``knn_rows``).
     target = np.empty((1, 3), dtype=np.float32)
     nb_idx = np.empty((1, k), dtype=np.int64)
     nb_dist = np.empty((1, k), dtype=np.float32)
     for i in range(1, n_steps):
         n_cur = normals[cur]
-        h = _rotate_about(h, n_cur, turn_angles[i])
+        h = rotate_about(h, n_cur, turn_angles[i])
         nxt, h = snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist)
         if nxt >= 0:
-            h = _transport(h, n_cur, normals[nxt])
+            h = transport_heading(h, n_cur, normals[nxt])
             cur = nxt
         out[i] = cur
     return out

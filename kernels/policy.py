@@ -45,9 +45,9 @@ import numpy as np
 from numba import njit
 
 # the walk's own constants and float32 helpers, so that a move here is the walk's move exactly
-from .geometry import _WALK_K
-from .geometry import _rotate_about, _to_tangent, _transport, snap_move, tangent_basis  # noqa: F401 (snap_move re-exported)
-from .evidence_phases import _possible_objects
+from .geometry import WALK_K
+from .geometry import rotate_about, to_tangent, transport_heading, snap_move, tangent_basis  # noqa: F401 (snap_move re-exported)
+from .evidence_phases import mark_possible_objects
 
 # --------------------------------------------------------------------------- slots
 
@@ -126,6 +126,12 @@ _TWO_PI = 2.0 * np.pi
 #: rng uint64 (1,) the RNG state, rotation float32 (9,) the episode's Q row-major,
 #: jumped uint8 (T,) 1 at the steps a jump landed on (2 where one was undone first).
 PolicyState = namedtuple("PolicyState", "fparams iparams fstate istate history rng rotation jumped")
+
+#: The object's surface samples the sensor moves over, in the object's frame: ``points``,
+#: ``normals`` float32 (P, 3), ``curvature`` float32 (P, 2) (``|k1| >= |k2|``), ``directions``
+#: float32 (P, 6) (the two principal directions), ``tree`` a ``kernels.kdtree.KDTree`` over
+#: ``points``.
+SurfaceSamples = namedtuple("SurfaceSamples", "points normals curvature directions tree")
 
 
 def new_policy_state(fparams, iparams, seed, rotation, n_steps, start):
@@ -215,13 +221,13 @@ def move_along(points, normals, tree, cur, h, step):
     """Move from sample ``cur`` along tangent ``h`` (float32 (3,)) by ``step`` (:func:`snap_move`)
     and carry the heading into the new tangent plane. Returns ``(row, h)``; the row is
     ``cur`` when stuck (the heading keeps the retries' turns, as the walk's does)."""
-    k = min(_WALK_K, points.shape[0])
+    k = min(WALK_K, points.shape[0])
     target = np.empty((1, 3), dtype=np.float32)
     nb_idx = np.empty((1, k), dtype=np.int64)
     nb_dist = np.empty((1, k), dtype=np.float32)
     nxt, h = snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist)
     if nxt >= 0:
-        h = _transport(h, normals[cur], normals[nxt])
+        h = transport_heading(h, normals[cur], normals[nxt])
         return nxt, h
     return cur, h
 
@@ -232,16 +238,16 @@ def walk_move(points, normals, tree, cur, h, step, turn):
     (float32, rad), then :func:`move_along`. Returns ``(row, h)``.
 
     Driven with the turns ``engine.data.sensor.walk`` draws, from the start and heading
-    ``_to_tangent(heading, normals[start])``, it visits the rows ``surface_walk_kernel`` does.
+    ``to_tangent(heading, normals[start])``, it visits the rows ``surface_walk_kernel`` does.
     """
-    h = _rotate_about(h, normals[cur], turn)
+    h = rotate_about(h, normals[cur], turn)
     return move_along(points, normals, tree, cur, h, step)
 
 
 @njit(cache=True)
 def start_heading(normals, cur, heading):
     """The walk's first heading: ``heading`` float32 (3,) projected into sample ``cur``'s tangent plane."""
-    return _to_tangent(heading, normals[cur])
+    return to_tangent(heading, normals[cur])
 
 
 # --------------------------------------------------------------------------- curvature policy
@@ -271,7 +277,7 @@ def _heading_from_angle(n, angle):
 @njit(cache=True)
 def _turned(h, n, angle):
     """``h`` turned about ``n`` by ``angle`` (float64 rad), kept in the tangent plane."""
-    return _to_tangent(_rotate_about(h, n, np.float32(angle)), n)
+    return to_tangent(rotate_about(h, n, np.float32(angle)), n)
 
 
 @njit(cache=True)
@@ -414,7 +420,7 @@ def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
         if np.isnan(h0[0]):
             h0 = _heading_from_angle(n, 0.0)
         else:
-            h0 = _to_tangent(h0, n)
+            h0 = to_tangent(h0, n)
         b1 = abs(_dot3(d, h0))
         cx = n[1] * h0[2] - n[2] * h0[1]
         cy = n[2] * h0[0] - n[0] * h0[2]
@@ -423,11 +429,11 @@ def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
         if dn > b1 and dn > b2:
             _standard_step(pol, n, rng)
             return
-        h = _to_tangent(d.copy(), n)
+        h = to_tangent(d.copy(), n)
         prev = fs[SF_PREV_PC:SF_PREV_PC + 3].copy()
         has_prev = not np.isnan(prev[0])
         if has_prev:
-            prev = _to_tangent(prev, n)
+            prev = to_tangent(prev, n)
             # check_for_flipped_pc: the direction flipped against the previous one
             if abs(_signed_angle(-h, prev, n)) <= _PI / 4:
                 h = -h
@@ -458,8 +464,8 @@ def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
 @njit(cache=True)
 def _n_possible(obj_max, obj_count, x_percent):
     """Possible objects (tbp.monty's ``_threshold_possible_matches``: the evidence step's
-    ``_possible_objects`` rule) at ``x_percent``; how many."""
-    return _possible_objects(obj_max, obj_count, x_percent, np.empty(obj_max.shape[0], np.uint8))
+    ``mark_possible_objects`` rule) at ``x_percent``; how many."""
+    return mark_possible_objects(obj_max, obj_count, x_percent, np.empty(obj_max.shape[0], np.uint8))
 
 
 @njit(cache=True)

@@ -42,6 +42,8 @@ lists the senders of each receiver) connects it to a sending ``s``. Every vote i
 from the evidences before any vote is received.
 """
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
@@ -53,6 +55,13 @@ from .kdtree import build_tree, knn_rows
 # build in the dispatcher for later calls from Python: 1-ulp different evidences, and a scaled
 # evidence of 1 + 1 ulp that passes a threshold of 1 (seen when tests ran in that order).
 _PLAIN = {"cache": True, "fastmath": False}
+
+#: where :func:`select_votes` writes votes: ``src``, ``obj`` int32 (V,), ``loc`` float32 (V, 3),
+#: ``rot`` float32 (V, 9), ``conf`` float32 (V,): sender, object, location, rotation, confidence
+VoteOut = namedtuple("VoteOut", "src obj loc rot conf")
+#: how votes are received (:func:`receive_module`): ``weight`` float32, ``bounded`` bool,
+#: ``mmd`` float32 (max_match_distance), ``mode`` int (``VOTE_TRANSPOSE`` or ``VOTE_ROTATE``)
+Receiving = namedtuple("Receiving", "weight bounded mmd mode")
 
 VOTE_TRANSPOSE = 0  # l' = l + R^T dp, tbp.monty's code
 VOTE_ROTATE = 1     # l' = l + R dp
@@ -101,7 +110,7 @@ def count_votes(obj, ev, n, threshold):
 
 
 @njit(**_PLAIN)
-def select_votes(obj, loc, rot, ev, n, threshold, sender, out_src, out_obj, out_loc, out_rot, out_conf, w):
+def select_votes(obj, loc, rot, ev, n, threshold, sender, out, w):
     """One module's votes (the rows whose scaled evidence is above ``threshold``), in row
     order, written from slot ``w`` on; returns the slot after the last.
 
@@ -111,10 +120,9 @@ def select_votes(obj, loc, rot, ev, n, threshold, sender, out_src, out_obj, out_
         The module's hypothesis rows (dead rows, ``obj == -1``, never vote).
     n : int, rows in use; threshold : float64, ``vote_evidence_threshold``
     sender : int, the module's index
-    out_src, out_obj : int32 (V,); out_loc : float32 (V, 3); out_rot : float32 (V, 9);
-    out_conf : float32 (V,)
-        Written: sender, object, location, rotation and confidence of each vote.
+    out : VoteOut, written: sender, object, location, rotation and confidence of each vote
     """
+    out_src, out_obj, out_loc, out_rot, out_conf = out
     lo, hi = evidence_range(obj, ev, n)
     for h in range(n):
         o = obj[h]
@@ -270,18 +278,20 @@ def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
     v_loc = np.empty((total, 3), np.float32)
     v_rot = np.empty((total, 9), np.float32)
     v_conf = np.empty(total, np.float32)
+    out = VoteOut(v_src, v_obj, v_loc, v_rot, v_conf)
     for m in range(n_mod):
         if start[m + 1] > start[m]:
-            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, v_src, v_obj, v_loc, v_rot,
-                         v_conf, start[m])
+            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, out, start[m])
     return start, v_obj, v_loc, v_rot, v_conf
 
 
 @njit(**_PLAIN)
-def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode):
+def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, rcv):
     """Receiver ``r``'s part of :func:`exchange_votes`: the votes of its senders (``votes``,
-    :func:`gather_votes`'s tuple) moved into its position and received. Writes only ``ev[r]``
-    (so receivers can run in parallel); returns the rows a vote changed."""
+    :func:`gather_votes`'s tuple) moved into its position and received as ``rcv`` (a
+    :class:`Receiving`) says. Writes only ``ev[r]`` (so receivers can run in parallel); returns
+    the rows a vote changed."""
+    weight, bounded, mmd, mode = rcv
     if not sends[r]:
         return 0
     start, v_obj, v_loc, v_rot, v_conf = votes
@@ -312,7 +322,7 @@ def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, 
 
 
 @njit(**_PLAIN)
-def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, weight, bounded, mmd, mode):
+def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv):
     """One vote exchange between all modules (section 6): every module's votes from its
     evidences as they are, then each receiver's evidences updated.
 
@@ -324,8 +334,8 @@ def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, we
     sensed : float32 (M, 3), each module's sensed location this step
     sends : uint8 (M,), 1 for a module that votes this step (see the module notes)
     conn : uint8 (M, M), ``conn[r, s] = 1``: ``r`` receives the votes of ``s``
-    threshold : float64; weight : float32; bounded : bool; mmd : float32
-    mode : int, ``VOTE_TRANSPOSE`` or ``VOTE_ROTATE``
+    threshold : float64, ``vote_evidence_threshold``
+    rcv : Receiving (:func:`receiving`): vote_weight, bounded, max_match_distance, transform mode
 
     Returns
     -------
@@ -340,8 +350,14 @@ def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, we
     for m in range(n_mod):
         n_votes[m] = start[m + 1] - start[m]
     for r in range(n_mod):
-        changed[r] = receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, weight, bounded, mmd, mode)
+        changed[r] = receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, rcv)
     return n_votes, changed
+
+
+def receiving(weight, bounded, mmd, mode) -> Receiving:
+    """A :class:`Receiving` of the kernels' dtypes (one compiled signature whatever the caller
+    passes)."""
+    return Receiving(np.float32(weight), bool(bounded), np.float32(mmd), np.int64(mode))
 
 
 def connectivity(spec, n_modules: int) -> np.ndarray:

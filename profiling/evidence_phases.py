@@ -5,7 +5,7 @@
 Copies ``engine/`` and ``kernels/`` into a temporary folder and, in the copy of
 ``kernels/evidence_phases.py``, reads the CPU's cycle counter (``kernels.timing.ticks``)
 around the numbered phases of ``_step`` and, inside the update loop's ``prange`` body
-(``_update_existing``), around its four passes per block of rows. The ticks add up in
+(``update_existing``), around its four passes per block of rows. The ticks add up in
 spare slots of ``istate`` (the copy of ``kernels/evidence_layout.py`` gets a larger
 ``N_ISTATE``), so nothing else changes. CONFIG's evaluation episodes (default ``configs/shapes_10.yaml``)
 then run ``--passes`` times on the fused path in that copy, with its own fresh numba cache:
@@ -84,8 +84,8 @@ def patch_step_source(layout: str, src: str) -> tuple[str, str]:
             "    # 2. displacement and the lane passes' parameters\n")
     s = rep(s, "    # 4. evidence of the existing hypotheses\n",
             f"    _t2 = ticks()\n    st.istate[{slot[1]}] += _t2 - _t1\n    # 4. evidence of the existing hypotheses\n")
-    s = rep(s, "    blocks = _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)\n",
-            "    blocks = _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st)\n")
+    s = rep(s, "    blocks = update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj)\n",
+            "    blocks = update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st)\n")
     s = rep(s, "    # 5. new hypotheses\n",
             f"    _t3 = ticks()\n    st.istate[{slot[2]}] += _t3 - _t2\n    st.istate[{slot[9]}] += n_old\n"
             "    # 5. new hypotheses\n")
@@ -94,8 +94,8 @@ def patch_step_source(layout: str, src: str) -> tuple[str, str]:
     s = rep(s, "    # 7. possible objects and terminal conditions\n",
             f"    st.istate[{slot[8]}] += ticks() - _t4\n    # 7. possible objects and terminal conditions\n")
     # the update loop's passes, per block of rows
-    s = rep(s, "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):",
-            "def _update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st):")
+    s = rep(s, "def update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj):",
+            "def update_existing(model, prm, hyp, phi, path_par, ev_par, n_old, step, n_obj, st):")
     s = rep(s, "    b_max, b_arg, b_cnt, b_slope, b_dead = new_blocks(n_chunks, n_obj)\n",
             "    b_max, b_arg, b_cnt, b_slope, b_dead = new_blocks(n_chunks, n_obj)\n"
             "    _tch = np.zeros((n_chunks, 4), np.int64)\n")

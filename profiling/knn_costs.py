@@ -5,9 +5,9 @@
 Trains the evidence model of CONFIG (default ``configs/shapes_10.yaml``), runs its first
 evaluation episode up to ``--step`` (the burst's busiest steps are 3 to 6), takes the live
 hypotheses' locations there as queries, and times the search over them on one thread.
-``lock-step`` is the search the step runs (``kernels.evidence_phases._k_nearest_lanes``: many
+``lock-step`` is the search the step runs (``kernels.evidence_phases.k_nearest_lanes``: many
 queries at once in vector lanes, ``kernels/lanes.py``). The other rows time the one-query
-search ``kernels.evidence_phases._k_nearest`` the way the step called it before (inlined into a
+search ``kernels.evidence_phases.k_nearest`` the way the step called it before (inlined into a
 ``prange`` body), under four conditions that separate its costs:
 
 - ``one at a time``: the queries in hypothesis order (the grids of all objects, ~14 MB for
@@ -51,7 +51,7 @@ _SAMPLE = 300  # queries replayed in the cache-resident rows
 @njit(fastmath=FASTMATH, parallel=True)
 def _search_all(qo, ql, model, mmd, k, lanes):
     """Every query's k nearest nodes, in chunks as the step runs them; returns a checksum (so
-    nothing is elided). ``lanes``: the step's lock-step search, else ``_k_nearest`` one by one."""
+    nothing is elided). ``lanes``: the step's lock-step search, else ``k_nearest`` one by one."""
     n = qo.shape[0]
     n_chunks = (n + _CHUNK - 1) // _CHUNK
     sums = np.zeros(n_chunks, np.int64)
@@ -70,7 +70,7 @@ def _search_all(qo, ql, model, mmd, k, lanes):
                 qpos[0, i] = ql[lo + i, 0]
                 qpos[1, i] = ql[lo + i, 1]
                 qpos[2, i] = ql[lo + i, 2]
-            kph._k_nearest_lanes(model, mmd, k, qobj, qpos, hi - lo, out_j, out_m)
+            kph.k_nearest_lanes(model, mmd, k, qobj, qpos, hi - lo, out_j, out_m)
             for i in range(hi - lo):
                 for p in range(out_m[i]):
                     s += out_j[p, i]
@@ -79,7 +79,7 @@ def _search_all(qo, ql, model, mmd, k, lanes):
             best_d2 = np.empty(_KMAX, np.float32)
             best_j = np.empty(_KMAX, np.int64)
             for q in range(lo, hi):
-                m = kph._k_nearest(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
+                m = kph.k_nearest(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
                 for p in range(m):
                     s += best_j[p]
                 s += m
@@ -89,14 +89,14 @@ def _search_all(qo, ql, model, mmd, k, lanes):
 
 @njit(fastmath=FASTMATH)
 def _scan_lengths(qo, ql, model, mmd, k):
-    """The candidate rows ``_k_nearest`` examines per query: first row and count."""
+    """The candidate rows ``k_nearest`` examines per query: first row and count."""
     n = qo.shape[0]
     first = np.zeros(n, np.int64)
     count = np.zeros(n, np.int64)
     best_d2 = np.empty(_KMAX, np.float32)
     best_j = np.empty(_KMAX, np.int64)
     for q in range(n):
-        _, first[q], stop = kph._k_nearest_span(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
+        _, first[q], stop = kph.k_nearest_span(model, mmd, qo[q], ql[q, 0], ql[q, 1], ql[q, 2], k, best_d2, best_j)
         count[q] = stop - first[q]
     return first, count
 

@@ -75,9 +75,9 @@ def test_toy_models_have_the_kernel_signature_of_learned_ones():
     """The episode kernel the second process compiles on toy models is the one a run calls:
     the same numba types (dtypes, ranks, layout, writability) as a learned model's arrays."""
     s = EvidenceSettings()
-    loc, pose, pfd, curv = em._toy_observations()
+    loc, pose, pfd, curv = em.toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
-    toy = em._toy_models(loc, pose, pfd, logk, s.max_match_distance)
+    toy = em.toy_models(loc, pose, pfd, logk, s.max_match_distance)
     learned = em.EvidenceModel(s, em.CURVATURE_FEATURES, max_eval_steps=4)
     q = np.array([1, 0, 0, 0], np.float32)
     learned.learn("a", loc, pose, pfd, logk, q)
@@ -89,9 +89,9 @@ def test_toy_models_run_and_rank_the_toy_objects():
     """compile_episode_kernel's toy models are valid models: an episode on the first toy
     object's own points keeps hypotheses on both objects without touching memory it must not."""
     s = EvidenceSettings()
-    loc, pose, pfd, curv = em._toy_observations()
+    loc, pose, pfd, curv = em.toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
-    model = em.EvidenceModel.from_arrays(s, em.CURVATURE_FEATURES, em._toy_models(loc, pose, pfd, logk,
+    model = em.EvidenceModel.from_arrays(s, em.CURVATURE_FEATURES, em.toy_models(loc, pose, pfd, logk,
                                                                                      s.max_match_distance),
                                          ("a", "b"), max_eval_steps=4)
     assert model.object_names == ("a", "b") and model.nodes_per_object == [64, 64]
@@ -103,10 +103,10 @@ def test_toy_models_run_and_rank_the_toy_objects():
 
 def test_from_arrays_checks_the_names():
     s = EvidenceSettings()
-    loc, pose, pfd, curv = em._toy_observations()
+    loc, pose, pfd, curv = em.toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
     with pytest.raises(ValueError, match="1 names for 2 object models"):
-        em.EvidenceModel.from_arrays(s, em.CURVATURE_FEATURES, em._toy_models(loc, pose, pfd, logk, 0.01), ("a",))
+        em.EvidenceModel.from_arrays(s, em.CURVATURE_FEATURES, em.toy_models(loc, pose, pfd, logk, 0.01), ("a",))
 
 
 class _FakeJob:

@@ -22,7 +22,7 @@ from kernels.evidence import (
     MATCH, NEED_CAPACITY, RUNNING, NO_MATCH, UPDATER_BURST, UPDATER_CLASSIC,
 )
 from kernels import evidence_phases as ph
-from kernels.evidence_phases import _k_nearest, _k_nearest_lanes, _k_nearest_span, _possible_objects
+from kernels.evidence_phases import k_nearest, k_nearest_lanes, k_nearest_span, mark_possible_objects
 from kernels.lane_cells import cell_span
 
 F32 = np.float32
@@ -292,7 +292,7 @@ def _knn_batch(model, objs, q, k):
     bd = np.empty(k, np.float32)
     bj = np.empty(k, np.int64)
     for i in range(nq):
-        m = _k_nearest(model, np.float32(MMD), objs[i], q[i, 0], q[i, 1], q[i, 2], k, bd, bj)
+        m = k_nearest(model, np.float32(MMD), objs[i], q[i, 0], q[i, 1], q[i, 2], k, bd, bj)
         out_m[i] = m
         for t in range(m):
             out_d[i, t] = bd[t]
@@ -453,7 +453,7 @@ def test_k_nearest_vs_brute_force(grid_cases, k):
 
 @njit
 def _lanes_batch(model, objs, q, k, rows):
-    """``_k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), laid out as the step
+    """``k_nearest_lanes`` over the queries ``rows`` (positions into ``q``), laid out as the step
     lays them out (objects int32, points one column per query in a (9, padded) table); the
     neighbours returned one row per query (the kernel writes one column per query)."""
     n = rows.shape[0]
@@ -466,7 +466,7 @@ def _lanes_batch(model, objs, q, k, rows):
             qpos[a, i] = q[rows[i], a]
     out_j = np.full((max(k, 1), n), -7, np.int32)
     out_m = np.full(n, -7, np.int64)
-    _k_nearest_lanes(model, np.float32(MMD), k, qobj, qpos, n, out_j, out_m)
+    k_nearest_lanes(model, np.float32(MMD), k, qobj, qpos, n, out_j, out_m)
     return out_m, out_j.T.copy()
 
 
@@ -529,7 +529,7 @@ def _span_batch(model, objs, q, k):
     bj = np.empty(k, np.int64)
     got_j = np.full((nq, k), -1, np.int64)
     for i in range(nq):
-        m, first, stop = _k_nearest_span(model, np.float32(MMD), objs[i], q[i, 0], q[i, 1], q[i, 2], k, bd, bj)
+        m, first, stop = k_nearest_span(model, np.float32(MMD), objs[i], q[i, 0], q[i, 1], q[i, 2], k, bd, bj)
         out[i] = m, first, stop
         got_j[i, :m] = bj[:m]
     return out, got_j
@@ -975,7 +975,7 @@ def test_perfect_hypothesis_gains_two_per_step(step_model):
 
 def _possible_kernel(obj_max, obj_count, x=20.0):
     poss = np.full(len(obj_max), 7, np.uint8)
-    n = _possible_objects(np.asarray(obj_max, F32), np.asarray(obj_count, np.int64), float(x), poss)
+    n = mark_possible_objects(np.asarray(obj_max, F32), np.asarray(obj_count, np.int64), float(x), poss)
     return n, poss
 
 
@@ -1108,7 +1108,7 @@ def episode_case():
     return dict(m=m, obs=obs, Q=Q, spec=spec, fp=fp, ip=ip, sizes=sizes)
 
 
-def _episode(case, cap):
+def kernel_episode(case, cap):
     m, obs = case["m"], case["obs"]
     T = len(obs["location"])
     ist, fst = new_state()
@@ -1131,7 +1131,7 @@ def _episode(case, cap):
 def test_episode_recognises_object_and_pose(episode_case):
     case = episode_case
     assert len(case["obs"]["location"]) > 30
-    code, t, ist, fst, hy, trace, obj_max, obj_count, grown = _episode(case, 20000)
+    code, t, ist, fst, hy, trace, obj_max, obj_count, grown = kernel_episode(case, 20000)
     assert grown == 0
     assert code == MATCH and ist[IS_OUTCOME] == MATCH
     assert ist[IS_DETECTED] == 1
@@ -1147,8 +1147,8 @@ def test_episode_recognises_object_and_pose(episode_case):
 
 def test_episode_capacity_growth_gives_the_same_result(episode_case):
     case = episode_case
-    full = _episode(case, 20000)
-    small = _episode(case, 50)
+    full = kernel_episode(case, 20000)
+    small = kernel_episode(case, 50)
     assert small[8] >= 2  # it had to grow more than once (first step and a later burst)
     code, t, ist, fst, hy, trace = small[:6]
     assert code == full[0] and t == full[1]
@@ -1217,7 +1217,7 @@ def test_terminal_check_vs_reference():
         FP_OBJECT_THRESHOLD, FP_PATH_SIMILARITY, FP_POSE_SIMILARITY, IP_SYMMETRY, IS_SYMMETRIC, IS_SYMMETRY,
         N_FPARAMS, N_IPARAMS, N_ISTATE,
     )
-    from kernels.evidence_phases import _terminal_check
+    from kernels.evidence_phases import terminal_check
 
     rng = np.random.default_rng(77)
     for trial in range(200):
@@ -1249,7 +1249,7 @@ def test_terminal_check_vs_reference():
         hy.update(hyp_obj=obj, hyp_loc=loc, hyp_rot=np.ascontiguousarray(rot.reshape(H, 9)), hyp_ev=ev_,
                   hyp_possible=possible)
         st = ev.State(ist, np.zeros(ev.N_FSTATE, F32), np.zeros(3, F32), np.zeros(3, np.int64))
-        got = _terminal_check(H, o_best, np.float32(g), mlh, ev.params(FEAT_SPEC, fp, ip), st, hyp_tuple(hy))
+        got = terminal_check(H, o_best, np.float32(g), mlh, ev.params(FEAT_SPEC, fp, ip), st, hyp_tuple(hy))
         # reference, on the candidate object's rows
         cand = np.zeros(H, bool)
         cand[sel] = er.pose_candidates(ev_[sel], 20.0, 1.0)

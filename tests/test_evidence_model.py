@@ -189,12 +189,12 @@ def test_nothing_learned_is_a_clear_error(dataset):
 
 
 def test_every_kernel_parameter_slot_is_filled_from_a_setting():
-    from engine.models.evidence.model import _FPARAMS, _IPARAMS
+    from engine.models.evidence.model import FPARAM_SETTINGS, IPARAM_SETTINGS
 
-    assert sorted(_FPARAMS) == list(range(kev.N_FPARAMS))
-    assert sorted(list(_IPARAMS) + [kev.IP_UPDATER, kev.IP_MAX_STEPS]) == list(range(kev.N_IPARAMS))
+    assert sorted(FPARAM_SETTINGS) == list(range(kev.N_FPARAMS))
+    assert sorted(list(IPARAM_SETTINGS) + [kev.IP_UPDATER, kev.IP_MAX_STEPS]) == list(range(kev.N_IPARAMS))
     fields = {f.name for f in dataclasses.fields(EvidenceSettings)}
-    assert set(_FPARAMS.values()) <= fields and set(_IPARAMS.values()) <= fields
+    assert set(FPARAM_SETTINGS.values()) <= fields and set(IPARAM_SETTINGS.values()) <= fields
 
 
 @pytest.mark.parametrize("stepwise, step_hook, path", [(False, False, False), (True, False, True),

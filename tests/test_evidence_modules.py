@@ -99,10 +99,10 @@ def test_several_modules_cannot_be_saved_yet(tmp_path, capsys):
 
 def test_variants_are_named_as_the_benchmark_names_them():
     from engine.bench.evidence import object_names
-    from engine.data.episodes import _variants
+    from engine.data.episodes import variant_meshes
     from engine.data.shapes import BUILTIN_SHAPES
 
-    got = _variants(11)
+    got = variant_meshes(11)
     assert [n for n, _ in got] == object_names(21)[10:]
     assert got[10][0] == f"{BUILTIN_SHAPES[0]}~2"
     assert len(got[0][1].faces) > 0

@@ -215,7 +215,7 @@ def test_node_feature_evidence(model):
     rng = np.random.default_rng(4)
     fp, ip = make_params(increment=1.5)
     obs = _obs(rng, T=2)
-    got = ph._node_feature_evidence(model_tuple(model), ev.params(FEAT_SPEC, fp, ip), obs, 1)
+    got = ph.node_feature_evidence(model_tuple(model), ev.params(FEAT_SPEC, fp, ip), obs, 1)
     want = er.feature_evidence(model["node_feat"], obs.features[1], FEAT_SPEC[0], FEAT_SPEC[1],
                                FEAT_SPEC[2].astype(bool), 1.5)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ from kernels import evidence_voting as evv
 from kernels import voting as kv
 from kernels.evidence_layout import IS_MATCHING_STEPS, IS_NEED, IS_N_HYP, MATCH, NEED_CAPACITY
 import tests.test_evidence_kernels as tek
-from tests.test_evidence_kernels import F32, _episode, make_params, model_tuple
+from tests.test_evidence_kernels import F32, kernel_episode, make_params, model_tuple
 
 episode_case = tek.episode_case  # the one-module kernel tests' episode (a fixture)
 
@@ -60,7 +60,7 @@ def _no_votes(n_mod, min_match=1, enabled=False):
 @pytest.mark.parametrize("enabled", [False, True])  # one module has no one to vote with
 def test_one_module_is_the_one_module_kernel(episode_case, cap, enabled):
     case = episode_case
-    code, t, ist, fst, hy, trace, obj_max, obj_count, _ = _episode(case, cap)
+    code, t, ist, fst, hy, trace, obj_max, obj_count, _ = kernel_episode(case, cap)
     mcode, mt, st, hyp, mtrace = _multi(case, [case["obs"]], _no_votes(1, enabled=enabled), cap)
     assert code == MATCH
     assert (mcode, mt) == (code, t)
@@ -82,7 +82,7 @@ def test_modules_without_votes_are_each_the_one_module_kernel(episode_case):
     singles = []
     for o in cases:
         single = dict(case, obs=o)
-        singles.append(_episode(single, 20000))
+        singles.append(kernel_episode(single, 20000))
     code, t, st, hyp, trace = _multi(case, cases, _no_votes(3, min_match=3), 20000)
     # the episode ends when all three matched: each module's evidence follows its own kernel until then
     assert code == MATCH
@@ -111,7 +111,7 @@ def test_a_step_with_votes_is_the_step_then_the_exchange(episode_case):
     sensed = np.stack([step[0]["location"][0], step[1]["location"][0]]).astype(F32)
     want = hyp1.ev.copy()
     n_votes, changed = kv.exchange_votes(hyp1.obj, hyp1.loc, hyp1.rot, want, n_rows, sensed, np.ones(2, np.uint8),
-                                         on.conn, np.float64(0.8), F32(1.0), False, F32(0.01), kv.VOTE_ROTATE)
+                                         on.conn, np.float64(0.8), kv.receiving(1.0, False, 0.01, kv.VOTE_ROTATE))
     assert changed.sum() > 0  # the votes did something
     np.testing.assert_array_equal(hyp2.ev, want)
     for m in range(2):  # the maxima after the votes

@@ -41,7 +41,7 @@ def _exchange_both(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold=0.8
                                     bounded, mmd, transpose=mode == kv.VOTE_TRANSPOSE)
     got = ev.copy()
     n_votes, changed = kv.exchange_votes(obj, loc, rot, got, n_rows, sensed, sends.astype(np.uint8), conn,
-                                         np.float64(threshold), np.float32(weight), bounded, np.float32(mmd), mode)
+                                         np.float64(threshold), kv.receiving(weight, bounded, mmd, mode))
     return got, want, n_votes, want_votes, changed
 
 
@@ -58,9 +58,9 @@ def test_select_votes_matches_tbp_monty_send_out_vote(ev_scale):
         want = ref.send_out_vote(obj[0, :n], loc[0, :n], rot[0, :n], ev[0, :n], threshold)
         nv = kv.count_votes(obj[0], ev[0], n, threshold)
         assert nv == sum(len(v) for v in want.values())
-        out = (np.empty(nv, np.int32), np.empty(nv, np.int32), np.empty((nv, 3), np.float32),
-               np.empty((nv, 9), np.float32), np.empty(nv, np.float32))
-        w = kv.select_votes(obj[0], loc[0], rot[0], ev[0], n, threshold, 3, *out, 0)
+        out = kv.VoteOut(np.empty(nv, np.int32), np.empty(nv, np.int32), np.empty((nv, 3), np.float32),
+                         np.empty((nv, 9), np.float32), np.empty(nv, np.float32))
+        w = kv.select_votes(obj[0], loc[0], rot[0], ev[0], n, threshold, 3, out, 0)
         assert w == nv
         src, vobj, vloc, vrot, vconf = out
         assert (src == 3).all()

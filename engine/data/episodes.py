@@ -103,7 +103,7 @@ def build_surfaces(cfg):
             names = []
     if names is None:
         names = list(shapes.BUILTIN_SHAPES)
-    meshes = meshes + _variants(params.get("variants", 0))
+    meshes = meshes + variant_meshes(params.get("variants", 0))
     clash = sorted(set(names) & {n for n, _ in meshes})
     if clash:
         raise UserError(f"{cfg.source_file}: data.mesh_dir: mesh {clash[0]!r} has the name of a built-in object "
@@ -120,7 +120,7 @@ def build_surfaces(cfg):
     return surfaces
 
 
-def _variants(n: int) -> list:
+def variant_meshes(n: int) -> list:
     """``data.variants``: (name, mesh) of ``n`` perturbed built-ins, ``name~round``: the built-ins
     in turn, round 1 for the first ten, 2 for the next ten, ... (``shapes.perturbed_shape``, as
     the evidence benchmark names and builds them)."""

@@ -119,10 +119,10 @@ def _check_key(key, where: str) -> str:
 
 
 def _mapping(value, where: str, what: str) -> dict:
-    from engine.config import _show
+    from engine.config import describe_value
 
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected {what}, got {_show(value)}")
+        raise ConfigError(f"{where}: expected {what}, got {describe_value(value)}")
     return value
 
 
@@ -170,7 +170,7 @@ def point_name(overrides: dict) -> str:
 def _grid_points(grid: dict, where: str) -> list:
     import itertools
 
-    from engine.config import _show
+    from engine.config import describe_value
 
     if not grid:
         raise ConfigError(f"{where}: empty: give at least one key with a list of values")
@@ -178,7 +178,7 @@ def _grid_points(grid: dict, where: str) -> list:
     for key, vals in grid.items():
         _check_key(key, where)
         if not isinstance(vals, list) or not vals:
-            raise ConfigError(f"{where}.{key}: expected a non-empty list of values, got {_show(vals)}")
+            raise ConfigError(f"{where}.{key}: expected a non-empty list of values, got {describe_value(vals)}")
         shown = [_show_value(v) for v in vals]
         dup = next((v for i, v in enumerate(shown) if v in shown[:i]), None)
         if dup is not None:
@@ -192,11 +192,11 @@ def _grid_points(grid: dict, where: str) -> list:
 
 
 def _list_points(items, where: str) -> list:
-    from engine.config import _show
+    from engine.config import describe_value
 
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{where}: expected a non-empty list of mappings (key: value, one mapping per point), "
-                          f"got {_show(items)}")
+                          f"got {describe_value(items)}")
     if len(items) > MAX_POINTS:
         raise ConfigError(f"{where}: {len(items):,} points; a sweep may have at most {MAX_POINTS:,}")
     points, seen = [], {}
@@ -216,7 +216,7 @@ def _list_points(items, where: str) -> list:
 def read_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file and every point's config (one-line ConfigError naming the
     file otherwise); nothing runs."""
-    from engine.config import _show, clip, read_yaml, validate
+    from engine.config import describe_value, clip, read_yaml, validate
 
     path = Path(path)
     where = str(path)
@@ -234,7 +234,7 @@ def read_sweep(path: str | Path) -> Sweep:
                           "sweep file's folder)")
     base = raw["base"]
     if not isinstance(base, str) or not base:
-        raise ConfigError(f"{where}: base: expected a config file name, got {_show(base)}")
+        raise ConfigError(f"{where}: base: expected a config file name, got {describe_value(base)}")
     base_path = Path(base).expanduser()
     if not base_path.is_absolute():
         base_path = path.resolve().parent / base_path
@@ -248,7 +248,7 @@ def read_sweep(path: str | Path) -> Sweep:
         _check_key(key, f"{where}: set")
     out_dir = raw.get("output_dir")
     if out_dir is not None and (not isinstance(out_dir, str) or not out_dir):
-        raise ConfigError(f"{where}: output_dir: expected a folder name, got {_show(out_dir)}")
+        raise ConfigError(f"{where}: output_dir: expected a folder name, got {describe_value(out_dir)}")
     if "grid" in raw:
         grid = _mapping(raw["grid"], f"{where}: grid", "a mapping of config keys to lists of values")
         overrides = _grid_points(grid, f"{where}: grid")
@@ -263,7 +263,7 @@ def read_sweep(path: str | Path) -> Sweep:
         base_doc = {}
     if not isinstance(base_doc, dict):
         raise ConfigError(f"{where}: base: {base_path}: the config must be a mapping of sections, got "
-                          f"{_show(base_doc)}")
+                          f"{describe_value(base_doc)}")
     import copy
 
     doc = copy.deepcopy(base_doc)

@@ -75,7 +75,7 @@ class EvidenceEpisode:
 
 
 # Which setting fills which slot of the kernels' parameter arrays.
-_FPARAMS = {
+FPARAM_SETTINGS = {
     kev.FP_MMD: "max_match_distance", kev.FP_W_NORMAL: "normal_weight",
     kev.FP_W_CURV: "curvature_direction_weight", kev.FP_PAST: "past_weight", kev.FP_PRESENT: "present_weight",
     kev.FP_INCREMENT: "feature_evidence_increment", kev.FP_SAMPLING: "sampling_multiplier",
@@ -83,7 +83,7 @@ _FPARAMS = {
     kev.FP_X_PERCENT: "x_percent_threshold", kev.FP_OBJECT_THRESHOLD: "object_evidence_threshold",
     kev.FP_PATH_SIMILARITY: "path_similarity_threshold", kev.FP_POSE_SIMILARITY: "pose_similarity_threshold",
 }
-_IPARAMS = {
+IPARAM_SETTINGS = {
     kev.IP_K: "max_nneighbors", kev.IP_UMBILICAL: "umbilical_num_poses",
     kev.IP_BURST_DURATION: "sampling_burst_duration", kev.IP_MIN_AGE: "min_age",
     kev.IP_MIN_STEPS: "min_eval_steps", kev.IP_SYMMETRY: "required_symmetry_evidence",
@@ -172,10 +172,10 @@ class EvidenceModel:
                                   max_nodes=s.max_nodes)
         # kernel parameter arrays, filled from the settings by name
         self.fparams = np.zeros(kev.N_FPARAMS, np.float32)
-        for index, name in _FPARAMS.items():
+        for index, name in FPARAM_SETTINGS.items():
             self.fparams[index] = getattr(s, name)
         self.iparams = np.zeros(kev.N_IPARAMS, np.int64)
-        for index, name in _IPARAMS.items():
+        for index, name in IPARAM_SETTINGS.items():
             self.iparams[index] = getattr(s, name)
         self.iparams[kev.IP_UPDATER] = kev.UPDATER_BURST if s.updater == "burst" else kev.UPDATER_CLASSIC
         self.iparams[kev.IP_MAX_STEPS] = max_eval_steps
@@ -665,7 +665,7 @@ class EvidenceExperiment:
         return on_step
 
 
-def _toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):
+def toy_observations(n: int = 64, radius: float = 0.05, seed: int = 0):
     """Points on a sphere with their exact geometry: (location, pose (n, 3, 3), pose_defined, curvature)."""
     rng = np.random.default_rng(seed)
     p = rng.normal(size=(n, 3))
@@ -694,7 +694,7 @@ def warmup_sensor_kernels() -> float:
     return time.perf_counter() - t0
 
 
-def _toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectModels:
+def toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectModels:
     """Two toy objects (the points ``loc`` and ``loc / 2``) with a one-cell search grid each,
     built in NumPy: arrays of the real models' types, so the episode kernel compiles for them
     without the graph and KD-tree kernels a real model is built with."""
@@ -709,13 +709,13 @@ def _toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectMo
 
 
 def toy_model():
-    """A two-object model on toy observations (``_toy_observations``), built in NumPy, with the
+    """A two-object model on toy observations (``toy_observations``), built in NumPy, with the
     numba types of learned ones: ``(EvidenceModel, (location, pose, pose_defined, log curvature))``."""
     settings = EvidenceSettings()
-    loc, pose, pfd, curv = _toy_observations()
+    loc, pose, pfd, curv = toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
     model = EvidenceModel.from_arrays(settings, CURVATURE_FEATURES,
-                                      _toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
+                                      toy_models(loc, pose, pfd, logk, settings.max_match_distance), ("a", "b"),
                                       max_eval_steps=4)
     return model, (loc, pose, pfd, logk)
 
@@ -747,7 +747,7 @@ def warmup_kernels(settings: EvidenceSettings, simulate: bool = False, paths=(Fa
     t0 = time.perf_counter()
     if simulate:
         warmup_sensor_kernels()
-    loc, pose, pfd, curv = _toy_observations()
+    loc, pose, pfd, curv = toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
     model = EvidenceModel(settings, CURVATURE_FEATURES, max_eval_steps=4)
     identity = np.array([1, 0, 0, 0], np.float32)

@@ -31,7 +31,7 @@ from kernels import voting as kvote
 from engine.data.dataset import EVAL, EpisodeDataset
 from engine.errors import UserError
 from engine.models.evidence.model import (
-    CURVATURE_FEATURES, EvidenceEpisode, EvidenceExperiment, EvidenceModel, _toy_models, _toy_observations,
+    CURVATURE_FEATURES, EvidenceEpisode, EvidenceExperiment, EvidenceModel, toy_models, toy_observations,
     live_hypotheses, matching_features,
 )
 
@@ -253,10 +253,10 @@ def compile_voting_kernel(stepwise: bool = False) -> float:
 
     t0 = time.perf_counter()
     settings = EvidenceSettings(n_modules=2)
-    loc, pose, pfd, curv = _toy_observations()
+    loc, pose, pfd, curv = toy_observations()
     logk = (np.sign(curv) * np.log1p(np.abs(curv))).astype(np.float32)
     model = ModulesModel(settings, CURVATURE_FEATURES, 2, max_eval_steps=4)
-    toy = _toy_models(loc, pose, pfd, logk, settings.max_match_distance)
+    toy = toy_models(loc, pose, pfd, logk, settings.max_match_distance)
     for mod in model.modules:
         mod._model = toy
         mod._names = ("a", "b")

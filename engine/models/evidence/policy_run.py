@@ -65,10 +65,10 @@ def policy_params(policy, evidence, noise: bool, hue: float | None = None):
 
 
 def surface_arrays(surface):
-    """The kernels' flat arrays of an ``engine.data.sensor.Surface``: points, normals,
-    curvature (P, 2), directions (P, 6), and its KD-tree."""
-    return (surface.points, surface.normals, surface.curvature,
-            np.ascontiguousarray(surface.directions.reshape(-1, 6)), surface.tree)
+    """The kernels' ``kernels.policy.SurfaceSamples`` of an ``engine.data.sensor.Surface``: points,
+    normals, curvature (P, 2), directions (P, 6), and its KD-tree."""
+    return kp.SurfaceSamples(surface.points, surface.normals, surface.curvature,
+                             np.ascontiguousarray(surface.directions.reshape(-1, 6)), surface.tree)
 
 
 def episode_seeds(data_seed: int, episode: int, n_points: int) -> tuple[int, int]:
@@ -125,14 +125,14 @@ def run_policy_episode(model, surface, rotation_q, fparams, iparams, seed: int, 
     hyp = model._hypotheses(model.initial_capacity())
     rot = quat_to_matrix(np.asarray(rotation_q, np.float32), dtype=np.float64).astype(np.float32)
     pol = kp.new_policy_state(fparams, iparams, seed, rot, T, start)
-    points, normals, curvature, directions, tree = surface_arrays(surface)
+    surf = surface_arrays(surface)
     t = 0
     code = kev.RUNNING
     seconds = 0.0
     while t < T:
         t0 = time.perf_counter()
         code, t_next = evidence_policy_episode(models, prm, st, hyp, obs, np.int64(t), np.int64(1 if stepwise else 0),
-                                               trace, points, normals, curvature, directions, tree, pol)
+                                               trace, surf, pol)
         seconds += time.perf_counter() - t0
         if code == kev.NEED_CAPACITY:
             hyp = model._hypotheses(int(istate[kev.IS_NEED]))
