@@ -121,12 +121,10 @@ class _FakeJob:
         self.log.append("stop")
 
 
-def test_cold_evidence_run_waits_for_the_second_process_before_the_episode_kernel(root, monkeypatch):
-    """A run that finds the episode kernel missing from the cache starts the second process
-    (with a statement that compiles that kernel) before building its data, and waits for it
-    before its first call of the episode kernel; then stops it."""
-    from engine.config import load_config
-    from engine.models.evidence import run as evidence_run
+def _record_compiles(monkeypatch):
+    """``(calls, statements)``: "start" for each second process started (its statement kept),
+    "wait" / "stop" for what the run asks of it (``_FakeJob``), "episode" for each call of the
+    one-module episode kernel."""
     from kernels import evidence as kev
 
     calls, statements = [], []
@@ -143,8 +141,19 @@ def test_cold_evidence_run_waits_for_the_second_process_before_the_episode_kerne
         return real_episode(*args)
 
     monkeypatch.setattr(background, "start", fake_start)
-    monkeypatch.setattr(runtime, "is_cached", lambda name: False)
     monkeypatch.setattr(kev, "evidence_episode", episode)
+    return calls, statements
+
+
+def test_cold_evidence_run_waits_for_the_second_process_before_the_episode_kernel(root, monkeypatch):
+    """A run that finds the episode kernel missing from the cache starts the second process
+    (with a statement that compiles that kernel) before building its data, and waits for it
+    before its first call of the episode kernel; then stops it."""
+    from engine.config import load_config
+    from engine.models.evidence import run as evidence_run
+
+    calls, statements = _record_compiles(monkeypatch)
+    monkeypatch.setattr(runtime, "is_cached", lambda name: False)
     ex = evidence_run.build(load_config(root / "configs/recorded_evidence.yaml"))
     assert calls == ["start"]
     ex.warmup()
@@ -170,24 +179,9 @@ def test_cold_policy_run_compiles_the_policy_kernel_in_the_second_process(root, 
     again), and stops it."""
     from engine.config import load_config
     from engine.models.evidence import run as evidence_run
-    from kernels import evidence as kev
 
-    calls, statements = [], []
-
-    def fake_start(statement):
-        statements.append(statement)
-        calls.append("start")
-        return _FakeJob(calls)
-
-    real_episode = kev.evidence_episode
-
-    def episode(*args):
-        calls.append("episode")
-        return real_episode(*args)
-
-    monkeypatch.setattr(background, "start", fake_start)
+    calls, statements = _record_compiles(monkeypatch)
     monkeypatch.setattr(runtime, "is_cached", lambda name: name != evidence_run.POLICY_KERNEL)
-    monkeypatch.setattr(kev, "evidence_episode", episode)
     cfg = load_config(root / "configs/shapes_10_policy.yaml",
                       ["data.objects=[mug, cone]", "data.n_points=1500", "data.train_steps=40", "data.eval_rotations=1"])
     ex = evidence_run.build(cfg)
