@@ -23,7 +23,7 @@ patch) and its own hypotheses. The state of all modules lives in the layout of
 A step (:func:`voting_episode`): phase 1 of every module first (so that a step needing
 larger hypothesis arrays is repeated whole after growing them), then phases 2-6 of each
 module in turn (``kernels.evidence_phases``, each parallel inside), then the vote
-exchange (``kernels.voting.exchange_votes``, receivers in parallel; every module has an on-object feature step
+exchange (``kernels.voting.exchange_votes``' body, its loops in parallel; every module has an on-object feature step
 at every step of these episodes, so every module sends and receives), the per-object
 maxima and MLH of each module a vote changed, and the terminal check: each module's
 possible objects (section 5.2; none: the module is in ``no_match``, from which a vote
@@ -38,7 +38,7 @@ bit for bit (tests/test_evidence_voting.py).
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._flags import FASTMATH
 from .evidence_layout import (
@@ -50,7 +50,7 @@ from .evidence_phases import (
     node_feature_evidence, mark_possible_objects, sample_new, terminal_check, update_existing, begin_step, end_step,
     step_parameters,
 )
-from .voting import Receiving, gather_votes, receive_module
+from .voting import Receiving, exchange_body
 
 _NEG_INF = np.float32(-np.inf)
 
@@ -63,7 +63,8 @@ N_FVOTE = 2
 IV_MIN_MATCH = 0  # min_lms_match
 IV_MODE = 1  # kernels.voting.VOTE_TRANSPOSE or VOTE_ROTATE
 IV_ENABLED = 2  # 1: exchange votes after every step
-N_IVOTE = 3
+IV_BINS = 3  # the vote searches' task bins: the threads the episode runs on (set per call)
+N_IVOTE = 4
 
 ModuleModels = namedtuple("ModuleModels", ObjectModels._fields + ("offsets",))
 VoteParams = namedtuple("VoteParams", "conn fvote ivote")
@@ -252,11 +253,9 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
                 n_rows[m] = st.istate[m, IS_N_HYP]
                 for a in range(3):
                     sensed[m, a] = obs.location[m, t, a]
-            # kernels.voting.exchange_votes with the receivers in parallel (each writes its own row)
-            votes = gather_votes(hyp.obj, hyp.ev, hyp.loc, hyp.rot, n_rows, sends, np.float64(vp.fvote[FV_THRESHOLD]))
-            changed = np.zeros(n_mod, np.int64)
-            for r in prange(n_mod):
-                changed[r] = receive_module(r, hyp.obj, hyp.loc, hyp.ev, n_rows, sensed, sends, vp.conn, votes, rcv)
+            # kernels.voting.exchange_votes, its loops in parallel
+            _, changed = exchange_body(hyp.obj, hyp.loc, hyp.rot, hyp.ev, n_rows, sensed, sends, vp.conn,
+                                       np.float64(vp.fvote[FV_THRESHOLD]), rcv, n_obj, max(vp.ivote[IV_BINS], 1))
             for m in range(n_mod):
                 if changed[m] > 0:
                     stm = State(st.istate[m], st.fstate[m], st.obj_max[m], st.obj_count[m])
@@ -299,6 +298,7 @@ def vote_params(conn, threshold: float, weight: float, min_match: int, mode: int
     ivote[IV_MIN_MATCH] = min_match
     ivote[IV_MODE] = mode
     ivote[IV_ENABLED] = 1 if enabled else 0
+    ivote[IV_BINS] = 1  # the caller sets the episode's thread count (numba.get_num_threads())
     return VoteParams(np.ascontiguousarray(conn, np.uint8), fvote, ivote)
 
 

@@ -40,12 +40,19 @@ when it sends too (tbp.monty: an LM whose own vote is ``None`` gets no votes) an
 ``conn[r, s]`` (uint8 (M, M), receiver by sender; tbp.monty's ``lm_to_lm_vote_matrix``
 lists the senders of each receiver) connects it to a sending ``s``. Every vote is taken
 from the evidences before any vote is received.
+
+Work split (:func:`exchange_body`): the votes are selected module by module, each
+receiver's pool is moved into its position and grouped by object receiver by receiver,
+and the searches run as (receiver, object) tasks spread over one bin per thread by
+estimated cost (:func:`plan_tasks`), so that five receivers on two threads do not split
+three to two. Each loop is a ``prange`` in the episode kernel; the float arithmetic stays
+in the ``fastmath=False`` kernels it calls.
 """
 
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .kdtree import build_tree, knn_rows
 
@@ -154,6 +161,96 @@ def transform_vote(loc, rot, i, dx, dy, dz, mode, out, j):
 
 
 @njit(**_PLAIN)
+def receive_object(pts, conf, loc, rows, ev, mmd, weight, bounded, taken):
+    """Receive one object's votes: add to the evidence of each of the receiver's ``rows`` (of
+    that object) the best of its ``VOTE_K`` nearest votes within ``mmd``.
+
+    Parameters
+    ----------
+    pts : float32 (V, 3); conf : float32 (V,)
+        The object's votes, already moved into the receiver's position, in pool order.
+    loc : float32 (>= n, 3); ev : float32 (>= n,), updated in place
+        The receiver's rows.
+    rows : int64 (Q,), the receiver's rows of this object (indices into ``loc`` / ``ev``)
+    mmd : float32, ``max_match_distance``; weight : float32, ``vote_weight``
+    bounded : bool, ``past_weight + present_weight == 1`` (average instead of add)
+    taken : float32 (>= n,) or (0,)
+        Written when not empty: the vote each row took (untouched where none).
+
+    Returns the number of rows whose evidence a vote changed.
+
+    A KD-tree over the votes (``kernels.kdtree``, pool order kept as the tree's input order,
+    so equal distances go to the earlier vote) and one search of the rows for their
+    ``VOTE_K`` nearest votes within the radius (votes at the radius itself are then dropped,
+    as tbp.monty drops distances ``>= max_match_distance``).
+    """
+    nv = pts.shape[0]
+    nq = rows.shape[0]
+    if nv == 0 or nq == 0:
+        return 0
+    r2 = mmd * mmd
+    tree = build_tree(pts)
+    queries = np.empty((nq, 3), np.float32)
+    for j in range(nq):
+        for c in range(3):
+            queries[j, c] = loc[rows[j], c]
+    k = min(VOTE_K, nv)
+    idx = np.empty((nq, k), np.int64)
+    dist = np.empty((nq, k), np.float32)
+    knn_rows(tree, queries, 0, nq, k, r2, idx, dist, np.empty(0, np.int64))
+    changed = 0
+    for j in range(nq):
+        best = np.float32(-np.inf)
+        found = False
+        h = rows[j]
+        for s in range(k):
+            i = idx[j, s]
+            if i < 0:
+                continue
+            # the radius test on the squared float32 distance (the tree reports distances)
+            dx = pts[i, 0] - loc[h, 0]
+            dy = pts[i, 1] - loc[h, 1]
+            dz = pts[i, 2] - loc[h, 2]
+            if not dx * dx + dy * dy + dz * dz < r2:
+                continue
+            c = conf[i]
+            if not found or c > best:
+                best = c
+                found = True
+        if not found:
+            continue
+        if taken.shape[0] > 0:
+            taken[h] = best
+        if bounded:
+            ev[h] = (ev[h] + weight * best) / (np.float32(1.0) + weight)
+        else:
+            ev[h] = ev[h] + weight * best
+        changed += 1
+    return changed
+
+
+@njit(**_PLAIN)
+def group_by_object(obj, n, n_obj, order, at):
+    """Counting sort of the live rows (``obj >= 0``) among the first ``n`` by object, each
+    object's rows in row order: object ``o``'s rows are ``order[at[o] : at[o + 1]]``.
+    ``obj`` int32 (>= n,); ``order`` int64 (>= live rows,) and ``at`` int64 (n_obj + 1,)
+    written."""
+    for o in range(n_obj + 1):
+        at[o] = 0
+    for h in range(n):
+        if obj[h] >= 0:
+            at[obj[h] + 1] += 1
+    for o in range(n_obj):
+        at[o + 1] += at[o]
+    fill = at[:n_obj].copy()
+    for h in range(n):
+        o = obj[h]
+        if o >= 0:
+            order[fill[o]] = h
+            fill[o] += 1
+
+
+@njit(**_PLAIN)
 def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, taken):
     """Add to each live row's evidence the best of its nearest votes (see the module notes).
 
@@ -168,13 +265,8 @@ def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, 
     taken : float32 (>= n,)
         Written: the vote each row took (NaN: none).
 
-    Returns the number of rows whose evidence a vote changed.
-
-    Per object a KD-tree over its votes (``kernels.kdtree``, pool order kept as the
-    tree's input order, so equal distances go to the earlier vote) and one search of
-    the receiver's rows of that object for their ``VOTE_K`` nearest votes within the
-    radius (votes at the radius itself are then dropped, as tbp.monty drops distances
-    ``>= max_match_distance``).
+    Returns the number of rows whose evidence a vote changed. Per object
+    :func:`receive_object` over that object's votes, in pool order.
     """
     for h in range(n):
         taken[h] = np.nan
@@ -185,127 +277,48 @@ def receive_votes(obj, loc, ev, n, vobj, vloc, vconf, nv, mmd, weight, bounded, 
         n_obj = max(n_obj, vobj[i] + 1)
     for h in range(n):
         n_obj = max(n_obj, obj[h] + 1)
-    # votes and rows grouped by object, each group in its original order (counting sort)
-    v_start = np.zeros(n_obj + 1, np.int64)
-    h_start = np.zeros(n_obj + 1, np.int64)
-    for i in range(nv):
-        v_start[vobj[i] + 1] += 1
-    for h in range(n):
-        if obj[h] >= 0:
-            h_start[obj[h] + 1] += 1
-    for o in range(n_obj):
-        v_start[o + 1] += v_start[o]
-        h_start[o + 1] += h_start[o]
+    v_at = np.zeros(n_obj + 1, np.int64)
     v_order = np.empty(nv, np.int64)
-    h_order = np.empty(h_start[n_obj], np.int64)
-    fill = v_start[:n_obj].copy()
-    for i in range(nv):
-        v_order[fill[vobj[i]]] = i
-        fill[vobj[i]] += 1
-    fill = h_start[:n_obj].copy()
-    for h in range(n):
-        if obj[h] >= 0:
-            h_order[fill[obj[h]]] = h
-            fill[obj[h]] += 1
-    r2 = mmd * mmd
+    group_by_object(vobj, nv, n_obj, v_order, v_at)
+    h_at = np.zeros(n_obj + 1, np.int64)
+    h_order = np.empty(n, np.int64)
+    group_by_object(obj, n, n_obj, h_order, h_at)
     changed = 0
     for o in range(n_obj):
-        a, b = v_start[o], v_start[o + 1]
-        qa, qb = h_start[o], h_start[o + 1]
-        if a == b or qa == qb:
+        a, b = v_at[o], v_at[o + 1]
+        if a == b or h_at[o] == h_at[o + 1]:
             continue
         pts = np.empty((b - a, 3), np.float32)
+        conf = np.empty(b - a, np.float32)
         for j in range(a, b):
             for c in range(3):
                 pts[j - a, c] = vloc[v_order[j], c]
-        tree = build_tree(pts)
-        nq = qb - qa
-        queries = np.empty((nq, 3), np.float32)
-        for j in range(nq):
-            for c in range(3):
-                queries[j, c] = loc[h_order[qa + j], c]
-        k = min(VOTE_K, b - a)
-        idx = np.empty((nq, k), np.int64)
-        dist = np.empty((nq, k), np.float32)
-        knn_rows(tree, queries, 0, nq, k, r2, idx, dist, np.empty(0, np.int64))
-        for j in range(nq):
-            best = np.float32(-np.inf)
-            found = False
-            h = h_order[qa + j]
-            for s in range(k):
-                i = idx[j, s]
-                if i < 0:
-                    continue
-                # the radius test on the squared float32 distance (the tree reports distances)
-                vi = v_order[a + i]
-                dx = vloc[vi, 0] - loc[h, 0]
-                dy = vloc[vi, 1] - loc[h, 1]
-                dz = vloc[vi, 2] - loc[h, 2]
-                if not dx * dx + dy * dy + dz * dz < r2:
-                    continue
-                c = vconf[vi]
-                if not found or c > best:
-                    best = c
-                    found = True
-            if not found:
-                continue
-            taken[h] = best
-            if bounded:
-                ev[h] = (ev[h] + weight * best) / (np.float32(1.0) + weight)
-            else:
-                ev[h] = ev[h] + weight * best
-            changed += 1
+            conf[j - a] = vconf[v_order[j]]
+        changed += receive_object(pts, conf, loc, h_order[h_at[o]:h_at[o + 1]], ev, mmd, weight, bounded, taken)
     return changed
 
 
 @njit(**_PLAIN)
-def gather_votes(obj, ev, loc, rot, n_rows, sends, threshold):
-    """Every sending module's votes (:func:`select_votes`), module after module.
-
-    Returns ``(start, v_obj, v_loc, v_rot, v_conf)``: module ``m``'s votes are
-    ``start[m] .. start[m + 1]`` (int64 (M + 1,)) of ``v_obj`` int32, ``v_loc`` float32
-    (V, 3), ``v_rot`` float32 (V, 9), ``v_conf`` float32 (V,). Arguments as
-    :func:`exchange_votes`'s.
-    """
-    n_mod = obj.shape[0]
-    start = np.zeros(n_mod + 1, np.int64)
-    for m in range(n_mod):
-        c = count_votes(obj[m], ev[m], n_rows[m], threshold) if sends[m] else 0
-        start[m + 1] = start[m] + c
-    total = start[n_mod]
-    v_src = np.empty(total, np.int32)
-    v_obj = np.empty(total, np.int32)
-    v_loc = np.empty((total, 3), np.float32)
-    v_rot = np.empty((total, 9), np.float32)
-    v_conf = np.empty(total, np.float32)
-    out = VoteOut(v_src, v_obj, v_loc, v_rot, v_conf)
-    for m in range(n_mod):
-        if start[m + 1] > start[m]:
-            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, out, start[m])
-    return start, v_obj, v_loc, v_rot, v_conf
-
-
-@njit(**_PLAIN)
-def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, rcv):
-    """Receiver ``r``'s part of :func:`exchange_votes`: the votes of its senders (``votes``,
-    :func:`gather_votes`'s tuple) moved into its position and received as ``rcv`` (a
-    :class:`Receiving`) says. Writes only ``ev[r]`` (so receivers can run in parallel); returns
-    the rows a vote changed."""
-    weight, bounded, mmd, mode = rcv
-    if not sends[r]:
-        return 0
+def pool_receiver(r, sensed, sends, conn, votes, mode, n_obj, p_loc, p_conf, p0, at):
+    """Receiver ``r``'s pool: the votes of its sending senders (``votes``: ``(start, v_obj,
+    v_loc, v_rot, v_conf)``, sender ``s``'s votes ``start[s] .. start[s + 1]``), sender by sender in module order, each moved into
+    ``r``'s position (:func:`transform_vote`) and grouped by object (a counting sort, pool
+    order kept inside each object): object ``o``'s votes are rows ``p0 + at[o] .. p0 + at[o +
+    1]`` of ``p_loc`` float32 (P, 3) and ``p_conf`` float32 (P,). ``at`` int64 (n_obj + 1,)
+    written."""
     start, v_obj, v_loc, v_rot, v_conf = votes
-    n_mod = obj.shape[0]
-    nv = 0
+    n_mod = conn.shape[0]
+    for o in range(n_obj + 1):
+        at[o] = 0
+    if not sends[r]:
+        return
     for s in range(n_mod):
         if conn[r, s] != 0 and sends[s]:
-            nv += start[s + 1] - start[s]
-    if nv == 0:
-        return 0
-    p_obj = np.empty(nv, np.int32)
-    p_loc = np.empty((nv, 3), np.float32)
-    p_conf = np.empty(nv, np.float32)
-    j = 0
+            for i in range(start[s], start[s + 1]):
+                at[v_obj[i] + 1] += 1
+    for o in range(n_obj):
+        at[o + 1] += at[o]
+    fill = at[:n_obj].copy()
     for s in range(n_mod):
         if conn[r, s] == 0 or not sends[s]:
             continue
@@ -313,12 +326,130 @@ def receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, rcv):
         dy = sensed[r, 1] - sensed[s, 1]
         dz = sensed[r, 2] - sensed[s, 2]
         for i in range(start[s], start[s + 1]):
-            p_obj[j] = v_obj[i]
+            o = v_obj[i]
+            j = p0 + fill[o]
+            fill[o] += 1
             p_conf[j] = v_conf[i]
             transform_vote(v_loc, v_rot, i, dx, dy, dz, mode, p_loc, j)
-            j += 1
-    taken = np.empty(n_rows[r], np.float32)
-    return receive_votes(obj[r], loc[r], ev[r], n_rows[r], p_obj, p_loc, p_conf, nv, mmd, weight, bounded, taken)
+
+
+@njit(**_PLAIN)
+def plan_tasks(v_at, h_at, n_bins):
+    """Spread the receive tasks over ``n_bins`` bins of about equal cost.
+
+    A task is one (receiver, object) with votes and rows (``v_at`` / ``h_at`` int64 (M,
+    O + 1): each receiver's per-object offsets of votes and rows). Its cost is estimated as
+    ``votes + rows`` (the tree's build and the rows' searches); tasks go, largest first, to
+    the bin with the least cost so far (longest processing time first). Returns
+    ``(task_r, task_o, bin_at, bin_task)``: int64 (K,) each task's receiver and object, and
+    bin ``b``'s tasks ``bin_task[bin_at[b] : bin_at[b + 1]]``.
+    """
+    n_mod, n_obj1 = v_at.shape
+    n_tasks = 0
+    for r in range(n_mod):
+        for o in range(n_obj1 - 1):
+            if v_at[r, o + 1] > v_at[r, o] and h_at[r, o + 1] > h_at[r, o]:
+                n_tasks += 1
+    task_r = np.empty(n_tasks, np.int64)
+    task_o = np.empty(n_tasks, np.int64)
+    cost = np.empty(n_tasks, np.int64)
+    k = 0
+    for r in range(n_mod):
+        for o in range(n_obj1 - 1):
+            nv = v_at[r, o + 1] - v_at[r, o]
+            nq = h_at[r, o + 1] - h_at[r, o]
+            if nv > 0 and nq > 0:
+                task_r[k] = r
+                task_o[k] = o
+                cost[k] = nv + nq
+                k += 1
+    order = np.argsort(-cost, kind="mergesort")
+    load = np.zeros(n_bins, np.int64)
+    bin_of = np.empty(n_tasks, np.int64)
+    bin_at = np.zeros(n_bins + 1, np.int64)
+    for t in order:
+        b = np.argmin(load)
+        load[b] += cost[t]
+        bin_of[t] = b
+        bin_at[b + 1] += 1
+    for b in range(n_bins):
+        bin_at[b + 1] += bin_at[b]
+    fill = bin_at[:n_bins].copy()
+    bin_task = np.empty(n_tasks, np.int64)
+    for t in order:
+        bin_task[fill[bin_of[t]]] = t
+        fill[bin_of[t]] += 1
+    return task_r, task_o, bin_at, bin_task
+
+
+@njit(inline="always")
+def exchange_body(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv, n_obj, n_bins):
+    """:func:`exchange_votes`'s work, its loops over modules, receivers and task bins written
+    with ``prange``: inlined into a ``parallel=True`` kernel they run in parallel, in
+    :func:`exchange_votes` one after another. Only bookkeeping is inlined: every float
+    operation is in the ``fastmath=False`` kernels it calls, so the result does not depend on
+    the caller's fastmath. ``n_obj``: objects (every ``obj`` below it); ``n_bins``: task bins
+    (the threads). Returns :func:`exchange_votes`'s ``(n_votes, changed)``."""
+    weight, bounded, mmd, mode = rcv
+    n_mod = obj.shape[0]
+    # 1. every module's votes (each module's own rows; writes its own slots)
+    counts = np.zeros(n_mod, np.int64)
+    for m in prange(n_mod):
+        if sends[m]:
+            counts[m] = count_votes(obj[m], ev[m], n_rows[m], threshold)
+    start = np.zeros(n_mod + 1, np.int64)
+    for m in range(n_mod):
+        start[m + 1] = start[m] + counts[m]
+    total = start[n_mod]
+    v_src = np.empty(total, np.int32)
+    v_obj = np.empty(total, np.int32)
+    v_loc = np.empty((total, 3), np.float32)
+    v_rot = np.empty((total, 9), np.float32)
+    v_conf = np.empty(total, np.float32)
+    out = VoteOut(v_src, v_obj, v_loc, v_rot, v_conf)
+    for m in prange(n_mod):
+        if counts[m] > 0:
+            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, out, start[m])
+    votes = (start, v_obj, v_loc, v_rot, v_conf)
+    # 2. each receiver's pool, moved into its position, and its rows, grouped by object
+    p_start = np.zeros(n_mod + 1, np.int64)
+    h_start = np.zeros(n_mod + 1, np.int64)
+    for r in range(n_mod):
+        c = 0
+        if sends[r]:
+            for s in range(n_mod):
+                if conn[r, s] != 0 and sends[s]:
+                    c += counts[s]
+        p_start[r + 1] = p_start[r] + c
+        h_start[r + 1] = h_start[r] + (n_rows[r] if c > 0 else 0)
+    p_loc = np.empty((p_start[n_mod], 3), np.float32)
+    p_conf = np.empty(p_start[n_mod], np.float32)
+    h_order = np.empty(h_start[n_mod], np.int64)
+    v_at = np.zeros((n_mod, n_obj + 1), np.int64)
+    h_at = np.zeros((n_mod, n_obj + 1), np.int64)
+    for r in prange(n_mod):
+        if p_start[r + 1] > p_start[r]:
+            pool_receiver(r, sensed, sends, conn, votes, mode, n_obj, p_loc, p_conf, p_start[r], v_at[r])
+            group_by_object(obj[r], n_rows[r], n_obj, h_order[h_start[r]:h_start[r + 1]], h_at[r])
+    # 3. (receiver, object) tasks in bins of about equal cost, a bin per thread; each task
+    # writes only its own rows' evidences
+    task_r, task_o, bin_at, bin_task = plan_tasks(v_at, h_at, n_bins)
+    task_changed = np.zeros(task_r.shape[0], np.int64)
+    for b in prange(n_bins):
+        for j in range(bin_at[b], bin_at[b + 1]):
+            t = bin_task[j]
+            r = task_r[t]
+            o = task_o[t]
+            a = p_start[r] + v_at[r, o]
+            e = p_start[r] + v_at[r, o + 1]
+            ha = h_start[r] + h_at[r, o]
+            he = h_start[r] + h_at[r, o + 1]
+            task_changed[t] = receive_object(p_loc[a:e], p_conf[a:e], loc[r], h_order[ha:he], ev[r], mmd, weight,
+                                             bounded, np.empty(0, np.float32))
+    changed = np.zeros(n_mod, np.int64)
+    for t in range(task_r.shape[0]):
+        changed[task_r[t]] += task_changed[t]
+    return counts, changed
 
 
 @njit(**_PLAIN)
@@ -341,17 +472,15 @@ def exchange_votes(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rc
     -------
     n_votes : int64 (M,), votes each module sent
     changed : int64 (M,), rows of each receiver whose evidence a vote changed
+
+    The episode kernel (``kernels.evidence_voting``) runs the same body with its loops in
+    parallel (:func:`exchange_body`).
     """
-    n_mod = obj.shape[0]
-    votes = gather_votes(obj, ev, loc, rot, n_rows, sends, threshold)
-    start = votes[0]
-    n_votes = np.zeros(n_mod, np.int64)
-    changed = np.zeros(n_mod, np.int64)
-    for m in range(n_mod):
-        n_votes[m] = start[m + 1] - start[m]
-    for r in range(n_mod):
-        changed[r] = receive_module(r, obj, loc, ev, n_rows, sensed, sends, conn, votes, rcv)
-    return n_votes, changed
+    n_obj = 0
+    for m in range(obj.shape[0]):
+        for h in range(n_rows[m]):
+            n_obj = max(n_obj, obj[m, h] + 1)
+    return exchange_body(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv, n_obj, 1)
 
 
 def receiving(weight, bounded, mmd, mode) -> Receiving:

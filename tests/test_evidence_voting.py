@@ -92,7 +92,9 @@ def test_modules_without_votes_are_each_the_one_module_kernel(episode_case):
         np.testing.assert_array_equal(trace[:steps, m], s[5][:steps])
 
 
-def test_a_step_with_votes_is_the_step_then_the_exchange(episode_case):
+# bins: the vote searches' task bins (one per thread in a run); the result must not depend on them
+@pytest.mark.parametrize("bins", [1, 2, 3])
+def test_a_step_with_votes_is_the_step_then_the_exchange(episode_case, bins):
     case = episode_case
     obs = case["obs"]
     other = {k: np.ascontiguousarray(np.roll(v, -2, axis=0)) for k, v in obs.items()}
@@ -106,6 +108,7 @@ def test_a_step_with_votes_is_the_step_then_the_exchange(episode_case):
     st1, hyp1, st2, hyp2 = copy(st), copy(hyp), copy(st), copy(hyp)
     _, _, st1, hyp1, _ = _multi(case, step, off, 20000, fp=fp, ip=ip, state=(st1, hyp1))
     on = evv.vote_params(kv.connectivity("all", 2), 0.8, 1.0, 1, kv.VOTE_ROTATE, True)
+    on.ivote[evv.IV_BINS] = bins
     _, _, st2, hyp2, trace2 = _multi(case, step, on, 20000, fp=fp, ip=ip, state=(st2, hyp2))
     n_rows = st1.istate[:, IS_N_HYP].copy()
     sensed = np.stack([step[0]["location"][0], step[1]["location"][0]]).astype(F32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import numba
 import numpy as np
 
 from kernels import evidence as kev
@@ -121,6 +122,9 @@ class ModulesModel:
         T = obs.location.shape[1]
         trace = np.full((T, self.n_modules, n_obj), -np.inf, np.float32)
         hyp = self._hypotheses(first.initial_capacity())
+        # the vote searches' bins: one per thread this episode runs on (engine.run.cpu_share may
+        # have lowered it); results do not depend on it
+        self.vp.ivote[kvv.IV_BINS] = numba.get_num_threads()
         t = 0
         code = kev.RUNNING
         seconds = 0.0
