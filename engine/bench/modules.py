@@ -11,7 +11,8 @@ Per row two passes over the evaluation episodes:
 
 - the episodes as they run (``accuracy``, ``mean_steps``);
 - the cost: every episode run for exactly ``cost_steps`` matching steps (no terminal check
-  before), fastest of ``repeats`` runs per episode: ``matching_step_s`` (kernel seconds per
+  before), fastest of ``repeats`` runs per episode, the rows in turn episode by episode
+  (so that drift hits every row alike): ``matching_step_s`` (kernel seconds per
   step of all modules and their votes) and ``module_step_s`` (that over the modules), the
   same steps for every row, so rows compare step for step.
 """
@@ -79,6 +80,7 @@ def run_module_rows(row_keys, counts=MODULE_COUNTS, n_points: int = 20_000, trai
         return mm
 
     rows = []
+    costs = {}
     for n in counts:
         row = {k: None for k in row_keys}
         s = dataclasses.replace(base, n_modules=n, min_lms_match=_min_match(n), voting="all" if n > 1 else None)
@@ -92,24 +94,28 @@ def run_module_rows(row_keys, counts=MODULE_COUNTS, n_points: int = 20_000, trai
             det = [int(st.istate[m, 7]) for m in range(n) if int(st.istate[m, 6]) == 1]
             if code == 1 and det and max(set(det), key=det.count) == target:
                 correct += 1
-        cost = model_of(dataclasses.replace(s, min_eval_steps=10 * cost_steps), n, cost_steps)
-        secs = 0.0
-        for e in eval_rows:
-            best = None
-            for _ in range(repeats):
-                _, st, _, sec = cost.run_episode([steps(m, e) for m in range(n)])
-                best = sec if best is None else min(best, sec)
-            secs += best
-        step_s = secs / (cost_steps * len(eval_rows))
+        costs[n] = model_of(dataclasses.replace(s, min_eval_steps=10 * cost_steps), n, cost_steps)
         row.update({"suite": "evidence", "case": "modules", "implementation": f"engine-{n}lm", "n_modules": n,
                     "n_objects": len(objects), "updater": "burst", "n_points": n_points, "train_steps": train_steps,
                     "eval_rotations": eval_rotations, "eval_steps": eval_steps, "n_eval_episodes": len(eval_rows),
                     "accuracy": correct / len(eval_rows), "mean_steps": n_steps / len(eval_rows),
-                    "matching_steps": cost_steps, "repeats": repeats, "matching_step_s": step_s,
-                    "module_step_s": step_s / n, "train_s": train_s, "compile_s": compile_s})
+                    "matching_steps": cost_steps, "repeats": repeats, "train_s": train_s, "compile_s": compile_s})
+        rows.append(row)
+    # the cost pass, the rows side by side: episode by episode, every module count in turn, so
+    # that the machine's drift (2 noisy cores) hits every row alike
+    secs = dict.fromkeys(counts, 0.0)
+    for e in eval_rows:
+        for n in counts:
+            best = None
+            for _ in range(repeats):
+                _, st, _, sec = costs[n].run_episode([steps(m, e) for m in range(n)])
+                best = sec if best is None else min(best, sec)
+            secs[n] += best
+    for n, row in zip(counts, rows):
+        step_s = secs[n] / (cost_steps * len(eval_rows))
+        row.update({"matching_step_s": step_s, "module_step_s": step_s / n})
         log.info("%d modules: %.3f ms per step, accuracy %.2f, %.1f steps", n, step_s * 1e3, row["accuracy"],
                  row["mean_steps"])
-        rows.append(row)
     return rows
 
 
