@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
+from engine.cli import main
+from engine.run import model_file
 from tests.cli_helpers import ok_cli, run_cli
 
 TINY = """
@@ -91,10 +94,84 @@ def test_make_dataset_with_patches_replays_the_simulation(tmp_path, capsys):
     assert code == 2 and "holds 3 sensor patches per step, but evidence.n_modules is 2" in err
 
 
-def test_several_modules_cannot_be_saved_yet(tmp_path, capsys):
-    path = _config(tmp_path)
-    code, out, err = run_cli(capsys, "train", str(path), "--save", str(tmp_path / "m.npz"))
-    assert code == 2 and "evidence.n_modules" in err and "one module only" in err
+def _episode_rows(folder):
+    with (folder / "episodes.csv").open(newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def _rewritten(src, dst, change):
+    """The model file ``src`` written again through ``write_model`` (its digest right) with
+    ``change(arrays, settings)`` applied."""
+    saved = model_file.read_model(src, mmap=False)
+    arrays = {k: np.array(v) for k, v in saved.arrays.items()}
+    m = saved.meta
+    settings = dict(m["settings"])
+    change(arrays, settings)
+    model_file.write_model(dst, m["model_type"], arrays, config=m["config"], trained_on=m["trained_on"],
+                           feature_columns=m["feature_columns"], settings=settings, training=m["training"])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def saved_modules(tmp_path_factory):
+    """A three-module run that trains, and the same training saved (``train --save``)."""
+    tmp = tmp_path_factory.mktemp("saved_modules")
+    path = _config(tmp, ", voting: all")
+    assert main(["run", str(path), "--out", str(tmp / "trained"), "-q"]) == 0
+    assert main(["train", str(path), "--save", str(tmp / "m.npz"), "-q"]) == 0
+    return path, tmp
+
+
+def test_several_modules_round_trip(saved_modules, capsys):
+    path, tmp = saved_modules
+    ok_cli(capsys, "run", str(path), "--out", str(tmp / "loaded"), "--model", str(tmp / "m.npz"))
+    assert _episode_rows(tmp / "trained") == _episode_rows(tmp / "loaded")
+    a = json.loads((tmp / "trained" / "summary.json").read_text())
+    b = json.loads((tmp / "loaded" / "summary.json").read_text())
+    for key in ("accuracy", "n_modules", "module_accuracy", "mean_modules_matched", "mean_steps",
+                "mean_rotation_error_deg"):
+        assert a[key] == b[key], key
+    assert b["train_s"] == 0.0
+    saved = model_file.read_model(tmp / "m.npz")
+    assert saved.settings["n_modules"] == 3
+    assert {k.split(".")[0] for k in saved.arrays} == {"module0", "module1", "module2"}
+
+
+@pytest.mark.parametrize("change, text", [
+    ("nan", "member 'module1.node_pos' holds NaN"),  # (write_model refuses NaN: written raw)
+    (lambda a, s: a.pop("module2.order"), "member 'module2.order' is missing (an evidence model of 3 modules"),
+    (lambda a, s: a.__setitem__("module3.order", a["module2.order"]), "unexpected member 'module3.order'"),
+    (lambda a, s: a["module1.cand_node"].__setitem__(0, 10 ** 6), "module 1: member 'cand_node'"),
+    (lambda a, s: a.__setitem__("module2.node_feat", a["module2.node_feat"][:, :1].copy()),
+     "module 2: member 'node_feat': shape"),
+    (lambda a, s: a.__setitem__("module1.object_names", a["module1.object_names"][::-1].copy()),
+     "the modules hold different objects"),
+    (lambda a, s: s.__setitem__("n_modules", 2), "holds 2 learning module(s), but"),
+    (lambda a, s: s.__setitem__("n_modules", "3"), "setting 'n_modules' must be an integer >= 1"),
+])
+def test_bad_model_of_several_modules_exit_2(saved_modules, capsys, tmp_path, change, text):
+    path, tmp = saved_modules
+    bad = tmp_path / "bad.npz"
+    if change == "nan":
+        with np.load(tmp / "m.npz") as z:
+            raw = {k: np.array(z[k]) for k in z.files}
+        raw["module1.node_pos"][0, 0] = np.nan
+        np.savez(bad, **raw)
+    else:
+        _rewritten(tmp / "m.npz", bad, change)
+    code, out, err = run_cli(capsys, "run", str(path), "--out", str(tmp_path / "out"), "--model", str(bad))
+    assert code == 2, (out, err)
+    assert text in err and str(bad) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_module_count_must_match_the_model(saved_modules, capsys, tmp_path):
+    path, tmp = saved_modules
+    one = tmp_path / "one.yaml"
+    one.write_text(path.read_text().replace("n_modules: 3, min_lms_match: 2", "n_modules: 1, min_lms_match: 1"))
+    code, out, err = run_cli(capsys, "run", str(one), "--out", str(tmp_path / "out"), "--model", str(tmp / "m.npz"))
+    assert code == 2 and "holds 3 learning module(s), but" in err and "evidence.n_modules 1" in err, err
 
 
 def test_variants_are_named_as_the_benchmark_names_them():
@@ -128,3 +205,14 @@ def test_stepwise_is_the_fused_path_with_several_modules(tmp_path, capsys):
             out[stepwise] = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     assert out["false"] == out["true"]
     assert len(out["false"]) == 8 and "modules_matched" in out["false"][0]
+
+
+def test_sweeps_train_anew_for_another_module_count(tmp_path):
+    """A sweep shares one saved model between points that differ only in evaluation settings:
+    the votes' settings are, the module count is not (each module learns its own model)."""
+    from engine.config import load_config
+    from engine.models.evidence.run import evaluation_settings
+
+    keys = evaluation_settings(load_config(_config(tmp_path, ", voting: all")))
+    assert "evidence.n_modules" not in keys
+    assert {"evidence.voting", "evidence.vote_weight", "evidence.min_lms_match"} <= set(keys)

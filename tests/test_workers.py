@@ -47,6 +47,7 @@ def _summary(folder):
     ("nearest_spiral.yaml", ["--set", "data.size=400", "--set", "experiment.max_train_steps=400",
                              "--set", "experiment.max_eval_steps=400", "--set", "experiment.n_eval_epochs=3"], (3,)),
     ("recorded_evidence.yaml", [], (2, 3)),
+    ("recorded_5lm.yaml", [], (2,)),  # five modules that vote
 ])
 def test_same_results_whatever_the_workers(tmp_path, capsys, config, extra, counts):
     cfg = ROOT / "configs" / config

@@ -418,7 +418,8 @@ def evaluation_settings(cfg) -> tuple[str, ...]:
     from engine.models.evidence.policy_settings import PolicySettings
 
     return ("model.confidence_threshold",) + tuple(
-        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings) if f.name not in LEARNING_SETTINGS
+        f"evidence.{f.name}" for f in dataclasses.fields(EvidenceSettings)
+        if f.name not in LEARNING_SETTINGS and f.name != "n_modules"  # modules learn one model each
     ) + tuple(f"policy.{f.name}" for f in dataclasses.fields(PolicySettings))
 
 
@@ -454,34 +455,45 @@ def training_digest(ex) -> str:
     return digest_arrays(parts())
 
 
+def module_prefix(m: int) -> str:
+    """The member-name prefix of module ``m``'s arrays in a model file of several modules."""
+    return f"module{m}."
+
+
 def save_state(ex) -> dict:
-    """What a model file keeps of a trained evidence experiment (``engine.run.model_file``)."""
+    """What a model file keeps of a trained evidence experiment (``engine.run.model_file``).
+
+    One module: :data:`MODEL_ARRAYS` as they are. Several (``evidence.n_modules`` > 1): each
+    module's :data:`MODEL_ARRAYS` under its :func:`module_prefix` (``module0.node_pos``, ...),
+    and ``n_modules`` among the settings."""
     from engine.run.model_file import settings_of
 
     model = ex.model
-    _one_module_only(ex.config, "saving a model")
+    n_mod = ex.config.evidence.n_modules
+    modules = model.modules if n_mod > 1 else [model]
     if not model.object_names:
         raise UserError(f"{ex.config.source_file}: nothing was learned (no training episodes, or do_train is "
                         "false): there is no model to save")
-    arrays = dict(model.model_arrays()._asdict())
-    arrays["order"] = model.node_order()
-    arrays["object_names"] = np.array(model.object_names)
+    arrays = {}
+    for m, mod in enumerate(modules):
+        prefix = module_prefix(m) if n_mod > 1 else ""
+        own = dict(mod.model_arrays()._asdict())
+        own["order"] = mod.node_order()
+        own["object_names"] = np.array(mod.object_names)
+        arrays.update({prefix + k: v for k, v in own.items()})
+    settings = settings_of(ex.config.evidence, LEARNING_SETTINGS + GRID_SETTINGS)
+    if n_mod > 1:
+        settings["n_modules"] = n_mod
     return {
         "arrays": arrays,
         "feature_columns": [str(n) for n in ex.dataset.feature_names],
-        "settings": settings_of(ex.config.evidence, LEARNING_SETTINGS + GRID_SETTINGS),
+        "settings": settings,
         "training": {"n_train_episodes": len(ex._episode_rows(0)) if ex.config.experiment.do_train else 0,
                      "n_train_epochs": ex.config.experiment.n_train_epochs,
                      "max_train_steps": ex.config.experiment.max_train_steps,
                      "nodes_per_object": model.nodes_per_object},
         "trained_on": training_digest(ex),
     }
-
-
-def _one_module_only(cfg, what: str) -> None:
-    if cfg.evidence.n_modules > 1:
-        raise UserError(f"{cfg.source_file}: evidence.n_modules: {what} is supported for one module only "
-                        f"(n_modules is {cfg.evidence.n_modules})")
 
 
 def _check_model_contents(saved, sizes: dict) -> None:
@@ -518,20 +530,62 @@ def _check_model_contents(saved, sizes: dict) -> None:
         raise bad("member 'object_names': names must be distinct and not empty")
 
 
-def load_state(ex, saved) -> None:
-    """Make ``ex`` (built by :func:`build`) evaluate the saved model instead of training.
-
-    The data's feature columns and the learning settings (:data:`LEARNING_SETTINGS`) must
-    be the ones the model was learned with; the grid settings (:data:`GRID_SETTINGS`) may
-    differ (the node grid is rebuilt from the nodes); every other setting may differ."""
+def _saved_module(cfg, ex, settings, view):
+    """One module's ``EvidenceModel`` from its arrays (``view``: a ``SavedModel`` whose arrays are
+    that module's), checked."""
     from engine.models.evidence.model import EvidenceModel
     from engine.run import model_file
     from kernels import evidence_layout as layout
 
+    sizes = model_file.check_arrays(view, MODEL_ARRAYS, {"F": len(ex.feature_names)})
+    _check_model_contents(view, sizes)
+    arrays = view.arrays
+    models = layout.object_models(*(arrays[name] for name, _, _ in layout.MODEL_FIELDS))
+    names = tuple(str(x) for x in arrays["object_names"])
+    return EvidenceModel.from_saved(cfg.evidence, ex.feature_names, models, arrays["order"], names,
+                                    (settings["max_match_distance"], settings["max_nneighbors"]),
+                                    max_eval_steps=cfg.experiment.max_eval_steps)
+
+
+def _saved_modules(cfg, ex, saved, settings, n_mod: int):
+    """A ``ModulesModel`` of the ``n_mod`` modules of a model file (see :func:`save_state`)."""
+    from engine.models.evidence.modules import ModulesModel
+    from engine.run.model_file import SavedModel
+
+    wanted = {module_prefix(m) + name for m in range(n_mod) for name, _, _ in MODEL_ARRAYS}
+    extra = sorted(set(saved.arrays) - wanted)
+    if extra:
+        raise saved.error(f"unexpected member '{extra[0]}' for an evidence model of {n_mod} modules")
+    modules = []
+    for m in range(n_mod):
+        prefix = module_prefix(m)
+        own = {k[len(prefix):]: v for k, v in saved.arrays.items() if k.startswith(prefix)}
+        missing = [prefix + name for name, _, _ in MODEL_ARRAYS if name not in own]
+        if missing:
+            raise saved.error(f"member '{missing[0]}' is missing (an evidence model of {n_mod} modules needs it)")
+        # the module's arrays by their own names; errors say which module
+        modules.append(_saved_module(cfg, ex, settings,
+                                     SavedModel(f"{saved.path}: module {m}", saved.meta, own, saved.digest)))
+    names = {mod.object_names for mod in modules}
+    if len(names) != 1:
+        raise saved.error("the modules hold different objects (every module learns the same objects)")
+    model = ModulesModel(cfg.evidence, ex.feature_names, n_mod, max_eval_steps=cfg.experiment.max_eval_steps)
+    model.modules = modules
+    return model
+
+
+def load_state(ex, saved) -> None:
+    """Make ``ex`` (built by :func:`build`) evaluate the saved model instead of training.
+
+    The data's feature columns and the learning settings (:data:`LEARNING_SETTINGS`) must
+    be the ones the model was learned with, and so must ``evidence.n_modules`` (a file of one
+    module has none); the grid settings (:data:`GRID_SETTINGS`) may differ (each module's node
+    grid is rebuilt from its nodes); every other setting may differ."""
+    from engine.run import model_file
+
     try:
         cfg = ex.config
         where = cfg.source_file
-        _one_module_only(cfg, "evaluating a saved model")
         model_file.check_feature_columns(saved, [str(n) for n in ex.dataset.feature_names], where)
         model_file.check_settings(saved, model_file.settings_of(cfg.evidence, LEARNING_SETTINGS), where,
                                   "evidence")
@@ -539,14 +593,17 @@ def load_state(ex, saved) -> None:
         for key in GRID_SETTINGS:
             if key not in settings:
                 raise saved.error(f"setting '{key}' is missing from the model's meta")
-        sizes = model_file.check_arrays(saved, MODEL_ARRAYS, {"F": len(ex.feature_names)})
-        _check_model_contents(saved, sizes)
-        arrays = saved.arrays
-        models = layout.object_models(*(arrays[name] for name, _, _ in layout.MODEL_FIELDS))
-        names = tuple(str(x) for x in arrays["object_names"])
-        model = EvidenceModel.from_saved(cfg.evidence, ex.feature_names, models, arrays["order"], names,
-                                         (settings["max_match_distance"], settings["max_nneighbors"]),
-                                         max_eval_steps=cfg.experiment.max_eval_steps)
+        n_saved = settings.get("n_modules", 1)
+        if isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1:
+            raise saved.error(f"setting 'n_modules' must be an integer >= 1, got {n_saved!r}")
+        n_mod = cfg.evidence.n_modules
+        if n_saved != n_mod:
+            raise saved.error(f"holds {n_saved} learning module(s), but {where} sets evidence.n_modules {n_mod} "
+                              "(evaluate it with as many modules as it was trained with, or retrain)")
+        if n_mod == 1:
+            model = _saved_module(cfg, ex, settings, saved)
+        else:
+            model = _saved_modules(cfg, ex, saved, settings, n_mod)
     except BaseException:
         if ex.episode_kernel_ahead is not None:
             ex.episode_kernel_ahead.stop()
