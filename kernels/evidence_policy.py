@@ -36,14 +36,14 @@ from .timing import ticks
 _NEG_INF = np.float32(-np.inf)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _to_object(q, v, out):
     """``out = Q^T v`` (float32 in, float64 sums, float32 out)."""
     for i in range(3):
         out[i] = np.float32(np.float64(q[i]) * v[0] + np.float64(q[3 + i]) * v[1] + np.float64(q[6 + i]) * v[2])
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def try_jump(model, st, hyp, obs, t, points, normals, pol):
     """The goal-state generator after step ``t - 1``: when it asks for a hypothesis test, the
     target (:func:`kernels.policy.graph_mismatch`) seen from ``desired_object_distance`` x 1.5
@@ -130,7 +130,7 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
     return hit
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def advance(model, st, hyp, obs, t, surf, pol):
     """Move the sensor over ``surf`` (``kernels.policy.SurfaceSamples``) for step ``t`` and write
     its observation into row ``t`` of ``obs``.

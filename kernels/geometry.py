@@ -102,7 +102,7 @@ _Z64 = np.int64(0)
 _ONE64 = np.int64(1)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def tangent_basis(n):
     """Two unit vectors ``e1, e2`` with ``(n, e1, e2)`` orthonormal and right-handed.
 
@@ -579,7 +579,7 @@ def _describe(a):
 # --------------------------------------------------------------------------- walk
 
 
-@njit(**HELPER)
+@njit(**HELPER, fastmath=False)
 def rotate_about(h, axis, angle):
     """Rodrigues rotation of vector ``h`` about unit ``axis`` by ``angle`` (float32)."""
     c = np.float32(np.cos(angle))
@@ -596,7 +596,7 @@ def rotate_about(h, axis, angle):
     return out
 
 
-@njit(**HELPER)
+@njit(**HELPER, fastmath=False)
 def to_tangent(h, n):
     """``h`` projected onto the plane normal to unit ``n`` and normalised; a fixed tangent
     when the projection vanishes."""
@@ -618,7 +618,7 @@ def to_tangent(h, n):
     return out
 
 
-@njit(**HELPER)
+@njit(**HELPER, fastmath=False)
 def transport_heading(h, n_old, n_new):
     """Parallel transport of tangent ``h`` from the plane of ``n_old`` to that of ``n_new``:
     the smallest rotation taking ``n_old`` to ``n_new``, applied to ``h``, then projected
@@ -638,7 +638,7 @@ def transport_heading(h, n_old, n_new):
     return to_tangent(h, n_new)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def snap_move(points, normals, tree, cur, h, step, target, nb_idx, nb_dist):
     """One step's snap of the walk (:func:`surface_walk_kernel`, and the policies' moves in
     ``kernels.policy``): aim ``step`` along tangent

@@ -516,7 +516,7 @@ def _radius2(r):
     return rf * rf
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False)
 def knn_rows(tree, queries, lo, hi, k, r2, out_idx, out_dist, rows):
     """k-nearest search of the queries ``lo:hi`` into caller-owned outputs; for
     ``@njit`` callers that search often (no allocation per call), no validation.

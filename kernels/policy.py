@@ -157,7 +157,7 @@ def new_policy_state(fparams, iparams, seed, rotation, n_steps, start):
 # --------------------------------------------------------------------------- RNG
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def rng_next(rng):
     """splitmix64: the next uint64 of the state ``rng`` uint64 (1,) (advanced)."""
     s = rng[0] + np.uint64(0x9E3779B97F4A7C15)
@@ -168,13 +168,13 @@ def rng_next(rng):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def rng_uniform(rng):
     """A float64 uniform in [0, 1) (53 random bits)."""
     return np.float64(rng_next(rng) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def rng_normal(rng):
     """A standard normal float64 (Box-Muller, one of the pair)."""
     u1 = rng_uniform(rng)
@@ -185,12 +185,12 @@ def rng_normal(rng):
 # --------------------------------------------------------------------------- small helpers
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _dot3(a, b):
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _signed_angle(a, b, n):
     """Angle (float64, rad, in [-pi, pi]) turning tangent ``a`` onto ``b`` about ``n``."""
     cx = a[1] * b[2] - a[2] * b[1]
@@ -201,7 +201,7 @@ def _signed_angle(a, b, n):
     return np.arctan2(s, c)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _angle(a, b):
     """tbp.monty's ``get_angle_beefed_up``: the angle between ``a`` and ``b`` (float64), inf
     when either is (nearly) zero or NaN."""
@@ -216,7 +216,7 @@ def _angle(a, b):
 # --------------------------------------------------------------------------- the walk's move
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def move_along(points, normals, tree, cur, h, step):
     """Move from sample ``cur`` along tangent ``h`` (float32 (3,)) by ``step`` (:func:`snap_move`)
     and carry the heading into the new tangent plane. Returns ``(row, h)``; the row is
@@ -232,7 +232,7 @@ def move_along(points, normals, tree, cur, h, step):
     return cur, h
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def walk_move(points, normals, tree, cur, h, step, turn):
     """One step of today's walk: turn tangent heading ``h`` about the normal by ``turn``
     (float32, rad), then :func:`move_along`. Returns ``(row, h)``.
@@ -244,7 +244,7 @@ def walk_move(points, normals, tree, cur, h, step, turn):
     return move_along(points, normals, tree, cur, h, step)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def start_heading(normals, cur, heading):
     """The walk's first heading: ``heading`` float32 (3,) projected into sample ``cur``'s tangent plane."""
     return to_tangent(heading, normals[cur])
@@ -253,13 +253,13 @@ def start_heading(normals, cur, heading):
 # --------------------------------------------------------------------------- curvature policy
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _set_heading(fstate, h):
     for j in range(3):
         fstate[SF_HEADING + j] = h[j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _heading_from_angle(n, angle):
     """The tangent at ``angle`` (rad) in sample's basis ``tangent_basis(n)`` (float32 (3,))."""
     n64 = np.empty(3)
@@ -274,13 +274,13 @@ def _heading_from_angle(n, angle):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _turned(h, n, angle):
     """``h`` turned about ``n`` by ``angle`` (float64 rad), kept in the tangent plane."""
     return to_tangent(rotate_about(h, n, np.float32(angle)), n)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def avoid_revisits(h, n, history, n_hist, pc_first, rng):
     """tbp.monty's ``avoid_revisiting_locations`` (conflict_divisor 3, max_steps 100).
 
@@ -319,7 +319,7 @@ def avoid_revisits(h, n, history, n_hist, pc_first, rng):
             divisor += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _conflict_one(h, history, n_hist, i, divisor):
     """tbp.monty's ``conflict_check`` for visited location ``i`` (all-time index) against the
     newest (the present one): is it ahead (within pi / divisor of ``h``), on a similar
@@ -336,7 +336,7 @@ def _conflict_one(h, history, n_hist, i, divisor):
     return _angle(history[cur, 3:6], history[r, 3:6]) <= _PI / 4
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def push_history(pol, loc, normal):
     """Append a visited location and its normal (object frame) to the ring."""
     r = pol.istate[SI_N_HIST] % HISTORY
@@ -346,7 +346,7 @@ def push_history(pol, loc, normal):
     pol.istate[SI_N_HIST] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _standard_step(pol, n, rng):
     """tbp.monty's ``perform_standard_tang_step``: a momentum step (the heading turned by
     ``alpha`` times a uniform angle in [-pi, pi); a random heading when there is none),
@@ -368,7 +368,7 @@ def _standard_step(pol, n, rng):
     _set_heading(fs, h)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _reset_pc(pol):
     """tbp.monty's ``reset_pc_buffers``."""
     si = pol.istate
@@ -379,7 +379,7 @@ def _reset_pc(pol):
         pol.fstate[SF_PREV_PC + j] = _NAN
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
     """tbp.monty's ``SurfacePolicyCurvatureInformed.tangential_direction``: the next heading.
 
@@ -461,14 +461,14 @@ def curvature_heading(pol, n, dirs, curv, pose_defined, rng):
 # --------------------------------------------------------------------------- goal-state generator
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _n_possible(obj_max, obj_count, x_percent):
     """Possible objects (tbp.monty's ``_threshold_possible_matches``: the evidence step's
     ``mark_possible_objects`` rule) at ``x_percent``; how many."""
     return mark_possible_objects(obj_max, obj_count, x_percent, np.empty(obj_max.shape[0], np.uint8))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def top_two(obj_max, obj_count, mlh_obj):
     """tbp.monty's ``get_top_two_mlh_ids``: the most likely object (the MLH's, ``mlh_obj``)
     and the next (highest best evidence among the others, first on ties); -1 for none."""
@@ -485,7 +485,7 @@ def top_two(obj_max, obj_count, mlh_obj):
     return top, second
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def best_row(hyp_obj, hyp_ev, n, o, skip):
     """The row of object ``o``'s highest evidence among the first ``n`` rows, other than
     ``skip`` (first on ties; -1: none)."""
@@ -496,7 +496,7 @@ def best_row(hyp_obj, hyp_ev, n, o, skip):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _euler_xyz(r):
     """Extrinsic xyz Euler angles (scipy's ``as_euler("xyz")``) of row-major rotation ``r`` (9,)."""
     y = -np.arcsin(min(1.0, max(-1.0, np.float64(r[6]))))
@@ -505,7 +505,7 @@ def _euler_xyz(r):
     return x, y, z
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def goal_check(pol, obj_max, obj_count, hyp_obj, n_rows, mlh, hyp_rot, matching_steps, rng):
     """tbp.monty's ``EvidenceGoalGenerator._check_conditions_for_hypothesis_test``.
 
@@ -549,7 +549,7 @@ def goal_check(pol, obj_max, obj_count, hyp_obj, n_rows, mlh, hyp_rot, matching_
     return False, False, top, second
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     """tbp.monty's ``_compute_graph_mismatch``: the node of the first hypothesis' object
     (nodes ``lo1 .. hi1``) farthest from the second hypothesis' object (nodes ``lo2 .. hi2``)
@@ -603,7 +603,7 @@ def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     return arg
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def mapped_nearest(node_pos, a, lo2, hi2, loc1, rot1, loc2, rot2):
     """Distance (float64) from node ``a`` of the first graph, brought into the second's frame
     as :func:`graph_mismatch` does, to the nearest node ``lo2 .. hi2`` (inf: none)."""
@@ -626,7 +626,7 @@ def mapped_nearest(node_pos, a, lo2, hi2, loc1, rot1, loc2, rot2):
     return np.sqrt(best)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def ray_hit(points, normals, origin, direction, radius):
     """The sample the sensor at ``origin`` looking along unit ``direction`` sees: the nearest
     along the ray of the samples within ``radius`` of it (float64 arithmetic). -1 when none
@@ -657,7 +657,7 @@ def ray_hit(points, normals, origin, direction, radius):
 # --------------------------------------------------------------------------- observation
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def observe(points, normals, curvature, directions, row, pol, rng, obs, t):
     """Write the observation at surface sample ``row`` into row ``t`` of ``obs``
     (``kernels.evidence_layout.Observations``): location and pose rows rotated into the
@@ -740,7 +740,7 @@ def observe(points, normals, curvature, directions, row, pol, rng, obs, t):
     obs.kappa[t] = max(abs(lg1), abs(lg2))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _euler_matrix(ax, ay, az):
     """``Rz(az) Ry(ay) Rx(ax)`` (extrinsic xyz, float64 (3, 3))."""
     cx, sx = np.cos(ax), np.sin(ax)

@@ -117,7 +117,7 @@ def kth_smallest(a, k, max_rounds=-1):
 _RADIX_PASSES = ((21, 11), (10, 11), (0, 10))  # (shift, bits): 32 bits, high to low
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def kth_smallest_f32(a, k):
     """The k-th smallest (0-based) of the float32 1-D array ``a``, leaving ``a`` as it is.
 

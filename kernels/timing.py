@@ -32,7 +32,7 @@ def _readcyclecounter(typingctx):
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def ticks():
     """The CPU cycle counter (int64); differences measure time, see ``ticks_per_second``."""
     return _readcyclecounter()
