@@ -150,7 +150,9 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
         errs = [r["rotation_error_deg"] for r in ok if r["rotation_error_deg"] is not None]
         return {"matching_step_s": side["seconds"] / side["steps"], "matching_steps": side["steps"],
                 "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
-                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None, "train_s": train_s}
+                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None,
+                "median_rotation_error_deg": statistics.median(errs) if errs else None,
+                "p90_rotation_error_deg": _percentile(errs, 90.0), "train_s": train_s}
 
     import numba
 
@@ -222,12 +224,14 @@ def format_comparison(r: dict) -> str:
              f"{r['passes']} passes, alternating episode by episode ({r['gap_s']:g} s idle before each); "
              f"max_nneighbors {r['max_nneighbors']}",
              f"{'system':<16} {'ms/step':>9} {'steps timed':>11} {'correct':>8} {'mean steps':>10} "
-             f"{'rot err':>8} {'train s':>8}"]
+             f"{'rot err mean / median / p90':>27} {'train s':>8}"]
     for name, key in (("ours", "ours"), (f"tbp.monty {r['tbp_monty_version']}", "tbp_monty")):
         s = r[key]
-        err = "-" if s["mean_rotation_error_deg"] is None else f"{s['mean_rotation_error_deg']:.2f}"
+        err = "-" if s["mean_rotation_error_deg"] is None else (
+            f"{s['mean_rotation_error_deg']:.2f} / {s['median_rotation_error_deg']:.2f} / "
+            f"{s['p90_rotation_error_deg']:.2f}")
         lines.append(f"{name:<16} {1e3 * s['matching_step_s']:>9.3f} {s['matching_steps']:>11} "
-                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>8} {s['train_s']:>8.1f}")
+                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>27} {s['train_s']:>8.1f}")
     lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
     lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms per "
                  f"step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
@@ -247,6 +251,16 @@ def format_comparison(r: dict) -> str:
                      f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps")
     lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
+
+
+def _percentile(xs, q: float):
+    """The ``q``-th percentile of ``xs`` (linear interpolation, as numpy's default); None if empty."""
+    if not xs:
+        return None
+    v = sorted(float(x) for x in xs)
+    pos = (len(v) - 1) * q / 100.0
+    i = int(pos)
+    return v[i] if i + 1 >= len(v) else v[i] + (v[i + 1] - v[i]) * (pos - i)
 
 
 def _deg(x) -> str:
