@@ -239,6 +239,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "configs" / "data",
                    help="folder to write rocks_20/ and objects_10/ into (default: configs/data)")
     a = p.parse_args(argv)
+    try:
+        import skimage.measure  # noqa: F401  (marching cubes, for objects_10)
+    except ImportError:
+        print("error: profiling/mesh_sets.py needs scikit-image (pip install scikit-image; the tbp.monty venv "
+              "has it)", file=sys.stderr)
+        return 2
     for name, files in write_sets(a.out).items():
         print(f"{name}: {len(files)} meshes in {files[0].parent}")
     return 0
