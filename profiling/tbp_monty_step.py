@@ -249,6 +249,16 @@ def evaluate_episode(monty, lm, ds, e: int, hue_col, max_eval_steps: int) -> dic
     if outcome == "time_out":
         detected = stats["most_likely_object"]
     rot_err = stats.get("rotation_error")
+    # the most likely hypothesis' own pose error (the reported pose), whatever the symmetry rule
+    # scored: a match by symmetry scores the nearest of the poses still possible
+    mlh = lm._get_current_mlh()
+    mlh_err = None
+    if mlh.get("graph_id") == target and "rotation" in mlh:
+        from tbp.monty.frameworks.utils.logging_utils import compute_pose_error
+        from tbp.monty.geometry import Rotation
+
+        mlh_err = float(compute_pose_error(mlh["rotation"].inv(), Rotation.from_quat(lm.primary_target_rotation_quat),
+                                           return_degrees=True))
     return {
         "episode": int(e),
         "object": target,
@@ -256,6 +266,8 @@ def evaluate_episode(monty, lm, ds, e: int, hue_col, max_eval_steps: int) -> dic
         "outcome": outcome,
         "tbp_performance": perf,
         "rotation_error_deg": None if rot_err is None else float(rot_err),
+        "symmetric": perf == "correct" and lm.buffer.stats.get("symmetric_rotations") is not None,
+        "mlh_rotation_error_deg": mlh_err,
         "steps": int(monty.matching_steps),
         "step_times_s": times,
     }

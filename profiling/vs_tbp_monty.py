@@ -33,7 +33,12 @@ for how to make that venv; it also needs numba and PyYAML for our engine), from 
 repository root::
 
     /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10.yaml \\
-        [--set key=value ...] [--passes 2] [--episodes N] [--json PATH]
+        [--set key=value ...] [--passes 2] [--episodes N] [--json PATH] [--episodes-csv PATH]
+
+``--episodes-csv`` writes one row per evaluation episode, both systems side by side
+(``EPISODE_COLUMNS``): outcome, steps, the scored rotation error (for a match by symmetry the
+nearest pose still possible, tbp.monty's rule) and the most likely hypothesis' own error (the
+pose reported), so a flip hidden by the symmetric minimum shows.
 
 A profiling tool: no test or CI runs it.
 """
@@ -66,7 +71,20 @@ def _our_episode(ex, e: int) -> dict:
     code, istate, _, secs, sc = ex.model.eval_episode(ex.dataset, ex.features, e)
     return {"outcome": sc["outcome"], "steps": int(istate[kev.IS_MATCHING_STEPS]), "seconds": float(secs),
             "rotation_error_deg": sc["rotation_error_deg"], "detected": sc["detected"],
-            "symmetric": bool(sc["symmetric"])}
+            "symmetric": bool(sc["symmetric"]), "mlh_rotation_error_deg": _mlh_error(ex, e, sc)}
+
+
+def _mlh_error(ex, e: int, sc: dict):
+    """The most likely hypothesis' own rotation error (the reported pose) when its object is the
+    episode's, in degrees; a match by symmetry scores the nearest possible pose instead."""
+    from engine.data.rotations import quat_to_matrix
+    from engine.models.evidence.model import rotation_angle_deg
+
+    ds = ex.dataset
+    if sc.get("detected_rotation") is None or sc.get("mlh_object") != str(ds.object_names[int(ds.episode_object[e])]):
+        return None
+    truth = quat_to_matrix(ds.episode_rotation[e].astype("float32")).astype("float64")
+    return rotation_angle_deg(sc["detected_rotation"], truth)
 
 
 def _workers_side(cfg, ex, n_workers: int, log) -> dict:
@@ -135,7 +153,8 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
             ours["steps"] += o["steps"]
             if p == 0:
                 theirs["first"].append({k_: m.get(k_) for k_ in ("outcome", "steps", "rotation_error_deg",
-                                                                  "detected", "symmetric")})
+                                                                  "detected", "symmetric",
+                                                                  "mlh_rotation_error_deg")})
                 ours["first"].append(o)
         log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
             f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
@@ -150,7 +169,9 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
         errs = [r["rotation_error_deg"] for r in ok if r["rotation_error_deg"] is not None]
         return {"matching_step_s": side["seconds"] / side["steps"], "matching_steps": side["steps"],
                 "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
-                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None, "train_s": train_s}
+                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None,
+                "median_rotation_error_deg": statistics.median(errs) if errs else None,
+                "p90_rotation_error_deg": _percentile(errs, 90.0), "train_s": train_s}
 
     import numba
 
@@ -181,7 +202,8 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
 EPISODE_COLUMNS = ("episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
                    "ours_outcome", "ours_detected", "ours_steps", "ours_rotation_error_deg", "ours_symmetric",
                    "tbp_outcome", "tbp_detected", "tbp_steps", "tbp_rotation_error_deg", "tbp_symmetric",
-                   "same_outcome", "rotation_error_diff_deg")
+                   "same_outcome", "rotation_error_diff_deg", "ours_mlh_rotation_error_deg",
+                   "tbp_mlh_rotation_error_deg")
 
 
 def episode_rows(ds, rows, ours: list, theirs: list) -> list[dict]:
@@ -197,7 +219,9 @@ def episode_rows(ds, rows, ours: list, theirs: list) -> list[dict]:
                     "tbp_outcome": m["outcome"], "tbp_detected": m.get("detected"), "tbp_steps": m["steps"],
                     "tbp_rotation_error_deg": em, "tbp_symmetric": m.get("symmetric"),
                     "same_outcome": o["outcome"] == m["outcome"],
-                    "rotation_error_diff_deg": None if eo is None or em is None else float(eo) - float(em)})
+                    "rotation_error_diff_deg": None if eo is None or em is None else float(eo) - float(em),
+                    "ours_mlh_rotation_error_deg": o.get("mlh_rotation_error_deg"),
+                    "tbp_mlh_rotation_error_deg": m.get("mlh_rotation_error_deg")})
     return out
 
 
@@ -222,12 +246,14 @@ def format_comparison(r: dict) -> str:
              f"{r['passes']} passes, alternating episode by episode ({r['gap_s']:g} s idle before each); "
              f"max_nneighbors {r['max_nneighbors']}",
              f"{'system':<16} {'ms/step':>9} {'steps timed':>11} {'correct':>8} {'mean steps':>10} "
-             f"{'rot err':>8} {'train s':>8}"]
+             f"{'rot err mean / median / p90':>27} {'train s':>8}"]
     for name, key in (("ours", "ours"), (f"tbp.monty {r['tbp_monty_version']}", "tbp_monty")):
         s = r[key]
-        err = "-" if s["mean_rotation_error_deg"] is None else f"{s['mean_rotation_error_deg']:.2f}"
+        err = "-" if s["mean_rotation_error_deg"] is None else (
+            f"{s['mean_rotation_error_deg']:.2f} / {s['median_rotation_error_deg']:.2f} / "
+            f"{s['p90_rotation_error_deg']:.2f}")
         lines.append(f"{name:<16} {1e3 * s['matching_step_s']:>9.3f} {s['matching_steps']:>11} "
-                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>8} {s['train_s']:>8.1f}")
+                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>27} {s['train_s']:>8.1f}")
     lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
     lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms per "
                  f"step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
@@ -241,12 +267,27 @@ def format_comparison(r: dict) -> str:
                                                           and abs(e["rotation_error_diff_deg"]) > 5)]
     lines.append(f"episodes: {sum(e['same_outcome'] for e in eps)}/{len(eps)} with the same outcome; "
                  f"{len(differ)} differ in outcome or by more than 5 degrees of rotation error")
+    flips = [sum(1 for e in eps if e[f"{side}_outcome"] == "correct" and (e[f"{side}_mlh_rotation_error_deg"] or 0) > 90)
+             for side in ("ours", "tbp")]
+    lines.append(f"correct episodes whose most likely pose is more than 90 degrees off (scored by the symmetric "
+                 f"minimum): ours {flips[0]}, tbp.monty {flips[1]}")
     for e in differ[:40]:
         lines.append(f"  episode {e['episode']} {e['object']}: ours {e['ours_outcome']} "
                      f"{_deg(e['ours_rotation_error_deg'])} in {e['ours_steps']} steps, tbp.monty {e['tbp_outcome']} "
-                     f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps")
+                     f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps (most likely pose: ours "
+                     f"{_deg(e['ours_mlh_rotation_error_deg'])}, tbp.monty {_deg(e['tbp_mlh_rotation_error_deg'])})")
     lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
+
+
+def _percentile(xs, q: float):
+    """The ``q``-th percentile of ``xs`` (linear interpolation, as numpy's default); None if empty."""
+    if not xs:
+        return None
+    v = sorted(float(x) for x in xs)
+    pos = (len(v) - 1) * q / 100.0
+    i = int(pos)
+    return v[i] if i + 1 >= len(v) else v[i] + (v[i + 1] - v[i]) * (pos - i)
 
 
 def _deg(x) -> str:
