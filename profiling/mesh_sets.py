@@ -15,10 +15,10 @@ Deterministic (fixed seeds); the objects are written as binary PLY files, one ob
 (the engine centres each and scales it to a largest side of 10 cm). Needs trimesh and
 scikit-image (the tbp.monty venv has both)::
 
-    /tmp/venvmonty/bin/python profiling/mesh_sets.py            # writes configs/data/rocks_20, objects_10
+    /tmp/venvmonty/bin/python profiling/mesh_sets.py            # writes profiling/configs/data/rocks_20, objects_10
     /tmp/venvmonty/bin/python profiling/mesh_sets.py --out DIR  # DIR/rocks_20, DIR/objects_10
 
-``configs/rocks_20_noise.yaml`` and ``configs/objects_10_noise.yaml`` read the default folders.
+``profiling/configs/rocks_20_noise.yaml`` and ``profiling/configs/objects_10_noise.yaml`` read the default folders.
 A profiling tool: no test or CI runs it.
 """
 
@@ -236,8 +236,8 @@ def write_sets(out: Path) -> dict[str, list[Path]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "configs" / "data",
-                   help="folder to write rocks_20/ and objects_10/ into (default: configs/data)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "configs" / "data",
+                   help="folder to write rocks_20/ and objects_10/ into (default: profiling/configs/data)")
     a = p.parse_args(argv)
     try:
         import skimage.measure  # noqa: F401  (marching cubes, for objects_10)
