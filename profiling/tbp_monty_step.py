@@ -374,26 +374,14 @@ def evaluate_modules_episode(monty, ds, e: int, hue_col, max_eval_steps: int,
                    "rotation": quat, "scale": np.ones(3)}
     per_lm = list(get_stats_per_lm(monty, target_info, SEED + int(e)).values())
     lms = monty.learning_modules
-    matched = [i for i, lm in enumerate(lms) if lm.terminal_state == "match"]
-    rot_err = None
-    symmetric = None
-    modules_matched = 0
-    if len(matched) >= min_lms_match:
-        counts: dict = {}
-        for i in matched:
-            counts[lms[i].detected_object] = counts.get(lms[i].detected_object, 0) + 1
-        modules_matched = max(counts.values())
-        first = next(i for i in matched if counts[lms[i].detected_object] == modules_matched)
-        detected = lms[first].detected_object
-        outcome = "correct" if detected == target else "confused"
+    res = combine_lm_results([lm.terminal_state for lm in lms], [lm.detected_object for lm in lms],
+                             [s["highest_evidence"] for s in per_lm], [s["most_likely_object"] for s in per_lm],
+                             target, min_lms_match)
+    outcome, detected, modules_matched, first = res
+    rot_err = symmetric = None
+    if first is not None:
         rot_err = per_lm[first]["rotation_error"]
         symmetric = lms[first].buffer.stats.get("symmetric_rotations") is not None
-    elif all(lm.terminal_state == "no_match" for lm in lms):
-        outcome, detected = "no_match", None
-    else:
-        outcome = "time_out"
-        best = max(range(len(lms)), key=lambda i: float(per_lm[i]["highest_evidence"]))
-        detected = per_lm[best]["most_likely_object"]
     return {
         "episode": int(e),
         "object": target,
@@ -410,6 +398,32 @@ def evaluate_modules_episode(monty, ds, e: int, hue_col, max_eval_steps: int,
         "lm_step_times_s": lm_times,
         "vote_times_s": vote_times,
     }
+
+
+def combine_lm_results(terminal_states, detected_objects, highest_evidence, mlh_objects, target,
+                       min_lms_match: int):
+    """The episode's result from its LMs' (our engine's rule for several modules): returns
+    ``(outcome, detected, modules_matched, first)``.
+
+    At least ``min_lms_match`` LMs in terminal state ``"match"``: ``detected`` is the object
+    most of them detected (ties: the one the lowest such LM names), ``modules_matched`` how
+    many of them detected it, ``first`` the lowest of those LMs (whose pose and rotation
+    error stand for the episode) and ``outcome`` ``"correct"`` or ``"confused"``. Every LM
+    ``"no_match"``: ``("no_match", None, 0, None)``. Otherwise ``"time_out"`` with the most
+    likely object of the LM with the highest evidence (ties: the lowest LM)."""
+    matched = [i for i, ts in enumerate(terminal_states) if ts == "match"]
+    if matched and len(matched) >= min_lms_match:
+        counts: dict = {}
+        for i in matched:
+            counts[detected_objects[i]] = counts.get(detected_objects[i], 0) + 1
+        n = max(counts.values())
+        first = next(i for i in matched if counts[detected_objects[i]] == n)
+        det = detected_objects[first]
+        return ("correct" if det == target else "confused"), det, n, first
+    if all(ts == "no_match" for ts in terminal_states):
+        return "no_match", None, 0, None
+    best = max(range(len(terminal_states)), key=lambda i: (float(highest_evidence[i]), -i))
+    return "time_out", mlh_objects[best], 0, None
 
 
 def hue_column(ds) -> int | None:
