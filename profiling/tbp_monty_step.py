@@ -16,7 +16,7 @@ file (docs/dataset-format.md in the shared docs):
   ``AnyLMsMatch(1)``), up to ``max_eval_steps``; episodes are scored by tbp.monty's own
   ``get_graph_lm_episode_stats`` / ``add_evidence_lm_episode_stats``.
 
-Only the ``EvidenceGraphLM.matching_step`` call is timed (``time.perf_counter``), so the
+With one patch only the ``EvidenceGraphLM.matching_step`` call is timed (``time.perf_counter``), so the
 figure compares with our engine's time per matching step measured in the same process or
 VM. Parameters are those of tbp.monty's 10-object benchmark configs
 (``evidence_1lm_nn5*.yaml``, see reference/tbp-monty.md in the shared docs):
@@ -25,6 +25,20 @@ feature weights pose_vectors [1, 1, 1] and principal_curvatures_log [1, 1], tole
 principal_curvatures_log [1, 1], burst-sampling hypotheses updater with max_nneighbors 5
 (use 10 for noisy data), min_eval_steps 20. A dataset with a ``hue`` feature column is fed
 as hsv = (hue, 1, 1) with the benchmark's hsv weights and tolerances.
+
+Several sensor patches (a ``monty-episodes/2`` file, ``S`` patches): one EvidenceGraphLM
+per patch in one ``MontyForEvidenceGraphMatching``, as tbp.monty's 5-LM benchmark
+(``randrot_noise_10distinctobj_5lms_dist_agent``: ``5lm_5sm`` connectivity, LM ``i`` fed by
+sensor module ``patch_i``, the LMs' default ``vote_weight`` 1 and
+``vote_evidence_threshold`` 0.8, ``AnyLMsMatch(count=3)``): each LM learns from its own
+patch in training (all supervised) and, in evaluation, gets its own patch's percept; each
+step then runs tbp.monty's own ``_step_learning_modules``, ``_vote`` (every LM's
+``send_out_vote``, ``_combine_votes`` with each patch's sensed location from the LM's
+buffer, ``receive_votes``) and ``_set_step_type_and_check_if_done`` with the match
+criterion, and all three are timed together (the whole step of all LMs with voting).
+The per-LM scores are tbp.monty's ``get_stats_per_lm``; the episode's result combines them
+as our engine does for several modules (``combine_lm_results``). ``--min-lms-match`` and
+``--no-voting`` change the two settings.
 
 Observations are fed as tbp.monty's sensor module would send them: location, pose vectors
 (normal, curvature directions), pose_fully_defined, on_object and
@@ -52,7 +66,7 @@ and wandb (declared dependencies of tbp-monty) are not needed on this code path.
 Run from the repository root (so ``engine`` imports for the dataset reader)::
 
     /tmp/venvmonty/bin/python profiling/tbp_monty_step.py DATASET.npz \\
-        [--nneighbors K] [--episodes N] [--json PATH]
+        [--nneighbors K] [--episodes N] [--min-lms-match 3] [--no-voting] [--json PATH]
 
 This is a profiling / comparison tool: no test or CI uses it, and it imports tbp.monty only
 inside functions, so the module itself imports without tbp.monty installed.

@@ -28,12 +28,31 @@ each ``EvidenceGraphLM.matching_step`` call (no goal-state generator, so tbp.mon
 figure here leaves out that part of its step: the ratio is, if anything, in its favour).
 Both use the machine's 2 cores (our kernels' threads; tbp.monty's thread per object).
 
+Several modules (a config with ``evidence.n_modules`` > 1, e.g.
+``configs/shapes_10_5lm_noise.yaml``; ``compare_modules``): our voting modules
+(``ModulesExperiment``, one voting episode kernel call per episode) against tbp.monty's
+``MontyForEvidenceGraphMatching`` with as many ``EvidenceGraphLM``s, LM ``i`` fed by patch
+``i`` (training too), tbp.monty's own ``_vote`` over the config's connectivity
+(``voting: all``: its ``5lm_5sm`` matrix), the config's ``vote_weight`` and
+``vote_evidence_threshold`` and ``AnyLMsMatch(min_lms_match)``
+(``tbp_monty_step.evaluate_modules_episode``). tbp.monty's timed step is the whole step of
+all its LMs: ``_step_learning_modules`` + ``_vote`` + ``_set_step_type_and_check_if_done``
+(the first two also reported apart); ours the voting episode kernel's wall time over its
+matching steps. One pass by default (tbp.monty's five LMs take ~0.2 s per step and its
+training ~5x one LM's); ``--monty-cache FILE`` keeps tbp.monty's trained LMs (its own
+``snapshot``) and reuses them when the training data and settings are the same (the clean
+and noisy 5-module configs share theirs). ``--episodes-csv`` gains
+``ours_modules_matched``, ``tbp_modules_matched`` (modules that matched the detected
+object) and ``tbp_lm_performance`` (each LM's own ``primary_performance``).
+
 Needs tbp.monty, so run it with the tbp.monty venv's python (see ``tbp_monty_step.py``
 for how to make that venv; it also needs numba and PyYAML for our engine), from the
 repository root::
 
     /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10.yaml \\
         [--set key=value ...] [--passes 2] [--episodes N] [--json PATH]
+    /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10_5lm_noise.yaml \\
+        --monty-cache /tmp/shapes_10_5lm_monty.pkl --episodes-csv PATH [--episodes N]
 
 A profiling tool: no test or CI runs it.
 """
