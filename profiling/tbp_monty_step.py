@@ -395,7 +395,8 @@ def evaluate_modules_episode(monty, ds, e: int, hue_col, max_eval_steps: int,
     rot_err = symmetric = None
     if first is not None:
         rot_err = per_lm[first]["rotation_error"]
-        symmetric = lms[first].buffer.stats.get("symmetric_rotations") is not None
+        if outcome != "time_out":
+            symmetric = lms[first].buffer.stats.get("symmetric_rotations") is not None
     return {
         "episode": int(e),
         "object": target,
@@ -424,7 +425,8 @@ def combine_lm_results(terminal_states, detected_objects, highest_evidence, mlh_
     many of them detected it, ``first`` the lowest of those LMs (whose pose and rotation
     error stand for the episode) and ``outcome`` ``"correct"`` or ``"confused"``. Every LM
     ``"no_match"``: ``("no_match", None, 0, None)``. Otherwise ``"time_out"`` with the most
-    likely object of the LM with the highest evidence (ties: the lowest LM)."""
+    likely object of the LM with the highest evidence (ties: the lowest LM), ``first`` that
+    LM (its MLH's rotation error, tbp.monty's ``correct_mlh`` one, stands for the episode)."""
     matched = [i for i, ts in enumerate(terminal_states) if ts == "match"]
     if matched and len(matched) >= min_lms_match:
         counts: dict = {}
@@ -437,7 +439,7 @@ def combine_lm_results(terminal_states, detected_objects, highest_evidence, mlh_
     if all(ts == "no_match" for ts in terminal_states):
         return "no_match", None, 0, None
     best = max(range(len(terminal_states)), key=lambda i: (float(highest_evidence[i]), -i))
-    return "time_out", mlh_objects[best], 0, None
+    return "time_out", mlh_objects[best], 0, best
 
 
 def hue_column(ds) -> int | None:

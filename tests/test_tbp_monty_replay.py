@@ -61,7 +61,7 @@ def test_too_few_matches_is_a_time_out_with_the_strongest_module():
     states = ["match", "match", None, "no_match", "time_out"]
     out = _combine(states, ["mug", "mug", None, None, None], evidence=[1.0, 4.0, 4.0, -1.0, 2.0],
                    mlh=["a", "b", "c", "d", "e"])
-    assert out == ("time_out", "b", 0, None)  # modules 1 and 2 tie at 4.0: the lower one
+    assert out == ("time_out", "b", 0, 1)  # modules 1 and 2 tie at 4.0: the lower one
 
 
 def test_every_module_without_a_match_is_no_match():
