@@ -216,7 +216,8 @@ def _our_modules_episode(ex, i: int) -> dict:
 
 
 def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: float = 0.3,
-                    warm_up: bool = True, monty_cache: Path | None = None, log=print) -> dict:
+                    warm_up: bool = True, monty_cache: Path | None = None, log=print,
+                    episodes_csv: Path | None = None) -> dict:
     """``compare`` for a config with ``evidence.n_modules`` > 1: our voting modules against
     tbp.monty's MontyForEvidenceGraphMatching with as many EvidenceGraphLMs, its voting and
     ``AnyLMsMatch(min_lms_match)`` (``tbp_monty_step.evaluate_modules_episode``).
@@ -225,7 +226,9 @@ def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: f
     ``_set_step_type_and_check_if_done`` (all LMs' matching steps, the vote exchange, the
     terminal checks); ours: the voting episode kernel's wall time. ``monty_cache``: a file
     for tbp.monty's trained LMs (``tbp_monty_step.save_trained``), reused when its training
-    data and settings are the same (clean and noisy configs share their training data)."""
+    data and settings are the same (clean and noisy configs share their training data).
+    ``episodes_csv``: rewritten after every episode of the first pass (a long run stopped
+    early keeps what it measured)."""
     import tbp_monty_step as tms
 
     from engine.data.dataset import EVAL
@@ -286,10 +289,12 @@ def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: f
                 theirs["first"].append({k_: m.get(k_) for k_ in ("outcome", "steps", "rotation_error_deg", "detected",
                                                                   "symmetric", "modules_matched", "lm_performance")})
                 ours["first"].append(o)
-                log(f"  episode {i} {m['object']}: tbp.monty {m['outcome']} {m['steps']} steps "
-                    f"{1e3 * statistics.fmean(m['step_times_s']):.1f} ms/step, matched {m['modules_matched']}; "
-                    f"ours {o['outcome']} {o['steps']} steps {1e3 * o['seconds'] / max(1, o['steps']):.2f} ms/step, "
-                    f"matched {o['modules_matched']}")
+                log(f"  episode {i} {m['object']}: tbp.monty {m['outcome']} {_deg(m['rotation_error_deg'])} "
+                    f"{m['steps']} steps {1e3 * statistics.fmean(m['step_times_s']):.1f} ms/step, matched "
+                    f"{m['modules_matched']}; ours {o['outcome']} {_deg(o['rotation_error_deg'])} {o['steps']} steps "
+                    f"{1e3 * o['seconds'] / max(1, o['steps']):.2f} ms/step, matched {o['modules_matched']}")
+                if episodes_csv:
+                    write_episodes_csv(episodes_csv, episode_rows(ds, rows, ours["first"], theirs["first"]))
         log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
             f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
             f"tbp.monty {1e3 * theirs['seconds'] / theirs['steps']:.2f} ms per matching step")
@@ -444,7 +449,7 @@ def main(argv=None) -> int:
             if a.workers:
                 raise UserError(f"{a.config}: --workers needs saved models, not available with several modules")
             r = compare_modules(cfg, passes=max(1, a.passes or 1), episodes=a.episodes, gap=max(0.0, a.gap),
-                                warm_up=a.warm_up, monty_cache=a.monty_cache, log=log)
+                                warm_up=a.warm_up, monty_cache=a.monty_cache, log=log, episodes_csv=a.episodes_csv)
         else:
             r = compare(cfg, passes=max(1, a.passes or 2), episodes=a.episodes, gap=max(0.0, a.gap),
                         warm_up=a.warm_up, workers=max(0, a.workers), log=log)
