@@ -28,12 +28,31 @@ each ``EvidenceGraphLM.matching_step`` call (no goal-state generator, so tbp.mon
 figure here leaves out that part of its step: the ratio is, if anything, in its favour).
 Both use the machine's 2 cores (our kernels' threads; tbp.monty's thread per object).
 
+Several modules (a config with ``evidence.n_modules`` > 1, e.g.
+``configs/shapes_10_5lm_noise.yaml``; ``compare_modules``): our voting modules
+(``ModulesExperiment``, one voting episode kernel call per episode) against tbp.monty's
+``MontyForEvidenceGraphMatching`` with as many ``EvidenceGraphLM``s, LM ``i`` fed by patch
+``i`` (training too), tbp.monty's own ``_vote`` over the config's connectivity
+(``voting: all``: its ``5lm_5sm`` matrix), the config's ``vote_weight`` and
+``vote_evidence_threshold`` and ``AnyLMsMatch(min_lms_match)``
+(``tbp_monty_step.evaluate_modules_episode``). tbp.monty's timed step is the whole step of
+all its LMs: ``_step_learning_modules`` + ``_vote`` + ``_set_step_type_and_check_if_done``
+(the first two also reported apart); ours the voting episode kernel's wall time over its
+matching steps. One pass by default (tbp.monty's five LMs take ~0.2 s per step and its
+training ~5x one LM's); ``--monty-cache FILE`` keeps tbp.monty's trained LMs (its own
+``snapshot``) and reuses them when the training data and settings are the same (the clean
+and noisy 5-module configs share theirs). ``--episodes-csv`` gains
+``ours_modules_matched``, ``tbp_modules_matched`` (modules that matched the detected
+object) and ``tbp_lm_performance`` (each LM's own ``primary_performance``).
+
 Needs tbp.monty, so run it with the tbp.monty venv's python (see ``tbp_monty_step.py``
 for how to make that venv; it also needs numba and PyYAML for our engine), from the
 repository root::
 
     /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10.yaml \\
         [--set key=value ...] [--passes 2] [--episodes N] [--json PATH] [--episodes-csv PATH]
+    /tmp/venvmonty/bin/python profiling/vs_tbp_monty.py configs/shapes_10_5lm_noise.yaml \\
+        --monty-cache /tmp/shapes_10_5lm_monty.pkl --episodes-csv PATH [--episodes N]
 
 ``--episodes-csv`` writes one row per evaluation episode, both systems side by side
 (``EPISODE_COLUMNS``): outcome, steps, the scored rotation error (for a match by symmetry the
@@ -163,15 +182,7 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     alone = [_our_episode(ex, e) for e in rows]
     alone_s = sum(o["seconds"] for o in alone) / sum(o["steps"] for o in alone)
 
-    def summary(side, train_s):
-        first = side["first"]
-        ok = [r for r in first if r["outcome"] == "correct"]
-        errs = [r["rotation_error_deg"] for r in ok if r["rotation_error_deg"] is not None]
-        return {"matching_step_s": side["seconds"] / side["steps"], "matching_steps": side["steps"],
-                "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
-                "mean_rotation_error_deg": statistics.fmean(errs) if errs else None,
-                "median_rotation_error_deg": statistics.median(errs) if errs else None,
-                "p90_rotation_error_deg": _percentile(errs, 90.0), "train_s": train_s}
+    summary = _summary
 
     import numba
 
@@ -198,6 +209,139 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     return out
 
 
+def _summary(side, train_s):
+    """A system's figures: time per matching step, and accuracy, mean steps and rotation
+    error (mean, median and 90th percentile over its correct episodes) of its first pass."""
+    first = side["first"]
+    ok = [r for r in first if r["outcome"] == "correct"]
+    errs = [r["rotation_error_deg"] for r in ok if r["rotation_error_deg"] is not None]
+    out = {"matching_step_s": side["seconds"] / side["steps"], "matching_steps": side["steps"],
+           "accuracy": len(ok) / len(first), "mean_steps": statistics.fmean(r["steps"] for r in first),
+           "mean_rotation_error_deg": statistics.fmean(errs) if errs else None,
+           "median_rotation_error_deg": statistics.median(errs) if errs else None,
+           "p90_rotation_error_deg": _percentile(errs, 90.0), "train_s": train_s}
+    if first and "modules_matched" in first[0]:
+        out["mean_modules_matched"] = statistics.fmean(r["modules_matched"] for r in first)
+    return out
+
+
+def _our_modules_episode(ex, i: int) -> dict:
+    """Our evaluation episode ``i`` (index among the evaluation episodes) of several modules:
+    one voting episode kernel call (``ModulesModel.run_episode``); seconds its wall time."""
+    rec = ex.evaluate_episode(0, i)
+    return {"outcome": rec.outcome, "steps": int(rec.steps), "seconds": float(rec.seconds),
+            "rotation_error_deg": rec.rotation_error_deg, "detected": rec.detected,
+            "symmetric": bool(rec.symmetric), "modules_matched": int(rec.modules_matched),
+            "module_outcomes": list(rec.module_outcomes)}
+
+
+def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: float = 0.3,
+                    warm_up: bool = True, monty_cache: Path | None = None, log=print,
+                    episodes_csv: Path | None = None) -> dict:
+    """``compare`` for a config with ``evidence.n_modules`` > 1: our voting modules against
+    tbp.monty's MontyForEvidenceGraphMatching with as many EvidenceGraphLMs, its voting and
+    ``AnyLMsMatch(min_lms_match)`` (``tbp_monty_step.evaluate_modules_episode``).
+
+    tbp.monty's timed step: ``_step_learning_modules`` + ``_vote`` +
+    ``_set_step_type_and_check_if_done`` (all LMs' matching steps, the vote exchange, the
+    terminal checks); ours: the voting episode kernel's wall time. ``monty_cache``: a file
+    for tbp.monty's trained LMs (``tbp_monty_step.save_trained``), reused when its training
+    data and settings are the same (clean and noisy configs share their training data).
+    ``episodes_csv``: rewritten after every episode of the first pass (a long run stopped
+    early keeps what it measured)."""
+    import tbp_monty_step as tms
+
+    from engine.data.dataset import EVAL
+    from engine.data.episodes import build_dataset
+    from engine.models.evidence.modules import ModulesExperiment
+
+    ev = cfg.evidence
+    n = ev.n_modules
+    ds = build_dataset(cfg)
+    hue_col = tms.hue_column(ds)
+    ex = ModulesExperiment(cfg, ds)
+    our_compile_s = ex.warmup()
+    our_train_s = ex.train()
+    log(f"ours: {n} modules trained in {our_train_s:.1f} s (compile/cache load {our_compile_s:.1f} s apart), "
+        f"nodes per object (summed over modules) {ex.model.nodes_per_object}")
+    k = ev.max_nneighbors
+    voting = None if ev.voting is None else ev.voting if isinstance(ev.voting, str) else [list(v) for v in ev.voting]
+    monty = tms.build_monty_modules(n, k, 20, "burst", True, hue_col is not None, voting=voting,
+                                    vote_weight=ev.vote_weight, vote_evidence_threshold=ev.vote_evidence_threshold,
+                                    min_lms_match=ev.min_lms_match)
+    settings = {"n_modules": n, "hsv": hue_col is not None}  # what the graph models depend on
+    monty_train_s = None
+    key = tms.training_key(ds, settings) if monty_cache else None
+    if monty_cache:
+        monty_train_s = tms.load_trained(monty_cache, monty, key)
+        if monty_train_s is not None:
+            log(f"tbp.monty: trained LMs loaded from {monty_cache} (trained in {monty_train_s:.1f} s)")
+    if monty_train_s is None:
+        monty_train_s = tms.train(monty, monty.learning_modules[0], ds, hue_col)
+        log(f"tbp.monty: {n} LMs trained in {monty_train_s:.1f} s")
+        if monty_cache:
+            tms.save_trained(monty_cache, monty, key, monty_train_s)
+    nodes = tms.nodes_per_object(monty)
+    log(f"tbp.monty: nodes per object and LM {nodes}")
+
+    rows = [int(e) for e in ds.episode_indices(EVAL)]
+    if episodes is not None:
+        rows = rows[:episodes]
+    max_steps = cfg.experiment.max_eval_steps
+    ours = {"seconds": 0.0, "steps": 0, "first": []}
+    theirs = {"seconds": 0.0, "steps": 0, "lm_seconds": 0.0, "vote_seconds": 0.0, "first": []}
+    for p in range(passes):
+        t_pass = time.perf_counter()
+        for i, e in enumerate(rows):
+            time.sleep(gap)
+            m = tms.evaluate_modules_episode(monty, ds, e, hue_col, max_steps, ev.min_lms_match)
+            time.sleep(gap)
+            if warm_up:  # untimed: the episode before this one, as in a run of ours alone
+                _our_modules_episode(ex, i - 1 if i else len(rows) - 1)
+            o = _our_modules_episode(ex, i)
+            theirs["seconds"] += sum(m["step_times_s"])
+            theirs["lm_seconds"] += sum(m["lm_step_times_s"])
+            theirs["vote_seconds"] += sum(m["vote_times_s"])
+            theirs["steps"] += len(m["step_times_s"])
+            ours["seconds"] += o["seconds"]
+            ours["steps"] += o["steps"]
+            if p == 0:
+                theirs["first"].append({k_: m.get(k_) for k_ in ("outcome", "steps", "rotation_error_deg", "detected",
+                                                                  "symmetric", "modules_matched", "lm_performance")})
+                ours["first"].append(o)
+                log(f"  episode {i} {m['object']}: tbp.monty {m['outcome']} {_deg(m['rotation_error_deg'])} "
+                    f"{m['steps']} steps {1e3 * statistics.fmean(m['step_times_s']):.1f} ms/step, matched "
+                    f"{m['modules_matched']}; ours {o['outcome']} {_deg(o['rotation_error_deg'])} {o['steps']} steps "
+                    f"{1e3 * o['seconds'] / max(1, o['steps']):.2f} ms/step, matched {o['modules_matched']}")
+                if episodes_csv:
+                    write_episodes_csv(episodes_csv, episode_rows(ds, rows, ours["first"], theirs["first"]))
+        log(f"pass {p + 1}/{passes}: {len(rows)} episodes each, {time.perf_counter() - t_pass:.1f} s; so far "
+            f"ours {1e3 * ours['seconds'] / ours['steps']:.3f} ms, "
+            f"tbp.monty {1e3 * theirs['seconds'] / theirs['steps']:.2f} ms per matching step")
+
+    import numba
+
+    import kernels
+
+    out = {"config": str(cfg.source_file), "n_objects": len(ds.object_names), "n_eval_episodes": len(rows),
+           "n_modules": n, "voting": voting, "min_lms_match": ev.min_lms_match, "vote_weight": ev.vote_weight,
+           "vote_evidence_threshold": ev.vote_evidence_threshold, "vote_transform": ev.vote_transform,
+           "openmp": f"{kernels.OPENMP_WAIT_POLICY_SOURCE}: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+                     f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, numba threading layer "
+                     f"{numba.threading_layer()}, {numba.get_num_threads()} threads",
+           "passes": passes, "gap_s": gap, "max_nneighbors": k, "tbp_monty_version": tms.tbp_version(),
+           "tbp_monty_timed": "_step_learning_modules + _vote + _set_step_type_and_check_if_done",
+           "ours": _summary(ours, our_train_s), "tbp_monty": _summary(theirs, monty_train_s),
+           "our_nodes_per_object": [int(x) for x in ex.model.nodes_per_object],
+           "tbp_monty_nodes_per_object": nodes}
+    out["tbp_monty"]["lm_steps_s"] = theirs["lm_seconds"] / theirs["steps"]
+    out["tbp_monty"]["vote_s"] = theirs["vote_seconds"] / theirs["steps"]
+    out["speedup"] = out["tbp_monty"]["matching_step_s"] / out["ours"]["matching_step_s"]
+    out["episodes"] = episode_rows(ds, rows, ours["first"], theirs["first"])
+    out["warm_up"] = warm_up
+    return out
+
+
 #: the columns of ``--episodes-csv``: one row per evaluation episode, both systems side by side
 EPISODE_COLUMNS = ("episode", "object", "rotation_w", "rotation_x", "rotation_y", "rotation_z",
                    "ours_outcome", "ours_detected", "ours_steps", "ours_rotation_error_deg", "ours_symmetric",
@@ -206,8 +350,13 @@ EPISODE_COLUMNS = ("episode", "object", "rotation_w", "rotation_x", "rotation_y"
                    "tbp_mlh_rotation_error_deg")
 
 
+#: the extra columns with several modules: how many modules matched the detected object
+MODULE_COLUMNS = ("ours_modules_matched", "tbp_modules_matched", "tbp_lm_performance")
+
+
 def episode_rows(ds, rows, ours: list, theirs: list) -> list[dict]:
-    """One dict per evaluation episode (``EPISODE_COLUMNS``): the first pass of each system."""
+    """One dict per evaluation episode (``EPISODE_COLUMNS``, and ``MODULE_COLUMNS`` with
+    several modules): the first pass of each system."""
     out = []
     for i, (e, o, m) in enumerate(zip(rows, ours, theirs)):
         q = [float(x) for x in ds.episode_rotation[e]]
@@ -222,6 +371,9 @@ def episode_rows(ds, rows, ours: list, theirs: list) -> list[dict]:
                     "rotation_error_diff_deg": None if eo is None or em is None else float(eo) - float(em),
                     "ours_mlh_rotation_error_deg": o.get("mlh_rotation_error_deg"),
                     "tbp_mlh_rotation_error_deg": m.get("mlh_rotation_error_deg")})
+        if "modules_matched" in o:
+            out[-1].update(ours_modules_matched=o["modules_matched"], tbp_modules_matched=m["modules_matched"],
+                           tbp_lm_performance=" ".join(m["lm_performance"]))
     return out
 
 
@@ -231,11 +383,12 @@ def write_episodes_csv(path: Path, rows: list[dict]) -> None:
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=EPISODE_COLUMNS, lineterminator="\n")
+    cols = EPISODE_COLUMNS + (MODULE_COLUMNS if rows and "ours_modules_matched" in rows[0] else ())
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]))
-                    for k in EPISODE_COLUMNS})
+                    for k in cols})
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
@@ -246,17 +399,26 @@ def format_comparison(r: dict) -> str:
              f"{r['passes']} passes, alternating episode by episode ({r['gap_s']:g} s idle before each); "
              f"max_nneighbors {r['max_nneighbors']}",
              f"{'system':<16} {'ms/step':>9} {'steps timed':>11} {'correct':>8} {'mean steps':>10} "
-             f"{'rot err mean / median / p90':>27} {'train s':>8}"]
+             f"{'rot err mean / median / p90':>27} {'train s':>8}" + (" matched" if "n_modules" in r else "")]
     for name, key in (("ours", "ours"), (f"tbp.monty {r['tbp_monty_version']}", "tbp_monty")):
         s = r[key]
         err = "-" if s["mean_rotation_error_deg"] is None else (
             f"{s['mean_rotation_error_deg']:.2f} / {s['median_rotation_error_deg']:.2f} / "
             f"{s['p90_rotation_error_deg']:.2f}")
         lines.append(f"{name:<16} {1e3 * s['matching_step_s']:>9.3f} {s['matching_steps']:>11} "
-                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>27} {s['train_s']:>8.1f}")
+                     f"{s['accuracy']:>8.1%} {s['mean_steps']:>10.1f} {err:>27} {s['train_s']:>8.1f}"
+                     + (f" {s['mean_modules_matched']:>7.2f}" if "mean_modules_matched" in s else ""))
     lines.append(f"tbp.monty's matching step / ours: {r['speedup']:.1f}x (means over all timed steps)")
-    lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms per "
-                 f"step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
+    if "n_modules" in r:
+        t = r["tbp_monty"]
+        lines.append(f"{r['n_modules']} modules, voting {r['voting']}, min_lms_match {r['min_lms_match']}, "
+                     f"vote_weight {r['vote_weight']:g}, vote_evidence_threshold {r['vote_evidence_threshold']:g}, "
+                     f"our vote_transform {r['vote_transform']}; tbp.monty timed: {r['tbp_monty_timed']} "
+                     f"({1e3 * t['lm_steps_s']:.1f} ms the LMs' steps, {1e3 * t['vote_s']:.1f} ms the vote, "
+                     f"the rest the terminal checks); ours: the voting episode kernel's wall time")
+    else:
+        lines.append(f"ours alone afterwards, episodes back to back: {1e3 * r['ours_back_to_back_step_s']:.3f} ms "
+                     f"per step; warm-up run before each of ours: {'yes' if r['warm_up'] else 'no'}")
     w = r.get("ours_workers")
     if w:
         lines.append(f"ours over {w['workers']} worker processes: evaluation wall time {w['eval_s']:.2f} s for "
@@ -272,9 +434,11 @@ def format_comparison(r: dict) -> str:
     lines.append(f"correct episodes whose most likely pose is more than 90 degrees off (scored by the symmetric "
                  f"minimum): ours {flips[0]}, tbp.monty {flips[1]}")
     for e in differ[:40]:
+        matched = (f" ({e['ours_modules_matched']} / {e['tbp_modules_matched']} modules matched)"
+                   if "ours_modules_matched" in e else "")
         lines.append(f"  episode {e['episode']} {e['object']}: ours {e['ours_outcome']} "
                      f"{_deg(e['ours_rotation_error_deg'])} in {e['ours_steps']} steps, tbp.monty {e['tbp_outcome']} "
-                     f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps (most likely pose: ours "
+                     f"{_deg(e['tbp_rotation_error_deg'])} in {e['tbp_steps']} steps{matched} (most likely pose: ours "
                      f"{_deg(e['ours_mlh_rotation_error_deg'])}, tbp.monty {_deg(e['tbp_mlh_rotation_error_deg'])})")
     lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
@@ -298,7 +462,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="an evidence config (e.g. configs/shapes_10.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--passes", type=int, default=2, help="timed passes over the evaluation episodes")
+    p.add_argument("--passes", type=int, default=None,
+                   help="timed passes over the evaluation episodes (default 2; 1 with several modules)")
     p.add_argument("--episodes", type=int, default=None, help="only the first N evaluation episodes")
     p.add_argument("--gap", type=float, default=0.3, help="idle seconds before each timed episode")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
@@ -306,6 +471,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="also evaluate ours over N worker processes from a saved model (the throughput ratio)")
     p.add_argument("--episodes-csv", type=Path, help="write the per-episode comparison (both systems) as CSV")
+    p.add_argument("--monty-cache", type=Path,
+                   help="several modules: keep tbp.monty's trained LMs in this file and reuse them when the "
+                        "training data and settings are the same")
     p.add_argument("--json", type=Path, help="also write the result as JSON")
     a = p.parse_args(argv)
     from engine.config import load_config
@@ -315,8 +483,15 @@ def main(argv=None) -> int:
         cfg = load_config(a.config, a.overrides)
         if cfg.model.type != "evidence":
             raise UserError(f"{a.config}: model.type must be evidence")
-        r = compare(cfg, passes=max(1, a.passes), episodes=a.episodes, gap=max(0.0, a.gap), warm_up=a.warm_up,
-                    workers=max(0, a.workers), log=lambda s: print(s, file=sys.stderr, flush=True))
+        log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        if cfg.evidence.n_modules > 1:
+            if a.workers:
+                raise UserError(f"{a.config}: --workers needs saved models, not available with several modules")
+            r = compare_modules(cfg, passes=max(1, a.passes or 1), episodes=a.episodes, gap=max(0.0, a.gap),
+                                warm_up=a.warm_up, monty_cache=a.monty_cache, log=log, episodes_csv=a.episodes_csv)
+        else:
+            r = compare(cfg, passes=max(1, a.passes or 2), episodes=a.episodes, gap=max(0.0, a.gap),
+                        warm_up=a.warm_up, workers=max(0, a.workers), log=log)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
