@@ -72,7 +72,7 @@ Blocks = namedtuple("Blocks", "max arg cnt slope dead")
 # --------------------------------------------------------------------------- small helpers
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def candidate_frames(sensed_pose, pose_defined, n_umbilical):
     """Candidate sensed frames of section 3.1.
 
@@ -324,7 +324,7 @@ def _samples_per_object(obj_start, pose_defined, n_umbilical, updater, multiplie
     return k_nodes, h
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def _top_nodes(phi, lo, hi, k, salt, out):
     """Rows of the ``k`` largest ``phi[lo:hi]`` into ``out[:k]``.
 
@@ -366,7 +366,7 @@ def _top_nodes(phi, lo, hi, k, salt, out):
             i -= n
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def _gcd(a, b):
     while b:
         a, b = b, a % b
@@ -376,7 +376,7 @@ def _gcd(a, b):
 # --------------------------------------------------------------------------- compaction
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def _live_rows(n, hyp_obj, live):
     """The live rows (``hyp_obj >= 0``) among the first ``n``, for compaction.
 
@@ -396,7 +396,7 @@ def _live_rows(n, hyp_obj, live):
     return first, w
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def _move_rows(a, live, first, n_live):
     """``a[i] = a[live[i]]`` for ``first <= i < n_live``, whole rows (``a`` C-contiguous, any
     rank), in order: ``live`` rises and ``live[i] >= i``, so no row is overwritten before
@@ -412,7 +412,7 @@ def _move_rows(a, live, first, n_live):
                 b[i, c] = b[src, c]
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def _compact(n, hyp):
     """Move the live rows (``hyp.obj >= 0``) of the first ``n`` down over the dead ones,
     keeping their order, in every field of ``hyp`` (``Hypotheses``). Returns the number
@@ -433,7 +433,7 @@ def _compact(n, hyp):
 # --------------------------------------------------------------------------- terminal helpers
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def mark_possible_objects(obj_max, obj_count, x_percent, possible):
     """Section 5.2: which objects are still possible; returns how many.
 
@@ -481,7 +481,7 @@ def mark_possible_objects(obj_max, obj_count, x_percent, possible):
     return n_poss
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def terminal_check(n, o_best, g_best, mlh, prm, st, hyp):
     """Sections 5.3-5.5 for the single possible object ``o_best``: match or not.
 
@@ -656,7 +656,7 @@ def node_feature_evidence(model, prm, obs, t):
     return phi
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def new_queries(n_rows, k):
     """Scratch ``Queries`` for a block of ``n_rows`` rows and ``k`` neighbours."""
     n_pad = (n_rows + LANES - 1) // LANES * LANES
@@ -664,7 +664,7 @@ def new_queries(n_rows, k):
                    np.zeros(n_pad, np.int64), np.zeros((9, n_pad), np.float32), np.empty(n_pad, np.float32))
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=FASTMATH)
 def new_blocks(n_chunks, n_obj):
     """Per-block outputs of phase 4 for ``n_chunks`` blocks and ``n_obj`` objects, as a
     plain tuple: maxima float32 (n_chunks, n_obj) -inf, their rows int64 -1, counts int64 0,
