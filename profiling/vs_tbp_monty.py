@@ -137,7 +137,6 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     """Train both systems on ``cfg``'s data and time their matching steps side by side."""
     import tbp_monty_step as tms
 
-    from engine.data.dataset import EVAL
     from engine.data.episodes import build_dataset
 
     ds = build_dataset(cfg)
@@ -151,9 +150,7 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     nodes = [int(lm.graph_memory.get_num_nodes_in_graph(g, tms.CHANNEL)) for g in lm.get_all_known_object_ids()]
     log(f"tbp.monty: trained in {monty_train_s:.1f} s, nodes per object {nodes}")
 
-    rows = [int(e) for e in ds.episode_indices(EVAL)]
-    if episodes is not None:
-        rows = rows[:episodes]
+    rows = _eval_rows(ds, episodes)
     max_steps = cfg.experiment.max_eval_steps
     ours = {"seconds": 0.0, "steps": 0, "first": []}
     theirs = {"seconds": 0.0, "steps": 0, "first": []}
@@ -251,7 +248,6 @@ def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: f
     early keeps what it measured)."""
     import tbp_monty_step as tms
 
-    from engine.data.dataset import EVAL
     from engine.data.episodes import build_dataset
     from engine.models.evidence.modules import ModulesExperiment
 
@@ -284,9 +280,7 @@ def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: f
     nodes = tms.nodes_per_object(monty)
     log(f"tbp.monty: nodes per object and LM {nodes}")
 
-    rows = [int(e) for e in ds.episode_indices(EVAL)]
-    if episodes is not None:
-        rows = rows[:episodes]
+    rows = _eval_rows(ds, episodes)
     max_steps = cfg.experiment.max_eval_steps
     ours = {"seconds": 0.0, "steps": 0, "first": []}
     theirs = {"seconds": 0.0, "steps": 0, "lm_seconds": 0.0, "vote_seconds": 0.0, "first": []}
@@ -442,6 +436,14 @@ def format_comparison(r: dict) -> str:
                      f"{_deg(e['ours_mlh_rotation_error_deg'])}, tbp.monty {_deg(e['tbp_mlh_rotation_error_deg'])})")
     lines.append(f"OpenMP: {r['openmp']}")
     return "\n".join(lines)
+
+
+def _eval_rows(ds, episodes):
+    """The evaluation episodes' rows of ``ds`` (the first ``episodes`` of them; None: all)."""
+    from engine.data.dataset import EVAL
+
+    rows = [int(e) for e in ds.episode_indices(EVAL)]
+    return rows if episodes is None else rows[:episodes]
 
 
 def _percentile(xs, q: float):
