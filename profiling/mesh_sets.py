@@ -25,6 +25,7 @@ A profiling tool: no test or CI runs it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -239,9 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "configs" / "data",
                    help="folder to write rocks_20/ and objects_10/ into (default: profiling/configs/data)")
     a = p.parse_args(argv)
-    try:
-        import skimage.measure  # noqa: F401  (marching cubes, for objects_10)
-    except ImportError:
+    if importlib.util.find_spec("skimage") is None:  # marching cubes, for objects_10
         print("error: profiling/mesh_sets.py needs scikit-image (pip install scikit-image; the tbp.monty venv "
               "has it)", file=sys.stderr)
         return 2
