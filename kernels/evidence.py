@@ -58,10 +58,8 @@ from .evidence_layout import (
     CELLS_PER_RADIUS, IS_N_HYP, NEED_CAPACITY, RUNNING, Hypotheses, ObjectModels, Observations, Params, State,
 )
 from .evidence_phases import (  # noqa: F401  (candidate_frames, feature_evidence_into re-exported)
-    candidate_frames, feature_evidence_into, one_step,
+    candidate_frames, feature_evidence_into, one_step, record_best,
 )
-
-_NEG_INF = np.float32(-np.inf)
 
 
 # --------------------------------------------------------------------------- the step
@@ -94,15 +92,13 @@ def evidence_episode(model, prm, st, hyp, obs, first_step, trace):
     n_steps = obs.location.shape[0]
     obj_max = st.obj_max
     obj_count = st.obj_count
-    n_obj = obj_max.shape[0]
     code = RUNNING
     t = first_step
     while t < n_steps:
         code = one_step(model, prm, st, hyp, obs, t)
         if code == NEED_CAPACITY:
             return code, t
-        for o in range(n_obj):
-            trace[t, o] = obj_max[o] if obj_count[o] > 0 else _NEG_INF
+        record_best(trace[t], obj_max, obj_count)
         t += 1
         if code != RUNNING:
             break

@@ -556,6 +556,14 @@ def terminal_check(n, o_best, g_best, mlh, prm, st, hyp):
 # --------------------------------------------------------------------------- the phases
 
 
+@njit(inline="always")
+def record_best(row, obj_max, obj_count):
+    """A trace row (float32 (O,)): each object's best evidence after a step, -inf for an
+    object without hypotheses (both episode kernels record it after ``one_step``)."""
+    for o in range(obj_max.shape[0]):
+        row[o] = obj_max[o] if obj_count[o] > 0 else np.float32(-np.inf)
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def begin_step(obj_start, prm, st, hyp, pose_defined):
     """Phase 1: burst trigger (before anything moves), compaction, capacity.

@@ -23,7 +23,7 @@ from numba import njit
 
 from ._flags import FASTMATH
 from .evidence_layout import IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, NEED_CAPACITY, RUNNING
-from .evidence_phases import one_step
+from .evidence_phases import one_step, record_best
 from .policy import (
     PF_DOD, PF_RAY_RADIUS, PF_REVERSE, PF_STEP, PF_TURN_SD, PI_JUMPS, PI_TYPE, SF_HEADING, SF_PREV_ROT, SI_CUR,
     SI_GOAL_STEP, SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_TICKS, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading,
@@ -32,8 +32,6 @@ from .policy import (
 )
 from .geometry import to_tangent
 from .timing import ticks
-
-_NEG_INF = np.float32(-np.inf)
 
 
 @njit(cache=True, fastmath=False)
@@ -210,7 +208,6 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
     n_steps = obs.location.shape[0]
     obj_max = st.obj_max
     obj_count = st.obj_count
-    n_obj = obj_max.shape[0]
     stop = n_steps if n_run <= 0 else min(n_steps, first_step + n_run)
     code = RUNNING
     t = first_step
@@ -223,8 +220,7 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
         code = one_step(model, prm, st, hyp, obs, t)
         if code == NEED_CAPACITY:
             return code, t
-        for o in range(n_obj):
-            trace[t, o] = obj_max[o] if obj_count[o] > 0 else _NEG_INF
+        record_best(trace[t], obj_max, obj_count)
         t += 1
         if code != RUNNING:
             break

@@ -47,8 +47,8 @@ from .evidence_layout import (
     RUNNING, TIME_OUT, Hypotheses, ObjectModels, Observations, State,
 )
 from .evidence_phases import (
-    node_feature_evidence, mark_possible_objects, sample_new, terminal_check, update_existing, begin_step, end_step,
-    step_parameters,
+    node_feature_evidence, mark_possible_objects, record_best, sample_new, terminal_check, update_existing,
+    begin_step, end_step, step_parameters,
 )
 from .voting import Receiving, exchange_body
 
@@ -267,8 +267,7 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
         # 7. possible objects and terminal conditions
         code = _modules_terminal(prm, vp, st, hyp, o_best, mlh)
         for m in range(n_mod):
-            for o in range(n_obj):
-                trace[t, m, o] = st.obj_max[m, o] if st.obj_count[m, o] > 0 else _NEG_INF
+            record_best(trace[t, m], st.obj_max[m], st.obj_count[m])
         t += 1
         if code != RUNNING:
             break

@@ -550,6 +550,30 @@ def goal_check(pol, obj_max, obj_count, hyp_obj, n_rows, mlh, hyp_rot, matching_
 
 
 @njit(cache=True, fastmath=False)
+def frame_map(rot1, rot2):
+    """``M = R2 R1^T`` (float64 (3, 3)) of two row-major float32 (9,) rotations: brings the
+    first hypothesis' object frame into the second's (:func:`graph_mismatch`)."""
+    m = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            s = 0.0
+            for k in range(3):
+                s += np.float64(rot2[3 * i + k]) * np.float64(rot1[3 * j + k])
+            m[i, j] = s
+    return m
+
+
+@njit(cache=True, fastmath=False)
+def map_node(node_pos, a, m, loc1, loc2, q):
+    """``q = M (n_a - l1) + l2`` (float64 (3,), written) for node row ``a`` of ``node_pos``
+    float32 (N, 3), ``m`` from :func:`frame_map`, ``loc*`` float32 (3,)."""
+    for i in range(3):
+        q[i] = np.float64(loc2[i])
+        for j in range(3):
+            q[i] += m[i, j] * (np.float64(node_pos[a, j]) - np.float64(loc1[j]))
+
+
+@njit(cache=True, fastmath=False)
 def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     """tbp.monty's ``_compute_graph_mismatch``: the node of the first hypothesis' object
     (nodes ``lo1 .. hi1``) farthest from the second hypothesis' object (nodes ``lo2 .. hi2``)
@@ -561,24 +585,14 @@ def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     Each node's nearest distance is scanned until it falls to the best so far (it then
     cannot be the farthest), so the search is far below its N1 x N2 bound.
     """
-    # M = R2 R1^T, in float64
-    m = np.empty((3, 3))
-    for i in range(3):
-        for j in range(3):
-            s = 0.0
-            for k in range(3):
-                s += np.float64(rot2[3 * i + k]) * np.float64(rot1[3 * j + k])
-            m[i, j] = s
+    m = frame_map(rot1, rot2)
     best2 = -1.0  # squared distance of the farthest so far
     arg = -1
     last = -1
     near = -1
     q = np.empty(3)
     for a in range(lo1, hi1):
-        for i in range(3):
-            q[i] = np.float64(loc2[i])
-            for j in range(3):
-                q[i] += m[i, j] * (np.float64(node_pos[a, j]) - np.float64(loc1[j]))
+        map_node(node_pos, a, m, loc1, loc2, q)
         dmin = np.inf
         # the previous node's nearest first: nodes are sorted by grid cell, so neighbours
         # in order are near in space, and this one usually ends the scan at once
@@ -608,13 +622,7 @@ def mapped_nearest(node_pos, a, lo2, hi2, loc1, rot1, loc2, rot2):
     """Distance (float64) from node ``a`` of the first graph, brought into the second's frame
     as :func:`graph_mismatch` does, to the nearest node ``lo2 .. hi2`` (inf: none)."""
     q = np.empty(3)
-    for i in range(3):
-        q[i] = np.float64(loc2[i])
-        for j in range(3):
-            m = 0.0
-            for k in range(3):
-                m += np.float64(rot2[3 * i + k]) * np.float64(rot1[3 * j + k])
-            q[i] += m * (np.float64(node_pos[a, j]) - np.float64(loc1[j]))
+    map_node(node_pos, a, frame_map(rot1, rot2), loc1, loc2, q)
     best = np.inf
     for b in range(lo2, hi2):
         d0 = q[0] - node_pos[b, 0]
