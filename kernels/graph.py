@@ -311,9 +311,11 @@ def pose_vector_mean(pose, pfd, out):
     out : float32 (9,), receives the mean
 
     Returns ``(valid, use_cds)``: ``valid`` is False when every row is all zero
-    (``out`` untouched); ``use_cds`` is False when the curvature directions were
-    copied from the first valid row instead of averaged (too few rows
+    (``out`` untouched); ``use_cds`` is False when the first curvature direction was
+    taken from the first valid row instead of averaged (too few rows
     pose-fully-defined: ``sum(pfd) < m // 2``, integer division as in tbp.monty).
+    Either way the result is tbp.monty 0.55's ``orthonormal_pose_vectors`` of the mean
+    normal and that direction (``_orthonormal_pose``): a right-handed rotation.
     """
     m = pose.shape[0]
     valid = np.empty(m, np.int64)
@@ -351,12 +353,8 @@ def pose_vector_mean(pose, pfd, out):
         n_def += pfd[i]
     # element by element: a slice assignment compiles numba's shape-mismatch error
     # message (string formatting, ~2 s on a first run) into the kernel
-    for j in range(3):
-        out[j] = nbar[j]
     if n_def < np.float32(m // 2):
-        for j in range(3):
-            out[3 + j] = c1_first[j]
-            out[6 + j] = c2_first[j]
+        _orthonormal_pose(nbar, c1_first, out)
         return True, False
     # Curvature directions are sign-ambiguous: flip each ĉ1 to agree with the
     # first ĉ2 about n̄ before averaging.
@@ -366,18 +364,109 @@ def pose_vector_mean(pose, pfd, out):
         sgn = np.float32(-1.0) if _right_hand_angle(c1, c2_first, nbar, tmp) < 0 else _ONE
         for j in range(3):
             c1bar[j] += sgn * c1[j]
-    _normalise(c1bar)
-    c2bar = np.empty(3, np.float32)
-    _cross3(nbar, c1bar, c2bar)
-    c2_raw = c2bar.copy()
-    _normalise(c2bar)
-    if _right_hand_angle(c1bar, c2_raw, nbar, tmp) < 0:
-        for j in range(3):
-            c2bar[j] = -c2bar[j]
-    for j in range(3):
-        out[3 + j] = c1bar[j]
-        out[6 + j] = c2bar[j]
+    _orthonormal_pose(nbar, c1bar, out)
     return True, True
+
+
+@njit(cache=True, fastmath=False)
+def _orthonormal_pose(normal, direction, out):
+    """tbp.monty's ``orthonormal_pose_vectors``: ``out`` (9,) = ``[n̂, ĉ1, n̂ × ĉ1]``, a
+    right-handed rotation, from a unit ``normal`` (3,) and a rough first curvature
+    ``direction`` (3,): ĉ1 is ``direction`` projected onto the tangent plane and
+    normalised. A projection shorter than 1e-6 (the direction holds nothing off the
+    normal) falls back to tbp.monty's ``TangentFrame(n̂).basis_u``: ``normalise(a × n̂)``
+    with ``a = (0, 1, 0)``, or ``(0, 0, 1)`` when n̂ is within acos(0.95) of it."""
+    d = direction[0] * normal[0] + direction[1] * normal[1] + direction[2] * normal[2]
+    t0 = direction[0] - d * normal[0]
+    t1 = direction[1] - d * normal[1]
+    t2 = direction[2] - d * normal[2]
+    length = math.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
+    if length < 1e-6:
+        if abs(normal[1]) > 0.95:  # a = (0, 0, 1): a × n̂ = (-n_y, n_x, 0)
+            t0, t1, t2 = -normal[1], normal[0], _ZERO
+        else:  # a = (0, 1, 0): a × n̂ = (n_z, 0, -n_x)
+            t0, t1, t2 = normal[2], _ZERO, -normal[0]
+        length = math.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
+    c0, c1, c2 = t0 / length, t1 / length, t2 / length
+    out[0], out[1], out[2] = normal[0], normal[1], normal[2]
+    out[3], out[4], out[5] = c0, c1, c2
+    out[6] = normal[1] * c2 - normal[2] * c1
+    out[7] = normal[2] * c0 - normal[0] * c2
+    out[8] = normal[0] * c1 - normal[1] * c0
+
+
+@njit(cache=True, fastmath=False)
+def _matrix_quaternion(m, q):
+    """Unit quaternion ``q`` (4,) float64, (x, y, z, w), of the rotation matrix ``m`` (9,)
+    (row-major), by scipy's ``Rotation.from_matrix`` rule: the largest of the diagonal
+    and the trace picks the formula."""
+    tr = m[0] + m[4] + m[8]
+    if tr >= m[0] and tr >= m[4] and tr >= m[8]:
+        q[0] = m[7] - m[5]
+        q[1] = m[2] - m[6]
+        q[2] = m[3] - m[1]
+        q[3] = 1.0 + tr
+    else:
+        i = 0
+        if m[4] > m[0]:
+            i = 1
+        if m[8] > m[4 * i]:
+            i = 2
+        j = (i + 1) % 3
+        k = (j + 1) % 3
+        q[i] = 1.0 - tr + 2.0 * m[4 * i]
+        q[j] = m[3 * j + i] + m[3 * i + j]
+        q[k] = m[3 * k + i] + m[3 * i + k]
+        q[3] = m[3 * k + j] - m[3 * j + k]
+    n = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    for c in range(4):
+        q[c] /= n
+
+
+@njit(cache=True, fastmath=False)
+def pose_rotation_mean(a, wa, b, wb, out):
+    """tbp.monty's ``pose_vector_merge``: the weighted chordal (Markley) mean of two
+    rotations, ``Rotation.from_matrix([a, b]).mean(weights=[wa, wb]).as_matrix()``.
+
+    a, b : float32 (9,), right-handed pose rows ``[n̂, ĉ1, ĉ2]`` read as row-major 3x3
+    matrices; wa, wb : their weights (observation counts, >= 0, not both 0);
+    out : float32 (9,), receives the mean.
+
+    The mean quaternion is the top eigenvector of ``wa qa qaᵀ + wb qb qbᵀ``, which lies in
+    the plane of qa and qb: with ``c = qa·qb >= 0`` (qb's sign flipped if needed) its
+    eigenvalue is ``λ = (wa + wb + sqrt((wa - wb)² + 4 wa wb c²)) / 2`` and it is
+    ``(wa c) qa + (λ - wa) qb``, or ``(λ - wb) qa + (wb c) qb`` where that one is longer
+    (the same vector; one of them vanishes when c = 0)."""
+    qa = np.empty(4)
+    qb = np.empty(4)
+    _matrix_quaternion(a, qa)
+    _matrix_quaternion(b, qb)
+    c = qa[0] * qb[0] + qa[1] * qb[1] + qa[2] * qb[2] + qa[3] * qb[3]
+    if c < 0.0:
+        for i in range(4):
+            qb[i] = -qb[i]
+        c = -c
+    wa = float(wa)
+    wb = float(wb)
+    lam = 0.5 * (wa + wb + math.sqrt((wa - wb) * (wa - wb) + 4.0 * wa * wb * c * c))
+    s1, t1 = wa * c, lam - wa
+    s2, t2 = lam - wb, wb * c
+    if s2 * s2 + t2 * t2 > s1 * s1 + t1 * t1:
+        s1, t1 = s2, t2
+    q = np.empty(4)
+    for i in range(4):
+        q[i] = s1 * qa[i] + t1 * qb[i]
+    n = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
+    x, y, z, w = q[0] / n, q[1] / n, q[2] / n, q[3] / n
+    out[0] = 1.0 - 2.0 * (y * y + z * z)
+    out[1] = 2.0 * (x * y - z * w)
+    out[2] = 2.0 * (x * z + y * w)
+    out[3] = 2.0 * (x * y + z * w)
+    out[4] = 1.0 - 2.0 * (x * x + z * z)
+    out[5] = 2.0 * (y * z - x * w)
+    out[6] = 2.0 * (x * z - y * w)
+    out[7] = 2.0 * (y * z + x * w)
+    out[8] = 1.0 - 2.0 * (x * x + y * y)
 
 
 @njit(cache=True)
@@ -508,9 +597,15 @@ def merge_voxel_grids(grid, batch):
     Returns the merged ``VoxelGrid``, keys increasing. A voxel only in one input
     is copied. A voxel in both gets count old + new and every value
     (new + old) / 2 — equal weighting, not count-weighted, and arithmetic for
-    circular columns too, as tbp.monty does. For the pose: no valid new rows ->
-    the old pose; new curvature directions not averaged (``use_cds`` False) ->
-    the old ĉ1, ĉ2 with the new normal; the result is not re-normalised.
+    circular columns too, as tbp.monty does. The pose is tbp.monty 0.55's
+    ``pose_vector_merge``: the count-weighted rotation mean of the new and the old
+    pose (``pose_rotation_mean``, weights new count and old count), so it stays a
+    rotation; no valid new rows -> the old pose; an all-zero old pose (a voxel
+    first seen without pose) -> the new one. (The spec's §2.5, written from an older
+    tbp.monty, averages the rows arithmetically and keeps the old curvature
+    directions when the new ones were not averaged; that leaves non-unit, even
+    near-zero, curvature directions where two sign-flipped ones meet, and every
+    hypothesis compared with such a node loses its curvature evidence.)
     """
     okeys, ocount, oloc, ofeat, opose, opfd = grid
     nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd = batch
@@ -568,13 +663,18 @@ def merge_voxel_grids(grid, batch):
                 loc[o, c] = (nloc[j, c] + oloc[i, c]) * _HALF
             for c in range(n_feat):
                 feat[o, c] = (nfeat[j, c] + ofeat[i, c]) * _HALF
+            old_zero = True
             for c in range(9):
-                if npose_valid[j]:
-                    newpose[c] = opose[i, c] if (c >= 3 and not nuse_cds[j]) else npose[j, c]
-                else:
-                    newpose[c] = opose[i, c]
+                newpose[c] = opose[i, c]
+                if opose[i, c] != 0:
+                    old_zero = False
+            if npose_valid[j] and old_zero:  # nothing stored to average with
+                for c in range(9):
+                    newpose[c] = npose[j, c]
+            elif npose_valid[j]:
+                pose_rotation_mean(npose[j], ncount[j], opose[i], ocount[i], newpose)
             for c in range(9):
-                pose[o, c] = (newpose[c] + opose[i, c]) * _HALF
+                pose[o, c] = newpose[c]
             pfd[o] = (npfd[j] + opfd[i]) * _HALF
             i += 1
             j += 1

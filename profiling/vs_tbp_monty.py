@@ -133,7 +133,7 @@ def _workers_side(cfg, ex, n_workers: int, log) -> dict:
 
 
 def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0.3, warm_up: bool = True,
-            workers: int = 0, log=print) -> dict:
+            workers: int = 0, monty_cache: Path | None = None, log=print) -> dict:
     """Train both systems on ``cfg``'s data and time their matching steps side by side."""
     import tbp_monty_step as tms
 
@@ -146,9 +146,10 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
         f"nodes per object {ex.model.nodes_per_object}")
     k = cfg.evidence.max_nneighbors
     monty, lm = tms.build_monty(k, 20, "burst", True, with_hsv=hue_col is not None)
-    monty_train_s = tms.train(monty, lm, ds, hue_col)
+    monty_train_s = _train_monty(monty, lm, ds, hue_col, {"n_modules": 1, "hsv": hue_col is not None},
+                                 monty_cache, log)
     nodes = [int(lm.graph_memory.get_num_nodes_in_graph(g, tms.CHANNEL)) for g in lm.get_all_known_object_ids()]
-    log(f"tbp.monty: trained in {monty_train_s:.1f} s, nodes per object {nodes}")
+    log(f"tbp.monty: nodes per object {nodes}")
 
     rows = _eval_rows(ds, episodes)
     max_steps = cfg.experiment.max_eval_steps
@@ -204,6 +205,25 @@ def compare(cfg, *, passes: int = 2, episodes: int | None = None, gap: float = 0
     out["warm_up"] = warm_up
     out["ours_back_to_back_step_s"] = alone_s
     return out
+
+
+def _train_monty(monty, lm, ds, hue_col, settings: dict, monty_cache, log) -> float:
+    """Train tbp.monty's LMs on ``ds``'s training episodes, or restore them from
+    ``monty_cache`` when it was saved from the same training data and ``settings``;
+    returns the training seconds (those of the run that saved the cache)."""
+    import tbp_monty_step as tms
+
+    key = tms.training_key(ds, settings) if monty_cache else None
+    if monty_cache:
+        train_s = tms.load_trained(monty_cache, monty, key)
+        if train_s is not None:
+            log(f"tbp.monty: trained LMs loaded from {monty_cache} (trained in {train_s:.1f} s)")
+            return train_s
+    train_s = tms.train(monty, lm, ds, hue_col)
+    log(f"tbp.monty: trained in {train_s:.1f} s")
+    if monty_cache:
+        tms.save_trained(monty_cache, monty, key, train_s)
+    return train_s
 
 
 def _summary(side, train_s):
@@ -266,17 +286,7 @@ def compare_modules(cfg, *, passes: int = 1, episodes: int | None = None, gap: f
                                     vote_weight=ev.vote_weight, vote_evidence_threshold=ev.vote_evidence_threshold,
                                     min_lms_match=ev.min_lms_match)
     settings = {"n_modules": n, "hsv": hue_col is not None}  # what the graph models depend on
-    monty_train_s = None
-    key = tms.training_key(ds, settings) if monty_cache else None
-    if monty_cache:
-        monty_train_s = tms.load_trained(monty_cache, monty, key)
-        if monty_train_s is not None:
-            log(f"tbp.monty: trained LMs loaded from {monty_cache} (trained in {monty_train_s:.1f} s)")
-    if monty_train_s is None:
-        monty_train_s = tms.train(monty, monty.learning_modules[0], ds, hue_col)
-        log(f"tbp.monty: {n} LMs trained in {monty_train_s:.1f} s")
-        if monty_cache:
-            tms.save_trained(monty_cache, monty, key, monty_train_s)
+    monty_train_s = _train_monty(monty, monty.learning_modules[0], ds, hue_col, settings, monty_cache, log)
     nodes = tms.nodes_per_object(monty)
     log(f"tbp.monty: nodes per object and LM {nodes}")
 
@@ -474,7 +484,7 @@ def main(argv=None) -> int:
                    help="also evaluate ours over N worker processes from a saved model (the throughput ratio)")
     p.add_argument("--episodes-csv", type=Path, help="write the per-episode comparison (both systems) as CSV")
     p.add_argument("--monty-cache", type=Path,
-                   help="several modules: keep tbp.monty's trained LMs in this file and reuse them when the "
+                   help="keep tbp.monty's trained LMs in this file and reuse them when the "
                         "training data and settings are the same")
     p.add_argument("--json", type=Path, help="also write the result as JSON")
     a = p.parse_args(argv)
@@ -493,7 +503,7 @@ def main(argv=None) -> int:
                                 warm_up=a.warm_up, monty_cache=a.monty_cache, log=log, episodes_csv=a.episodes_csv)
         else:
             r = compare(cfg, passes=max(1, a.passes or 2), episodes=a.episodes, gap=max(0.0, a.gap),
-                        warm_up=a.warm_up, workers=max(0, a.workers), log=log)
+                        warm_up=a.warm_up, workers=max(0, a.workers), monty_cache=a.monty_cache, log=log)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

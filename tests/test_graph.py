@@ -16,7 +16,8 @@ from scipy.spatial.transform import Rotation
 
 from engine.models.evidence.graph_memory import GraphArrays, GraphMemory, GridTooSmallWarning
 from kernels import graph as kg
-from naive.graph import RefGrid, ref_circular_mean, ref_thin
+from naive.graph import (RefGrid, ref_circular_mean, ref_orthonormal_pose_vectors, ref_pose_vector_merge,
+                         ref_thin)
 
 F32 = np.float32
 
@@ -272,6 +273,74 @@ def test_grid_counts_means_pfd_on_hand_made_voxel():
     np.testing.assert_allclose(mloc[0], (np.array([0.005, 0, 0.005]) + [0.02, 0.01 / 3, 0]) / 2, atol=1e-7)
     np.testing.assert_allclose(mfeat[0], [(0.25 + hue) / 2], atol=1e-6)
     np.testing.assert_allclose(mpfd, [0.5, 1.0])
+
+
+def _random_pose(rng):
+    return Rotation.random(random_state=int(rng.integers(1 << 30))).as_matrix().astype(F32).ravel()
+
+
+@pytest.mark.parametrize("case", ["random", "near", "same", "opposite_quaternions", "one_weight_zero",
+                                  "equal_weights"])
+def test_pose_rotation_mean_matches_scipy(case):
+    rng = np.random.default_rng(len(case))
+    for _ in range(200):
+        a = _random_pose(rng)
+        b = _random_pose(rng)
+        wa, wb = (int(w) for w in rng.integers(1, 30, 2))
+        if case == "near":
+            b = (Rotation.from_matrix(a.reshape(3, 3)) * Rotation.from_rotvec(rng.normal(scale=0.05, size=3)))
+            b = b.as_matrix().astype(F32).ravel()
+        elif case == "same":
+            b = a.copy()
+        elif case == "opposite_quaternions":  # 180 degrees apart: q_a . q_b = 0
+            axis = rng.normal(size=3)
+            b = (Rotation.from_rotvec(np.pi * axis / np.linalg.norm(axis)) * Rotation.from_matrix(a.reshape(3, 3)))
+            b = b.as_matrix().astype(F32).ravel()
+            wb = wa + 1  # unequal weights: scipy's top eigenvector is unique
+        elif case == "one_weight_zero":
+            wb = 0
+        elif case == "equal_weights":
+            wb = wa
+        got = np.empty(9, F32)
+        kg.pose_rotation_mean(a, wa, b, wb, got)
+        np.testing.assert_allclose(got, ref_pose_vector_merge(a, b, wa, wb), atol=2e-6)
+        m = got.reshape(3, 3).astype(np.float64)
+        np.testing.assert_allclose(m @ m.T, np.eye(3), atol=2e-6)
+        assert np.linalg.det(m) > 0
+
+
+@pytest.mark.parametrize("direction", [[0.3, 0.9, 0.1], [0.0, 0.0, 2.0], [0.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+@pytest.mark.parametrize("normal", [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]])
+def test_orthonormal_pose_matches_reference_and_its_fallback(normal, direction):
+    # A direction along the normal (or zero) has no tangent part: tbp.monty's TangentFrame fallback,
+    # with its other axis when the normal lies along y.
+    n = np.asarray(normal, F32)
+    got = np.empty(9, F32)
+    kg._orthonormal_pose(n, np.asarray(direction, F32), got)
+    np.testing.assert_allclose(got, ref_orthonormal_pose_vectors(n.astype(np.float64), np.asarray(direction, float)),
+                               atol=1e-6)
+    m = got.reshape(3, 3).astype(np.float64)
+    np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-6)
+    assert np.linalg.det(m) > 0
+
+
+def test_grid_pose_stays_a_rotation_when_curvature_signs_disagree():
+    # One voxel seen twice with the same frame except ĉ1, ĉ2 negated (the curvature directions'
+    # sign is arbitrary). The arithmetic (new + old) / 2 of the older rule gives ĉ1 = 0 here;
+    # the rotation mean keeps a unit, right-handed frame, weighted towards the 3 observations.
+    g = KernelGrid(1.0, 10, 10, np.array([False]))
+    base = Rotation.from_euler("xyz", [10, 20, 30], degrees=True).as_matrix().T.astype(F32)
+    flipped = base * np.array([1.0, -1.0, -1.0], F32)[:, None]
+    loc = np.zeros((3, 3), F32)
+    assert g.update(loc, np.tile(base.reshape(1, 9), (3, 1)), np.ones(3, F32), np.zeros((3, 1), F32))
+    assert g.update(loc[:1], flipped.reshape(1, 9), np.ones(1, F32), np.zeros((1, 1), F32))
+    _, count, _, _, pose, _ = g.nodes()
+    assert list(count) == [4]
+    m = pose[0].reshape(3, 3).astype(np.float64)
+    np.testing.assert_allclose(m @ m.T, np.eye(3), atol=2e-6)
+    assert np.linalg.det(m) > 0
+    np.testing.assert_allclose(m, ref_pose_vector_merge(flipped, base, 1, 3).reshape(3, 3), atol=2e-6)
+    np.testing.assert_allclose(m[0], base[0], atol=2e-6)  # the normal agreed: it stays
 
 
 def test_top_voxels_ties_by_lower_key():

@@ -1,7 +1,7 @@
 """References for ``kernels.graph`` and the graph memory: literal transcriptions of tbp.monty's rules
 (spec §2.3–2.5), in float64. ``ref_thin`` is the O(N²) greedy ``remove_close_points`` loop; ``RefGrid``
 the per-voxel loop of ``GridObjectModel._update_grids`` with ``pose_vector_mean`` / ``circular_mean`` /
-``get_most_common_bool``."""
+``get_most_common_bool`` and tbp.monty 0.55's ``pose_vector_merge`` (scipy's weighted rotation mean)."""
 
 import numpy as np
 
@@ -47,8 +47,21 @@ def _rha(v1, v2, pn):
     return np.arctan2(np.dot(np.cross(v1, v2), pn), np.dot(v1, v2))
 
 
+def ref_orthonormal_pose_vectors(normal, direction):
+    """tbp.monty 0.55's ``orthonormal_pose_vectors`` (with ``TangentFrame``'s basis_u fallback)."""
+    n = normal / np.linalg.norm(normal)
+    t = direction - np.dot(direction, n) * n
+    if np.linalg.norm(t) < 1e-6:
+        axis = np.array([0.0, 1.0, 0.0])
+        if abs(np.dot(axis, n)) > 0.95:
+            axis = np.array([0.0, 0.0, 1.0])
+        t = np.cross(axis, n)
+    c1 = t / np.linalg.norm(t)
+    return np.hstack([n, c1, np.cross(n, c1)])
+
+
 def ref_pose_vector_mean(pose_vecs, pfd):
-    """tbp.monty's pose_vector_mean, float64. Returns (mean or None, use_cds)."""
+    """tbp.monty 0.55's pose_vector_mean, float64. Returns (mean or None, use_cds)."""
     pose_vecs = pose_vecs.astype(np.float64)
     valid = np.where(np.any(pose_vecs, axis=1))[0]
     if len(valid) == 0:
@@ -62,16 +75,18 @@ def ref_pose_vector_mean(pose_vecs, pfd):
     nm = sn[use].mean(axis=0)
     nm = nm / np.linalg.norm(nm)
     if pfd.sum() < len(pfd) // 2:
-        return np.hstack([nm, cds1[0], cds2[0]]), False
+        return ref_orthonormal_pose_vectors(nm, cds1[0]), False
     flip = np.array([_rha(c, cds2[0], nm) < 0 for c in cds1])
     cds1[flip] = -cds1[flip]
-    c1 = cds1.mean(axis=0)
-    c1 = c1 / np.linalg.norm(c1)
-    c2raw = np.cross(nm, c1)
-    c2 = c2raw / np.linalg.norm(c2raw)
-    if _rha(c1, c2raw, nm) < 0:
-        c2 = -c2
-    return np.hstack([nm, c1, c2]), True
+    return ref_orthonormal_pose_vectors(nm, cds1.mean(axis=0)), True
+
+
+def ref_pose_vector_merge(new, old, n_new, n_old):
+    """tbp.monty 0.55's ``pose_vector_merge``: scipy's weighted rotation mean of the two poses."""
+    from scipy.spatial.transform import Rotation
+
+    mats = np.stack([np.asarray(new, np.float64).reshape(3, 3), np.asarray(old, np.float64).reshape(3, 3)])
+    return Rotation.from_matrix(mats).mean(weights=[n_new, n_old]).as_matrix().ravel()
 
 
 def ref_circular_mean(values):
@@ -115,11 +130,10 @@ class RefGrid:
             else:
                 if pv is None:
                     pv = old["pose"].copy()
-                elif not use_cds:
-                    pv = pv.copy()
-                    pv[3:] = old["pose"][3:]
+                elif np.any(old["pose"]):
+                    pv = ref_pose_vector_merge(pv, old["pose"], m, old["count"])
                 self.vox[key] = dict(count=old["count"] + m, loc=(new_loc + old["loc"]) / 2,
-                                     feat=(new_feat + old["feat"]) / 2, pose=(pv + old["pose"]) / 2,
+                                     feat=(new_feat + old["feat"]) / 2, pose=pv,
                                      pfd=(new_pfd + old["pfd"]) / 2)
         return True
 

@@ -36,6 +36,15 @@ Differences from tbp.monty, on purpose:
 * If an object's first grid build fails the 90 % rule, the object is not
   created.
 
+Pose vectors of the grid model follow tbp.monty 0.55's code, not the spec's §2.5
+(written from an older tbp.monty): a voxel's mean pose is orthonormalised
+(``orthonormal_pose_vectors``), and a re-seen voxel's pose is the count-weighted
+rotation mean of the new and the stored pose (``pose_vector_merge``), not their
+arithmetic mean. The arithmetic mean left curvature directions of any length, near
+zero where two observations with opposite signs met, and such a node cost every
+hypothesis matched against it its curvature evidence (found on a thin wrench: a
+180-degree flip that tbp.monty did not make).
+
 Layout for the matcher (spec §2.7): ``arrays()`` concatenates all objects in
 insertion order with CSR offsets ``obj_start``.
 """
