@@ -216,3 +216,31 @@ def test_sweeps_train_anew_for_another_module_count(tmp_path):
     keys = evaluation_settings(load_config(_config(tmp_path, ", voting: all")))
     assert "evidence.n_modules" not in keys
     assert {"evidence.voting", "evidence.vote_weight", "evidence.min_lms_match"} <= set(keys)
+
+
+def test_step_hooks_with_several_modules_see_each_module(tmp_path):
+    """``after_step`` with several modules: one event per matching step with a module axis
+    (live hypotheses per module, each module's best evidence per object: the episode's trace
+    row), and the episodes are those of a run without the hook."""
+    from engine.config import load_config
+    from engine.data.episodes import build_dataset
+    from engine.models.evidence.modules import ModulesExperiment
+
+    cfg = load_config(_config(tmp_path, ", voting: all"))
+    ds = build_dataset(cfg)
+    plain = ModulesExperiment(cfg, ds).run()
+    ex = ModulesExperiment(cfg, ds)
+    steps = []
+    ex.add_hook("after_step", lambda ev: steps.append((ev.episode, ev.step, ev.n_hypotheses, ev.object_evidence)))
+    hooked = ex.run()
+    fields = ("object", "outcome", "detected", "mlh_object", "steps", "rotation_error_deg", "modules_matched",
+              "module_outcomes", "n_hypotheses")
+    assert [[getattr(e, f) for f in fields] for e in hooked.episodes] == \
+        [[getattr(e, f) for f in fields] for e in plain.episodes]
+    assert len(steps) == sum(e.steps for e in hooked.episodes) > 0
+    for rec in hooked.episodes:
+        mine = [s for s in steps if s[0] == rec.episode]
+        assert [s[1] for s in mine] == list(range(rec.steps))
+        for _, t, live, evidence in mine:
+            assert live.shape == (3,) and live.dtype == np.int64 and (live > 0).all()
+            np.testing.assert_array_equal(evidence, rec.trace[t])

@@ -103,10 +103,12 @@ class ModulesModel:
         self._hyp = kvv.stacked(fresh, kev.Hypotheses)
         return self._hyp
 
-    def run_episode(self, obs_list, *, stepwise: bool = False):
+    def run_episode(self, obs_list, *, stepwise: bool = False, on_step=None):
         """Evaluate one episode (``obs_list``: each module's ``(location, pose_vectors,
         pose_defined, features)``); returns ``(code, state, trace, seconds)``: ``state`` the
-        kernels' ``State`` with a module axis, ``trace`` float32 (steps, M, O)."""
+        kernels' ``State`` with a module axis, ``trace`` float32 (steps, M, O).
+        ``stepwise``: one kernel call per step, ``on_step(t, istate, obj_max)`` after each
+        (``istate`` int64 (M, N_ISTATE), ``obj_max`` float32 (M, O), views)."""
         models = self.model_arrays()
         first = self.modules[0]
         prm = kev.params(first.feature_spec, first.fparams, first.iparams)
@@ -136,6 +138,8 @@ class ModulesModel:
                 code, nxt = kvv.voting_episode(models, prm, self.vp, st, hyp, one, 0, one_trace)
                 if code != kev.NEED_CAPACITY:
                     trace[t] = one_trace[0]
+                    if on_step is not None:
+                        on_step(t, st.istate, trace[t])
                     t += 1
             else:
                 code, t = kvv.voting_episode(models, prm, self.vp, st, hyp, obs, t, trace)
@@ -186,6 +190,16 @@ class ModulesExperiment(EvidenceExperiment):
         return sum(mod.learn(label, *self._steps(m, e, max_steps), ds.episode_rotation[e])
                    for m, mod in enumerate(self.model.modules))
 
+    def _modules_step_hook(self, epoch: int, episode: int):
+        """The stepwise path's callback that emits ``after_step`` with a module axis:
+        ``n_hypotheses`` int64 (M,) live hypotheses per module, ``object_evidence`` float32
+        (M, O) each module's best evidence per object (copies)."""
+        def on_step(t, istate, obj_max):
+            live = (istate[:, kev.IS_N_HYP] - istate[:, kev.IS_N_DEAD]).astype(np.int64)
+            self._emit("after_step", mode="eval", epoch=epoch, episode=episode, step=t,
+                       n_hypotheses=live, object_evidence=obj_max.copy())
+        return on_step
+
     def warmup(self) -> float:
         """The one-module kernels (``EvidenceExperiment.warmup``), then the voting episode kernel
         on two toy modules."""
@@ -201,7 +215,7 @@ class ModulesExperiment(EvidenceExperiment):
             if len(rows):
                 e = rows[0]
                 self.model.run_episode([tuple(a[:2] for a in self._steps(m, e)) for m in range(self.model.n_modules)],
-                                       stepwise=self.config.execution.stepwise)
+                                       stepwise=self._stepwise())
         return time.perf_counter() - t0
 
     def evaluate_episode(self, epoch: int, episode: int) -> EvidenceEpisode:
@@ -210,12 +224,11 @@ class ModulesExperiment(EvidenceExperiment):
             raise IndexError(f"evaluation episode {episode} out of range ({len(rows)} evaluation episodes)")
         if not self.model.object_names:
             raise RuntimeError("evaluate_episode needs a trained model: call train() first")
-        if self.hooks.has("after_step"):
-            raise UserError(f"{self.config.source_file}: per-step hooks are not available with several modules")
         ds, e = self.dataset, rows[episode]
         model = self.model
+        on_step = self._modules_step_hook(epoch, episode) if self.hooks.has("after_step") else None
         code, st, trace, secs = model.run_episode([self._steps(m, e) for m in range(model.n_modules)],
-                                                      stepwise=self.config.execution.stepwise)
+                                                  stepwise=self._stepwise(), on_step=on_step)
         istate = st.istate
         target_name = str(ds.object_names[int(ds.episode_object[e])])
         target = model.modules[0].object_index(target_name)
