@@ -354,3 +354,29 @@ def test_an_asymmetric_object_is_not_reported_flipped_under_noise():
     for e in result.episodes:
         assert e.outcome in ("correct", "time_out") and e.rotation_error_deg is not None, (e.outcome, e.mlh_object)
         assert e.rotation_error_deg < 10.0, (e.episode, e.outcome, e.steps, e.rotation_error_deg)
+
+
+def test_the_matcher_reads_pose_fully_defined_as_a_bool():
+    """A grid voxel's stored pose_fully_defined is a running average (0.5, 0.25, ...); tbp.monty
+    0.55 matches with it cast to bool, so a node with any defined share gets the full
+    curvature-direction evidence: learned models and models from arrays alike."""
+    from engine.models.evidence.graph_memory import GraphMemory
+    from engine.models.evidence.model import curvature_defined, toy_models
+
+    np.testing.assert_array_equal(curvature_defined(np.array([0, 0.25, 0.5, 0.75, 1], np.float32)), [0, 1, 1, 1, 1])
+    # learned: one voxel seen defined, then not -> stored (0 + 1) / 2
+    s = EvidenceSettings()
+    m = EvidenceModel(s, ("a",))
+    loc = np.zeros((2, 3), np.float32)
+    pose = np.tile(np.eye(3, dtype=np.float32), (2, 1, 1))
+    feat = np.zeros((2, 1), np.float32)
+    m.learn("o", loc[:1], pose[:1], np.array([True]), feat[:1], [1, 0, 0, 0])
+    m.learn("o", loc[1:], pose[1:], np.array([False]), feat[1:], [1, 0, 0, 0])
+    assert isinstance(m.memory, GraphMemory) and m.memory.arrays().node_pfd.tolist() == [0.5]
+    assert m.model_arrays().node_pfd.tolist() == [1.0]
+    # from arrays (a model file written before the cast): converted on load
+    pts = np.array([[0.0, 0.0, 0.0], [0.01, 0.0, 0.0]], np.float32)
+    models = toy_models(pts, np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)), np.array([0.5, 0.0], np.float32),
+                        np.zeros((2, 1), np.float32), 0.01)
+    got = EvidenceModel.from_arrays(s, ("a",), models, ("p", "q")).model_arrays()
+    assert got.node_pfd.tolist() == [1.0, 0.0, 1.0, 0.0]

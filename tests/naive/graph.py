@@ -137,7 +137,23 @@ class RefGrid:
                                      pfd=(new_pfd + old["pfd"]) / 2)
         return True
 
-    def nodes(self):
-        keys = sorted(self.vox, key=lambda k: (-self.vox[k]["count"], k))[: self.max_nodes]
+    def top_counts(self):
+        """The counts of the ``max_nodes`` fullest voxels, decreasing (which of several voxels
+        tied at the cut are kept is torch's choice: see ``kernels.topk_order``)."""
+        return sorted((v["count"] for v in self.vox.values()), reverse=True)[: self.max_nodes]
+
+    def torch_keys(self):
+        """The node keys as tbp.monty picks them: ``counts.topk(max_nodes)`` over the voxels in
+        key order, torch's order replayed by ``kernels.topk_order`` (itself checked against
+        torch's recorded output in tests/test_topk_order.py)."""
+        from kernels.topk_order import topk_order
+
+        keys = sorted(self.vox)
+        counts = np.array([self.vox[k]["count"] for k in keys], np.int64)
+        return [keys[i] for i in topk_order(counts, self.max_nodes)]
+
+    def nodes(self, keys=None):
+        """The voxels ``keys`` (a list of (gx, gy, gz); default ``torch_keys()``), in that order."""
+        keys = self.torch_keys() if keys is None else keys
         get = lambda f: np.array([self.vox[k][f] for k in keys])  # noqa: E731
-        return keys, get("count"), get("loc"), get("feat"), get("pose"), get("pfd")
+        return list(keys), get("count"), get("loc"), get("feat"), get("pose"), get("pfd")

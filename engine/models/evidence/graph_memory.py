@@ -28,8 +28,8 @@ Differences from tbp.monty, on purpose:
 * Grid: a new voxel whose observations all have all-zero pose rows gets a zero
   pose (tbp.monty would store NaN there and then assert). ``node_pfd`` of a grid
   model is the stored value, which after an update can be 0.5, 0.75, ... (the
-  (new + old)/2 of majority votes, as in tbp.monty, where it weights the
-  curvature evidence). A circular column of a re-seen voxel is averaged
+  (new + old)/2 of majority votes, as in tbp.monty); the matcher reads it as
+  tbp.monty 0.55 does, as a bool (``model.curvature_defined``). A circular column of a re-seen voxel is averaged
   arithmetically with the old value (tbp.monty's literal (new + old)/2), so
   hues either side of 0 average to about 0.5: a tbp.monty quirk kept for
   parity.

@@ -114,6 +114,16 @@ def _feature_spec(names: tuple[str, ...], s: EvidenceSettings) -> np.ndarray:
     return spec
 
 
+def curvature_defined(node_pfd: np.ndarray) -> np.ndarray:
+    """float32 (N,) 0/1: the matcher's per-node weight of the curvature-direction evidence.
+
+    A grid model's stored ``pose_fully_defined`` is a running (new + old) / 2 of majority
+    votes (0.5, 0.25, ...); tbp.monty 0.55 reads it as a bool when it matches
+    (``hypotheses_displacer._get_pose_evidence_matrix``: ``np.array(..., dtype=bool)``), so
+    any non-zero value weights the curvature evidence fully, as here."""
+    return (np.asarray(node_pfd) != 0).astype(np.float32)
+
+
 def live_hypotheses(istate) -> int:
     """Live hypotheses after a step (rows in use minus deleted rows not yet compacted)."""
     return int(istate[kev.IS_N_HYP] - istate[kev.IS_N_DEAD])
@@ -192,6 +202,9 @@ class EvidenceModel:
         m = cls(settings, feature_names, max_eval_steps=max_eval_steps)
         if len(names) != models.obj_start.shape[0] - 1:
             raise ValueError(f"{len(names)} names for {models.obj_start.shape[0] - 1} object models")
+        pfd = models.node_pfd
+        if np.any((pfd != 0) & (pfd != 1)):  # a model saved before the matcher's pfd was 0/1
+            models = models._replace(node_pfd=curvature_defined(pfd))
         m._model = models
         m._names = tuple(names)
         return m
@@ -248,7 +261,7 @@ class EvidenceModel:
                 g.node_pos, g.obj_start, self.settings.max_match_distance, self.settings.max_nneighbors)
             self._order = order
             self._model = kev.object_models(
-                g.node_pos[order], g.node_pose[order], g.node_pfd[order],
+                g.node_pos[order], g.node_pose[order], curvature_defined(g.node_pfd[order]),
                 np.asarray(g.node_feat[order], np.float32).reshape(len(order), -1), g.obj_start,
                 origin, index, cand_start, cand_node, cand_dist,
             )
