@@ -16,7 +16,10 @@ Two model kinds, both over float32 observations already in one object's frame:
   sorted by the linear voxel key ``(gx·V + gy)·V + gz`` (no dict): a batch is
   binned by ``voxel_keys``, reduced per voxel by ``voxel_batch_means``, merged
   into the stored voxels by ``merge_voxels`` and the nodes picked by
-  ``top_voxels``.
+  ``top_voxels``. Where tbp.monty 0.55's code differs from the spec's §2.5 (an
+  older tbp.monty), this follows the code: orthonormal voxel poses, a
+  count-weighted rotation mean for re-seen voxels (``pose_rotation_mean``), and
+  ``torch.topk``'s order of tied voxels (``kernels.topk_order``).
 
 Pose matrices are flattened rows ``[n̂, ĉ1, ĉ2]`` (9 float32). Circular feature
 columns (hue) have range 1: distance ``min(|Δ|, 1 − |Δ|)``, mean via the angle
