@@ -548,7 +548,10 @@ def terminal_check(n, o_best, g_best, mlh, prm, st, hyp):
             istate[IS_SYMMETRY] = 0
         symmetric = istate[IS_SYMMETRY] >= prm.iparams[IP_SYMMETRY]
     if unique or symmetric:
-        istate[IS_SYMMETRIC] = 1 if (symmetric and not unique) else 0
+        # tbp.monty records the possible poses whenever symmetry is detected, also when the
+        # pose is unique at the same check, and then scores the nearest of them
+        # (``get_unique_pose_if_available``, ``logging_utils``)
+        istate[IS_SYMMETRIC] = 1 if symmetric else 0
         return True
     return False
 
