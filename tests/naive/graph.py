@@ -137,23 +137,17 @@ class RefGrid:
                                      pfd=(new_pfd + old["pfd"]) / 2)
         return True
 
+    def counts_by_key(self):
+        """(keys in increasing order, int64 counts): what tbp.monty's ``topk`` runs over."""
+        keys = sorted(self.vox)
+        return keys, np.array([self.vox[k]["count"] for k in keys], np.int64)
+
     def top_counts(self):
         """The counts of the ``max_nodes`` fullest voxels, decreasing (which of several voxels
         tied at the cut are kept is torch's choice: see ``kernels.topk_order``)."""
         return sorted((v["count"] for v in self.vox.values()), reverse=True)[: self.max_nodes]
 
-    def torch_keys(self):
-        """The node keys as tbp.monty picks them: ``counts.topk(max_nodes)`` over the voxels in
-        key order, torch's order replayed by ``kernels.topk_order`` (itself checked against
-        torch's recorded output in tests/test_topk_order.py)."""
-        from kernels.topk_order import topk_order
-
-        keys = sorted(self.vox)
-        counts = np.array([self.vox[k]["count"] for k in keys], np.int64)
-        return [keys[i] for i in topk_order(counts, self.max_nodes)]
-
-    def nodes(self, keys=None):
-        """The voxels ``keys`` (a list of (gx, gy, gz); default ``torch_keys()``), in that order."""
-        keys = self.torch_keys() if keys is None else keys
+    def nodes(self, keys):
+        """The voxels ``keys`` (a list of (gx, gy, gz)), in that order."""
         get = lambda f: np.array([self.vox[k][f] for k in keys])  # noqa: E731
         return list(keys), get("count"), get("loc"), get("feat"), get("pose"), get("pfd")
