@@ -489,8 +489,7 @@ def voxel_batch_means(keys, location, pose, pfd, features, circular):
     location, ``mfeat`` float32 (U, F) (circular columns: circular mean in
     [0, 1]; others: arithmetic mean), ``mpose`` float32 (U, 9) from
     ``pose_vector_mean`` (zeros where ``pose_valid`` is False), ``pose_valid``
-    bool (U,), ``use_cds`` bool (U,), ``mpfd`` float32 (U,) majority of pfd
-    (ties -> 1).
+    bool (U,), ``mpfd`` float32 (U,) majority of pfd (ties -> 1).
     """
     order_all = np.argsort(keys, kind="mergesort")  # stable: temporal order within a voxel
     start = 0
@@ -509,7 +508,6 @@ def voxel_batch_means(keys, location, pose, pfd, features, circular):
     mfeat = np.zeros((n_u, n_feat), np.float32)
     mpose = np.zeros((n_u, 9), np.float32)
     pose_valid = np.zeros(n_u, np.bool_)
-    use_cds = np.zeros(n_u, np.bool_)
     mpfd = np.zeros(n_u, np.float32)
     sin_acc = np.zeros(n_feat, np.float32)
     cos_acc = np.zeros(n_feat, np.float32)
@@ -557,12 +555,11 @@ def voxel_batch_means(keys, location, pose, pfd, features, circular):
             for j in range(9):  # not a row assignment: see pose_vector_mean
                 sub_pose[r, j] = pose[idx[r], j]
             sub_pfd[r] = pfd[idx[r]]
-        ok, cds = pose_vector_mean(sub_pose, sub_pfd, mpose[u])
+        ok, _ = pose_vector_mean(sub_pose, sub_pfd, mpose[u])  # tbp.monty's merge ignores use_cds
         pose_valid[u] = ok
-        use_cds[u] = cds
         u += 1
         t = e
-    return ukeys, counts, mloc, mfeat, mpose, pose_valid, use_cds, mpfd
+    return ukeys, counts, mloc, mfeat, mpose, pose_valid, mpfd
 
 
 #: The stored voxels of one object's grid, in increasing key order (K voxels):
@@ -572,12 +569,12 @@ VoxelGrid = namedtuple("VoxelGrid", ["keys", "count", "loc", "feat", "pose", "pf
 
 #: A batch summary, what ``voxel_batch_means`` returns, in its order (U voxels,
 #: increasing keys): ``keys``, ``count``, ``loc``, ``feat``, ``pose`` as
-#: ``VoxelGrid``, ``pose_valid`` bool (U,), ``use_cds`` bool (U,), ``pfd`` float32 (U,).
-VoxelBatch = namedtuple("VoxelBatch", ["keys", "count", "loc", "feat", "pose", "pose_valid", "use_cds", "pfd"])
+#: ``VoxelGrid``, ``pose_valid`` bool (U,), ``pfd`` float32 (U,).
+VoxelBatch = namedtuple("VoxelBatch", ["keys", "count", "loc", "feat", "pose", "pose_valid", "pfd"])
 
 
 def merge_voxels(okeys, ocount, oloc, ofeat, opose, opfd,
-                 nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd):
+                 nkeys, ncount, nloc, nfeat, npose, npose_valid, npfd):
     """Fold a batch summary into the stored voxels (spec §2.5 step 3, update side).
 
     A plain Python function: ``merge_voxel_grids(VoxelGrid(okeys, ...),
@@ -592,7 +589,7 @@ def merge_voxels(okeys, ocount, oloc, ofeat, opose, opfd,
     keys increasing; see ``merge_voxel_grids``.
     """
     return merge_voxel_grids(VoxelGrid(okeys, ocount, oloc, ofeat, opose, opfd),
-                             VoxelBatch(nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd))
+                             VoxelBatch(nkeys, ncount, nloc, nfeat, npose, npose_valid, npfd))
 
 
 @njit(cache=True)
@@ -613,7 +610,7 @@ def merge_voxel_grids(grid, batch):
     hypothesis compared with such a node loses its curvature evidence.)
     """
     okeys, ocount, oloc, ofeat, opose, opfd = grid
-    nkeys, ncount, nloc, nfeat, npose, npose_valid, nuse_cds, npfd = batch
+    nkeys, ncount, nloc, nfeat, npose, npose_valid, npfd = batch
     n_o = okeys.shape[0]
     n_n = nkeys.shape[0]
     n_feat = ofeat.shape[1]

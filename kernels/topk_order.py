@@ -203,7 +203,6 @@ def sort_desc(v, ix, last):
         return
     # __introsort_loop, its recursion on the right part kept on an explicit stack
     stack = np.empty((2 * (2 * _lg(last) + 2) + 2, 3), np.int64)
-    top = 0
     stack[0, 0], stack[0, 1], stack[0, 2] = 0, last, 2 * _lg(last)
     top = 1
     while top > 0:

@@ -122,7 +122,7 @@ class RefGrid:
             new_feat = np.array([ref_circular_mean(feat[ids, k]) if self.circ[k] else feat[ids, k].mean()
                                  for k in range(feat.shape[1])])
             new_pfd = float(pfd[ids].sum() >= (1 - pfd[ids]).sum())
-            pv, use_cds = ref_pose_vector_mean(pose[ids], pfd[ids])
+            pv, _ = ref_pose_vector_mean(pose[ids], pfd[ids])
             old = self.vox.get(key)
             if old is None:
                 self.vox[key] = dict(count=m, loc=new_loc, feat=new_feat,
