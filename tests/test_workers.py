@@ -194,3 +194,74 @@ def test_workers_get_the_runs_observations_instead_of_making_them(tmp_path, caps
     assert in_worker.data is ex.data
     assert [(p, e) for p, e, _ in records] == [(0, 0)]
     assert isinstance(in_worker, similarity.Experiment)
+
+
+def _recorder(ex, events):
+    """Register a hook on every event but the per-step ones; each call appends its fields."""
+    seen = []
+    for name in events:
+        ex.add_hook(name, lambda ev: seen.append(
+            (ev.name, ev.mode, ev.epoch, ev.episode,
+             None if ev.record is None else (ev.record.object, ev.record.outcome, ev.record.steps),
+             ev.result is not None)))
+    return seen
+
+
+def test_hooks_over_workers_see_what_one_process_sees(evidence_model):
+    """Episode, epoch and experiment hooks fire in this process, in the order (and with the
+    records) of a run in one process; a per-step hook is refused before anything runs."""
+    import dataclasses
+
+    from engine.config import load_config
+    from engine.run import registry, workers
+    from engine.run.hooks import EVENTS
+
+    model, _ = evidence_model
+    cfg = load_config(EVIDENCE, [f"model.path={model}"])
+    events = [e for e in EVENTS if e not in workers.STEP_EVENTS]
+    serial = registry.load_experiment(cfg)
+    seen_serial = _recorder(serial, events)
+    serial.run()
+    assert len(seen_serial) == 2 + 2 + 2 * 8  # experiment, epoch, 8 episodes
+
+    spread = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, workers=2))
+    ex = registry.load_experiment(spread)
+    seen = _recorder(ex, events)
+    result, info = workers.run(ex, spread)
+    assert info["workers"] == 2 and len(result.episodes) == 8
+    assert seen == seen_serial
+
+    ex = registry.load_experiment(spread)
+    ex.add_hook("after_step", lambda ev: None)
+    with pytest.raises(ValueError, match="after_step hooks need the evaluation's steps in this process"):
+        workers.run(ex, spread)
+
+
+def test_evaluation_events_in_order_whatever_the_arrival():
+    """Records arriving out of order (and a retried task's repeat) give the events of a run in
+    one process, each episode once, and the progress bar counts each episode once."""
+    from types import SimpleNamespace
+
+    from engine.run.hooks import EVENTS, Hooks
+    from engine.run.workers import EvaluationEvents
+
+    ex = SimpleNamespace(hooks=Hooks(EVENTS), progress=True)
+    seen = []
+    for name in EVENTS:
+        ex.hooks.add(name, lambda ev: seen.append((ev.name, ev.epoch, ev.episode, ev.record)))
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    ev = EvaluationEvents(ex, pairs)
+    ev.arrived([(0, 1, "b"), (1, 0, "d")])
+    assert seen == [] and ev.bar.n == 2  # episode (0, 0) is not in yet
+    ev.arrived([(0, 0, "a")])
+    assert seen == [("before_epoch", 0, None, None), ("before_episode", 0, 0, None), ("after_episode", 0, 0, "a"),
+                    ("before_episode", 0, 1, None), ("after_episode", 0, 1, "b")]
+    ev.arrived([(0, 1, "repeat"), (1, 2, "f"), (0, 2, "c")])
+    ev.arrived([(1, 1, "e")])
+    assert ev.bar.n == 6
+    ev.close()
+    after = [(name, epoch, episode, record) for name, epoch, episode, record in seen if name == "after_episode"]
+    assert after == [("after_episode", p, e, r) for (p, e), r in zip(pairs, "abcdef")]
+    assert [s[0] for s in seen if s[0].endswith("epoch")] == ["before_epoch", "after_epoch"] * 2
+    assert seen.index(("after_epoch", 0, None, None)) < seen.index(("before_epoch", 1, None, None))
+    assert len(seen) == 2 * 2 + 2 * 6

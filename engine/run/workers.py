@@ -12,7 +12,10 @@ episodes it is sent with ``evaluate_episode``, the model type's per-episode entr
 gives the record a run in one process gives. Each task returns its episodes' records with
 their (epoch, episode); they are collected by that index, each episode exactly once, and the
 experiment builds its usual result from them in epoch-major order (``result_from_records``),
-so the results are the same whatever N (``tests/test_workers.py``).
+so the results are the same whatever N (``tests/test_workers.py``). The experiment's hooks and
+progress bar stay in the run's process (:class:`EvaluationEvents`): episodes are counted as their
+records arrive, and the evaluation's episode and epoch events are emitted in the order of a run
+in one process; per-step hooks are refused (:func:`check_hooks`).
 
 A worker that dies mid-run (its process killed, its machine gone) loses its tasks, running
 or finished but not yet collected: the scheduler sends them to other workers (Dask's
@@ -250,11 +253,13 @@ class Cluster:
         wait(ready)
         del ready
 
-    def evaluate(self, cfg, pairs: list, data=None) -> tuple[list, float, int]:
+    def evaluate(self, cfg, pairs: list, data=None, on_part=None) -> tuple[list, float, int]:
         """The records of ``pairs`` (in that order) evaluated by the cluster's workers, the
         seconds it took and the workers there were at its start. Tasks carry their episodes' index: the records are collected by
         it, each episode once, whichever worker (or retry) delivered it. ``data``: observations
-        sent to every worker once (see :func:`shipped_data`), else each worker builds them."""
+        sent to every worker once (see :func:`shipped_data`), else each worker builds them.
+        ``on_part``: called with each task's ``[(epoch, episode, record), ...]`` as it arrives
+        (a retried task's repeats included: :class:`EvaluationEvents` keeps the first)."""
         from distributed import as_completed
 
         pairs = [(int(p), int(e)) for p, e in pairs]
@@ -284,6 +289,8 @@ class Cluster:
                     raise UserError(f"{part[1]} (in the Dask worker on {part[2]})")
                 for p, e, record in part:
                     got.setdefault((p, e), record)  # once, even if a retried task delivered it again
+                if on_part is not None:
+                    on_part(part)
         except BaseException:
             self.client.cancel([f for f in futures if not f.done()])
             raise
@@ -304,16 +311,17 @@ def shipped_data(experiment, cfg):
     return getattr(experiment, "data", None)
 
 
-def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None, data=None) -> tuple[list, dict]:
+def evaluate_distributed(cfg, pairs: list, cluster: Cluster | None = None, data=None,
+                         on_part=None) -> tuple[list, dict]:
     """Evaluate ``pairs`` over Dask workers: ``cluster`` when given (a sweep's), else a
     :class:`Cluster` for ``cfg`` (a local one of ``execution.workers`` processes, or the
-    scheduler's). ``data``: see :meth:`Cluster.evaluate`. The records in the order of ``pairs``
-    and :func:`execution_info`'s fields."""
+    scheduler's). ``data``, ``on_part``: see :meth:`Cluster.evaluate`. The records in the order
+    of ``pairs`` and :func:`execution_info`'s fields."""
     if cluster is None:
         check_workers(cfg)
         with Cluster.for_config(cfg) as own:
-            return evaluate_distributed(cfg, pairs, own, data)
-    records, eval_s, n = cluster.evaluate(cfg, pairs, data)
+            return evaluate_distributed(cfg, pairs, own, data, on_part)
+    records, eval_s, n = cluster.evaluate(cfg, pairs, data, on_part)
     log.info("evaluated %d episodes on %d workers in %.2f s (cluster start %.2f s)", len(records), n, eval_s,
              cluster.start_s or 0.0)
     return records, {"workers": n, "scheduler": cluster.scheduler, "eval_s": eval_s,
@@ -328,16 +336,89 @@ def execution_info(cfg, run_s: float | None = None) -> dict:
             "worker_setup_s": None}
 
 
+#: hook events a run over workers cannot call: the steps happen in another process
+STEP_EVENTS = ("before_step", "after_step")
+
+
+class EvaluationEvents:
+    """This process's side of an evaluation done by workers: the progress bar, which counts
+    episodes as their records arrive, and the evaluation's hook events, emitted as a run in
+    one process emits them (``before_epoch``, then per episode ``before_episode`` and
+    ``after_episode`` with its record, then ``after_epoch``; mode "eval"), in evaluation order
+    as soon as every earlier episode has arrived. ``before_episode`` therefore comes when the
+    episode's record is in, just before its ``after_episode``, not when a worker starts it."""
+
+    def __init__(self, experiment, pairs: list):
+        self.experiment = experiment
+        self.pairs = [(int(p), int(e)) for p, e in pairs]
+        self.at = {pe: i for i, pe in enumerate(self.pairs)}
+        self.records: list = [None] * len(self.pairs)
+        self.next = 0  # the first episode whose events are not emitted yet
+        self.bar = None
+        if getattr(experiment, "progress", False) and self.pairs:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.pairs), unit="episode", leave=False)
+
+    def _emit(self, name: str, **fields) -> None:
+        self.experiment.hooks.emit(name, self.experiment, mode="eval", **fields)
+
+    def arrived(self, part) -> None:
+        """A task's ``[(epoch, episode, record), ...]`` is in."""
+        new = 0
+        for p, e, record in part:
+            i = self.at[(int(p), int(e))]
+            if self.records[i] is None:  # a retried task's repeat is not counted twice
+                self.records[i] = record
+                new += 1
+        if self.bar is not None and new:
+            self.bar.update(new)
+        while self.next < len(self.pairs) and self.records[self.next] is not None:
+            p, e = self.pairs[self.next]
+            if self.next == 0 or self.pairs[self.next - 1][0] != p:
+                self._emit("before_epoch", epoch=p)
+            self._emit("before_episode", epoch=p, episode=e)
+            self._emit("after_episode", epoch=p, episode=e, record=self.records[self.next])
+            self.next += 1
+            if self.next == len(self.pairs) or self.pairs[self.next][0] != p:
+                self._emit("after_epoch", epoch=p)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_hooks(experiment) -> None:
+    """A ValueError when ``experiment`` has a per-step hook: over workers no step of the
+    evaluation runs in this process."""
+    by_event = experiment.hooks.by_event
+    named = [e for e in STEP_EVENTS if by_event.get(e)]
+    if named:
+        raise ValueError(f"{' and '.join(named)} hooks need the evaluation's steps in this process: run it without "
+                         "execution.workers / execution.scheduler (episode, epoch and experiment hooks do work "
+                         "over workers)")
+
+
 def run(experiment, cfg, cluster: Cluster | None = None):
     """The experiment's result and :func:`execution_info`: in this process (``ex.run()``),
     or its evaluation over Dask workers (``cluster``, else ``execution.workers > 1`` or
-    ``execution.scheduler``)."""
+    ``execution.scheduler``), with the experiment's hooks (except per-step ones, a
+    ValueError: :func:`check_hooks`) and progress bar in this process
+    (:class:`EvaluationEvents`)."""
     if cluster is None and not distributed(cfg):
         result = experiment.run()
         return result, execution_info(cfg, getattr(result, "run_s", None))
+    check_hooks(experiment)
     t0 = time.perf_counter()
+    experiment.hooks.emit("before_experiment", experiment)
     compile_s = experiment.compile_s if experiment.compile_s is not None else experiment.warmup()
     experiment.train()
-    records, info = evaluate_distributed(cfg, experiment.evaluation_pairs(), cluster, shipped_data(experiment, cfg))
+    pairs = experiment.evaluation_pairs()
+    events = EvaluationEvents(experiment, pairs)
+    try:
+        records, info = evaluate_distributed(cfg, pairs, cluster, shipped_data(experiment, cfg), events.arrived)
+    finally:
+        events.close()
     result = experiment.result_from_records(records, compile_s=compile_s, run_s=time.perf_counter() - t0)
+    experiment.hooks.emit("after_experiment", experiment, result=result)
     return result, info
