@@ -22,12 +22,12 @@ import numpy as np
 from numba import njit
 
 from ._flags import FASTMATH
-from .evidence_layout import IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, NEED_CAPACITY, RUNNING
+from .evidence_layout import CELLS_PER_RADIUS, FP_MMD, IS_MATCHING_STEPS, IS_MLH, IS_N_HYP, NEED_CAPACITY, RUNNING
 from .evidence_phases import one_step, record_best
 from .policy import (
     PF_DOD, PF_RAY_RADIUS, PF_REVERSE, PF_STEP, PF_TURN_SD, PI_JUMPS, PI_TYPE, SF_HEADING, SF_PREV_ROT, SI_CUR,
     SI_GOAL_STEP, SI_N_GOALS, SI_N_ON, SI_PREV_TOP, SI_TICKS, SI_WRITTEN, TYPE_WALK, best_row, curvature_heading,
-    goal_check, graph_mismatch, mapped_nearest, move_along, observe, push_history, ray_hit, rng_normal,
+    goal_check, graph_mismatch_grid, mapped_nearest, move_along, observe, push_history, ray_hit, rng_normal,
     start_heading, walk_move,
 )
 from .geometry import to_tangent
@@ -42,13 +42,15 @@ def _to_object(q, v, out):
 
 
 @njit(cache=True, fastmath=False)
-def try_jump(model, st, hyp, obs, t, points, normals, pol):
+def try_jump(model, prm, st, hyp, obs, t, points, normals, pol):
     """The goal-state generator after step ``t - 1``: when it asks for a hypothesis test, the
     target (:func:`kernels.policy.graph_mismatch`) seen from ``desired_object_distance`` x 1.5
     along its normal through the most likely hypothesis (:func:`kernels.policy.ray_hit`).
 
     Returns the sample the sensor lands on, or -1 (no jump, or one undone: it saw nothing or
-    the inside of the object). Sets ``pol.jumped[t]`` to 1 (landed) or 2 (undone)."""
+    the inside of the object). Sets ``pol.jumped[t]`` to 1 (landed) or 2 (undone). ``prm``: the
+    step's settings (their ``max_match_distance`` gives the node grid's cell, which the target
+    search looks at first: :func:`kernels.policy.graph_mismatch_grid`)."""
     si, fp = pol.istate, pol.fparams
     n_rows = st.istate[IS_N_HYP]
     mlh = st.istate[IS_MLH]
@@ -76,7 +78,9 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
         return -1
     lo1, hi1 = model.obj_start[top], model.obj_start[top + 1]
     lo2, hi2 = model.obj_start[o2], model.obj_start[o2 + 1]
-    node = graph_mismatch(model.node_pos, lo1, hi1, lo2, hi2, hyp.loc[r1], hyp.rot[r1], hyp.loc[r2], hyp.rot[r2])
+    cell = prm.fparams[FP_MMD] / np.float32(CELLS_PER_RADIUS)  # as the step's search and build_node_grid
+    node = graph_mismatch_grid(model.node_pos, lo1, hi1, lo2, hi2, hyp.loc[r1], hyp.rot[r1], hyp.loc[r2], hyp.rot[r2],
+                               model.grid_origin, model.grid_index, model.cand_start, model.cand_node, o2, cell)
     if node < 0:
         pol.jumped[t] = 2
         return -1
@@ -85,7 +89,9 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
                                              hyp.rot[r2]) < fp[PF_REVERSE]:
         # the first graph is (within the radius) part of the second: test where the second
         # differs, through the second hypothesis (tbp.monty's TODO in _compute_graph_mismatch)
-        other = graph_mismatch(model.node_pos, lo2, hi2, lo1, hi1, hyp.loc[r2], hyp.rot[r2], hyp.loc[r1], hyp.rot[r1])
+        other = graph_mismatch_grid(model.node_pos, lo2, hi2, lo1, hi1, hyp.loc[r2], hyp.rot[r2], hyp.loc[r1],
+                                    hyp.rot[r1], model.grid_origin, model.grid_index, model.cand_start,
+                                    model.cand_node, top, cell)
         if other >= 0:
             node = other
             via = r2
@@ -129,7 +135,7 @@ def try_jump(model, st, hyp, obs, t, points, normals, pol):
 
 
 @njit(cache=True, fastmath=False)
-def advance(model, st, hyp, obs, t, surf, pol):
+def advance(model, prm, st, hyp, obs, t, surf, pol):
     """Move the sensor over ``surf`` (``kernels.policy.SurfaceSamples``) for step ``t`` and write
     its observation into row ``t`` of ``obs``.
 
@@ -156,7 +162,7 @@ def advance(model, st, hyp, obs, t, surf, pol):
         return
     landed = -1
     if pol.iparams[PI_JUMPS] == 1:
-        landed = try_jump(model, st, hyp, obs, t, points, normals, pol)
+        landed = try_jump(model, prm, st, hyp, obs, t, points, normals, pol)
     if landed >= 0:
         cur = landed
         if not np.isnan(fs[SF_HEADING]):
@@ -214,7 +220,7 @@ def evidence_policy_episode(model, prm, st, hyp, obs, first_step, n_run, trace, 
     while t < stop:
         if pol.istate[SI_WRITTEN] <= t:
             start = ticks()  # the policy's and the simulation's share of the step (two counter reads)
-            advance(model, st, hyp, obs, t, surf, pol)
+            advance(model, prm, st, hyp, obs, t, surf, pol)
             pol.istate[SI_TICKS] += ticks() - start
             pol.istate[SI_WRITTEN] = t + 1
         code = one_step(model, prm, st, hyp, obs, t)

@@ -48,6 +48,7 @@ from numba import njit
 from .geometry import WALK_K
 from .geometry import rotate_about, to_tangent, transport_heading, snap_move, tangent_basis  # noqa: F401 (snap_move re-exported)
 from .evidence_phases import mark_possible_objects
+from .lane_cells import cell_span
 
 # --------------------------------------------------------------------------- slots
 
@@ -581,18 +582,62 @@ def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     ``q = R2 R1^T (n - l1) + l2``. Returns the node row (the first of equal distances; -1
     when the first object has no nodes; ``lo1`` when the second has none).
 
-    ``loc*`` float32 (3,), ``rot*`` float32 (9,) row-major (body to model).
-    Each node's nearest distance is scanned until it falls to the best so far (it then
-    cannot be the farthest), so the search is far below its N1 x N2 bound.
+    ``node_pos`` float32 (N, 3); ``loc*`` float32 (3,), ``rot*`` float32 (9,) row-major (body
+    to model). Each node's nearest distance is scanned until it falls to the best so far (it
+    then cannot be the farthest), so the search is far below its N1 x N2 bound.
+    :func:`graph_mismatch_grid` gives the same node faster, given the second object's node grid.
     """
+    return _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, np.zeros((0, 3), np.float32),
+                          np.zeros((0, 4), np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32), 0,
+                          np.float32(0.0))
+
+
+@njit(cache=True, fastmath=False)
+def graph_mismatch_grid(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
+                        cand_node, o2, cell):
+    """:func:`graph_mismatch` (the same node, bit for bit), with the second object's cell of
+    the model's node grid (``kernels.evidence.build_node_grid``: ``grid_origin``,
+    ``grid_index``, ``cand_start``, ``cand_node``; ``o2`` the second object, ``cell`` float32 the
+    grid's cell side, ``max_match_distance / CELLS_PER_RADIUS``) looked at first: a candidate
+    of the mapped node's cell within the farthest distance so far proves at once that the
+    node is not the farthest. Only the nodes that may be (outside the grid, or with no
+    candidate that near) are scanned over the whole second graph. On ``similar_10``'s
+    pairs, where most of the two graphs overlap, that took a jump from ~1 ms to far less."""
+    return _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
+                          cand_node, o2, cell)
+
+
+@njit(cache=True, fastmath=False)
+def _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
+                   cand_node, o2, cell):
+    """:func:`graph_mismatch`'s search; ``cell > 0`` probes the second object's grid first
+    (:func:`graph_mismatch_grid`). The probe only skips nodes the full scan would also reject
+    (a node within the best distance so far, found with the same float64 arithmetic), so the
+    rows found, and their ties, do not depend on it."""
     m = frame_map(rot1, rot2)
     best2 = -1.0  # squared distance of the farthest so far
     arg = -1
     last = -1
     near = -1
     q = np.empty(3)
+    probe = cell > 0
+    inv_cell = np.float32(1.0) / cell if probe else np.float32(0.0)
     for a in range(lo1, hi1):
         map_node(node_pos, a, m, loc1, loc2, q)
+        if probe and arg >= 0:
+            c0, c1, _ = cell_span(grid_origin, grid_index, cand_start, o2, inv_cell, cell, np.float32(q[0]),
+                                  np.float32(q[1]), np.float32(q[2]))
+            within = False
+            for i in range(c0, c1):
+                b = cand_node[i]
+                d0 = q[0] - node_pos[b, 0]
+                d1 = q[1] - node_pos[b, 1]
+                d2 = q[2] - node_pos[b, 2]
+                if d0 * d0 + d1 * d1 + d2 * d2 <= best2:
+                    within = True
+                    break
+            if within:
+                continue  # not farther than the best: it cannot be the (first) farthest
         dmin = np.inf
         # the previous node's nearest first: nodes are sorted by grid cell, so neighbours
         # in order are near in space, and this one usually ends the scan at once

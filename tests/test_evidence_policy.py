@@ -120,6 +120,7 @@ def test_a_jump_through_a_wrong_hypothesis_lands_off_the_object(trained):
     st.obj_max[mug], st.obj_max[cyl] = 5.0, 4.9
     st.obj_count[mug] = st.obj_count[cyl] = 1
     fp, ip = policy_run.policy_params(ex.config.policy, ex.config.evidence, False)
+    prm = kev.params(ex.model.feature_spec, ex.model.fparams, ex.model.iparams)
     obs = kev.observations(np.zeros((3, 3)), np.zeros((3, 9)), np.zeros(3, bool), np.zeros((3, 2)), np.zeros(3))
     for where, expect in ((np.array([0.3, 0.3, 0.3], np.float32), 2), (None, 1)):
         pol = kp.new_policy_state(fp, ip, 1, np.eye(3), 3, 0)
@@ -130,7 +131,7 @@ def test_a_jump_through_a_wrong_hypothesis_lands_off_the_object(trained):
             row = int(np.argmin(np.linalg.norm(pts - model.node_pos[model.obj_start[mug]], axis=1)))
             obs.location[1] = pts[row]
             hyp.loc[0] = pts[row]
-        hit = try_jump(model, st, hyp, obs, 2, pts, nrm, pol)
+        hit = try_jump(model, prm, st, hyp, obs, 2, pts, nrm, pol)
         assert pol.jumped[2] == expect
         assert pol.istate[kp.SI_N_GOALS] == 1
         if expect == 2:
@@ -203,6 +204,7 @@ def test_a_jump_through_the_right_hypothesis_lands_on_the_target(trained):
     mug, cyl = ex.model.object_index("mug"), ex.model.object_index("cylinder")
     rng = np.random.default_rng(3)
     fp, ip = policy_run.policy_params(ex.config.policy, ex.config.evidence, False)
+    prm = kev.params(ex.model.feature_spec, ex.model.fparams, ex.model.iparams)
     for trial in range(5):
         qm, r = np.linalg.qr(rng.standard_normal((3, 3)))
         qm = qm * np.sign(np.diag(r))
@@ -224,7 +226,7 @@ def test_a_jump_through_the_right_hypothesis_lands_on_the_target(trained):
                                np.zeros(3))
         obs.location[1] = (q.astype(np.float64) @ pts[row]).astype(np.float32)  # sensed, no noise
         pol = kp.new_policy_state(fp, ip, 1, q, 3, row)
-        hit = try_jump(model, st, hyp, obs, 2, pts, nrm, pol)
+        hit = try_jump(model, prm, st, hyp, obs, 2, pts, nrm, pol)
         lo, hi = model.obj_start[mug], model.obj_start[mug + 1]
         lo2, hi2 = model.obj_start[cyl], model.obj_start[cyl + 1]
         node = graph_mismatch(model.node_pos, lo, hi, lo2, hi2, hyp.loc[0], hyp.rot[0], hyp.loc[1], hyp.rot[1])

@@ -287,6 +287,64 @@ def test_graph_mismatch_matches_the_reference_on_random_graphs(seed):
     assert got == want or np.isclose(d[got], d[want], rtol=1e-6)
 
 
+def _gridded(g1, g2, mmd=0.01):
+    """Both graphs as one model's nodes in node-grid order (``build_node_grid``), with the grid:
+    ``(nodes, n1, grid arrays, cell)``; object 1 is the second graph."""
+    from kernels.evidence import build_node_grid
+    from kernels.evidence_layout import CELLS_PER_RADIUS
+
+    n1 = len(g1)
+    nodes = np.concatenate([g1, g2]).astype(F32)
+    order, origin, index, cand_start, cand_node, _ = build_node_grid(nodes, np.array([0, n1, len(nodes)]), mmd, 10)
+    return (nodes[order], n1, (origin, index, cand_start, cand_node),
+            F32(mmd) / F32(CELLS_PER_RADIUS))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_graph_mismatch_grid_is_the_full_search(seed):
+    """With the second graph's node grid looked at first, the same node as the full search, bit
+    for bit, and the reference's: overlapping graphs (a handle on a shared side, the case the
+    grid speeds up), graphs far apart (every mapped node outside the grid), duplicates (the
+    first of equal distances), one node, and hypotheses a little off."""
+    rng = np.random.default_rng(seed)
+    if seed < 4:
+        a, b, _ = handle_models(rng)
+        if seed == 3:
+            a = np.concatenate([a, a[-5:], a[-5:]])  # duplicates of the farthest handle nodes
+    elif seed == 4:
+        a, b = rng.normal(0, 0.03, (150, 3)).astype(F32), (rng.normal(0, 0.03, (120, 3)) + 1.0).astype(F32)
+    elif seed == 5:
+        a, b = rng.normal(0, 0.03, (1, 3)).astype(F32), rng.normal(0, 0.03, (40, 3)).astype(F32)
+    else:
+        a = rng.normal(0, 0.03, (200, 3)).astype(F32)
+        b = (a[:150] + rng.normal(0, 0.002, (150, 3))).astype(F32)
+    nodes, n1, grid, cell = _gridded(a, b)
+    body = random_rotation(rng)
+    r1 = body.astype(F32).reshape(9)
+    r2 = r1
+    if seed % 2:  # a second hypothesis about 3 degrees off
+        r2 = (trimesh.transformations.rotation_matrix(0.05, rng.normal(size=3))[:3, :3] @ body).astype(F32).reshape(9)
+    l1 = nodes[int(rng.integers(n1))]
+    l2 = (l1 + rng.normal(0, 0.002, 3)).astype(F32)
+    full = kp.graph_mismatch(nodes, 0, n1, n1, len(nodes), l1, r1, l2, r2)
+    got = kp.graph_mismatch_grid(nodes, 0, n1, n1, len(nodes), l1, r1, l2, r2, *grid, 1, cell)
+    assert got == full
+    want, d = ref.graph_mismatch(nodes[:n1], nodes[n1:], l1, r1, l2, r2)
+    assert got == want or np.isclose(d[got], d[want], rtol=1e-6)
+    # the other way round: the second graph against the first (object 0's grid)
+    full = kp.graph_mismatch(nodes, n1, len(nodes), 0, n1, l2, r2, l1, r1)
+    assert kp.graph_mismatch_grid(nodes, n1, len(nodes), 0, n1, l2, r2, l1, r1, *grid, 0, cell) == full
+
+
+def test_graph_mismatch_grid_of_empty_graphs():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.03, (20, 3)).astype(F32)
+    nodes, n1, grid, cell = _gridded(a, np.zeros((0, 3), F32))
+    r = np.eye(3, dtype=F32).reshape(9)
+    assert kp.graph_mismatch_grid(nodes, 0, 0, 0, n1, a[0], r, a[0], r, *grid, 0, cell) == -1
+    assert kp.graph_mismatch_grid(nodes, 0, n1, n1, n1, a[0], r, a[0], r, *grid, 1, cell) == 0
+
+
 def test_graph_mismatch_of_an_empty_graph():
     g = np.zeros((3, 3), F32)
     r = np.eye(3, dtype=F32).reshape(9)
@@ -476,10 +534,15 @@ def test_reverse_mismatch_tests_the_handle_of_the_mug_when_the_cup_leads():
     st.obj_count[:] = 1
     obs = kev.observations(np.zeros((3, 3)), np.zeros((3, 9)), np.zeros(3, bool), np.zeros((3, 2)), np.zeros(3))
     obs.location[1] = side[10]
+    # the step's settings: only max_match_distance is read (the node grid's cell; this model has
+    # no grid, so the target search scans every node)
+    fp_step = np.zeros(kev.N_FPARAMS, F32)
+    fp_step[kev.FP_MMD] = 0.01
+    prm = kev.params(np.zeros((3, 2), F32), fp_step, np.zeros(kev.N_IPARAMS, np.int64))
     hits = {}
     for reverse in (0.0, 0.01):
         pol = kp.new_policy_state(fparams(PF_REVERSE=reverse), iparams(PI_JUMPS=1), 1, np.eye(3), 3, 0)
-        hits[reverse] = try_jump(model, st, hyp, obs, 2, pts, nrm, pol)
+        hits[reverse] = try_jump(model, prm, st, hyp, obs, 2, pts, nrm, pol)
         assert pol.jumped[2] == 1
     behind = pts[hits[0.01]]
     assert np.linalg.norm(behind - [0.03, 0.0, 0.0]) < 0.003
