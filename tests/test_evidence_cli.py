@@ -57,6 +57,8 @@ def _check_summary(out):
     assert set(s["outcomes"]) == OUTCOMES
     assert all(isinstance(v, int) and v >= 0 for v in s["outcomes"].values())
     assert sum(s["outcomes"].values()) == n
+    assert s["used_mlh"] == s["outcomes"]["time_out"] / n
+    assert s["accuracy_incl_mlh"] - s["accuracy"] <= s["used_mlh"]  # only time-outs are decided by the MLH
     err = s["mean_rotation_error_deg"]
     assert err is None if s["outcomes"]["correct"] == 0 else (isinstance(err, float) and 0.0 <= err <= 180.0)
     assert isinstance(s["mean_steps"], float) and s["mean_steps"] >= 1
@@ -107,6 +109,19 @@ def test_recorded_evidence_fused_and_stepwise(tmp_path, root, engine_env):
     assert s2["path"] == "stepwise"
     assert _key_columns(rows2) == _key_columns(rows)
     assert s2["outcomes"] == s["outcomes"] and s2["mean_steps"] == s["mean_steps"]
+
+
+def test_time_outs_are_scored_by_the_most_likely_hypothesis(tmp_path, root):
+    """A 3-step budget: no episode can decide (the terminal check waits for min_eval_steps), so
+    every one times out and is scored by its MLH, as tbp.monty's used-MLH episodes are."""
+    out = tmp_path / "o"
+    assert main(["-q", "run", str(root / "configs/recorded_evidence.yaml"), "--out", str(out),
+                 "--set", "experiment.max_eval_steps=3"]) == 0
+    s, rows = _check_summary(out)
+    assert s["outcomes"]["time_out"] == s["n_eval_episodes"] == 8 and s["accuracy"] == 0.0
+    assert s["used_mlh"] == 1.0 and s["mean_steps"] == 3.0
+    assert s["accuracy_incl_mlh"] == s["time_out_mlh_correct"] / 8
+    assert s["time_out_mlh_correct"] == sum(r["mlh_object"] == r["object"] for r in rows)
 
 
 def test_my_meshes_runs(tmp_path, root):

@@ -5,7 +5,8 @@ Results (written by ``engine.run.results``, atomically, like every result file):
 
 - ``summary.json``: ``accuracy`` (correct / evaluation episodes), ``accuracy_incl_mlh``
   (time-outs whose most likely hypothesis names the right object count as correct,
-  as tbp.monty does), ``outcomes`` (counts of correct, confused, no_match, time_out),
+  as tbp.monty's ``percent_correct`` does), ``used_mlh`` (the time-outs' share: tbp.monty's
+  "used MLH"), ``outcomes`` (counts of correct, confused, no_match, time_out),
   ``mean_rotation_error_deg`` (over correct episodes; ``median_rotation_error_deg`` and
   ``p90_rotation_error_deg`` beside it), ``mean_steps``,
   ``matching_step_s`` (mean wall time of one matching step, compile excluded),
@@ -75,6 +76,10 @@ def summary(cfg, result, data_s: float | None = None, data_compile_s: float | No
         "accuracy_incl_mlh": (counts["correct"] + mlh_right) / n if n else None,
         "outcomes": {k: counts.get(k, 0) for k in ("correct", "confused", "no_match", "time_out")},
         "time_out_mlh_correct": mlh_right,
+        # tbp.monty's "used MLH": the episodes decided by their most likely hypothesis after a
+        # time-out (every evidence time-out is), right or wrong; its tables print it beside
+        # percent_correct, which is accuracy_incl_mlh
+        "used_mlh": counts["time_out"] / n if n else None,
         "mean_rotation_error_deg": float(np.mean(errs)) if errs else None,
         "median_rotation_error_deg": float(np.median(errs)) if errs else None,
         # one outlier (a flip of ~180 degrees) moves the mean: the 90th percentile shows it as one
