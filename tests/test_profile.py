@@ -166,6 +166,29 @@ def test_evidence_phases_script_reports_every_phase(root, phases_script):
     assert values["update of existing hypotheses"] < step_ms  # a part of the step, not more
 
 
+def test_vote_exchange_script_times_every_part(root):
+    """profiling/vote_exchange.py on the bundled five-module recording: each part timed, the
+    searches no more than the rows, and configs without an exchange refused (exit 2)."""
+    p = subprocess.run([sys.executable, str(root / "profiling/vote_exchange.py"), str(root / "configs/recorded_5lm.yaml"),
+                        "--episodes", "2", "--steps", "3,6", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("vote exchange, 5 modules, one core")
+    for step in (3, 6):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"after step {step} (2 inputs): "))
+        head = lines[at].split(": ")[1].split(", ")
+        rows, votes, searches = (float(x.split()[0]) for x in head)
+        assert rows > 0 and votes > 0 and 0 < searches <= rows
+        parts = {line[:24].strip(): float(line[24:].split()[0]) for line in lines[at + 1:at + 7]}
+        assert list(parts) == ["exchange", "selecting votes", "pooling, grouping", "tree builds", "searches, row order",
+                               "searches, cell order"]
+        assert all(v > 0 for v in parts.values())
+    for config in ("configs/shapes_10_noise.yaml", "configs/demo.yaml"):
+        p = subprocess.run([sys.executable, str(root / "profiling/vote_exchange.py"), str(root / config)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
 def test_evidence_phases_refuses_other_models(root):
     p = subprocess.run([sys.executable, str(root / "profiling/evidence_phases.py"), str(root / "configs/demo.yaml")],
                        capture_output=True, text=True, timeout=120)
