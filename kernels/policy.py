@@ -17,7 +17,8 @@ step instead, from what it senses and what the evidence model believes:
   the x-percent threshold scaled by ``x_percent_scale_factor``, a change of the top two
   objects or of the most likely rotation, ``elapsed_steps_factor`` with a growing wait), and
   the node of the most likely object farthest from the second hypothesis once both are
-  aligned through their poses;
+  aligned through their poses (:func:`graph_mismatch_grid`: the same node, the second
+  object's node-grid cell looked at first; what the episode kernel calls);
 - :func:`ray_hit`         where the jumped sensor, looking down the target's normal, meets
   the surface (-1: nothing, or the inside of the object: the jump is undone);
 - :func:`observe`         the observation at a surface sample, rotated into the world and
