@@ -76,11 +76,9 @@ def try_jump(model, prm, st, hyp, obs, t, points, normals, pol):
     if r2 < 0:
         pol.jumped[t] = 2
         return -1
-    lo1, hi1 = model.obj_start[top], model.obj_start[top + 1]
     lo2, hi2 = model.obj_start[o2], model.obj_start[o2 + 1]
     cell = prm.fparams[FP_MMD] / np.float32(CELLS_PER_RADIUS)  # as the step's search and build_node_grid
-    node = graph_mismatch_grid(model.node_pos, lo1, hi1, lo2, hi2, hyp.loc[r1], hyp.rot[r1], hyp.loc[r2], hyp.rot[r2],
-                               model.grid_origin, model.grid_index, model.cand_start, model.cand_node, o2, cell)
+    node = graph_mismatch_grid(model, top, o2, hyp.loc[r1], hyp.rot[r1], hyp.loc[r2], hyp.rot[r2], cell)
     if node < 0:
         pol.jumped[t] = 2
         return -1
@@ -89,9 +87,7 @@ def try_jump(model, prm, st, hyp, obs, t, points, normals, pol):
                                              hyp.rot[r2]) < fp[PF_REVERSE]:
         # the first graph is (within the radius) part of the second: test where the second
         # differs, through the second hypothesis (tbp.monty's TODO in _compute_graph_mismatch)
-        other = graph_mismatch_grid(model.node_pos, lo2, hi2, lo1, hi1, hyp.loc[r2], hyp.rot[r2], hyp.loc[r1],
-                                    hyp.rot[r1], model.grid_origin, model.grid_index, model.cand_start,
-                                    model.cand_node, top, cell)
+        other = graph_mismatch_grid(model, o2, top, hyp.loc[r2], hyp.rot[r2], hyp.loc[r1], hyp.rot[r1], cell)
         if other >= 0:
             node = other
             via = r2

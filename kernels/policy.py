@@ -135,6 +135,13 @@ PolicyState = namedtuple("PolicyState", "fparams iparams fstate istate history r
 #: ``points``.
 SurfaceSamples = namedtuple("SurfaceSamples", "points normals curvature directions tree")
 
+#: Where :func:`graph_mismatch_grid` looks first: the node grid of a model
+#: (``kernels.evidence.build_node_grid``: ``grid_origin`` float32 (O, 3), ``grid_index`` int64
+#: (O, 4), ``cand_start`` int64 (C + 1,), ``cand_node`` int32 (M,)), ``obj`` int64 the object
+#: searched, ``cell`` float32 the grid's cell side (``max_match_distance / CELLS_PER_RADIUS``;
+#: 0: no grid, every node is scanned in full).
+GridProbe = namedtuple("GridProbe", "grid_origin grid_index cand_start cand_node obj cell")
+
 
 def new_policy_state(fparams, iparams, seed, rotation, n_steps, start):
     """A :class:`PolicyState` before an episode (Python helper).
@@ -588,33 +595,34 @@ def graph_mismatch(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2):
     then cannot be the farthest), so the search is far below its N1 x N2 bound.
     :func:`graph_mismatch_grid` gives the same node faster, given the second object's node grid.
     """
-    return _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, np.zeros((0, 3), np.float32),
-                          np.zeros((0, 4), np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32), 0,
-                          np.float32(0.0))
+    no_grid = GridProbe(np.zeros((0, 3), np.float32), np.zeros((0, 4), np.int64), np.zeros(1, np.int64),
+                        np.zeros(0, np.int32), np.int64(0), np.float32(0.0))
+    return _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, no_grid)
 
 
 @njit(cache=True, fastmath=False)
-def graph_mismatch_grid(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
-                        cand_node, o2, cell):
-    """:func:`graph_mismatch` (the same node, bit for bit), with the second object's cell of
-    the model's node grid (``kernels.evidence.build_node_grid``: ``grid_origin``,
-    ``grid_index``, ``cand_start``, ``cand_node``; ``o2`` the second object, ``cell`` float32 the
-    grid's cell side, ``max_match_distance / CELLS_PER_RADIUS``) looked at first: a candidate
-    of the mapped node's cell within the farthest distance so far proves at once that the
-    node is not the farthest. Only the nodes that may be (outside the grid, or with no
-    candidate that near) are scanned over the whole second graph. On ``similar_10``'s
-    pairs, where most of the two graphs overlap, that took a jump from ~1 ms to far less."""
-    return _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
-                          cand_node, o2, cell)
+def graph_mismatch_grid(model, o1, o2, loc1, rot1, loc2, rot2, cell):
+    """:func:`graph_mismatch` of objects ``o1`` and ``o2`` of ``model``
+    (``kernels.evidence_layout.ObjectModels``; the same node row, bit for bit), with the
+    mapped node's cell of ``o2``'s node grid looked at first (``cell`` float32 the grid's cell
+    side, ``max_match_distance / CELLS_PER_RADIUS``): a candidate there within the farthest
+    distance so far proves at once that the node is not the farthest. Only the nodes that may
+    be (outside the grid, or with no candidate that near) are scanned over the whole second
+    graph. On ``similar_10``'s pairs, where most of the two graphs overlap, that took a jump
+    from ~1 ms to ~0.25 ms."""
+    lo1, hi1 = model.obj_start[o1], model.obj_start[o1 + 1]
+    lo2, hi2 = model.obj_start[o2], model.obj_start[o2 + 1]
+    probe = GridProbe(model.grid_origin, model.grid_index, model.cand_start, model.cand_node, np.int64(o2), cell)
+    return _farthest_node(model.node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, probe)
 
 
 @njit(cache=True, fastmath=False)
-def _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_origin, grid_index, cand_start,
-                   cand_node, o2, cell):
-    """:func:`graph_mismatch`'s search; ``cell > 0`` probes the second object's grid first
-    (:func:`graph_mismatch_grid`). The probe only skips nodes the full scan would also reject
-    (a node within the best distance so far, found with the same float64 arithmetic), so the
-    rows found, and their ties, do not depend on it."""
+def _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid):
+    """:func:`graph_mismatch`'s search; ``grid`` a :class:`GridProbe` (``cell > 0``: its
+    object's grid is probed first, :func:`graph_mismatch_grid`). The probe only skips nodes
+    the full scan would also reject (a node within the best distance so far, found with the
+    same float64 arithmetic), so the rows found, and their ties, do not depend on it."""
+    cell = grid.cell
     m = frame_map(rot1, rot2)
     best2 = -1.0  # squared distance of the farthest so far
     arg = -1
@@ -626,11 +634,11 @@ def _farthest_node(node_pos, lo1, hi1, lo2, hi2, loc1, rot1, loc2, rot2, grid_or
     for a in range(lo1, hi1):
         map_node(node_pos, a, m, loc1, loc2, q)
         if probe and arg >= 0:
-            c0, c1, _ = cell_span(grid_origin, grid_index, cand_start, o2, inv_cell, cell, np.float32(q[0]),
-                                  np.float32(q[1]), np.float32(q[2]))
+            c0, c1, _ = cell_span(grid.grid_origin, grid.grid_index, grid.cand_start, grid.obj, inv_cell, cell,
+                                  np.float32(q[0]), np.float32(q[1]), np.float32(q[2]))
             within = False
             for i in range(c0, c1):
-                b = cand_node[i]
+                b = grid.cand_node[i]
                 d0 = q[0] - node_pos[b, 0]
                 d1 = q[1] - node_pos[b, 1]
                 d2 = q[2] - node_pos[b, 2]

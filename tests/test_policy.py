@@ -288,16 +288,20 @@ def test_graph_mismatch_matches_the_reference_on_random_graphs(seed):
 
 
 def _gridded(g1, g2, mmd=0.01):
-    """Both graphs as one model's nodes in node-grid order (``build_node_grid``), with the grid:
-    ``(nodes, n1, grid arrays, cell)``; object 1 is the second graph."""
+    """Both graphs as one model (``ObjectModels``, object 0 the first, 1 the second) with its
+    node grid (``build_node_grid``): ``(nodes in grid order, n1, model, cell)``."""
     from kernels.evidence import build_node_grid
-    from kernels.evidence_layout import CELLS_PER_RADIUS
+    from kernels.evidence_layout import CELLS_PER_RADIUS, object_models
 
     n1 = len(g1)
     nodes = np.concatenate([g1, g2]).astype(F32)
-    order, origin, index, cand_start, cand_node, _ = build_node_grid(nodes, np.array([0, n1, len(nodes)]), mmd, 10)
-    return (nodes[order], n1, (origin, index, cand_start, cand_node),
-            F32(mmd) / F32(CELLS_PER_RADIUS))
+    starts = np.array([0, n1, len(nodes)])
+    order, origin, index, cand_start, cand_node, cand_dist = build_node_grid(nodes, starts, mmd, 10)
+    nodes = nodes[order]
+    n = len(nodes)
+    model = object_models(nodes, np.zeros((n, 9)), np.zeros(n), np.zeros((n, 2)), starts, origin, index, cand_start,
+                          cand_node, cand_dist)
+    return nodes, n1, model, F32(mmd) / F32(CELLS_PER_RADIUS)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -318,7 +322,7 @@ def test_graph_mismatch_grid_is_the_full_search(seed):
     else:
         a = rng.normal(0, 0.03, (200, 3)).astype(F32)
         b = (a[:150] + rng.normal(0, 0.002, (150, 3))).astype(F32)
-    nodes, n1, grid, cell = _gridded(a, b)
+    nodes, n1, model, cell = _gridded(a, b)
     body = random_rotation(rng)
     r1 = body.astype(F32).reshape(9)
     r2 = r1
@@ -327,22 +331,22 @@ def test_graph_mismatch_grid_is_the_full_search(seed):
     l1 = nodes[int(rng.integers(n1))]
     l2 = (l1 + rng.normal(0, 0.002, 3)).astype(F32)
     full = kp.graph_mismatch(nodes, 0, n1, n1, len(nodes), l1, r1, l2, r2)
-    got = kp.graph_mismatch_grid(nodes, 0, n1, n1, len(nodes), l1, r1, l2, r2, *grid, 1, cell)
+    got = kp.graph_mismatch_grid(model, 0, 1, l1, r1, l2, r2, cell)
     assert got == full
     want, d = ref.graph_mismatch(nodes[:n1], nodes[n1:], l1, r1, l2, r2)
     assert got == want or np.isclose(d[got], d[want], rtol=1e-6)
     # the other way round: the second graph against the first (object 0's grid)
     full = kp.graph_mismatch(nodes, n1, len(nodes), 0, n1, l2, r2, l1, r1)
-    assert kp.graph_mismatch_grid(nodes, n1, len(nodes), 0, n1, l2, r2, l1, r1, *grid, 0, cell) == full
+    assert kp.graph_mismatch_grid(model, 1, 0, l2, r2, l1, r1, cell) == full
 
 
 def test_graph_mismatch_grid_of_empty_graphs():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 0.03, (20, 3)).astype(F32)
-    nodes, n1, grid, cell = _gridded(a, np.zeros((0, 3), F32))
+    nodes, n1, model, cell = _gridded(np.zeros((0, 3), F32), a)  # object 0 empty, object 1 the nodes
     r = np.eye(3, dtype=F32).reshape(9)
-    assert kp.graph_mismatch_grid(nodes, 0, 0, 0, n1, a[0], r, a[0], r, *grid, 0, cell) == -1
-    assert kp.graph_mismatch_grid(nodes, 0, n1, n1, n1, a[0], r, a[0], r, *grid, 1, cell) == 0
+    assert kp.graph_mismatch_grid(model, 0, 1, a[0], r, a[0], r, cell) == -1  # no nodes to test
+    assert kp.graph_mismatch_grid(model, 1, 0, a[0], r, a[0], r, cell) == 0  # the first node of object 1's rows
 
 
 def test_graph_mismatch_of_an_empty_graph():
