@@ -109,6 +109,13 @@ def scale_evidence(e, lo, hi):
 def count_votes(obj, ev, n, threshold):
     """How many of the first ``n`` rows :func:`select_votes` would send (``threshold`` float64)."""
     lo, hi = evidence_range(obj, ev, n)
+    return count_in_range(obj, ev, n, threshold, lo, hi)
+
+
+@njit(**_PLAIN)
+def count_in_range(obj, ev, n, threshold, lo, hi):
+    """:func:`count_votes` given the module's evidence range ``lo .. hi`` (float64, from
+    :func:`evidence_range`), so that the exchange computes it once per module."""
     c = 0
     for h in range(n):
         if obj[h] >= 0 and scale_evidence(np.float64(ev[h]), lo, hi) > threshold:
@@ -129,8 +136,16 @@ def select_votes(obj, loc, rot, ev, n, threshold, sender, out, w):
     sender : int, the module's index
     out : VoteOut, written: sender, object, location, rotation and confidence of each vote
     """
-    out_src, out_obj, out_loc, out_rot, out_conf = out
     lo, hi = evidence_range(obj, ev, n)
+    return select_in_range(obj, loc, rot, ev, n, threshold, sender, out, w, (lo, hi))
+
+
+@njit(**_PLAIN)
+def select_in_range(obj, loc, rot, ev, n, threshold, sender, out, w, ev_range):
+    """:func:`select_votes` given the module's evidence range ``ev_range = (lo, hi)`` (float64,
+    from :func:`evidence_range`), so that the exchange computes it once per module."""
+    lo, hi = ev_range
+    out_src, out_obj, out_loc, out_rot, out_conf = out
     for h in range(n):
         o = obj[h]
         if o < 0:
@@ -394,9 +409,14 @@ def exchange_body(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv
     n_mod = obj.shape[0]
     # 1. every module's votes (each module's own rows; writes its own slots)
     counts = np.zeros(n_mod, np.int64)
+    ev_lo = np.empty(n_mod, np.float64)
+    ev_hi = np.empty(n_mod, np.float64)
     for m in prange(n_mod):
         if sends[m]:
-            counts[m] = count_votes(obj[m], ev[m], n_rows[m], threshold)
+            lo, hi = evidence_range(obj[m], ev[m], n_rows[m])
+            ev_lo[m] = lo
+            ev_hi[m] = hi
+            counts[m] = count_in_range(obj[m], ev[m], n_rows[m], threshold, lo, hi)
     start = np.zeros(n_mod + 1, np.int64)
     for m in range(n_mod):
         start[m + 1] = start[m] + counts[m]
@@ -409,7 +429,8 @@ def exchange_body(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv
     out = VoteOut(v_src, v_obj, v_loc, v_rot, v_conf)
     for m in prange(n_mod):
         if counts[m] > 0:
-            select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, out, start[m])
+            select_in_range(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, out, start[m],
+                            (ev_lo[m], ev_hi[m]))
     votes = (start, v_obj, v_loc, v_rot, v_conf)
     # 2. each receiver's pool, moved into its position, and its rows, grouped by object
     p_start = np.zeros(n_mod + 1, np.int64)

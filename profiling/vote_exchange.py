@@ -101,13 +101,15 @@ def time_parts(s: dict, rcv, repeats: int) -> dict:
     threshold = np.float64(s["threshold"])
 
     def select():
-        counts = np.array([kv.count_votes(obj[m], ev[m], n_rows[m], threshold) for m in range(n_mod)], np.int64)
+        ranges = [kv.evidence_range(obj[m], ev[m], n_rows[m]) for m in range(n_mod)]
+        counts = np.array([kv.count_in_range(obj[m], ev[m], n_rows[m], threshold, *ranges[m]) for m in range(n_mod)],
+                          np.int64)
         start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = int(start[-1])
         votes = kv.VoteOut(np.empty(n, np.int32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
                            np.empty((n, 9), np.float32), np.empty(n, np.float32))
         for m in range(n_mod):
-            kv.select_votes(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, votes, start[m])
+            kv.select_in_range(obj[m], loc[m], rot[m], ev[m], n_rows[m], threshold, m, votes, start[m], ranges[m])
         return counts, start, votes
 
     out["selecting votes"] = _best(select, repeats)
