@@ -138,10 +138,11 @@ def _evidence_model(est: Estimate, cfg, n_obj: int, train_steps_per_object: int,
     n_feat = n_features + 2
     est.add("object graphs", nodes * (52.0 + 4 * n_feat))
     # node grid: cells half the match radius wide over an object (10 cm unless recorded), and
-    # per occupied cell a list of at least k candidates (int32 node + float32 distance)
+    # per occupied cell a list of at least k candidates (int32 node, float32 distance and the
+    # int32 code of both the search reads)
     cells_per_axis = min(OBJECT_SIZE / (float(s.max_match_distance) / 2.0) + 2.0, 1e10)
     cells = n_obj * cells_per_axis ** 3
-    est.add("node grid", cells * 16.0 + nodes * 8.0 * (k + 1))
+    est.add("node grid", cells * 16.0 + nodes * 12.0 * (k + 1))
     classic = nodes * max(2, int(s.umbilical_num_poses))
     rows = classic if s.updater == "classic" else min(classic, 4 * int(2 * nodes * s.sampling_multiplier + 16))
     est.add("hypotheses", 2.0 * rows * _hypothesis_row_bytes())

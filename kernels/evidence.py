@@ -58,7 +58,7 @@ from .evidence_layout import (
     CELLS_PER_RADIUS, IS_N_HYP, NEED_CAPACITY, RUNNING, Hypotheses, ObjectModels, Observations, Params, State,
 )
 from .evidence_phases import (  # noqa: F401  (candidate_frames, feature_evidence_into re-exported)
-    candidate_frames, feature_evidence_into, one_step, record_best,
+    candidate_frames, candidate_unit, feature_evidence_into, one_step, record_best,
 )
 
 
@@ -227,6 +227,9 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
         Node rows (of the sorted arrays), nearest to the cell centre first.
     cand_dist : float32 (total candidates,)
         Their distances to the cell centre, rounded down a little (a lower bound).
+
+    The step's search reads both as one int32 per candidate: ``candidate_codes(cand_node,
+    cand_dist, max_match_distance)`` (``ObjectModels.cand_code``).
     """
     from .kdtree import build_tree  # sibling kernel module
 
@@ -289,6 +292,41 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
     cand_node = np.concatenate(nodes_all).astype(np.int32) if nodes_all else np.zeros(0, np.int32)
     cand_dist = np.concatenate(dists_all).astype(np.float32) if dists_all else np.zeros(0, np.float32)
     return order, origin, index, cand_start, cand_node, cand_dist
+
+
+def candidate_codes(cand_node, cand_dist, max_match_distance) -> np.ndarray:
+    """The lists' one-int32 form the step's search reads (``ObjectModels.cand_code``).
+
+    Candidate ``i``'s code is ``kernels.lanes.candidate_code(cand_node[i], s)``, ``s`` the
+    largest whole number of distance steps (``candidate_unit(max_match_distance)``) whose
+    float32 product with the step is at most ``cand_dist[i]`` less a margin (a lower
+    bound still, whatever the rounding of the step in a kernel compiled with fastmath),
+    and at most ``CODE_MASK``. A bound a step lower only lets a search look at a candidate
+    more before it stops; what it finds is the same.
+
+    ``cand_node`` int32 (M,) node rows, ``cand_dist`` float32 (M,) their lower-bound
+    distances (``build_node_grid``). Raises ValueError for node rows of
+    ``kernels.lanes.MAX_CODED_ROWS`` or more.
+    """
+    from .lanes import CODE_BITS, CODE_MASK, MAX_CODED_ROWS  # sibling kernel module
+
+    node = np.asarray(cand_node, np.int64).reshape(-1)
+    dist = np.asarray(cand_dist, np.float32).reshape(-1)
+    if node.shape != dist.shape:
+        raise ValueError(f"cand_node and cand_dist differ in length: {node.shape[0]} and {dist.shape[0]}")
+    if node.size and (node.min() < 0 or node.max() >= MAX_CODED_ROWS):
+        raise ValueError(f"candidate node rows must lie in 0..{MAX_CODED_ROWS - 1} "
+                         f"(a model of at most {MAX_CODED_ROWS} nodes), got {node.min()}..{node.max()}")
+    if not np.isfinite(dist).all():
+        raise ValueError("cand_dist holds NaN or infinity")
+    unit = candidate_unit(np.float32(max_match_distance))
+    steps = np.clip(np.floor(dist.astype(np.float64) * (1 - 1e-6) / np.float64(unit)), 0, CODE_MASK).astype(np.int64)
+    # (0 steps is a lower bound of any distance, even where cand_dist's margin made it negative)
+    over = (steps > 0) & (steps.astype(np.float32) * unit > dist)
+    while over.any():  # float32 rounding: a step at most
+        steps[over] -= 1
+        over = (steps > 0) & (steps.astype(np.float32) * unit > dist)
+    return ((node << CODE_BITS) | steps).astype(np.int32)
 
 
 def _cell_candidates(p, lo, origin, dims, cell, half_diag, mmd, k, build_tree):

@@ -113,6 +113,10 @@ SLOPE_WINDOW = 10
 
 #: Node grid cells are ``max_match_distance / CELLS_PER_RADIUS`` wide.
 CELLS_PER_RADIUS = 2
+#: A candidate's coded distance counts steps of ``cell / CODE_STEPS_PER_CELL`` (a power of
+#: two: the step is exact); the farthest candidate, ``(CELLS_PER_RADIUS + sqrt(3) / 2)``
+#: cells from its cell's centre, is ~735 steps, within ``kernels.lanes.CODE_MASK``.
+CODE_STEPS_PER_CELL = 256
 
 # --------------------------------------------------------------------------- array groups
 # (name, dtype, shape); a string in a shape is a size known at run time: N nodes, O objects,
@@ -132,7 +136,8 @@ MODEL_FIELDS = (
     ("cand_start", np.int64, ("C+1",)),     # each cell's first candidate, then M
     ("cand_node", np.int32, ("M",)),        # candidate node rows, nearest to the cell centre first
     ("cand_dist", np.float32, ("M",)),      # their distances to the cell centre (a lower bound)
-)
+    ("cand_code", np.int32, ("M",)),        # both in one int32, what the step's search reads
+)                                           # (kernels.lanes.candidate_code; candidate_codes builds it)
 
 #: Hypothesis rows: the first ``istate[IS_N_HYP]`` are in use, all objects mixed. A
 #: deleted row is *dead*: ``obj == -1``. Every field has ``cap`` rows (growth and

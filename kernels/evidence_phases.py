@@ -34,7 +34,7 @@ from numba import literal_unroll, njit, prange
 
 from ._flags import FASTMATH
 from .evidence_layout import (
-    CELLS_PER_RADIUS, EP_INV_KAPPA, EP_MMD, EP_POSE_DEFINED, EP_W_CURV, EP_W_NORMAL, FP_BURST_SLOPE,
+    CELLS_PER_RADIUS, CODE_STEPS_PER_CELL, EP_INV_KAPPA, EP_MMD, EP_POSE_DEFINED, EP_W_CURV, EP_W_NORMAL, FP_BURST_SLOPE,
     FP_DELETION_SLOPE, FP_INCREMENT, FP_MMD, FP_OBJECT_THRESHOLD, FP_PAST, FP_PATH_SIMILARITY, FP_POSE_SIMILARITY,
     FP_PRESENT, FP_SAMPLING, FP_W_CURV, FP_W_NORMAL, FP_X_PERCENT, FS_MLH_EV, FS_SLOPE_MAX, FS_X_LAST,
     IP_BURST_DURATION, IP_K, IP_MAX_STEPS, IP_MIN_AGE, IP_MIN_STEPS, IP_SYMMETRY, IP_UMBILICAL, IP_UPDATER,
@@ -70,6 +70,14 @@ Blocks = namedtuple("Blocks", "max arg cnt slope dead")
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+@njit(cache=True, fastmath=False)
+def candidate_unit(mmd):
+    """The distance step of the candidate codes (float32): ``mmd / CELLS_PER_RADIUS /
+    CODE_STEPS_PER_CELL`` for match radius ``mmd`` (float32), the same value wherever it is
+    computed (``candidate_codes`` when it builds the codes, ``search`` when it reads them)."""
+    return mmd / np.float32(CELLS_PER_RADIUS) / np.float32(CODE_STEPS_PER_CELL)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -282,13 +290,14 @@ def search(model, mmd, k, q, n_q):
         out_m[i] = 0
     if k < 1 or n_search == 0:  # (lock_step reads row k - 1)
         return
+    unit = np.full(1, candidate_unit(mmd), np.float32)
     if k <= K_REGISTERS:
         # 2. the searches in one vector loop: lanes harvested and refilled with vector ops
-        search_lanes(model.cand_dist, model.cand_node, model.node_pos, span, span_off, qpos, search_at, n_search, r2,
+        search_lanes(unit, model.cand_code, model.node_pos, span, span_off, qpos, search_at, n_search, r2,
                      k, out_j, out_m, _REFILL_AT)
     else:
         # 2. (larger k) lock_steps, the ended lanes refilled one by one
-        drive_lock_steps(model.cand_dist, model.cand_node, model.node_pos, span, span_off, qpos, search_at, n_search,
+        drive_lock_steps(unit, model.cand_code, model.node_pos, span, span_off, qpos, search_at, n_search,
                          r2, k, out_j, out_m, _REFILL_AT)
 
 

@@ -81,7 +81,7 @@ def module_model(model, m, n_obj):
     return ObjectModels(model.node_pos[n0:n1], model.node_pose[n0:n1], model.node_pfd[n0:n1],
                         model.node_feat[n0:n1], model.obj_start[m], model.grid_origin[g0:g1],
                         model.grid_index[g0:g1], model.cand_start[s0:s1], model.cand_node[k0:k1],
-                        model.cand_dist[k0:k1])
+                        model.cand_dist[k0:k1], model.cand_code[k0:k1])
 
 
 @njit(cache=True)
@@ -233,7 +233,7 @@ def voting_episode(model, prm, vp, st, hyp, obs, first_step, trace):
             mdl = ObjectModels(model.node_pos[n0:n1], model.node_pose[n0:n1], model.node_pfd[n0:n1],
                                model.node_feat[n0:n1], model.obj_start[m], model.grid_origin[m * n_obj:(m + 1) * n_obj],
                                model.grid_index[m * n_obj:(m + 1) * n_obj], model.cand_start[s0:s1],
-                               model.cand_node[k0:k1], model.cand_dist[k0:k1])
+                               model.cand_node[k0:k1], model.cand_dist[k0:k1], model.cand_code[k0:k1])
             stm = State(st.istate[m], st.fstate[m], st.obj_max[m], st.obj_count[m])
             hm = Hypotheses(hyp.obj[m], hyp.loc[m], hyp.rot[m], hyp.ev[m], hyp.slope[m], hyp.age[m],
                             hyp.possible[m], hyp.buf[m])

@@ -29,7 +29,7 @@ F32 = np.float32
 MMD = 0.01
 W = 10  # slope window (hyp_buf columns)
 
-MODEL_KEYS = ev.ObjectModels._fields  # node_pos, ..., cand_dist (kernels.evidence_layout)
+MODEL_KEYS = ev.ObjectModels._fields  # node_pos, ..., cand_code (kernels.evidence_layout)
 GRID_K = 10  # the node grid's candidate lists serve any K <= GRID_K
 HYP_KEYS = tuple("hyp_" + f for f in ev.Hypotheses._fields)  # hyp_obj, ..., hyp_buf
 
@@ -90,7 +90,7 @@ def make_model(pos, pose, pfd, feat, obj_start, mmd=MMD, k=GRID_K):
         node_pfd=np.ascontiguousarray(np.asarray(pfd)[order], F32),
         node_feat=np.ascontiguousarray(np.asarray(feat)[order], F32),
         obj_start=obj_start, grid_origin=origin, grid_index=index, cand_start=cstart, cand_node=cnode,
-        cand_dist=cdist,
+        cand_dist=cdist, cand_code=ev.candidate_codes(cnode, cdist, mmd),
     )
     return m, order
 
@@ -355,7 +355,8 @@ def grid_model(g):
     poses or features: the search reads none)."""
     n = len(g["pos"])
     return ev.object_models(g["pos"], np.zeros((n, 9)), np.zeros(n), np.zeros((n, 1)), g["obj_start"], g["origin"],
-                            g["index"], g["cstart"], g["cnode"], g["cdist"])
+                            g["index"], g["cstart"], g["cnode"], g["cdist"],
+                            ev.candidate_codes(g["cnode"], g["cdist"], MMD))
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def test_constructors_check_shapes():
     with pytest.raises(ValueError, match="Params.fparams"):
         lay.params(FEAT_SPEC, np.zeros(3), np.zeros(lay.N_IPARAMS))
     with pytest.raises(ValueError, match="ObjectModels.node_pos"):
-        lay.object_models(*([np.zeros(4)] * 10))
+        lay.object_models(*([np.zeros(4)] * len(lay.MODEL_FIELDS)))
 
 
 # ----------------------------------------------------------------------------- 1. begin_step

@@ -128,9 +128,11 @@ def test_a_step_with_votes_is_the_step_then_the_exchange(episode_case, bins):
 
 def test_module_models_layout():
     m1 = ev.object_models(np.zeros((2, 3)), np.zeros((2, 9)), np.zeros(2), np.zeros((2, 1)), [0, 1, 2],
-                          np.zeros((2, 3)), [[1, 1, 1, 0], [1, 1, 1, 1]], [0, 1, 2], [0, 1], [0, 0])
+                          np.zeros((2, 3)), [[1, 1, 1, 0], [1, 1, 1, 1]], [0, 1, 2], [0, 1], [0, 0],
+                          ev.candidate_codes([0, 1], [0, 0], 0.01))
     m2 = ev.object_models(np.ones((3, 3)), np.zeros((3, 9)), np.zeros(3), np.zeros((3, 1)), [0, 2, 3],
-                          np.zeros((2, 3)), [[1, 1, 1, 0], [1, 1, 1, 1]], [0, 2, 3], [0, 1, 2], [0, 0, 0])
+                          np.zeros((2, 3)), [[1, 1, 1, 0], [1, 1, 1, 1]], [0, 2, 3], [0, 1, 2], [0, 0, 0],
+                          ev.candidate_codes([0, 1, 2], [0.0, 0.003, 0.007], 0.01))
     mm = evv.module_models([m1, m2])
     assert mm.offsets.tolist() == [[0, 0, 0], [2, 3, 2], [5, 6, 5]]
     back = evv.module_model(mm, 1, 2)
@@ -138,4 +140,4 @@ def test_module_models_layout():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="same objects"):
         evv.module_models([m1, ev.object_models(np.zeros((1, 3)), np.zeros((1, 9)), np.zeros(1), np.zeros((1, 1)),
-                                                [0, 1], np.zeros((1, 3)), [[1, 1, 1, 0]], [0, 1], [0], [0])])
+                                                [0, 1], np.zeros((1, 3)), [[1, 1, 1, 0]], [0, 1], [0], [0], [0])])

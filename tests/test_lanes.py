@@ -4,20 +4,34 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import (K_REGISTERS, LANES, Candidates, LaneQueries, drive_lanes, drive_lock_steps, lock_step,
-                           lock_steps, lowest_bit, popcount, prefetch, search_lanes)
+from kernels.lanes import (CODE_BITS, K_REGISTERS, LANES, Candidates, LaneQueries, candidate_bound, candidate_code,
+                           drive_lanes, drive_lock_steps, lock_step, lock_steps, lowest_bit, popcount, prefetch,
+                           search_lanes)
 
 F32 = np.float32
 
 
-@njit
-def _step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k):
-    return lock_step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k)
+def _coded(cand_node, cand_dist, strided=False):
+    """The lanes' form of candidate lists whose distances are multiples of 1/32 (the tests'
+    coarse values): distance step 1/32 (exact), codes ``node << CODE_BITS | 32 d``."""
+    steps = np.rint(np.asarray(cand_dist, np.float64) * 32).astype(np.int64)
+    assert (steps / 32 == cand_dist).all()
+    codes = (np.asarray(cand_node, np.int64) << CODE_BITS | steps).astype(np.int32)
+    if strided:
+        out = np.zeros(2 * len(codes), np.int32)[::2]
+        out[:] = codes
+        codes = out
+    return np.array([1 / 32], F32), codes
 
 
 @njit
-def _steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
-    return lock_steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
+def _step(cand_unit, cand_code, node_pos, lane_i, lane_f, best_d2, best_j, k):
+    return lock_step(cand_unit, cand_code, node_pos, lane_i, lane_f, best_d2, best_j, k)
+
+
+@njit
+def _steps(cand_unit, cand_code, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at):
+    return lock_steps(cand_unit, cand_code, node_pos, lane_i, lane_f, best_d2, best_j, k, busy, stop_at)
 
 
 @njit
@@ -71,10 +85,11 @@ def test_lock_step_matches_the_reference_step_by_step(k, strided, compiled):
     lane_f = np.stack([rng.integers(-6, 20, LANES) / 32, *rng.integers(-8, 8, (3, LANES)) / 16]).astype(F32)
     best_d2 = np.full((k, LANES), 0.25, F32)
     best_j = np.full((k, LANES), -1, np.int32)
+    unit, code = _coded(cand_node, cand_dist, strided)
     ref = (lane_i, best_d2, best_j)
     for _ in range(45):
         want_i, want_d, want_j, want_done = _reference_step(cand_dist, cand_node, node_pos, ref[0], lane_f, *ref[1:])
-        done = step(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k))
+        done = step(unit, code, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k))
         assert done == want_done
         np.testing.assert_array_equal(lane_i, want_i)
         np.testing.assert_array_equal(best_d2, want_d)
@@ -117,7 +132,7 @@ def test_lock_steps_is_lock_step_repeated_until_enough_lanes_end(k, compiled):
             want_done &= busy
             if want_done == busy or bin(want_done).count("1") >= stop_at:
                 break
-        done = steps(cand_dist, cand_node, node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k), np.int64(busy),
+        done = steps(*_coded(cand_node, cand_dist), node_pos, lane_i, lane_f, best_d2, best_j, np.int64(k), np.int64(busy),
                      np.int64(stop_at))
         calls += 1
         assert done == want_done
@@ -131,8 +146,8 @@ def test_lock_steps_is_lock_step_repeated_until_enough_lanes_end(k, compiled):
 
 
 @njit
-def _search(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
-    search_lanes(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at)
+def _search(cand_unit, cand_code, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+    search_lanes(cand_unit, cand_code, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at)
 
 
 def _walk_one(cand_dist, cand_node, node_pos, c0, c1, off, q, r2, k):
@@ -176,7 +191,7 @@ def test_search_lanes_walks_every_listed_query(k, n_search, compiled):
     for stop_at in (1, 4, LANES):
         out_j = np.full((k, n), -7, np.int32)
         out_m = np.full(n, -7, np.int64)
-        run(cand_dist, cand_node, node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k),
+        run(*_coded(cand_node, cand_dist), node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k),
             out_j, out_m, np.int64(stop_at))
         listed = set(search[:n_search].tolist())
         if k > K_REGISTERS:
@@ -194,14 +209,14 @@ def test_search_lanes_walks_every_listed_query(k, n_search, compiled):
 
 
 @njit
-def _drive(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
-    drive_lock_steps(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+def _drive(cand_unit, cand_code, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m, stop_at):
+    drive_lock_steps(cand_unit, cand_code, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                      stop_at)
 
 
-def _drive_grouped(cand_dist, cand_node, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
+def _drive_grouped(cand_unit, cand_code, node_pos, span, span_off, qpos, search, n_search, r2, k, out_j, out_m,
                    stop_at):
-    drive_lanes(Candidates(cand_dist, cand_node, node_pos), LaneQueries(span, span_off, qpos, search, n_search),
+    drive_lanes(Candidates(cand_unit, cand_code, node_pos), LaneQueries(span, span_off, qpos, search, n_search),
                 r2, k, out_j, out_m, stop_at)
 
 
@@ -227,7 +242,7 @@ def test_drive_lock_steps_walks_every_listed_query_for_any_k(k, n_search, run):
     r2 = F32(0.25)
     out_j = np.full((k, n), -7, np.int32)
     out_m = np.full(n, -7, np.int64)
-    fn(cand_dist, cand_node, node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k), out_j,
+    fn(*_coded(cand_node, cand_dist), node_pos, span, span_off, qpos, search, np.int64(n_search), r2, np.int64(k), out_j,
        out_m, np.int64(4))
     listed = set(search[:n_search].tolist())
     for i in range(n):
@@ -244,7 +259,7 @@ def test_lock_step_reads_nothing_for_idle_lanes():
     lane_i = np.zeros((2, LANES), np.int32)
     best_d2 = np.full((2, LANES), 1.0, F32)
     best_j = np.full((2, LANES), -1, np.int32)
-    done = _step(np.zeros(0, F32), np.zeros(0, np.int32), np.zeros((0, 3), F32), lane_i,
+    done = _step(np.ones(1, F32), np.zeros(0, np.int32), np.zeros((0, 3), F32), lane_i,
                  np.zeros((4, LANES), F32), best_d2, best_j, np.int64(2))
     assert done == (1 << LANES) - 1 and (best_j == -1).all() and (lane_i == 0).all()
 
@@ -290,3 +305,37 @@ def test_prefetch_changes_nothing_and_takes_any_stride():
     from numba.core.errors import TypingError
     with pytest.raises(TypingError):
         _prefetch_all(np.zeros((2, 2), F32))
+
+
+def test_candidate_codes_hold_the_row_and_a_tight_lower_bound():
+    """``kernels.evidence.candidate_codes``: the node row back exactly; the decoded distance at
+    most the listed one and less than two steps below it; the range and NaN rejected."""
+    from kernels.evidence import candidate_codes, candidate_unit
+    from kernels.evidence_layout import CELLS_PER_RADIUS
+    from kernels.lanes import CODE_MASK, MAX_CODED_ROWS
+
+    rng = np.random.default_rng(5)
+    for mmd in (0.01, 0.0137, 2.5):
+        reach = mmd * (1 + np.sqrt(3) / 2 / CELLS_PER_RADIUS)  # the farthest a candidate can be
+        dist = np.concatenate([rng.uniform(0, reach, 5000), [0.0, -1e-8, reach]]).astype(F32)
+        node = rng.integers(0, MAX_CODED_ROWS, len(dist)).astype(np.int32)
+        node[:2] = [0, MAX_CODED_ROWS - 1]
+        codes = candidate_codes(node, dist, mmd)
+        assert codes.dtype == np.int32 and (codes >= 0).all()
+        np.testing.assert_array_equal(codes >> CODE_BITS, node)
+        unit = candidate_unit(F32(mmd))
+        assert unit == F32(F32(mmd) / F32(CELLS_PER_RADIUS) / F32(256))
+        bound = np.array([candidate_bound(c, unit) for c in codes[:200]], F32)
+        np.testing.assert_array_equal(bound, (codes[:200] & CODE_MASK).astype(F32) * unit)
+        bound = (codes & CODE_MASK).astype(F32) * unit
+        assert (bound <= np.maximum(dist, 0)).all()
+        assert (bound > dist - 2 * unit).all()
+        assert (codes & CODE_MASK).max() < CODE_MASK  # the farthest candidate fits
+    assert candidate_code(3, 7) == (3 << CODE_BITS | 7)
+    with pytest.raises(ValueError, match="node rows"):
+        candidate_codes(np.array([MAX_CODED_ROWS]), np.zeros(1, F32), 0.01)
+    with pytest.raises(ValueError, match="NaN"):
+        candidate_codes(np.array([1]), np.array([np.nan], F32), 0.01)
+    with pytest.raises(ValueError, match="length"):
+        candidate_codes(np.array([1, 2]), np.zeros(1, F32), 0.01)
+    assert candidate_codes(np.zeros(0, np.int32), np.zeros(0, F32), 0.01).shape == (0,)

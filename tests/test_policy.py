@@ -290,7 +290,7 @@ def test_graph_mismatch_matches_the_reference_on_random_graphs(seed):
 def _gridded(g1, g2, mmd=0.01):
     """Both graphs as one model (``ObjectModels``, object 0 the first, 1 the second) with its
     node grid (``build_node_grid``): ``(nodes in grid order, n1, model, cell)``."""
-    from kernels.evidence import build_node_grid
+    from kernels.evidence import build_node_grid, candidate_codes
     from kernels.evidence_layout import CELLS_PER_RADIUS, object_models
 
     n1 = len(g1)
@@ -300,7 +300,7 @@ def _gridded(g1, g2, mmd=0.01):
     nodes = nodes[order]
     n = len(nodes)
     model = object_models(nodes, np.zeros((n, 9)), np.zeros(n), np.zeros((n, 2)), starts, origin, index, cand_start,
-                          cand_node, cand_dist)
+                          cand_node, cand_dist, candidate_codes(cand_node, cand_dist, mmd))
     return nodes, n1, model, F32(mmd) / F32(CELLS_PER_RADIUS)
 
 
@@ -521,7 +521,7 @@ def test_reverse_mismatch_tests_the_handle_of_the_mug_when_the_cup_leads():
     pose[:, :3] = normals
     n = len(pos)
     model = kev.object_models(pos, pose, np.zeros(n), np.zeros((n, 2)), np.array([0, 300, n]), np.zeros((2, 3)),
-                              np.zeros((2, 4)), np.zeros(1), np.zeros(0), np.zeros(0))
+                              np.zeros((2, 4)), np.zeros(1), np.zeros(0), np.zeros(0), np.zeros(0))
     # the cup's surface: a dense side
     u = rng.uniform(0, 2 * np.pi, 20000)
     v = rng.uniform(-0.05, 0.05, 20000)

@@ -231,7 +231,8 @@ class EvidenceModel:
         new_order, origin, index, cand_start, cand_node, cand_dist = kev.build_node_grid(
             pos, models.obj_start, settings.max_match_distance, settings.max_nneighbors)
         rebuilt = kev.object_models(pos[new_order], pose[new_order], pfd[new_order], feat[new_order],
-                                    models.obj_start, origin, index, cand_start, cand_node, cand_dist)
+                                    models.obj_start, origin, index, cand_start, cand_node, cand_dist,
+                                    kev.candidate_codes(cand_node, cand_dist, settings.max_match_distance))
         m = cls.from_arrays(settings, feature_names, rebuilt, names, max_eval_steps=max_eval_steps)
         m._order = new_order
         return m
@@ -264,6 +265,7 @@ class EvidenceModel:
                 g.node_pos[order], g.node_pose[order], curvature_defined(g.node_pfd[order]),
                 np.asarray(g.node_feat[order], np.float32).reshape(len(order), -1), g.obj_start,
                 origin, index, cand_start, cand_node, cand_dist,
+                kev.candidate_codes(cand_node, cand_dist, self.settings.max_match_distance),
             )
         return self._model
 
@@ -718,7 +720,8 @@ def toy_models(loc, pose, pfd, logk, max_match_distance: float) -> kev.ObjectMod
     return kev.object_models(
         node_pos, np.concatenate([pose, pose]).reshape(2 * n, 9), np.concatenate([pfd, pfd]).astype(np.float32),
         np.concatenate([logk, logk]), np.array([0, n, 2 * n]), origin, np.array([[1, 1, 1, 0], [1, 1, 1, 1]]),
-        np.array([0, n, 2 * n]), np.arange(2 * n), np.zeros(2 * n))
+        np.array([0, n, 2 * n]), np.arange(2 * n), np.zeros(2 * n),
+        kev.candidate_codes(np.arange(2 * n), np.zeros(2 * n), max_match_distance))
 
 
 def toy_model():

@@ -428,10 +428,15 @@ def evaluation_settings(cfg) -> tuple[str, ...]:
     ) + tuple(f"policy.{f.name}" for f in dataclasses.fields(PolicySettings))
 
 
-#: the arrays of an evidence model file: ``kernels.evidence_layout.MODEL_FIELDS`` (the object
-#: models sorted into their node grid), ``order`` (row i of them is row order[i] of the learned
-#: order: what a rebuilt grid starts from) and ``object_names``
-MODEL_ARRAYS = tuple(MODEL_FIELDS) + (
+#: the object models' arrays a model file keeps: ``kernels.evidence_layout.MODEL_FIELDS`` but
+#: ``cand_code`` (the search's one-int32 form of ``cand_node`` and ``cand_dist``, rebuilt on
+#: reading)
+STORED_FIELDS = tuple(f for f in MODEL_FIELDS if f[0] != "cand_code")
+
+#: the arrays of an evidence model file: :data:`STORED_FIELDS` (the object models sorted into
+#: their node grid), ``order`` (row i of them is row order[i] of the learned order: what a
+#: rebuilt grid starts from) and ``object_names``
+MODEL_ARRAYS = STORED_FIELDS + (
     ("order", np.int64, ("N",)),
     ("object_names", "str", ("O",)),
 )
@@ -483,6 +488,7 @@ def save_state(ex) -> dict:
     for m, mod in enumerate(modules):
         prefix = module_prefix(m) if n_mod > 1 else ""
         own = dict(mod.model_arrays()._asdict())
+        del own["cand_code"]  # rebuilt on reading (STORED_FIELDS)
         own["order"] = mod.node_order()
         own["object_names"] = np.array(mod.object_names)
         arrays.update({prefix + k: v for k, v in own.items()})
@@ -540,12 +546,17 @@ def _saved_module(cfg, ex, settings, view):
     that module's), checked."""
     from engine.models.evidence.model import EvidenceModel
     from engine.run import model_file
-    from kernels import evidence_layout as layout
+    from kernels import evidence as kev, evidence_layout as layout
 
     sizes = model_file.check_arrays(view, MODEL_ARRAYS, {"F": len(ex.feature_names)})
     _check_model_contents(view, sizes)
     arrays = view.arrays
-    models = layout.object_models(*(arrays[name] for name, _, _ in layout.MODEL_FIELDS))
+    stored = [arrays[name] for name, _, _ in STORED_FIELDS]
+    try:
+        codes = kev.candidate_codes(arrays["cand_node"], arrays["cand_dist"], settings["max_match_distance"])
+    except ValueError as e:  # a model larger than the search's codes hold
+        raise view.error(f"member 'cand_node': {e}") from None
+    models = layout.object_models(*stored, codes)
     names = tuple(str(x) for x in arrays["object_names"])
     return EvidenceModel.from_saved(cfg.evidence, ex.feature_names, models, arrays["order"], names,
                                     (settings["max_match_distance"], settings["max_nneighbors"]),
