@@ -14,6 +14,8 @@ search ``kernels.evidence_phases.k_nearest`` the way the step called it before (
   ten objects, do not fit the caches).
 - ``sample, shuffled``: 300 of those queries, replayed in a fresh order each pass: their
   grid data stays in the caches, their branch outcomes stay unpredictable.
+  ``lock-step, sample`` is the step's search over the same replayed queries: its
+  difference to ``lock-step`` is what reading the candidate lists from memory costs.
 - ``sample, same order``: the same 300, in the same order each pass: the branch predictor
   learns the outcomes, so the difference to the row above is the cost of mispredicted
   branches (the keep-or-skip decision per candidate, the k-best update, the early stop).
@@ -184,6 +186,11 @@ def measure(cfg, step=4, repeats=7, seed=0):
     passes = max(1, len(qo) // max(len(sample), 1))
     shuffled = np.concatenate([rng.permutation(sample) for _ in range(passes)]) if len(sample) else sample
     row("sample, shuffled", qo[shuffled], np.ascontiguousarray(ql[shuffled]))
+    # the step's search on the same replayed sample: against "lock-step", what the search
+    # pays for reading the candidate lists from memory rather than from the caches
+    o_s, l_s = qo[shuffled], np.ascontiguousarray(ql[shuffled])
+    ns = _median_ns(lambda: _search_all(o_s, l_s, *grid, True), len(o_s), repeats)
+    rows.insert(1, ("lock-step, sample", len(o_s), ns, rows[-1][3]))
     same = np.tile(sample, passes)
     row("sample, same order", qo[same], np.ascontiguousarray(ql[same]))
     ns = _median_ns(lambda: _distances_only(ql, node_pos, cand_node, first, count), len(qo), repeats)

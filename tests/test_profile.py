@@ -95,7 +95,7 @@ def test_profile_nearest_model(tmp_path, root, capsys):
 
 
 def test_knn_costs_script_reports_each_condition(root):
-    # profiling/knn_costs.py on a small simulated run: four rows, sane figures
+    # profiling/knn_costs.py on a small simulated run: six rows, sane figures
     p = subprocess.run([sys.executable, str(root / "profiling/knn_costs.py"), str(root / "configs/shapes_10.yaml"),
                         "--step", "2", "--repeats", "1", "--set", "data.objects=[mug, cone]",
                         "--set", "data.n_points=1500", "--set", "data.train_steps=60",
@@ -108,7 +108,8 @@ def test_knn_costs_script_reports_each_condition(root):
     for line in lines[2:-1]:
         name, n, ns, scanned = line.rsplit(None, 3)
         rows[name.strip()] = (int(n), float(ns), float(scanned))
-    assert set(rows) == {"lock-step", "one at a time", "sample, shuffled", "sample, same order", "distances only"}
+    assert set(rows) == {"lock-step", "lock-step, sample", "one at a time", "sample, shuffled", "sample, same order",
+                         "distances only"}
     assert all(n > 0 and ns > 0 and scanned > 0 for n, ns, scanned in rows.values())
     # the same queries and candidates: the step's search, the one-query search and the floor
     assert rows["lock-step"][0] == rows["one at a time"][0] == rows["distances only"][0]
