@@ -187,6 +187,10 @@ Observations = namedtuple("Observations", [f[0] for f in OBSERVATION_FIELDS])
 def _as(fields, cls, arrays):
     """``cls`` of ``arrays`` as C-contiguous arrays of each field's dtype, checking each rank
     (and each fixed size)."""
+    arrays = tuple(arrays)
+    if len(arrays) != len(fields):
+        raise ValueError(f"{cls.__name__} takes {len(fields)} arrays ({', '.join(f[0] for f in fields)}), "
+                         f"got {len(arrays)}")
     out = []
     for (name, dtype, shape), a in zip(fields, arrays, strict=True):
         a = np.ascontiguousarray(a, dtype)

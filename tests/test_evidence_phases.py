@@ -121,6 +121,9 @@ def test_constructors_check_shapes():
         lay.params(FEAT_SPEC, np.zeros(3), np.zeros(lay.N_IPARAMS))
     with pytest.raises(ValueError, match="ObjectModels.node_pos"):
         lay.object_models(*([np.zeros(4)] * len(lay.MODEL_FIELDS)))
+    # the ten arrays of a model built before the candidate codes: the missing one named
+    with pytest.raises(ValueError, match="ObjectModels takes 11 arrays .*cand_code.*got 10"):
+        lay.object_models(*([np.zeros(4)] * 10))
 
 
 # ----------------------------------------------------------------------------- 1. begin_step
