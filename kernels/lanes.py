@@ -75,24 +75,24 @@ def candidate_bound(code, unit):
     return np.float32(code & CODE_MASK) * unit
 
 
-def _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst):
+def _candidate(builder, a_unit, a_code, a_np, nxt, end, off, q, worst):
     """IR of one candidate per lane: ``(nxt2, cn, x)``, the lanes' next rows, the candidate's
     node rows and its squared distance to the query (+inf in lanes that took none).
 
-    ``a_cd`` is ``cand_unit`` (its first value the distance step), ``a_cn`` ``cand_code``
+    ``a_unit`` is ``cand_unit`` (its first value the distance step), ``a_code`` ``cand_code``
     (see :func:`candidate_code`).
 
     ``nxt``/``end`` int32 vectors, ``off`` and ``q`` (x, y, z) float32 vectors, ``worst``
     the current k-th best squared distances (the stop test's bound).
     """
     live = builder.icmp_signed("<", nxt, end)
-    (cn_stride,) = cgutils.unpack_tuple(builder, a_cn.strides, 1)
+    (cn_stride,) = cgutils.unpack_tuple(builder, a_code.strides, 1)
     row = builder.sext(nxt, vec(I64))
     # one gather per candidate: its code holds the node row and its lower-bound distance
-    code = gather(builder, a_cn.data, builder.mul(row, splat(builder, cn_stride)), live, I32)
+    code = gather(builder, a_code.data, builder.mul(row, splat(builder, cn_stride)), live, I32)
     cn = builder.ashr(code, ir.Constant(vec(I32), [CODE_BITS] * LANES))
     steps = builder.and_(code, ir.Constant(vec(I32), [CODE_MASK] * LANES))
-    cd = builder.fmul(builder.sitofp(steps, vec(F32)), splat(builder, builder.load(a_cd.data)))
+    cd = builder.fmul(builder.sitofp(steps, vec(F32)), splat(builder, builder.load(a_unit.data)))
 
     # stop test against the current k-th best (r2 until k nodes are in)
     gap = builder.fsub(cd, off)
@@ -135,7 +135,7 @@ def _done_mask(builder, nxt, end):
 
 def _memory_step(builder, arrays, k64):
     """IR of one ``lock_step`` with the lane state in memory (any k); returns the int64 done mask."""
-    a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
+    a_unit, a_code, a_np, a_li, a_lf, a_bd, a_bj = arrays
     zero = ir.Constant(I64, 0)
     one = ir.Constant(I64, 1)
     nxt = builder.load(lane_row(builder, a_li.data, zero, I32), align=4)
@@ -143,7 +143,7 @@ def _memory_step(builder, arrays, k64):
     off = builder.load(lane_row(builder, a_lf.data, zero, F32), align=4)
     q = [builder.load(lane_row(builder, a_lf.data, ir.Constant(I64, col + 1), F32), align=4) for col in range(3)]
     worst = builder.load(lane_row(builder, a_bd.data, builder.sub(k64, one), F32), align=4)
-    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, worst)
+    nxt2, cn, x = _candidate(builder, a_unit, a_code, a_np, nxt, end, off, q, worst)
     builder.store(nxt2, lane_row(builder, a_li.data, zero, I32), align=4)
     # from the last entry down, so that every entry reads old values
     with cgutils.for_range(builder, builder.sub(k64, one)) as loop:
@@ -253,7 +253,7 @@ def _stop(builder, done, busy, stop_at):
 def _register_loop(builder, arrays, k, busy, stop_at):
     """IR of ``lock_steps`` for a fixed ``k``: the lane state loaded once, carried in SSA values
     (registers) from step to step, stored once; returns the done mask."""
-    a_cd, a_cn, a_np, a_li, a_lf, a_bd, a_bj = arrays
+    a_unit, a_code, a_np, a_li, a_lf, a_bd, a_bj = arrays
 
     def row(ary, r, elem):
         return lane_row(builder, ary.data, ir.Constant(I64, r), elem)
@@ -272,7 +272,7 @@ def _register_loop(builder, arrays, k, busy, stop_at):
     nxt = builder.phi(nxt0.type)
     bd = [builder.phi(v.type) for v in bd0]
     bj = [builder.phi(v.type) for v in bj0]
-    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, nxt, end, off, q, bd[k - 1])
+    nxt2, cn, x = _candidate(builder, a_unit, a_code, a_np, nxt, end, off, q, bd[k - 1])
     new = [_inserted(builder, x, cn, bd[p], bd[p - 1] if p else None, bj[p], bj[p - 1] if p else None)
            for p in range(k)]
     bd2 = [b for b, _ in new]
@@ -369,7 +369,7 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     """IR of ``search_lanes`` for a fixed ``k``: one loop that steps the lanes (state in registers) and,
     once enough lanes have ended, writes their results with masked scatters and refills them from
     the query list (expand-load, then gathers of each new query's list and point)."""
-    a_cd, a_cn, a_np, a_sp, a_so, a_hq, a_se, a_oj, a_om = A
+    a_unit, a_code, a_np, a_sp, a_so, a_hq, a_se, a_oj, a_om = A
     ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64]), "llvm.ctpop.i64")
     ctlz = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, [I64, I1]), "llvm.ctlz.i64")
     vi32 = vec(I32); vf = vec(F32); vi64 = vec(I64)
@@ -467,7 +467,7 @@ def _search_k(builder, A, K, n_search, r2, stop_at):
     q = [L["qx"], L["qy"], L["qz"]]
     bd = [L["bd%d" % p] for p in range(K)]
     bj = [L["bj%d" % p] for p in range(K)]
-    nxt2, cn, x = _candidate(builder, a_cd, a_cn, a_np, L["nxt"], L["end"], L["off"], q, bd[K - 1])
+    nxt2, cn, x = _candidate(builder, a_unit, a_code, a_np, L["nxt"], L["end"], L["off"], q, bd[K - 1])
     new = [_inserted(builder, x, cn, bd[p], bd[p - 1] if p else None, bj[p], bj[p - 1] if p else None) for p in range(K)]
     d2 = _done_mask(builder, nxt2, L["end"])
     dn = builder.and_(d2, L["busy"])
