@@ -297,7 +297,7 @@ def build_node_grid(node_pos, obj_start, max_match_distance, k):
 def candidate_codes(cand_node, cand_dist, max_match_distance) -> np.ndarray:
     """The lists' one-int32 form the step's search reads (``ObjectModels.cand_code``).
 
-    Candidate ``i``'s code is ``kernels.lanes.candidate_code(cand_node[i], s)``, ``s`` the
+    Candidate ``i``'s code is ``cand_node[i] << kernels.lanes.CODE_BITS | s``, ``s`` the
     largest whole number of distance steps (``candidate_unit(max_match_distance)``) whose
     float32 product with the step is at most ``cand_dist[i]`` less a margin (a lower
     bound still, whatever the rounding of the step in a kernel compiled with fastmath),

@@ -137,7 +137,7 @@ MODEL_FIELDS = (
     ("cand_node", np.int32, ("M",)),        # candidate node rows, nearest to the cell centre first
     ("cand_dist", np.float32, ("M",)),      # their distances to the cell centre (a lower bound)
     ("cand_code", np.int32, ("M",)),        # both in one int32, what the step's search reads
-)                                           # (kernels.lanes.candidate_code; candidate_codes builds it)
+)                                           # (kernels.lanes.CODE_BITS; candidate_codes builds it)
 
 #: Hypothesis rows: the first ``istate[IS_N_HYP]`` are in use, all objects mixed. A
 #: deleted row is *dead*: ``obj == -1``. Every field has ``cap`` rows (growth and

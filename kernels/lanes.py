@@ -63,13 +63,6 @@ MAX_CODED_ROWS = 1 << (31 - CODE_BITS)
 
 
 @njit(cache=True, inline="always")
-def candidate_code(node, steps):
-    """The int32 code of a candidate: node row ``node`` (``0 <= node < MAX_CODED_ROWS``) and
-    its lower-bound distance ``steps`` (``0 <= steps <= CODE_MASK``) in distance units."""
-    return np.int32((node << CODE_BITS) | steps)
-
-
-@njit(cache=True, inline="always")
 def candidate_bound(code, unit):
     """The lower-bound distance (float32) of a candidate's ``code`` for distance step ``unit``."""
     return np.float32(code & CODE_MASK) * unit
@@ -80,7 +73,7 @@ def _candidate(builder, a_unit, a_code, a_np, nxt, end, off, q, worst):
     node rows and its squared distance to the query (+inf in lanes that took none).
 
     ``a_unit`` is ``cand_unit`` (its first value the distance step), ``a_code`` ``cand_code``
-    (see :func:`candidate_code`).
+    (see :data:`CODE_BITS`).
 
     ``nxt``/``end`` int32 vectors, ``off`` and ``q`` (x, y, z) float32 vectors, ``worst``
     the current k-th best squared distances (the stop test's bound).
@@ -200,7 +193,7 @@ def lock_step(cand_unit, cand_code, node_pos, lane_i, lane_f, best_d2, best_j, k
     entry (so of equal distances the one met first stays ahead), and ``next = i + 1``.
 
     cand_unit : float32 (>= 1,), the distance step;  cand_code : int32 (C,), each candidate's
-    node row and distance (:func:`candidate_code`);  node_pos : float32 (N, 3),
+    node row and distance (:data:`CODE_BITS`);  node_pos : float32 (N, 3),
     any strides;  the lane state as in the module docstring;  k : int64 >= 1.
     Bit l of the result is set when lane l has ``next >= end`` after the step.
     """
@@ -557,7 +550,7 @@ def _start_lane(l, i, span, span_off, qpos, r2, k, lane_i, lane_f, best_d2, best
 
 #: Candidate lists of a lane search: ``unit`` float32 (>= 1,) (the distance step,
 #: first value), ``code`` int32 (C,) (each candidate's node row and lower-bound
-#: distance, :func:`candidate_code`), ``node_pos`` float32 (N, 3) (node positions, any
+#: distance, :data:`CODE_BITS`), ``node_pos`` float32 (N, 3) (node positions, any
 #: strides).
 Candidates = namedtuple("Candidates", ["unit", "code", "node_pos"])
 

@@ -109,13 +109,14 @@ def scale_evidence(e, lo, hi):
 def count_votes(obj, ev, n, threshold):
     """How many of the first ``n`` rows :func:`select_votes` would send (``threshold`` float64)."""
     lo, hi = evidence_range(obj, ev, n)
-    return count_in_range(obj, ev, n, threshold, lo, hi)
+    return count_in_range(obj, ev, n, threshold, (lo, hi))
 
 
 @njit(**_PLAIN)
-def count_in_range(obj, ev, n, threshold, lo, hi):
-    """:func:`count_votes` given the module's evidence range ``lo .. hi`` (float64, from
-    :func:`evidence_range`), so that the exchange computes it once per module."""
+def count_in_range(obj, ev, n, threshold, ev_range):
+    """:func:`count_votes` given the module's evidence range ``ev_range = (lo, hi)`` (float64,
+    from :func:`evidence_range`), so that the exchange computes it once per module."""
+    lo, hi = ev_range
     c = 0
     for h in range(n):
         if obj[h] >= 0 and scale_evidence(np.float64(ev[h]), lo, hi) > threshold:
@@ -416,7 +417,7 @@ def exchange_body(obj, loc, rot, ev, n_rows, sensed, sends, conn, threshold, rcv
             lo, hi = evidence_range(obj[m], ev[m], n_rows[m])
             ev_lo[m] = lo
             ev_hi[m] = hi
-            counts[m] = count_in_range(obj[m], ev[m], n_rows[m], threshold, lo, hi)
+            counts[m] = count_in_range(obj[m], ev[m], n_rows[m], threshold, (lo, hi))
     start = np.zeros(n_mod + 1, np.int64)
     for m in range(n_mod):
         start[m + 1] = start[m] + counts[m]

@@ -102,7 +102,7 @@ def time_parts(s: dict, rcv, repeats: int) -> dict:
 
     def select():
         ranges = [kv.evidence_range(obj[m], ev[m], n_rows[m]) for m in range(n_mod)]
-        counts = np.array([kv.count_in_range(obj[m], ev[m], n_rows[m], threshold, *ranges[m]) for m in range(n_mod)],
+        counts = np.array([kv.count_in_range(obj[m], ev[m], n_rows[m], threshold, ranges[m]) for m in range(n_mod)],
                           np.int64)
         start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = int(start[-1])

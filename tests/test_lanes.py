@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kernels.lanes import (CODE_BITS, K_REGISTERS, LANES, Candidates, LaneQueries, candidate_bound, candidate_code,
+from kernels.lanes import (CODE_BITS, K_REGISTERS, LANES, Candidates, LaneQueries, candidate_bound,
                            drive_lanes, drive_lock_steps, lock_step, lock_steps, lowest_bit, popcount, prefetch,
                            search_lanes)
 
@@ -331,7 +331,6 @@ def test_candidate_codes_hold_the_row_and_a_tight_lower_bound():
         assert (bound <= np.maximum(dist, 0)).all()
         assert (bound > dist - 2 * unit).all()
         assert (codes & CODE_MASK).max() < CODE_MASK  # the farthest candidate fits
-    assert candidate_code(3, 7) == (3 << CODE_BITS | 7)
     with pytest.raises(ValueError, match="node rows"):
         candidate_codes(np.array([MAX_CODED_ROWS]), np.zeros(1, F32), 0.01)
     with pytest.raises(ValueError, match="NaN"):
